@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that building, testing and running t2diff need.
+# Idempotent: when every package is already installed it does nothing (no apt-get update).
+# Must run as root. Exits non-zero with a message naming the failing step.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build ccache pkg-config git
+  # libraries
+  libopenmpi-dev openmpi-bin openssh-client
+  libtorch-dev libopenblas0-openmp
+  libprotobuf-dev protobuf-compiler
+  libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: these packages are missing and installing them needs root: ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "setup: installing ${#missing[@]} packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q || { echo "setup: 'apt-get update' failed" >&2; exit 1; }
+apt-get install -y -q --no-install-recommends "${missing[@]}" \
+  || { echo "setup: 'apt-get install' failed for: ${missing[*]}" >&2; exit 1; }
+echo "setup: done"
