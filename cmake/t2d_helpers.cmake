@@ -2,7 +2,9 @@
 
 # Project code compiles warning-clean under these; third-party headers come in as SYSTEM.
 function(t2d_warnings target)
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor
+    # Project code never reads errno after math calls; without this, sqrt blocks vectorisation.
+    -fno-math-errno)
   if(T2D_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

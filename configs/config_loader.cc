@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -23,11 +24,28 @@ namespace {
 
 namespace pb = google::protobuf;
 
+// The field name written just before (line, column) in `text` ("batch_size" in
+// "batch_size: \"many\""), so that a value error can name its field; "" if there is none.
+std::string FieldBefore(absl::string_view text, int line, int column) {
+  std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
+  if (line < 0 || static_cast<size_t>(line) >= lines.size()) return "";
+  absl::string_view l = lines[static_cast<size_t>(line)];
+  size_t end = std::min<size_t>(static_cast<size_t>(std::max(column, 0)), l.size());
+  while (end > 0 && (l[end - 1] == ' ' || l[end - 1] == ':' || l[end - 1] == '[' || l[end - 1] == '\t')) --end;
+  size_t begin = end;
+  while (begin > 0 && (absl::ascii_isalnum(static_cast<unsigned char>(l[begin - 1])) || l[begin - 1] == '_')) --begin;
+  return std::string(l.substr(begin, end - begin));
+}
+
 class CollectErrors : public pb::io::ErrorCollector {
  public:
-  explicit CollectErrors(std::string filename) : filename_(std::move(filename)) {}
+  explicit CollectErrors(std::string filename, std::string text = "")
+      : filename_(std::move(filename)), text_(std::move(text)) {}
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    errors_.push_back(absl::StrCat(filename_, ":", line + 1, ":", column + 1, ": ", message));
+    std::string where = absl::StrCat(filename_, ":", line + 1, ":", column + 1, ": ");
+    const std::string field = FieldBefore(text_, line, column);
+    if (!field.empty() && message.find(field) == std::string::npos) absl::StrAppend(&where, "field \"", field, "\": ");
+    errors_.push_back(where + message);
   }
   void AddWarning(int line, pb::io::ColumnNumber column, const std::string& message) override {
     AddError(line, column, message);  // e.g. deprecated fields: treated as errors, never ignored
@@ -36,6 +54,7 @@ class CollectErrors : public pb::io::ErrorCollector {
 
  private:
   std::string filename_;
+  std::string text_;
   std::vector<std::string> errors_;
 };
 
@@ -312,7 +331,7 @@ absl::Status ApplyOverride(const std::string& assignment, JobConfig* config) {
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text, const std::string& filename,
                                          const std::vector<std::string>& overrides) {
   JobConfig config;
-  CollectErrors errors(filename);
+  CollectErrors errors(filename, text);
   pb::TextFormat::ParseInfoTree tree;
   pb::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);

@@ -123,32 +123,46 @@ absl::Status EmbeddingTable::ApplyGradients(absl::Span<const int64_t> ids, absl:
   ++step_;
   const auto now = static_cast<uint32_t>(step_);
   const int min_count = spec_.admission_min_count();
+  // As in Lookup: resolve (or admit) a group of rows while prefetching their records, then
+  // update the group, so the memory misses of different rows overlap.
+  constexpr size_t kGroup = 32;
   constexpr size_t kAhead = 8;
   const size_t n = unique_ids_.size();
   for (size_t i = 0; i < std::min(n, kAhead); ++i) index_.prefetch(unique_ids_[i]);
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) index_.prefetch(unique_ids_[i + kAhead]);
-    const int64_t id = unique_ids_[i];
-    uint32_t slot;
-    auto it = index_.find(id);
-    if (it != index_.end()) {
-      slot = it->second;
-    } else {
-      if (min_count > 1) {
-        auto p = pending_.try_emplace(id, 0u).first;
-        if (++p->second < static_cast<uint32_t>(min_count)) {
-          ++counters_.rejected;
-          continue;
+  char* rec[kGroup];
+  for (size_t g = 0; g < n; g += kGroup) {
+    const size_t end = std::min(n, g + kGroup);
+    for (size_t i = g; i < end; ++i) {
+      if (i + kAhead < n) index_.prefetch(unique_ids_[i + kAhead]);
+      const int64_t id = unique_ids_[i];
+      rec[i - g] = nullptr;
+      uint32_t slot;
+      auto it = index_.find(id);
+      if (it != index_.end()) {
+        slot = it->second;
+      } else {
+        if (min_count > 1) {
+          auto p = pending_.try_emplace(id, 0u).first;
+          if (++p->second < static_cast<uint32_t>(min_count)) {
+            ++counters_.rejected;
+            continue;
+          }
+          pending_.erase(p);
         }
-        pending_.erase(p);
+        slot = InsertNew(id);
       }
-      slot = InsertNew(id);
+      char* r = Record(slot);
+      for (size_t off = 0; off < record_bytes_; off += 64) __builtin_prefetch(r + off, 1);
+      rec[i - g] = r;
     }
-    char* r = Record(slot);
-    auto* h = reinterpret_cast<RecordHeader*>(r);
-    h->last_update = now;
-    float* w = Values(r);
-    optimizer_.Apply(w, w + dim_, &h->aux, summed_.data() + i * d);
+    for (size_t i = g; i < end; ++i) {
+      char* r = rec[i - g];
+      if (r == nullptr) continue;
+      auto* h = reinterpret_cast<RecordHeader*>(r);
+      h->last_update = now;
+      float* w = Values(r);
+      optimizer_.Apply(w, w + dim_, &h->aux, summed_.data() + i * d);
+    }
   }
 
   const int64_t ttl = spec_.eviction_ttl_steps();

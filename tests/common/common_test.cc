@@ -1,1 +1,79 @@
+#include <glog/logging.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "common/checksum.h"
+#include "common/file_util.h"
+#include "common/hash.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace t2d {
+namespace {
+
+TEST(Checksum, KnownValuesAndIncremental) {
+  EXPECT_EQ(Crc32("123456789", 9), 0xCBF43926u);  // the CRC-32 check value
+  EXPECT_EQ(Crc32("", 0), 0u);
+  EXPECT_EQ(Crc32("6789", 4, Crc32("12345", 5)), 0xCBF43926u);
+}
+
+TEST(Hash, Mix64IsFixed) {
+  // Part of the shard and row-initialisation contract: these values must never change.
+  EXPECT_EQ(Mix64(0), 0xe220a8397b1dcdafULL);
+  SplitMix64 rng(0);
+  EXPECT_EQ(rng.Next(), 0xe220a8397b1dcdafULL);
+  EXPECT_NE(HashCombine(1, 2), HashCombine(2, 1));
+  SplitMix64 r(7);
+  for (int i = 0; i < 1000; ++i) {
+    const float f = r.NextFloat();
+    ASSERT_GE(f, 0.0f);
+    ASSERT_LT(f, 1.0f);
+  }
+}
+
+absl::StatusOr<int> Half(int x) {
+  if (x % 2 != 0) return absl::InvalidArgumentError("odd");
+  return x / 2;
+}
+absl::Status Quarter(int x, int* out) {
+  T2D_ASSIGN_OR_RETURN(int h, Half(x));
+  T2D_ASSIGN_OR_RETURN(*out, Half(h));
+  T2D_RETURN_IF_ERROR(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+TEST(StatusMacros, PropagateErrors) {
+  int q = 0;
+  EXPECT_TRUE(Quarter(8, &q).ok());
+  EXPECT_EQ(q, 2);
+  EXPECT_EQ(Quarter(6, &q).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(FileUtil, AtomicWriteAndRead) {
+  const auto path = (std::filesystem::temp_directory_path() / "t2d_file_util_test").string();
+  ASSERT_TRUE(WriteFileAtomic(path, std::string("a\0b", 3)).ok());
+  auto back = ReadFileToString(path);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, std::string("a\0b", 3));
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  std::filesystem::remove(path);
+  EXPECT_EQ(ReadFileToString(path).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(WriteFileAtomic("/nonexistent-dir/x", "y").ok());
+}
+
+TEST(Logging, TagCarriesRoleAndRank) {
+  LoggingOptions options;
+  options.role = "worker";
+  options.rank = 3;
+  InitLogging("common_test", options);
+  EXPECT_EQ(LogTag(), "worker 3");
+  testing::internal::CaptureStderr();
+  LOG(INFO) << "hello";
+  const std::string out = testing::internal::GetCapturedStderr();
+  EXPECT_NE(out.find("[worker 3]"), std::string::npos) << out;
+  EXPECT_NE(out.find("hello"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace t2d
