@@ -204,6 +204,11 @@ void CheckCrossField(const JobConfig& c, const Locations& where, std::vector<std
     err("data.session_len", absl::StrCat("session_len ", c.data().session_len(), " exceeds max_seq_len ",
                                          c.data().max_seq_len()));
   }
+  if (c.eval().k_size() > 0) {
+    bool found = false;
+    for (int k : c.eval().k()) found |= k == c.eval().main_k();
+    if (!found) err("eval.main_k", absl::StrCat("main_k ", c.eval().main_k(), " is not one of eval.k"));
+  }
   const std::string& backend = c.cluster().allreduce_backend();
   if (backend != "mpi" && backend != "nccl") {
     err("cluster.allreduce_backend", absl::StrCat("unknown backend \"", backend, "\" (expected mpi or nccl)"));

@@ -12,7 +12,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp
   libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
 )
 
 missing=()

@@ -76,30 +76,37 @@ absl::Status PrepareStaging(const std::string& dir, int64_t step) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> Commit(const std::string& dir, int64_t step, CheckpointManifest manifest, int keep_last) {
-  const fs::path staging = StagingDir(dir, step);
+absl::Status SealFolder(const std::string& folder, CheckpointManifest manifest) {
+  const fs::path root = folder;
   std::error_code ec;
   std::vector<fs::path> files;
-  for (const auto& e : fs::recursive_directory_iterator(staging, ec)) {
-    if (e.is_regular_file()) files.push_back(e.path());
+  for (const auto& e : fs::recursive_directory_iterator(root, ec)) {
+    if (e.is_regular_file() && e.path().filename() != kManifest) files.push_back(e.path());
   }
-  if (ec) return absl::InternalError(absl::StrCat(staging.string(), ": cannot list: ", ec.message()));
+  if (ec) return absl::InternalError(absl::StrCat(folder, ": cannot list: ", ec.message()));
   std::sort(files.begin(), files.end());
   manifest.set_format_version(kManifestVersion);
-  manifest.set_step(step);
   manifest.clear_files();
   for (const auto& f : files) {
     auto sc = SizeAndCrc(f);
     if (!sc.ok()) return sc.status();
     auto* entry = manifest.add_files();
-    entry->set_name(fs::relative(f, staging).string());
+    entry->set_name(fs::relative(f, root).string());
     entry->set_bytes(sc->first);
     entry->set_crc32(sc->second);
   }
   std::string text;
   google::protobuf::TextFormat::PrintToString(manifest, &text);
-  if (auto s = WriteFileAtomic((staging / kManifest).string(), text); !s.ok()) return s;
-  SyncDir(staging);
+  if (auto s = WriteFileAtomic((root / kManifest).string(), text); !s.ok()) return s;
+  SyncDir(root);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Commit(const std::string& dir, int64_t step, CheckpointManifest manifest, int keep_last) {
+  const fs::path staging = StagingDir(dir, step);
+  std::error_code ec;
+  manifest.set_step(step);
+  if (auto s = SealFolder(staging.string(), manifest); !s.ok()) return s;
   const fs::path final_path = fs::path(dir) / FinalName(step);
   fs::remove_all(final_path, ec);
   fs::rename(staging, final_path, ec);

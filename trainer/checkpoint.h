@@ -31,6 +31,10 @@ absl::Status PrepareStaging(const std::string& dir, int64_t step);
 // and checksummed here) and keeps the newest `keep_last` complete checkpoints.
 absl::StatusOr<std::string> Commit(const std::string& dir, int64_t step, CheckpointManifest manifest, int keep_last);
 
+// Lists and checksums every file under `folder` into `manifest` and writes it as MANIFEST
+// (last, atomically). Used for checkpoints and export bundles alike.
+absl::Status SealFolder(const std::string& folder, CheckpointManifest manifest);
+
 // Reads and checks a checkpoint folder: the manifest parses, and every listed file exists with
 // the recorded size and CRC. DataLoss naming the file otherwise.
 absl::StatusOr<CheckpointManifest> VerifyCheckpoint(const std::string& folder);

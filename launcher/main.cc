@@ -1,0 +1,145 @@
+// t2diff: the composition root. Parses the command line, loads the config, sets up logging and
+// (for train/eval/export) MPI, decides each rank's role, wires the pieces together and maps
+// every error to a message and a non-zero exit status. Nothing below launcher/ reads flags or
+// environment variables.
+#include <CLI/CLI.hpp>
+#include <glog/logging.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "configs/config_loader.h"
+#include "data/prepare.h"
+#include "launcher/launch.h"
+#include "launcher/roles_main.h"
+
+namespace t2d::launcher {
+namespace {
+
+struct Common {
+  std::string config_path;
+  std::vector<std::string> overrides;
+};
+
+void AddConfigOptions(CLI::App* cmd, Common* c, bool required = true) {
+  auto* opt = cmd->add_option("--config,-c", c->config_path, "job config (protobuf text format, configs/job_config.proto)");
+  if (required) opt->required();
+  cmd->add_option("--set", c->overrides, "override one config field: PATH=VALUE, e.g. training.batch_size=1024")
+      ->take_all();
+}
+
+absl::StatusOr<config::JobConfig> LoadConfig(const Common& c) { return config::LoadJobConfig(c.config_path, c.overrides); }
+
+int Fail(const absl::Status& s) {
+  LOG(ERROR) << s.message();
+  return 1;
+}
+
+std::string SelfPath(const char* argv0) {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return argv0;
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  CLI::App app{"t2diff: distributed parameter-server trainer for T2Diff (diffusion-based two-tower retrieval)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "help for every subcommand");
+
+  Common prep_c;
+  bool force = false;
+  auto* prepare = app.add_subcommand("prepare", "turn raw interaction logs (or the synthetic generator) into sample shards");
+  AddConfigOptions(prepare, &prep_c);
+  prepare->add_flag("--force", force, "overwrite an existing data set in data.dataset_dir");
+
+  Common gen_c;
+  bool gen_force = false;
+  auto* generate = app.add_subcommand("generate", "write the synthetic data set of data.generator (prepare with source = SYNTHETIC)");
+  AddConfigOptions(generate, &gen_c);
+  generate->add_flag("--force", gen_force, "overwrite an existing data set in data.dataset_dir");
+
+  RunOptions run;
+  Common train_c;
+  auto* train = app.add_subcommand("train", "train (run under mpirun, or alone for a single-process run)");
+  AddConfigOptions(train, &train_c);
+  train->add_flag("--resume", run.resume, "continue from the newest complete checkpoint in checkpoint.dir");
+  train->add_option("--export", run.export_dir, "after training, write the serving bundle to this folder");
+
+  Common eval_c;
+  auto* eval = app.add_subcommand("eval", "evaluate the newest checkpoint on the validation and test splits");
+  AddConfigOptions(eval, &eval_c);
+
+  Common export_c;
+  auto* exp = app.add_subcommand("export", "write a serving bundle from the newest checkpoint");
+  AddConfigOptions(exp, &export_c);
+  exp->add_option("--out", run.export_dir, "bundle folder")->required();
+
+  RetrieveOptions ret;
+  auto* retrieve = app.add_subcommand("retrieve", "top-k items for a behaviour history, from a serving bundle");
+  retrieve->add_option("--bundle", ret.bundle, "bundle folder written by export")->required();
+  retrieve->add_option("--history", ret.history, "item ids, oldest first, separated by spaces")->required();
+  retrieve->add_option("--k", ret.k, "items to return")->capture_default_str();
+  retrieve->add_option("--seed", ret.seed, "seed of the reverse diffusion process")->capture_default_str();
+
+  Common launch_c;
+  bool dry_run = false;
+  std::vector<std::string> launch_args;
+  auto* launch = app.add_subcommand("launch", "print and run the mpirun command of a job: t2diff launch -c job.textproto [-- train options]");
+  AddConfigOptions(launch, &launch_c);
+  launch->add_flag("--dry-run", dry_run, "only print the command");
+  launch->add_option("args", launch_args, "arguments after --, passed to `t2diff train`");
+
+  CLI11_PARSE(app, argc, argv);
+
+  LoggingOptions log;
+  log.role = "main";
+  InitLogging(argv[0], log);
+
+  if (prepare->parsed() || generate->parsed()) {
+    Common& c = prepare->parsed() ? prep_c : gen_c;
+    if (generate->parsed()) c.overrides.push_back("data.source=SYNTHETIC");
+    auto cfg = LoadConfig(c);
+    if (!cfg.ok()) return Fail(cfg.status());
+    auto summary = data::Prepare(*cfg, prepare->parsed() ? force : gen_force);
+    if (!summary.ok()) return Fail(summary.status());
+    std::cout << data::FormatSummary(*summary) << std::flush;
+    return 0;
+  }
+  if (launch->parsed()) {
+    auto cfg = LoadConfig(launch_c);
+    if (!cfg.ok()) return Fail(cfg.status());
+    LaunchOptions o;
+    o.binary = SelfPath(argv[0]);
+    o.args = {"train", "--config", launch_c.config_path};
+    for (const auto& s : launch_c.overrides) o.args.insert(o.args.end(), {"--set", s});
+    o.args.insert(o.args.end(), launch_args.begin(), launch_args.end());
+    o.as_root = ::geteuid() == 0;
+    const auto cmd = BuildMpirunCommand(*cfg, o);
+    std::cout << ShellJoin(cmd) << std::endl;
+    if (dry_run) return 0;
+    std::vector<char*> cargv;
+    for (const auto& a : cmd) cargv.push_back(const_cast<char*>(a.c_str()));
+    cargv.push_back(nullptr);
+    ::execvp(cargv[0], cargv.data());
+    return Fail(absl::InternalError(absl::StrCat("cannot run ", cmd[0], ": ", std::strerror(errno))));
+  }
+  if (retrieve->parsed()) return RunRetrieve(ret);
+
+  Common& c = train->parsed() ? train_c : eval->parsed() ? eval_c : export_c;
+  auto cfg = LoadConfig(c);
+  if (!cfg.ok()) return Fail(cfg.status());
+  run.mode = train->parsed() ? RunOptions::kTrain : eval->parsed() ? RunOptions::kEval : RunOptions::kExport;
+  return RunJob(*cfg, run, &argc, &argv);
+}
+
+}  // namespace t2d::launcher
+
+int main(int argc, char** argv) { return t2d::launcher::Main(argc, argv); }

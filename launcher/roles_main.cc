@@ -1,0 +1,158 @@
+#include "launcher/roles_main.h"
+
+#include <glog/logging.h>
+
+#include <iostream>
+#include <memory>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "comm/communicator_factory.h"
+#include "comm/inproc_communicator.h"
+#include "comm/mpi_session.h"
+#include "comm/roles.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "embedding/local_embedding_store.h"
+#include "ps/server_runner.h"
+#include "trainer/serving.h"
+#include "trainer/trainer.h"
+
+namespace t2d::launcher {
+namespace {
+
+std::vector<config::TableConfig> Tables(const config::JobConfig& c) { return {c.tables().begin(), c.tables().end()}; }
+
+// What a worker does once its store and communicator exist: the same for a single-process run
+// and for a worker rank of a distributed job.
+absl::Status RunWorker(const config::JobConfig& config, const RunOptions& options, embedding::EmbeddingStore* store,
+                       comm::Communicator* workers) {
+  trainer::TrainerContext ctx;
+  ctx.config = config;
+  ctx.store = store;
+  ctx.workers = workers;
+  ctx.output_dir = config.training().output_dir();
+  ctx.resume = options.resume || options.mode != RunOptions::kTrain;
+  T2D_ASSIGN_OR_RETURN(auto t, trainer::Trainer::Create(ctx));
+  switch (options.mode) {
+    case RunOptions::kTrain: {
+      T2D_ASSIGN_OR_RETURN(trainer::TrainResult r, t->Train());
+      if (workers->rank() == 0) {
+        std::cout << absl::StrFormat("trained %d steps in %.1fs (%.0f samples/s); first loss %.4f, last loss %.4f\n",
+                                     r.steps, r.train_seconds, r.samples_per_second, r.first_loss, r.last_loss)
+                  << "test (" << r.test.model.count() << " users) at the "
+                  << (r.validation.empty() || r.validation.front().model.count() == 0 ? "last" : "validation-selected")
+                  << " epoch " << r.best_epoch + 1 << ": " << r.test.model.ToString() << "\n"
+                  << "popularity baseline:     " << r.test.popularity.ToString() << std::endl;
+      }
+      break;
+    }
+    case RunOptions::kEval: {
+      for (const char* split : {"valid", "test"}) {
+        T2D_ASSIGN_OR_RETURN(trainer::EvalResult r, t->Evaluate(split));
+        if (workers->rank() == 0) {
+          std::cout << split << " (" << r.model.count() << " users): " << r.model.ToString() << "\n"
+                    << split << " popularity baseline: " << r.popularity.ToString() << std::endl;
+        }
+      }
+      break;
+    }
+    case RunOptions::kExport:
+      break;
+  }
+  if (!options.export_dir.empty()) T2D_RETURN_IF_ERROR(t->Export(options.export_dir));
+  return absl::OkStatus();
+}
+
+absl::Status RunSingleProcess(const config::JobConfig& config, const RunOptions& options) {
+  LOG(INFO) << "single-process run: in-process embedding tables, 1 worker";
+  T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(Tables(config)));
+  comm::InProcGroup group(1);
+  auto workers = group.Member(0);
+  return RunWorker(config, options, store.get(), workers.get());
+}
+
+}  // namespace
+
+int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc, char*** argv) {
+  auto session = comm::MpiSession::Create(argc, argv);
+  if (!session.ok()) {
+    LOG(ERROR) << session.status().message();
+    return 1;
+  }
+  comm::MpiSession& mpi = **session;
+  if (mpi.size() == 1) {
+    auto s = RunSingleProcess(config, options);
+    if (!s.ok()) {
+      LOG(ERROR) << s.message();
+      return 1;
+    }
+    return 0;
+  }
+  const auto& cluster = config.cluster();
+  if (mpi.size() != cluster.num_servers() + cluster.num_workers()) {
+    if (mpi.rank() == 0) {
+      LOG(ERROR) << "this job has " << mpi.size() << " ranks but the config asks for cluster.num_servers="
+                 << cluster.num_servers() << " + cluster.num_workers=" << cluster.num_workers()
+                 << "; start it with `t2diff launch` or mpirun -n " << cluster.num_servers() + cluster.num_workers();
+    }
+    return 1;
+  }
+  auto roles = comm::AssignRoles(mpi.size(), cluster.num_servers());
+  if (!roles.ok()) {
+    LOG(ERROR) << roles.status().message();
+    return 1;
+  }
+  const bool server = roles->IsServer(mpi.rank());
+  LoggingOptions log;
+  log.role = server ? "server" : "worker";
+  log.rank = server ? roles->ShardOfServer(mpi.rank()) : roles->WorkerIndex(mpi.rank());
+  log.on_fatal = [] { comm::MpiSession::Abort(1); };
+  InitLogging("t2diff", log);
+  absl::Status s = ps::RunRole(config, mpi, *roles, [&](embedding::EmbeddingStore* store, comm::Communicator* workers) {
+    return RunWorker(config, options, store, workers);
+  });
+  if (!s.ok()) {
+    LOG(ERROR) << "rank " << mpi.rank() << " (" << LogTag() << ") failed: " << s.message()
+               << "; ending the whole job";
+    comm::MpiSession::Abort(1);
+  }
+  return 0;
+}
+
+int RunRetrieve(const RetrieveOptions& options) {
+  auto bundle = trainer::ServingBundle::Load(options.bundle);
+  if (!bundle.ok()) {
+    LOG(ERROR) << bundle.status().message();
+    return 1;
+  }
+  std::vector<int64_t> history;
+  for (absl::string_view tok : absl::StrSplit(options.history, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
+    int64_t id;
+    if (!absl::SimpleAtoi(tok, &id)) {
+      LOG(ERROR) << "--history: \"" << tok << "\" is not an item id";
+      return 1;
+    }
+    history.push_back(id);
+  }
+  if (history.empty()) {
+    LOG(ERROR) << "--history is empty";
+    return 1;
+  }
+  auto r = (*bundle)->TopK(history, options.k, options.seed);
+  if (!r.ok()) {
+    LOG(ERROR) << r.status().message();
+    return 1;
+  }
+  std::cout << "top " << r->items.size() << " of " << (*bundle)->num_items() << " items for a history of "
+            << history.size() << ":\n";
+  for (size_t i = 0; i < r->items.size(); ++i) {
+    std::cout << absl::StrFormat("%3d  item %-12d score %.5f\n", i + 1, r->items[i], r->scores[i]);
+  }
+  std::cout << absl::StrFormat("latency: user tower %.2f ms, search %.2f ms\n", r->user_tower_ms, r->search_ms);
+  return 0;
+}
+
+}  // namespace t2d::launcher

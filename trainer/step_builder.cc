@@ -1,0 +1,111 @@
+#include "trainer/step_builder.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/hash.h"
+
+namespace t2d::trainer {
+
+StepBuilder::StepBuilder(const Catalogue* catalogue, const Options& options)
+    : catalogue_(catalogue), options_(options) {}
+
+void StepBuilder::AddItem(model::ItemSlots* slots, int64_t id, const int64_t* tags, int count) {
+  scratch_tags_.clear();
+  if (options_.use_tags) {
+    for (int t = 0; t < count; ++t) scratch_tags_.push_back(tag_rows_.RowOf(tags[t]));
+  }
+  slots->Add(id_rows_.RowOf(id), scratch_tags_);
+}
+
+void StepBuilder::SeedCatalogue(int64_t begin, int64_t end, StepInput* out) {
+  id_rows_.Reset(&out->id_keys);
+  tag_rows_.Reset(&out->tag_keys);
+  out->candidates = model::Candidates();
+  for (int64_t i = begin; i < end; ++i) {
+    const auto& tags = catalogue_->tags(i);
+    AddItem(&out->candidates.items, catalogue_->ids()[static_cast<size_t>(i)], tags.data(),
+            static_cast<int>(tags.size()));
+  }
+}
+
+absl::Status StepBuilder::FillHistory(const data::Batch& in, StepInput* out) {
+  const int n = in.max_seq_len, t = in.max_tags;
+  model::Batch& b = out->batch;
+  b = model::Batch();
+  b.batch_size = in.size;
+  b.seq_len = n;
+  b.lengths.resize(static_cast<size_t>(in.size));
+  if (options_.time_lags) b.time_lags.assign(static_cast<size_t>(in.size) * static_cast<size_t>(n), 0.0f);
+  for (int s = 0; s < in.size; ++s) {
+    const int len = in.history_len[static_cast<size_t>(s)];
+    if (len < 0 || len > n) {
+      return absl::InvalidArgumentError(absl::StrCat("sample ", s, " of the batch has history length ", len,
+                                                     " outside [0, ", n, "]"));
+    }
+    b.lengths[static_cast<size_t>(s)] = len;
+    // Right-align: slot n - len + j holds behaviour j (oldest first).
+    for (int j = 0; j < n - len; ++j) b.history.AddPadding();
+    for (int j = 0; j < len; ++j) {
+      const size_t pos = static_cast<size_t>(s) * static_cast<size_t>(n) + static_cast<size_t>(j);
+      AddItem(&b.history, in.history_id[pos], in.history_tag.data() + pos * static_cast<size_t>(t),
+              in.history_tag_count[pos]);
+      if (options_.time_lags) {
+        b.time_lags[static_cast<size_t>(s) * static_cast<size_t>(n) + static_cast<size_t>(n - len + j)] =
+            in.time_lag[pos];
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StepBuilder::BuildTraining(const data::Batch& in, uint64_t seed, StepInput* out) {
+  if (options_.full_softmax) {
+    SeedCatalogue(0, catalogue_->size(), out);
+  } else {
+    id_rows_.Reset(&out->id_keys);
+    tag_rows_.Reset(&out->tag_keys);
+    out->candidates = model::Candidates();
+  }
+  if (auto s = FillHistory(in, out); !s.ok()) return s;
+  model::Batch& b = out->batch;
+  const int t = in.max_tags;
+  for (int s = 0; s < in.size; ++s) {
+    const int64_t id = in.target_id[static_cast<size_t>(s)];
+    AddItem(&b.targets, id, in.target_tag.data() + static_cast<size_t>(s) * static_cast<size_t>(t),
+            in.target_tag_count[static_cast<size_t>(s)]);
+    const int64_t index = catalogue_->IndexOf(id);
+    if (options_.full_softmax) {
+      if (index < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("target item ", id, " of sample ", s,
+                                                       " is not in the catalogue (items.t2ds)"));
+      }
+      b.target_candidates.push_back(index);
+    } else {
+      b.target_log_q.push_back(index < 0 ? 0.0f : catalogue_->log_share(index));
+    }
+  }
+  if (!options_.full_softmax) {
+    SplitMix64 rng(seed);
+    for (int i = 0; i < options_.num_negatives; ++i) {
+      const int64_t index = catalogue_->SampleByPopularity(rng.NextDouble());
+      const auto& tags = catalogue_->tags(index);
+      AddItem(&out->candidates.items, catalogue_->ids()[static_cast<size_t>(index)], tags.data(),
+              static_cast<int>(tags.size()));
+      out->candidates.log_q.push_back(catalogue_->log_share(index));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StepBuilder::BuildUsers(const data::Batch& in, StepInput* out) {
+  id_rows_.Reset(&out->id_keys);
+  tag_rows_.Reset(&out->tag_keys);
+  out->candidates = model::Candidates();
+  return FillHistory(in, out);
+}
+
+void StepBuilder::BuildCatalogue(int64_t begin, int64_t end, StepInput* out) {
+  SeedCatalogue(begin, end, out);
+  out->batch = model::Batch();
+}
+
+}  // namespace t2d::trainer

@@ -1,0 +1,80 @@
+#pragma once
+// Turns a batch of samples (data/sample_reader.h: raw ids, left-aligned) into what one model
+// call needs (model/batch.h: row indices, right-aligned), plus the unique ids whose embedding
+// rows must be pulled, in row order:
+//   id_keys[r]  is the item id whose row is row r of Rows::id_rows,
+//   tag_keys[r] is the tag id whose row is row r of Rows::tag_rows.
+// FULL_SOFTMAX steps put the whole catalogue first (rows 0..N-1 in catalogue order, so
+// candidates are the catalogue and a target's candidate index is its catalogue index);
+// SAMPLED_SOFTMAX steps pull the batch's items plus `num_negatives` shared negatives drawn by
+// popularity (with their log-probabilities for the logQ correction).
+//
+// Thread-safety: not thread-safe (reuses its maps); one builder per thread.
+// Errors: InvalidArgument for a target outside the catalogue (FULL_SOFTMAX) or a malformed batch.
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "data/sample_reader.h"
+#include "model/batch.h"
+#include "trainer/catalogue.h"
+
+namespace t2d::trainer {
+
+struct StepInput {
+  model::Batch batch;
+  model::Candidates candidates;
+  std::vector<int64_t> id_keys;
+  std::vector<int64_t> tag_keys;
+};
+
+class StepBuilder {
+ public:
+  struct Options {
+    bool full_softmax = true;
+    int num_negatives = 0;  // SAMPLED_SOFTMAX only
+    bool use_tags = true;   // false: no tag table
+    bool time_lags = false; // fill Batch::time_lags
+  };
+  // `catalogue` is not owned and must outlive the builder.
+  StepBuilder(const Catalogue* catalogue, const Options& options);
+
+  // A training step; `seed` draws the shared negatives.
+  absl::Status BuildTraining(const data::Batch& in, uint64_t seed, StepInput* out);
+  // User-tower input only (evaluation, serving): no targets, no candidates.
+  absl::Status BuildUsers(const data::Batch& in, StepInput* out);
+  // Catalogue items [begin, end) as candidate slots (for item vectors), with their rows.
+  void BuildCatalogue(int64_t begin, int64_t end, StepInput* out);
+
+ private:
+  class Rows {
+   public:
+    void Reset(std::vector<int64_t>* keys) {
+      map_.clear();
+      keys_ = keys;
+      keys_->clear();
+    }
+    int64_t RowOf(int64_t key) {
+      auto [it, inserted] = map_.try_emplace(key, static_cast<int64_t>(keys_->size()));
+      if (inserted) keys_->push_back(key);
+      return it->second;
+    }
+
+   private:
+    absl::flat_hash_map<int64_t, int64_t> map_;
+    std::vector<int64_t>* keys_ = nullptr;
+  };
+
+  absl::Status FillHistory(const data::Batch& in, StepInput* out);
+  void AddItem(model::ItemSlots* slots, int64_t id, const int64_t* tags, int count);
+  void SeedCatalogue(int64_t begin, int64_t end, StepInput* out);
+
+  const Catalogue* catalogue_;
+  Options options_;
+  Rows id_rows_, tag_rows_;
+  std::vector<int64_t> scratch_tags_;
+};
+
+}  // namespace t2d::trainer
