@@ -84,12 +84,14 @@ TEST(ConfigLoader, CrossFieldChecks) {
   e = Error(std::string(kBase) + "tables { name: \"u\" dim: 1 optimizer { kind: ADAM beta1: 1 } }\n");
   EXPECT_NE(e.find("Adam needs beta1 < 1"), std::string::npos) << e;
   EXPECT_NE(Error("").find("model.item_id_table: no table named \"item_id\""), std::string::npos);
+  e = Error(std::string(kBase) + "eval { k: [1, 5] }\n");
+  EXPECT_NE(e.find("eval.main_k: main_k 20 is not one of eval.k"), std::string::npos) << e;
 }
 
 TEST(ConfigLoader, Overrides) {
   auto c = ParseJobConfig(kBase, "job.textproto",
                           {"training.batch_size=1024", "tables[item_tag].dim=8", "tables[0].optimizer.kind=ADAM",
-                           "eval.k=5, 10", "checkpoint.dir=/tmp/x y", "cluster.consistency=ASYNC"});
+                           "eval.k=5, 10", "eval.main_k=10", "checkpoint.dir=/tmp/x y", "cluster.consistency=ASYNC"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->training().batch_size(), 1024);
   EXPECT_EQ(c->tables(1).dim(), 8);
