@@ -1,0 +1,109 @@
+#include "trainer/step_builder.h"
+
+#include <gtest/gtest.h>
+
+namespace t2d::trainer {
+namespace {
+
+// Catalogue: items 100, 200, 300 with tags {7}, {8, 9}, {} and counts 5, 3, 2.
+std::unique_ptr<Catalogue> MakeCatalogue() {
+  return Catalogue::FromItems({100, 200, 300}, {{7}, {8, 9}, {}}, {5, 3, 2});
+}
+
+// Two samples, n = 3, T = 2: sample 0 has history [200] -> 100, sample 1 [100, 300, 200] -> 300.
+data::Batch MakeBatch() {
+  data::Batch b;
+  b.size = 2;
+  b.max_seq_len = 3;
+  b.max_tags = 2;
+  b.history_id = {200, 0, 0, 100, 300, 200};
+  b.history_len = {1, 3};
+  b.session_begin = {0, 1};
+  b.history_time = std::vector<int64_t>(6, 0);
+  b.time_lag = {5, 0, 0, 30, 20, 10};
+  b.history_tag = {8, 9, 0, 0, 0, 0, 7, 0, 0, 0, 8, 9};
+  b.history_tag_count = {2, 0, 0, 1, 0, 2};
+  b.target_id = {100, 300};
+  b.target_time = {0, 0};
+  b.target_tag = {7, 0, 0, 0};
+  b.target_tag_count = {1, 0};
+  b.user_id = {1, 2};
+  return b;
+}
+
+TEST(StepBuilder, FullSoftmaxPutsCatalogueFirstAndRightAligns) {
+  auto cat = MakeCatalogue();
+  StepBuilder::Options o;
+  o.full_softmax = true;
+  o.time_lags = true;
+  StepBuilder builder(cat.get(), o);
+  StepInput in;
+  ASSERT_TRUE(builder.BuildTraining(MakeBatch(), 1, &in).ok());
+  EXPECT_EQ(in.id_keys, (std::vector<int64_t>{100, 200, 300}));
+  EXPECT_EQ(in.tag_keys, (std::vector<int64_t>{7, 8, 9}));
+  const model::Batch& b = in.batch;
+  EXPECT_EQ(b.batch_size, 2);
+  EXPECT_EQ(b.seq_len, 3);
+  EXPECT_EQ(b.lengths, (std::vector<int64_t>{1, 3}));
+  // Sample 0: two padding slots, then item 200 (row 1); sample 1: 100, 300, 200.
+  EXPECT_EQ(b.history.id_rows, (std::vector<int64_t>{-1, -1, 1, 0, 2, 1}));
+  EXPECT_EQ(b.history.tag_offsets, (std::vector<int64_t>{0, 0, 0, 2, 3, 3, 5}));
+  EXPECT_EQ(b.history.tag_rows, (std::vector<int64_t>{1, 2, 0, 1, 2}));
+  EXPECT_EQ(b.time_lags, (std::vector<float>{0, 0, 5, 30, 20, 10}));
+  EXPECT_EQ(b.targets.id_rows, (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(b.target_candidates, (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(in.candidates.items.id_rows, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_TRUE(model::ValidateBatch(b, 3, 3).ok());
+}
+
+TEST(StepBuilder, SampledSoftmaxDrawsNegativesByPopularity) {
+  auto cat = MakeCatalogue();
+  StepBuilder::Options o;
+  o.full_softmax = false;
+  o.num_negatives = 1000;
+  StepBuilder builder(cat.get(), o);
+  StepInput a, b;
+  ASSERT_TRUE(builder.BuildTraining(MakeBatch(), 7, &a).ok());
+  ASSERT_TRUE(builder.BuildTraining(MakeBatch(), 7, &b).ok());
+  EXPECT_EQ(a.candidates.items.id_rows, b.candidates.items.id_rows);  // same seed, same draw
+  ASSERT_EQ(a.candidates.items.size(), 1000);
+  // Rows appear in first-touch order: history of sample 0 first.
+  EXPECT_EQ(a.id_keys[0], 200);
+  int popular = 0;
+  for (int64_t r : a.candidates.items.id_rows) popular += a.id_keys[static_cast<size_t>(r)] == 100 ? 1 : 0;
+  EXPECT_NEAR(popular, 500, 60);  // item 100 holds 5 of 10 counts
+  EXPECT_NEAR(a.candidates.log_q[0], std::log(static_cast<float>(cat->counts()[static_cast<size_t>(
+                                         cat->IndexOf(a.id_keys[static_cast<size_t>(a.candidates.items.id_rows[0])]))]) / 10.0f),
+              1e-5);
+  EXPECT_NEAR(a.batch.target_log_q[0], std::log(0.5f), 1e-6);
+}
+
+TEST(StepBuilder, TargetOutsideCatalogueIsAnError) {
+  auto cat = MakeCatalogue();
+  StepBuilder builder(cat.get(), StepBuilder::Options());
+  auto batch = MakeBatch();
+  batch.target_id[1] = 999;
+  StepInput in;
+  auto s = builder.BuildTraining(batch, 1, &in);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("target item 999"), std::string::npos) << s;
+  batch = MakeBatch();
+  batch.history_len[0] = 4;
+  EXPECT_FALSE(builder.BuildTraining(batch, 1, &in).ok());
+}
+
+TEST(StepBuilder, CatalogueSliceAndPopularity) {
+  auto cat = MakeCatalogue();
+  StepBuilder builder(cat.get(), StepBuilder::Options());
+  StepInput in;
+  builder.BuildCatalogue(1, 3, &in);
+  EXPECT_EQ(in.id_keys, (std::vector<int64_t>{200, 300}));
+  EXPECT_EQ(in.candidates.items.size(), 2);
+  EXPECT_EQ(cat->ByPopularity(), (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(cat->SampleByPopularity(0.0), 0);
+  EXPECT_EQ(cat->SampleByPopularity(0.55), 1);
+  EXPECT_EQ(cat->SampleByPopularity(0.95), 2);
+}
+
+}  // namespace
+}  // namespace t2d::trainer
