@@ -113,6 +113,7 @@ void FillManifestOptions(const DataConfig& config, uint64_t dataset_id, DatasetM
   m->set_session_mode(DataConfig::SessionMode_Name(config.session_mode()));
   m->set_session_gap_s(config.session_gap_s());
   m->set_split_protocol(DataConfig::SplitProtocol_Name(config.split()));
+  m->set_sequence_order(DataConfig::SequenceOrder_Name(config.sequence_order()));
 }
 
 absl::Status WriteManifest(const std::string& dir, const DatasetManifest& manifest) {
@@ -161,6 +162,9 @@ absl::Status CheckDataConfig(const DataConfig& c) {
   if (c.split() == DataConfig::PAPER && c.train_user_fraction() + c.valid_user_fraction() > 1.0 + 1e-9) {
     return absl::InvalidArgumentError("data.valid_user_fraction: train_user_fraction + valid_user_fraction exceed 1");
   }
+  if (c.sequence_order() == DataConfig::FILE && c.session_mode() == DataConfig::TIME_GAP) {
+    return absl::InvalidArgumentError("data.session_mode: TIME_GAP needs time-ordered sequences (sequence_order FILE)");
+  }
   if (c.split() == DataConfig::GLOBAL_TIME && c.valid_time_fraction() + c.test_time_fraction() >= 1.0) {
     return absl::InvalidArgumentError("data.test_time_fraction: valid_time_fraction + test_time_fraction must be < 1");
   }
@@ -183,7 +187,7 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   summary.set_rows_filtered(log.rows_filtered);
   summary.set_bad_lines(log.bad_lines.count);
   for (const auto& e : log.bad_lines.examples) summary.add_bad_line_examples(e);
-  std::vector<UserSequence> seqs = BuildSequences(log, c.min_seq_len(), &summary);
+  std::vector<UserSequence> seqs = BuildSequences(log, c.min_seq_len(), &summary, c.sequence_order() == DataConfig::TIME);
   log.interactions.clear();
   log.interactions.shrink_to_fit();
 

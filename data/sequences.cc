@@ -35,13 +35,13 @@ void AddToHistogram(int64_t length, PrepareSummary* summary) {
   }
 }
 
-std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary) {
+std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary, bool by_time) {
   std::vector<uint32_t> order(log.interactions.size());
   std::iota(order.begin(), order.end(), 0u);
   const auto& in = log.interactions;
   std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
     if (in[a].user != in[b].user) return in[a].user < in[b].user;
-    return in[a].time < in[b].time;
+    return by_time && in[a].time < in[b].time;
   });
   absl::flat_hash_set<int64_t> input_items, kept_items;
   for (const auto& x : in) input_items.insert(x.item);

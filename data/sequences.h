@@ -32,10 +32,11 @@ struct UserSequence {
   std::vector<int64_t> times;
 };
 
-// Groups and sorts `log` into sequences (users by ascending id), dropping users shorter than
-// `min_len`. Fills the input_* / empty / one_item / short / kept counts, the length histogram
+// Groups `log` into sequences (users by ascending id), each sorted by time (stably) or, with
+// by_time = false, kept in input order; drops users shorter than `min_len`. Fills the input_* / empty / one_item / short / kept counts, the length histogram
 // and the min/max/mean length of `summary`.
-std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary);
+std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary,
+                                         bool by_time = true);
 
 // Start of the current session for a target at index `target` whose history window starts at
 // `window_begin` (so the history is times[window_begin, target)). LAST_K: the last k

@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "data/generator.h"
 #include "data/prepare.h"
+#include "configs/config_loader.h"
 #include "data/sample_reader.h"
 #include "tests/data/test_util.h"
 
@@ -194,6 +195,44 @@ TEST(PrepareTest, RefusesToOverwriteWithoutForce) {
   EXPECT_FALSE(std::filesystem::exists(job.data().dataset_dir() + "/train-00001-of-00002.t2ds"));
   EXPECT_TRUE(std::filesystem::exists(job.data().dataset_dir() + "/train-00000-of-00001.t2ds"));
   EXPECT_TRUE(std::filesystem::exists(job.data().dataset_dir() + "/notes.txt"));
+}
+
+TEST(PrepareTest, FileOrderIsKeptAndLabelled) {
+  TempDir dir;
+  JobConfig job = FixtureConfig(dir);
+  job.mutable_data()->set_sequence_order(DataConfig::FILE);
+  ASSERT_TRUE(Prepare(job, false).ok());
+  auto m = ReadManifest(job.data().dataset_dir());
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->sequence_order(), "FILE");
+  ReaderOptions o;
+  o.split = "test";
+  auto test = ReadAll(job.data().dataset_dir(), o);
+  std::sort(test.begin(), test.end());
+  ASSERT_EQ(test.size(), 2u);
+  // User 1 in file order: 16 11 12 13 14 15 -> the last item is 15.
+  EXPECT_EQ(test[0].target, 15);
+  EXPECT_EQ(test[0].history, (std::vector<int64_t>{12, 13, 14}));
+  job.mutable_data()->set_session_mode(DataConfig::TIME_GAP);
+  EXPECT_FALSE(Prepare(job, true).ok());
+}
+
+TEST(PrepareTest, SkippedBadLinesAreReportedInTheSummary) {
+  TempDir dir;
+  JobConfig job = FixtureConfig(dir);
+  job.mutable_data()->set_input_paths(
+      0, WriteText(dir.File("bad.dat"), "1::11::5::100\n1::12::5::200\nbroken line\n1::13::5::300\n1::14::five::400\n"));
+  auto s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("bad.dat:3:"), std::string::npos) << s.status();
+  job.mutable_data()->set_skip_bad_lines(true);
+  s = Prepare(job, true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->bad_lines(), 2);
+  ASSERT_EQ(s->bad_line_examples_size(), 2);
+  EXPECT_NE(s->bad_line_examples(1).find("bad.dat:5:"), std::string::npos);
+  EXPECT_EQ(s->interactions(), 3);
+  EXPECT_NE(FormatSummary(*s).find("bad line: "), std::string::npos);
 }
 
 TEST(PrepareTest, ConfigErrors) {
@@ -504,6 +543,28 @@ TEST(RealDataTest, MovieLens1mRatingsWithTimestamps) {
   auto log = ReadSource(c);
   ASSERT_TRUE(log.ok()) << log.status();
   EXPECT_EQ(log->interactions.size(), 487650u);
+}
+
+}  // namespace
+}  // namespace t2d::data
+
+namespace t2d::data {
+namespace {
+
+// The example configs parse and validate with the data fields.
+TEST(ExampleConfigTest, DataExamplesLoad) {
+  const char* src = std::getenv("T2D_SOURCE_DIR");
+  const std::string root = src != nullptr ? src : ".";
+  for (const char* name : {"ml1m.textproto", "synthetic.textproto"}) {
+    auto c = config::LoadJobConfig(root + "/configs/examples/" + name);
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    EXPECT_NE(c->data().source(), config::DataConfig::SOURCE_UNSET);
+  }
+  // Range options on the new fields are enforced by the loader.
+  auto bad = config::ParseJobConfig(
+      "tables { name: \"item_id\" dim: 2 } tables { name: \"item_tag\" dim: 2 } data { num_shards: 0 }", "x.textproto");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("data.num_shards"), std::string::npos) << bad.status();
 }
 
 }  // namespace

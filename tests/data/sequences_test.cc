@@ -43,6 +43,16 @@ TEST(BuildSequencesTest, StableTimeSortMinLengthAndCounts) {
   EXPECT_EQ(total, 2);
 }
 
+TEST(BuildSequencesTest, FileOrderKeepsInputOrder) {
+  InteractionLog log;
+  log.interactions = {{2, 30, 100}, {2, 10, 5}, {2, 20, 50}};
+  PrepareSummary s;
+  auto seqs = BuildSequences(log, 1, &s, /*by_time=*/false);
+  ASSERT_EQ(seqs.size(), 1u);
+  EXPECT_EQ(seqs[0].items, (std::vector<int64_t>{30, 10, 20}));
+  EXPECT_EQ(seqs[0].times, (std::vector<int64_t>{100, 5, 50}));
+}
+
 TEST(SessionBeginTest, LastKAndTimeGap) {
   //                          0  1   2     3     4     5     6
   std::vector<int64_t> times{0, 10, 5000, 5010, 5020, 9000, 9005};
