@@ -1,0 +1,305 @@
+#include "data/prepare.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/hash.h"
+#include "common/status_macros.h"
+#include "data/generator.h"
+#include "data/shard_set.h"
+#include "data/sources.h"
+#include "google/protobuf/text_format.h"
+
+namespace t2d::data {
+
+using config::DataConfig;
+namespace fs = std::filesystem;
+
+std::string ShardFileName(const std::string& split, int shard, int num_shards) {
+  return absl::StrFormat("%s-%05d-of-%05d.t2ds", split, shard, num_shards);
+}
+
+uint64_t DatasetId(const DataConfig& config) {
+  return Mix64(std::hash<std::string>()(config.SerializeAsString()));
+}
+
+absl::Status PrepareOutputDir(const std::string& dir, bool force) {
+  if (dir.empty()) return absl::InvalidArgumentError("data.dataset_dir: empty; say where the prepared data set goes");
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    if (!fs::is_directory(dir, ec)) return absl::InvalidArgumentError(absl::StrCat(dir, ": exists and is not a folder"));
+    std::vector<fs::path> ours;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name == kManifestFile || absl::EndsWith(name, ".t2ds") || absl::EndsWith(name, ".t2ds.tmp")) {
+        ours.push_back(e.path());
+      }
+    }
+    if (ec) return absl::PermissionDeniedError(absl::StrCat(dir, ": cannot list: ", ec.message()));
+    if (!ours.empty() && !force) {
+      return absl::AlreadyExistsError(absl::StrCat(dir, ": already holds a prepared data set (", ours.front().filename().string(),
+                                                   "...); pass --force to overwrite it"));
+    }
+    // The manifest goes first so that an interrupted removal never leaves a "complete" set.
+    std::sort(ours.begin(), ours.end(), [](const fs::path& a, const fs::path& b) {
+      return (a.filename() == kManifestFile) > (b.filename() == kManifestFile);
+    });
+    for (const auto& p : ours) {
+      if (!fs::remove(p, ec) || ec) return absl::PermissionDeniedError(absl::StrCat(p.string(), ": cannot remove: ", ec.message()));
+    }
+  }
+  fs::create_directories(dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat(dir, ": cannot create: ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ShardSetWriter>> ShardSetWriter::Create(const DataConfig& config, uint64_t dataset_id) {
+  auto w = std::make_unique<ShardSetWriter>();
+  w->dir_ = config.dataset_dir();
+  w->num_shards_ = config.num_shards();
+  for (int s = 0; s < kNumSplits; ++s) {
+    for (int i = 0; i < w->num_shards_; ++i) {
+      SampleFileHeader h;
+      h.set_kind(SampleFileHeader::SAMPLES);
+      h.set_split(kSplitNames[s]);
+      h.set_shard_index(i);
+      h.set_num_shards(w->num_shards_);
+      h.set_window(config.max_seq_len());
+      h.set_dataset_id(dataset_id);
+      T2D_ASSIGN_OR_RETURN(auto f, SampleFileWriter::Create((fs::path(w->dir_) / ShardFileName(kSplitNames[s], i, w->num_shards_)).string(),
+                                                            h, static_cast<size_t>(config.chunk_bytes())));
+      w->writers_[s].push_back(std::move(f));
+    }
+  }
+  SampleFileHeader h;
+  h.set_kind(SampleFileHeader::ITEMS);
+  h.set_dataset_id(dataset_id);
+  T2D_ASSIGN_OR_RETURN(w->items_, SampleFileWriter::Create((fs::path(w->dir_) / kItemsFile).string(), h,
+                                                           static_cast<size_t>(config.chunk_bytes())));
+  return w;
+}
+
+absl::Status ShardSetWriter::Finish(DatasetManifest* manifest) {
+  manifest->clear_splits();
+  for (int s = 0; s < kNumSplits; ++s) {
+    auto* split = manifest->add_splits();
+    split->set_name(kSplitNames[s]);
+    int64_t total = 0;
+    for (int i = 0; i < num_shards_; ++i) {
+      T2D_RETURN_IF_ERROR(writers_[s][i]->Finish());
+      split->add_shard_files(ShardFileName(kSplitNames[s], i, num_shards_));
+      split->add_shard_samples(writers_[s][i]->samples());
+      total += writers_[s][i]->samples();
+    }
+    split->set_samples(total);
+  }
+  T2D_RETURN_IF_ERROR(items_->Finish());
+  manifest->set_items_file(kItemsFile);
+  return absl::OkStatus();
+}
+
+void FillManifestOptions(const DataConfig& config, uint64_t dataset_id, DatasetManifest* m) {
+  m->set_format_version(static_cast<int32_t>(kSampleFormatVersion));
+  m->set_dataset_id(dataset_id);
+  m->set_window(config.max_seq_len());
+  m->set_session_len(config.session_len());
+  m->set_session_mode(DataConfig::SessionMode_Name(config.session_mode()));
+  m->set_session_gap_s(config.session_gap_s());
+  m->set_split_protocol(DataConfig::SplitProtocol_Name(config.split()));
+  m->set_sequence_order(DataConfig::SequenceOrder_Name(config.sequence_order()));
+}
+
+absl::Status WriteManifest(const std::string& dir, const DatasetManifest& manifest) {
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(manifest, &text);
+  return WriteFileAtomic((fs::path(dir) / kManifestFile).string(),
+                         "# Written by t2diff prepare; see docs/data-format.md.\n" + text);
+}
+
+absl::StatusOr<DatasetManifest> ReadManifest(const std::string& dataset_dir) {
+  const std::string path = (fs::path(dataset_dir) / kManifestFile).string();
+  auto text = ReadFileToString(path);
+  if (!text.ok()) {
+    if (absl::IsNotFound(text.status())) {
+      return absl::NotFoundError(absl::StrCat(path, ": no prepared data set here (run t2diff prepare)"));
+    }
+    return text.status();
+  }
+  DatasetManifest m;
+  if (!google::protobuf::TextFormat::ParseFromString(*text, &m)) {
+    return absl::DataLossError(absl::StrCat(path, ": unreadable manifest"));
+  }
+  if (m.format_version() != static_cast<int32_t>(kSampleFormatVersion)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": format version ", m.format_version(),
+                                                      ", this build reads version ", kSampleFormatVersion));
+  }
+  if (m.splits_size() != kNumSplits) return absl::DataLossError(absl::StrCat(path, ": expected 3 splits"));
+  for (const auto& s : m.splits()) {
+    if (s.shard_files_size() != s.shard_samples_size() || s.shard_files_size() == 0) {
+      return absl::DataLossError(absl::StrCat(path, ": split ", s.name(), " has a bad shard list"));
+    }
+  }
+  return m;
+}
+
+namespace {
+
+absl::Status CheckDataConfig(const DataConfig& c) {
+  if (c.source() == DataConfig::SOURCE_UNSET) {
+    return absl::InvalidArgumentError("data.source: not set (MOVIELENS_DAT, MOVIELENS_100K, ML1M_SEQUENCES, "
+                                      "MOVIETWEETINGS, KUAIRAND, CSV or SYNTHETIC)");
+  }
+  if (c.session_len() > c.max_seq_len()) {
+    return absl::InvalidArgumentError(absl::StrCat("data.session_len: ", c.session_len(), " exceeds max_seq_len ", c.max_seq_len()));
+  }
+  if (c.split() == DataConfig::PAPER && c.train_user_fraction() + c.valid_user_fraction() > 1.0 + 1e-9) {
+    return absl::InvalidArgumentError("data.valid_user_fraction: train_user_fraction + valid_user_fraction exceed 1");
+  }
+  if (c.sequence_order() == DataConfig::FILE && c.session_mode() == DataConfig::TIME_GAP) {
+    return absl::InvalidArgumentError("data.session_mode: TIME_GAP needs time-ordered sequences (sequence_order FILE)");
+  }
+  if (c.split() == DataConfig::GLOBAL_TIME && c.valid_time_fraction() + c.test_time_fraction() >= 1.0) {
+    return absl::InvalidArgumentError("data.test_time_fraction: valid_time_fraction + test_time_fraction must be < 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::chrono::steady_clock::time_point t0) {
+  T2D_ASSIGN_OR_RETURN(InteractionLog log, ReadSource(c));
+  if (!log.has_timestamps && c.session_mode() == DataConfig::TIME_GAP) {
+    return absl::FailedPreconditionError(absl::StrCat("data.session_mode: TIME_GAP needs timestamps; source ",
+                                                      SourceName(c.source()), " has none (use LAST_K)"));
+  }
+  if (!log.has_timestamps && c.split() == DataConfig::GLOBAL_TIME) {
+    return absl::FailedPreconditionError(absl::StrCat("data.split: GLOBAL_TIME needs timestamps; source ",
+                                                      SourceName(c.source()), " has none"));
+  }
+  PrepareSummary summary;
+  summary.set_source(SourceName(c.source()));
+  summary.set_rows_read(log.rows_read);
+  summary.set_rows_filtered(log.rows_filtered);
+  summary.set_bad_lines(log.bad_lines.count);
+  for (const auto& e : log.bad_lines.examples) summary.add_bad_line_examples(e);
+  std::vector<UserSequence> seqs = BuildSequences(log, c.min_seq_len(), &summary, c.sequence_order() == DataConfig::TIME);
+  log.interactions.clear();
+  log.interactions.shrink_to_fit();
+
+  SplitOptions options = MakeSplitOptions(c);
+  if (c.split() == DataConfig::GLOBAL_TIME) {
+    std::vector<int64_t> times;
+    for (const auto& s : seqs) times.insert(times.end(), s.times.begin(), s.times.end());
+    if (times.empty()) return absl::FailedPreconditionError("data: no interactions left to split");
+    auto quantile = [&](double q) {
+      size_t k = std::min(times.size() - 1, static_cast<size_t>(q * static_cast<double>(times.size())));
+      std::nth_element(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(k), times.end());
+      return times[k];
+    };
+    options.valid_cut = quantile(1.0 - c.valid_time_fraction() - c.test_time_fraction());
+    options.test_cut = quantile(1.0 - c.test_time_fraction());
+  }
+  std::vector<Split> groups;
+  if (c.split() == DataConfig::PAPER) {
+    groups = PaperGroups(seqs.size(), c.train_user_fraction(), c.valid_user_fraction(), c.seed());
+  }
+
+  const uint64_t dataset_id = DatasetId(c);
+  T2D_ASSIGN_OR_RETURN(auto out, ShardSetWriter::Create(c, dataset_id));
+  const std::vector<int64_t> no_tags;
+  absl::flat_hash_map<int64_t, int64_t> item_counts;
+  std::array<std::vector<TargetRef>, kNumSplits> targets;
+  std::array<int64_t, kNumSplits> users_in{0, 0, 0};
+  std::vector<absl::Span<const int64_t>> tags;
+  int64_t too_short = 0;
+  for (size_t u = 0; u < seqs.size(); ++u) {
+    const UserSequence& s = seqs[u];
+    tags.clear();
+    for (int64_t item : s.items) {
+      ++item_counts[item];
+      auto it = log.item_tags.find(item);
+      tags.emplace_back(it == log.item_tags.end() ? absl::Span<const int64_t>(no_tags) : absl::Span<const int64_t>(it->second));
+    }
+    if (!UserTargets(options, s.user, groups.empty() ? kTrain : groups[u], s.times, &targets)) {
+      ++too_short;
+      continue;
+    }
+    const int shard = static_cast<int>(Mix64(c.seed() ^ static_cast<uint64_t>(s.user)) % static_cast<uint64_t>(c.num_shards()));
+    for (int sp = 0; sp < kNumSplits; ++sp) {
+      if (targets[sp].empty()) continue;
+      ++users_in[sp];
+      T2D_RETURN_IF_ERROR(WriteUserTargets(out->writer(static_cast<Split>(sp), shard), s.user, s.items, s.times, tags,
+                                           targets[sp], c.max_seq_len()));
+    }
+  }
+  std::vector<int64_t> ids;
+  ids.reserve(item_counts.size());
+  for (const auto& [id, count] : item_counts) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  int max_tags = 0;
+  for (int64_t id : ids) {
+    auto it = log.item_tags.find(id);
+    const auto& t = it == log.item_tags.end() ? no_tags : it->second;
+    max_tags = std::max(max_tags, static_cast<int>(t.size()));
+    T2D_RETURN_IF_ERROR(out->items()->AddItem(id, t, item_counts[id]));
+  }
+  DatasetManifest manifest;
+  FillManifestOptions(c, dataset_id, &manifest);
+  manifest.set_has_timestamps(log.has_timestamps);
+  manifest.set_max_tags_per_item(max_tags);
+  for (const auto& n : log.tag_names) manifest.add_tag_names(n);
+  T2D_RETURN_IF_ERROR(out->Finish(&manifest));
+  summary.set_users_too_short_for_split(too_short);
+  summary.set_train_samples(manifest.splits(kTrain).samples());
+  summary.set_valid_samples(manifest.splits(kValid).samples());
+  summary.set_test_samples(manifest.splits(kTest).samples());
+  summary.set_train_users(users_in[kTrain]);
+  summary.set_valid_users(users_in[kValid]);
+  summary.set_test_users(users_in[kTest]);
+  summary.set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  *manifest.mutable_summary() = summary;
+  T2D_RETURN_IF_ERROR(WriteManifest(c.dataset_dir(), manifest));
+  return summary;
+}
+
+}  // namespace
+
+absl::StatusOr<PrepareSummary> Prepare(const config::JobConfig& config, bool force) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const DataConfig& c = config.data();
+  T2D_RETURN_IF_ERROR(CheckDataConfig(c));
+  T2D_RETURN_IF_ERROR(PrepareOutputDir(c.dataset_dir(), force));
+  if (c.source() == DataConfig::SYNTHETIC) return GenerateDataset(c, t0);
+  return PrepareFromFiles(c, t0);
+}
+
+std::string FormatSummary(const PrepareSummary& s) {
+  std::string out = absl::StrFormat(
+      "source %s: %d rows read, %d filtered, %d bad lines skipped\n"
+      "input: %d users, %d items, %d positive interactions; %d users without positives, %d one-item users, "
+      "%d users dropped as too short\n"
+      "kept: %d users, %d items, %d interactions; length min %d / mean %.1f / max %d\n"
+      "samples: train %d (%d users), valid %d (%d users), test %d (%d users); %d users too short for the split\n"
+      "length histogram:",
+      s.source(), s.rows_read(), s.rows_filtered(), s.bad_lines(), s.input_users(), s.input_items(), s.input_interactions(),
+      s.empty_users(), s.one_item_users(), s.short_users_dropped(), s.users(), s.items(), s.interactions(), s.min_seq_len(),
+      s.mean_seq_len(), s.max_seq_len(), s.train_samples(), s.train_users(), s.valid_samples(), s.valid_users(),
+      s.test_samples(), s.test_users(), s.users_too_short_for_split());
+  for (const auto& b : s.seq_len_histogram()) {
+    if (b.hi() == 0) {
+      absl::StrAppend(&out, " [", b.lo(), ",inf):", b.count());
+    } else {
+      absl::StrAppend(&out, " [", b.lo(), ",", b.hi(), "):", b.count());
+    }
+  }
+  for (const auto& e : s.bad_line_examples()) absl::StrAppend(&out, "\nbad line: ", e);
+  absl::StrAppend(&out, absl::StrFormat("\ntook %.2f s", s.seconds()));
+  return out;
+}
+
+}  // namespace t2d::data

@@ -1,0 +1,141 @@
+#pragma once
+// The binary sample and items files (.t2ds) of a prepared data set; format in
+// docs/data-format.md. A samples file holds user records: a slice of the user's time-ordered
+// positive sequence (item ids as raw int64, timestamps, tags per item) and the target
+// positions of one split inside that slice, each with the start of its current session. One
+// stored behaviour serves every target after it, so a user's sequence is stored once per
+// split instead of once per sample.
+//
+// Layout (little-endian):
+//   "T2DSAMPL" | u32 version | u32 header_bytes | SampleFileHeader | u32 crc32(header)
+//   chunk*:  u32 'CHNK' | u32 kind | u32 records | u32 samples | u32 payload_bytes | u32 crc | payload
+//   end:     a chunk of kind 3 whose payload is i64 records | i64 samples | i64 chunks
+//
+// Writers write to "<path>.tmp" and rename on Finish, so a path holds a complete file or none.
+// Readers check magic, version, sizes and every chunk's CRC; errors (DataLoss for damage or
+// truncation, FailedPrecondition for a version mismatch) name the file and the chunk.
+//
+// Thread-safety: writer and reader objects are thread-compatible; DecodeChunk is const.
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "data/dataset.pb.h"
+
+namespace t2d::data {
+
+inline constexpr uint32_t kSampleFormatVersion = 1;
+
+// One target inside a user record: `target` indexes the record's items; the current session
+// of its history is [session_begin, target).
+struct TargetRef {
+  uint32_t target = 0;
+  uint32_t session_begin = 0;
+};
+
+// A chunk of a samples file, decoded. Items of all users are concatenated.
+struct DecodedChunk {
+  std::vector<int64_t> user_ids;      // per record
+  std::vector<uint32_t> user_begin;   // per record: first item (index into items); + end sentinel
+  std::vector<int64_t> items;
+  std::vector<int64_t> times;
+  std::vector<uint32_t> tag_begin;    // per item: first tag (index into tags); + end sentinel
+  std::vector<int64_t> tags;
+  struct Sample {
+    uint32_t record;
+    uint32_t target;         // absolute index into items
+    uint32_t session_begin;  // absolute index into items
+  };
+  std::vector<Sample> samples;
+};
+
+// An item of the catalogue.
+struct ItemRecord {
+  int64_t id = 0;
+  std::vector<int64_t> tags;
+  int64_t count = 0;  // positive interactions in the prepared sequences (0: not computed)
+};
+
+class SampleFileWriter {
+ public:
+  // Creates "<path>.tmp". chunk_bytes: payload size at which a chunk is closed.
+  static absl::StatusOr<std::unique_ptr<SampleFileWriter>> Create(const std::string& path,
+                                                                  const SampleFileHeader& header,
+                                                                  size_t chunk_bytes);
+  ~SampleFileWriter();
+  SampleFileWriter(const SampleFileWriter&) = delete;
+  SampleFileWriter& operator=(const SampleFileWriter&) = delete;
+
+  // Appends one user record. items/times/tags have one entry per behaviour (tags[i] are the
+  // tags of items[i]); targets are sorted, within range and each has session_begin <= target.
+  absl::Status AddUser(int64_t user_id, absl::Span<const int64_t> items, absl::Span<const int64_t> times,
+                       absl::Span<const absl::Span<const int64_t>> tags, absl::Span<const TargetRef> targets);
+  // Appends one catalogue item (ITEMS files).
+  absl::Status AddItem(int64_t id, absl::Span<const int64_t> tags, int64_t count);
+  // Writes the end chunk, flushes, fsyncs and renames into place.
+  absl::Status Finish();
+
+  int64_t records() const { return records_; }
+  int64_t samples() const { return samples_; }
+
+ private:
+  SampleFileWriter(std::string path, FILE* f, size_t chunk_bytes);
+  absl::Status MaybeFlush();
+  absl::Status FlushChunk(uint32_t kind);
+  absl::Status Write(const void* data, size_t n);
+
+  std::string path_;
+  FILE* f_;
+  size_t chunk_bytes_;
+  std::string payload_;
+  uint32_t chunk_records_ = 0, chunk_samples_ = 0;
+  int64_t records_ = 0, samples_ = 0, chunks_ = 0;
+  uint32_t data_kind_ = 1;
+  bool finished_ = false;
+};
+
+// Random access to the chunks of one .t2ds file. Open reads the header and walks the chunk
+// headers (not the payloads), so opening is cheap and truncation is found at once.
+class SampleFileReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<SampleFileReader>> Open(const std::string& path);
+  ~SampleFileReader();
+  SampleFileReader(const SampleFileReader&) = delete;
+  SampleFileReader& operator=(const SampleFileReader&) = delete;
+
+  const SampleFileHeader& header() const { return header_; }
+  const std::string& path() const { return path_; }
+  int num_chunks() const { return static_cast<int>(chunks_.size()); }
+  int64_t chunk_samples(int i) const { return chunks_[i].samples; }
+  int64_t total_samples() const { return total_samples_; }
+  int64_t total_records() const { return total_records_; }
+
+  // Reads, checks and decodes chunk i of a SAMPLES file.
+  absl::Status ReadChunk(int i, DecodedChunk* out);
+  // Reads every record of an ITEMS file.
+  absl::StatusOr<std::vector<ItemRecord>> ReadAllItems();
+
+ private:
+  struct ChunkInfo {
+    int64_t offset;  // of the payload
+    uint32_t records, samples, payload_bytes, crc;
+  };
+  SampleFileReader(std::string path, FILE* f) : path_(std::move(path)), f_(f) {}
+  absl::Status Init();
+  absl::Status ReadPayload(int i, std::string* payload);
+
+  std::string path_;
+  FILE* f_;
+  SampleFileHeader header_;
+  std::vector<ChunkInfo> chunks_;
+  int64_t total_samples_ = 0, total_records_ = 0;
+  std::string scratch_;
+};
+
+}  // namespace t2d::data

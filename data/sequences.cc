@@ -1,0 +1,210 @@
+#include "data/sequences.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/container/flat_hash_set.h"
+#include "common/hash.h"
+
+namespace t2d::data {
+
+using config::DataConfig;
+
+std::vector<HistogramBucket> EmptyLengthHistogram() {
+  const int64_t edges[] = {1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 0};
+  std::vector<HistogramBucket> out;
+  for (size_t i = 0; i + 1 < std::size(edges); ++i) {
+    HistogramBucket b;
+    b.set_lo(edges[i]);
+    b.set_hi(edges[i + 1]);
+    b.set_count(0);
+    out.push_back(b);
+  }
+  return out;
+}
+
+void AddToHistogram(int64_t length, PrepareSummary* summary) {
+  if (summary->seq_len_histogram_size() == 0) {
+    for (const auto& b : EmptyLengthHistogram()) *summary->add_seq_len_histogram() = b;
+  }
+  for (auto& b : *summary->mutable_seq_len_histogram()) {
+    if (length >= b.lo() && (b.hi() == 0 || length < b.hi())) {
+      b.set_count(b.count() + 1);
+      return;
+    }
+  }
+}
+
+std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary, bool by_time) {
+  std::vector<uint32_t> order(log.interactions.size());
+  std::iota(order.begin(), order.end(), 0u);
+  const auto& in = log.interactions;
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    if (in[a].user != in[b].user) return in[a].user < in[b].user;
+    return by_time && in[a].time < in[b].time;
+  });
+  absl::flat_hash_set<int64_t> input_items, kept_items;
+  for (const auto& x : in) input_items.insert(x.item);
+  std::vector<UserSequence> out;
+  int64_t input_users = 0, one_item = 0, short_dropped = 0, kept_interactions = 0;
+  int64_t min_seen = 0, max_seen = 0;
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    const int64_t user = in[order[i]].user;
+    while (j < order.size() && in[order[j]].user == user) ++j;
+    const int64_t len = static_cast<int64_t>(j - i);
+    ++input_users;
+    if (len == 1) ++one_item;
+    if (len < min_len) {
+      ++short_dropped;
+      i = j;
+      continue;
+    }
+    UserSequence s;
+    s.user = user;
+    s.items.reserve(len);
+    s.times.reserve(len);
+    for (size_t k = i; k < j; ++k) {
+      s.items.push_back(in[order[k]].item);
+      s.times.push_back(in[order[k]].time);
+      kept_items.insert(in[order[k]].item);
+    }
+    kept_interactions += len;
+    AddToHistogram(len, summary);
+    min_seen = out.empty() ? len : std::min(min_seen, len);
+    max_seen = std::max(max_seen, len);
+    out.push_back(std::move(s));
+    i = j;
+  }
+  if (summary->seq_len_histogram_size() == 0) {
+    for (const auto& b : EmptyLengthHistogram()) *summary->add_seq_len_histogram() = b;
+  }
+  summary->set_input_users(input_users);
+  summary->set_input_items(static_cast<int64_t>(input_items.size()));
+  summary->set_input_interactions(static_cast<int64_t>(in.size()));
+  summary->set_empty_users(log.empty_users);
+  summary->set_one_item_users(one_item);
+  summary->set_short_users_dropped(short_dropped);
+  summary->set_users(static_cast<int64_t>(out.size()));
+  summary->set_items(static_cast<int64_t>(kept_items.size()));
+  summary->set_interactions(kept_interactions);
+  summary->set_min_seq_len(min_seen);
+  summary->set_max_seq_len(max_seen);
+  summary->set_mean_seq_len(out.empty() ? 0.0 : static_cast<double>(kept_interactions) / out.size());
+  return out;
+}
+
+uint32_t SessionBegin(absl::Span<const int64_t> times, uint32_t window_begin, uint32_t target,
+                      DataConfig::SessionMode mode, double gap_s, int k) {
+  const uint32_t cap = static_cast<uint32_t>(k);
+  const uint32_t last_k = target - window_begin > cap ? target - cap : window_begin;
+  if (mode == DataConfig::LAST_K || target == window_begin) return last_k;
+  // Walk back from the newest behaviour while the gap to the previous one is small.
+  uint32_t begin = target - 1;
+  while (begin > last_k && static_cast<double>(times[begin] - times[begin - 1]) <= gap_s) --begin;
+  return begin;
+}
+
+SplitOptions MakeSplitOptions(const DataConfig& config) {
+  SplitOptions o;
+  o.protocol = config.split();
+  o.window = config.max_seq_len();
+  o.session_len = config.session_len();
+  o.session_mode = config.session_mode();
+  o.session_gap_s = config.session_gap_s();
+  o.paper_targets_per_user = config.paper_targets_per_user();
+  o.seed = config.seed();
+  return o;
+}
+
+bool UserTargets(const SplitOptions& o, int64_t user, Split paper_group, absl::Span<const int64_t> times,
+                 std::array<std::vector<TargetRef>, kNumSplits>* out) {
+  for (auto& v : *out) v.clear();
+  const uint32_t len = static_cast<uint32_t>(times.size());
+  const uint32_t n = static_cast<uint32_t>(o.window);
+  auto add = [&](Split s, uint32_t t) {
+    const uint32_t window_begin = t > n ? t - n : 0;
+    (*out)[s].push_back({t, SessionBegin(times, window_begin, t, o.session_mode, o.session_gap_s, o.session_len)});
+  };
+  switch (o.protocol) {
+    case DataConfig::PAPER: {
+      if (len < 2) return false;
+      if (paper_group != kTrain || len <= n) {
+        add(paper_group, len - 1);  // short training users and every eval user: the last item
+        return true;
+      }
+      // Up to m distinct positions in [n, len - 1]: a partial Fisher-Yates over the candidates.
+      const uint32_t candidates = len - n;
+      const uint32_t m = std::min<uint32_t>(candidates, static_cast<uint32_t>(o.paper_targets_per_user));
+      SplitMix64 rng(HashCombine(o.seed ^ 0x7061706572ULL, static_cast<uint64_t>(user)));
+      std::vector<uint32_t> pos(candidates);
+      std::iota(pos.begin(), pos.end(), n);
+      for (uint32_t i = 0; i < m; ++i) {
+        const uint32_t j = i + static_cast<uint32_t>(rng.Next() % (candidates - i));
+        std::swap(pos[i], pos[j]);
+      }
+      pos.resize(m);
+      std::sort(pos.begin(), pos.end());
+      for (uint32_t t : pos) add(kTrain, t);
+      return true;
+    }
+    case DataConfig::LAST_ITEM: {
+      if (len < 3) return false;
+      for (uint32_t t = 1; t + 2 < len; ++t) add(kTrain, t);
+      add(kValid, len - 2);
+      add(kTest, len - 1);
+      return true;
+    }
+    case DataConfig::GLOBAL_TIME: {
+      if (len < 2) return false;
+      for (uint32_t t = 1; t < len; ++t) {
+        add(times[t] < o.valid_cut ? kTrain : times[t] < o.test_cut ? kValid : kTest, t);
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+std::vector<Split> PaperGroups(size_t num_users, double train_fraction, double valid_fraction, uint64_t seed) {
+  std::vector<uint32_t> perm(num_users);
+  std::iota(perm.begin(), perm.end(), 0u);
+  SplitMix64 rng(HashCombine(seed, 0x7573657273ULL));
+  for (size_t i = num_users; i > 1; --i) std::swap(perm[i - 1], perm[rng.Next() % i]);
+  const size_t n_train = static_cast<size_t>(train_fraction * static_cast<double>(num_users) + 0.5);
+  const size_t n_valid =
+      std::min(num_users - n_train, static_cast<size_t>(valid_fraction * static_cast<double>(num_users) + 0.5));
+  std::vector<Split> out(num_users, kTest);
+  for (size_t r = 0; r < num_users; ++r) {
+    out[perm[r]] = r < n_train ? kTrain : r < n_train + n_valid ? kValid : kTest;
+  }
+  return out;
+}
+
+Split PaperGroupOfUser(int64_t user, double train_fraction, double valid_fraction, uint64_t seed) {
+  const double u = static_cast<double>(HashCombine(seed ^ 0x7573657273ULL, static_cast<uint64_t>(user)) >> 11) *
+                   (1.0 / 9007199254740992.0);
+  return u < train_fraction ? kTrain : u < train_fraction + valid_fraction ? kValid : kTest;
+}
+
+absl::Status WriteUserTargets(SampleFileWriter* writer, int64_t user, absl::Span<const int64_t> items,
+                              absl::Span<const int64_t> times, absl::Span<const absl::Span<const int64_t>> tags,
+                              absl::Span<const TargetRef> targets, int window) {
+  if (targets.empty()) return absl::OkStatus();
+  const uint32_t n = static_cast<uint32_t>(window);
+  const uint32_t first = targets.front().target;
+  uint32_t begin = first > n ? first - n : 0;
+  // The first target's session may start before its window only if k > n; keep it inside.
+  for (const TargetRef& t : targets) begin = std::min(begin, t.session_begin);
+  const uint32_t end = targets.back().target + 1;
+  std::vector<TargetRef> rebased(targets.begin(), targets.end());
+  for (TargetRef& t : rebased) {
+    t.target -= begin;
+    t.session_begin -= begin;
+  }
+  return writer->AddUser(user, items.subspan(begin, end - begin), times.subspan(begin, end - begin),
+                         tags.subspan(begin, end - begin), rebased);
+}
+
+}  // namespace t2d::data

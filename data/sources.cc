@@ -1,0 +1,531 @@
+#include "data/sources.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "data/line_reader.h"
+
+namespace t2d::data {
+namespace {
+
+using config::CsvFormat;
+using config::DataConfig;
+
+// Collects tag names while reading and numbers them 1..V by sorted name at the end, so that the
+// ids do not depend on file order.
+class TagVocab {
+ public:
+  int64_t Add(absl::string_view name) {
+    auto [it, inserted] = index_.try_emplace(std::string(name), static_cast<int64_t>(names_.size()));
+    if (inserted) names_.emplace_back(name);
+    return it->second;
+  }
+  // Rewrites the provisional ids in `log->item_tags` and fills `log->tag_names`.
+  void Finish(InteractionLog* log) {
+    if (names_.empty()) return;
+    std::vector<int64_t> order(names_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return names_[a] < names_[b]; });
+    std::vector<int64_t> final_id(names_.size());
+    for (size_t r = 0; r < order.size(); ++r) final_id[order[r]] = static_cast<int64_t>(r) + 1;
+    for (auto& [item, tags] : log->item_tags) {
+      for (int64_t& t : tags) t = final_id[t];
+    }
+    log->tag_names.clear();
+    for (int64_t o : order) log->tag_names.push_back(names_[o]);
+  }
+
+ private:
+  absl::flat_hash_map<std::string, int64_t> index_;
+  std::vector<std::string> names_;
+};
+
+// Reports a malformed line: an error, or (skip_bad_lines) a counted example.
+class BadLineHandler {
+ public:
+  BadLineHandler(bool skip, BadLines* out) : skip_(skip), out_(out) {}
+  absl::Status Report(const LineReader& r, const std::string& what) {
+    std::string msg = absl::StrCat(r.Where(), ": ", what);
+    if (!skip_) return absl::InvalidArgumentError(msg + " (set data.skip_bad_lines to skip such lines)");
+    ++out_->count;
+    if (out_->examples.size() < BadLines::kMaxExamples) out_->examples.push_back(std::move(msg));
+    return absl::OkStatus();
+  }
+
+ private:
+  bool skip_;
+  BadLines* out_;
+};
+
+bool ParseInt(absl::string_view s, int64_t* v) { return absl::SimpleAtoi(absl::StripAsciiWhitespace(s), v); }
+bool ParseDouble(absl::string_view s, double* v) { return absl::SimpleAtod(absl::StripAsciiWhitespace(s), v); }
+
+std::string Quote(absl::string_view line) {
+  if (line.size() > 80) return absl::StrCat("\"", line.substr(0, 80), "...\"");
+  return absl::StrCat("\"", line, "\"");
+}
+
+// Shared state of one ReadSource call.
+struct Context {
+  const DataConfig& config;
+  InteractionLog* log;
+  BadLineHandler bad;
+  TagVocab vocab;
+  absl::flat_hash_set<int64_t> all_users, positive_users;
+
+  Context(const DataConfig& c, InteractionLog* l) : config(c), log(l), bad(c.skip_bad_lines(), &l->bad_lines) {}
+
+  void AddRow(int64_t user, int64_t item, int64_t time, bool positive) {
+    ++log->rows_read;
+    all_users.insert(user);
+    if (!positive) {
+      ++log->rows_filtered;
+      return;
+    }
+    positive_users.insert(user);
+    log->interactions.push_back({user, item, time});
+  }
+  void SetTags(int64_t item, std::vector<int64_t> tags) {
+    if (config.first_tag_only() && tags.size() > 1) tags.resize(1);
+    log->item_tags.try_emplace(item, std::move(tags));
+  }
+  void Finish() {
+    log->empty_users = static_cast<int64_t>(all_users.size() - positive_users.size());
+    vocab.Finish(log);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<LineReader>> OpenInput(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("data: empty input path");
+  return LineReader::Open(path);
+}
+
+// "user::item::rating::time" (MovieLens ratings.dat, MovieTweetings ratings.dat).
+absl::Status ReadColonRatings(const std::string& path, Context* ctx) {
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  absl::string_view line;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    std::vector<absl::string_view> f = absl::StrSplit(line, "::");
+    int64_t user, item, time;
+    double rating;
+    if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseDouble(f[2], &rating) ||
+        !ParseInt(f[3], &time)) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected user::item::rating::timestamp, got ", Quote(line))));
+      continue;
+    }
+    ctx->AddRow(user, item, time, rating >= ctx->config.min_rating());
+  }
+  return absl::OkStatus();
+}
+
+// "id::title::genre|genre" (movies.dat of MovieLens and MovieTweetings).
+absl::Status ReadMoviesDat(const std::string& path, Context* ctx) {
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  absl::string_view line;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    const size_t first = line.find("::");
+    const size_t last = line.rfind("::");
+    int64_t item;
+    if (first == absl::string_view::npos || first == last || !ParseInt(line.substr(0, first), &item)) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected id::title::genres, got ", Quote(line))));
+      continue;
+    }
+    std::vector<int64_t> tags;
+    for (absl::string_view g : absl::StrSplit(line.substr(last + 2), '|', absl::SkipWhitespace())) {
+      tags.push_back(ctx->vocab.Add(absl::StripAsciiWhitespace(g)));
+    }
+    ctx->SetTags(item, std::move(tags));
+  }
+  return absl::OkStatus();
+}
+
+// u.data: "user<TAB>item<TAB>rating<TAB>time".
+absl::Status ReadUData(const std::string& path, Context* ctx) {
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  absl::string_view line;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    std::vector<absl::string_view> f = absl::StrSplit(line, '\t');
+    int64_t user, item, time;
+    double rating;
+    if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseDouble(f[2], &rating) ||
+        !ParseInt(f[3], &time)) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected user<TAB>item<TAB>rating<TAB>timestamp, got ",
+                                                            Quote(line))));
+      continue;
+    }
+    ctx->AddRow(user, item, time, rating >= ctx->config.min_rating());
+  }
+  return absl::OkStatus();
+}
+
+// u.item: "id|title|release|video release|url|19 genre flags"; genre names from u.genre next
+// to it ("name|index"), or "genre<index>" without that file.
+absl::Status ReadUItem(const std::string& path, Context* ctx) {
+  constexpr int kGenres = 19;
+  std::vector<std::string> names(kGenres);
+  for (int i = 0; i < kGenres; ++i) names[i] = absl::StrCat("genre", i);
+  const std::string genre_path = (std::filesystem::path(path).parent_path() / "u.genre").string();
+  if (std::filesystem::exists(genre_path)) {
+    T2D_ASSIGN_OR_RETURN(auto g, LineReader::Open(genre_path));
+    absl::string_view line;
+    while (true) {
+      T2D_ASSIGN_OR_RETURN(bool more, g->Next(&line));
+      if (!more) break;
+      if (absl::StripAsciiWhitespace(line).empty()) continue;
+      const size_t bar = line.rfind('|');
+      int64_t index;
+      if (bar == absl::string_view::npos || !ParseInt(line.substr(bar + 1), &index) || index < 0 || index >= kGenres) {
+        return absl::InvalidArgumentError(absl::StrCat(g->Where(), ": expected name|index (0..18), got ", Quote(line)));
+      }
+      names[index] = std::string(line.substr(0, bar));
+    }
+  }
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  absl::string_view line;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    std::vector<absl::string_view> f = absl::StrSplit(line, '|');
+    int64_t item;
+    bool ok = f.size() >= 5 + kGenres && ParseInt(f[0], &item);
+    std::vector<int64_t> tags;
+    for (int g = 0; ok && g < kGenres; ++g) {
+      const absl::string_view flag = f[f.size() - kGenres + g];
+      if (flag == "1") {
+        tags.push_back(ctx->vocab.Add(names[g]));
+      } else if (flag != "0") {
+        ok = false;
+      }
+    }
+    if (!ok) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected id|title|...|19 genre flags, got ", Quote(line))));
+      continue;
+    }
+    ctx->SetTags(item, std::move(tags));
+  }
+  return absl::OkStatus();
+}
+
+// "user item item ..." per line, in time order; times become positions.
+absl::Status ReadSequenceFile(const std::string& path, Context* ctx) {
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  absl::string_view line;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    std::vector<absl::string_view> f = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    int64_t user;
+    bool ok = f.size() >= 2 && ParseInt(f[0], &user);
+    const size_t begin = ctx->log->interactions.size();
+    for (size_t i = 1; ok && i < f.size(); ++i) {
+      int64_t item;
+      ok = ParseInt(f[i], &item);
+      if (ok) ctx->AddRow(user, item, static_cast<int64_t>(i - 1), true);
+    }
+    if (!ok) {
+      ctx->log->rows_read -= static_cast<int64_t>(ctx->log->interactions.size() - begin);
+      ctx->log->interactions.resize(begin);
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected \"user item item ...\" (integers), got ",
+                                                            Quote(line))));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Finds `name` in `header` (or, without header, reads it as a 0-based index).
+absl::StatusOr<int> ColumnIndex(const std::string& path, const std::vector<std::string>& header, bool has_header,
+                                const std::string& what, const std::string& name, int num_fields) {
+  if (has_header) {
+    for (size_t i = 0; i < header.size(); ++i) {
+      if (header[i] == name) return static_cast<int>(i);
+    }
+    std::string known;
+    for (const auto& h : header) absl::StrAppend(&known, known.empty() ? "" : ", ", h);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": unknown column \"", name, "\" for ", what,
+                                                   " (columns: ", known, ")"));
+  }
+  int64_t index;
+  if (!ParseInt(name, &index) || index < 0 || index >= num_fields) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": column \"", name, "\" for ", what,
+                                                   " must be an index 0..", num_fields - 1, " (file has no header)"));
+  }
+  return static_cast<int>(index);
+}
+
+absl::StatusOr<char> Delimiter(const CsvFormat& csv) {
+  const std::string& d = csv.delimiter();
+  if (d == "\\t" || d == "\t") return '\t';
+  if (d.size() != 1) return absl::InvalidArgumentError(absl::StrCat("data.csv.delimiter: expected one character, got \"", d, "\""));
+  return d[0];
+}
+
+absl::Status ParseTags(absl::string_view field, const CsvFormat& csv, Context* ctx, std::vector<int64_t>* tags) {
+  tags->clear();
+  const std::string& sep = csv.tag_separator();
+  std::vector<absl::string_view> parts =
+      sep.empty() ? std::vector<absl::string_view>{field} : absl::StrSplit(field, sep, absl::SkipWhitespace());
+  for (absl::string_view t : parts) {
+    t = absl::StripAsciiWhitespace(t);
+    if (t.empty()) continue;
+    if (csv.tags_are_names()) {
+      tags->push_back(ctx->vocab.Add(t));
+    } else {
+      int64_t v;
+      if (!ParseInt(t, &v)) return absl::InvalidArgumentError(absl::StrCat("tag \"", t, "\" is not an integer"));
+      tags->push_back(v);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A delimited file with a header (or index-named columns).
+absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx) {
+  T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  std::vector<absl::string_view> f;
+  std::vector<std::string> storage;
+  absl::string_view line;
+  std::vector<std::string> header;
+  int num_fields = -1;
+  int user_col = -1, item_col = -1, time_col = -1, label_col = -1, tags_col = -1;
+  std::vector<std::pair<int, std::string>> filters;
+  std::vector<int64_t> tags;
+  absl::flat_hash_map<int64_t, int64_t> position;  // no time column: per-user running position
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    if (!SplitCsvLine(line, delim, &f, &storage)) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, "unterminated quote"));
+      continue;
+    }
+    if (num_fields < 0) {
+      num_fields = static_cast<int>(f.size());
+      if (csv.has_header()) {
+        for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
+      }
+      auto col = [&](const std::string& what, const std::string& name) {
+        return ColumnIndex(path, header, csv.has_header(), what, name, num_fields);
+      };
+      T2D_ASSIGN_OR_RETURN(user_col, col("the user", csv.user_column()));
+      T2D_ASSIGN_OR_RETURN(item_col, col("the item", csv.item_column()));
+      if (!csv.time_column().empty()) { T2D_ASSIGN_OR_RETURN(time_col, col("the time", csv.time_column())); }
+      if (!csv.label_column().empty()) { T2D_ASSIGN_OR_RETURN(label_col, col("the label", csv.label_column())); }
+      if (!csv.tags_column().empty()) { T2D_ASSIGN_OR_RETURN(tags_col, col("the tags", csv.tags_column())); }
+      for (const auto& flt : csv.filter()) {
+        T2D_ASSIGN_OR_RETURN(int c, col("a filter", flt.column()));
+        filters.emplace_back(c, flt.value());
+      }
+      if (csv.has_header()) continue;
+    }
+    if (static_cast<int>(f.size()) != num_fields) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected ", num_fields, " fields, got ", f.size())));
+      continue;
+    }
+    int64_t user, item, time = 0;
+    double label = 1;
+    bool ok = ParseInt(f[user_col], &user) && ParseInt(f[item_col], &item);
+    if (ok && time_col >= 0) {
+      double t;
+      ok = ParseDouble(f[time_col], &t);
+      if (csv.time_unit() == CsvFormat::MILLISECONDS) t /= 1000.0;
+      time = static_cast<int64_t>(t);
+    }
+    if (ok && label_col >= 0) ok = ParseDouble(f[label_col], &label);
+    if (!ok) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("bad user/item/time/label value in ", Quote(line))));
+      continue;
+    }
+    if (tags_col >= 0) {
+      absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags);
+      if (!s.ok()) {
+        T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, std::string(s.message())));
+        continue;
+      }
+      ctx->SetTags(item, tags);
+    }
+    bool keep = label >= ctx->config.min_rating();
+    for (const auto& [c, value] : filters) keep = keep && absl::StripAsciiWhitespace(f[c]) == value;
+    if (time_col < 0) time = position[user]++;
+    ctx->AddRow(user, item, time, keep);
+  }
+  if (num_fields < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
+  if (time_col < 0) ctx->log->has_timestamps = false;
+  return absl::OkStatus();
+}
+
+// Item file of a CSV source: item id column and tags column.
+absl::Status ReadCsvItems(const std::string& path, const CsvFormat& csv, Context* ctx) {
+  T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
+  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
+  std::vector<absl::string_view> f;
+  std::vector<std::string> storage;
+  std::vector<std::string> header;
+  absl::string_view line;
+  int num_fields = -1, id_col = -1, tags_col = -1;
+  std::vector<int64_t> tags;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) break;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    if (!SplitCsvLine(line, delim, &f, &storage)) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, "unterminated quote"));
+      continue;
+    }
+    if (num_fields < 0) {
+      num_fields = static_cast<int>(f.size());
+      if (csv.has_header()) {
+        for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
+      }
+      T2D_ASSIGN_OR_RETURN(id_col, ColumnIndex(path, header, csv.has_header(), "the item id", csv.item_id_column(), num_fields));
+      T2D_ASSIGN_OR_RETURN(tags_col,
+                           ColumnIndex(path, header, csv.has_header(), "the item tags", csv.item_tags_column(), num_fields));
+      if (csv.has_header()) continue;
+    }
+    int64_t item;
+    if (static_cast<int>(f.size()) != num_fields || !ParseInt(f[id_col], &item)) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected ", num_fields, " fields with an integer item id, got ",
+                                                            Quote(line))));
+      continue;
+    }
+    absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags);
+    if (!s.ok()) {
+      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, std::string(s.message())));
+      continue;
+    }
+    ctx->SetTags(item, tags);
+  }
+  return absl::OkStatus();
+}
+
+// KuaiRand's published column names, filled in where the config left them unset.
+CsvFormat KuaiRandFormat(const CsvFormat& given) {
+  CsvFormat csv = given;
+  if (!csv.has_delimiter()) csv.set_delimiter(",");
+  if (!csv.has_user_column()) csv.set_user_column("user_id");
+  if (!csv.has_item_column()) csv.set_item_column("video_id");
+  if (!csv.has_time_column()) csv.set_time_column("time_ms");
+  if (!csv.has_time_unit()) csv.set_time_unit(CsvFormat::MILLISECONDS);
+  if (!csv.has_label_column()) csv.set_label_column("is_click");
+  if (csv.filter_size() == 0) {
+    auto* f = csv.add_filter();
+    f->set_column("tab");
+    f->set_value("1");
+  }
+  if (!csv.has_item_id_column()) csv.set_item_id_column("video_id");
+  if (!csv.has_item_tags_column()) csv.set_item_tags_column("tag");
+  if (!csv.has_tag_separator()) csv.set_tag_separator(",");
+  if (!csv.has_tags_are_names()) csv.set_tags_are_names(false);
+  return csv;
+}
+
+}  // namespace
+
+bool SplitCsvLine(absl::string_view line, char delimiter, std::vector<absl::string_view>* fields,
+                  std::vector<std::string>* storage) {
+  fields->clear();
+  storage->clear();
+  if (line.find('"') == absl::string_view::npos) {
+    size_t start = 0;
+    while (true) {
+      const size_t d = line.find(delimiter, start);
+      if (d == absl::string_view::npos) {
+        fields->push_back(line.substr(start));
+        return true;
+      }
+      fields->push_back(line.substr(start, d - start));
+      start = d + 1;
+    }
+  }
+  // Slow path with quotes: unquoted fields are built in `storage` (reserved so that views
+  // into it stay valid).
+  storage->reserve(line.size() + 1);
+  std::string cur;
+  bool in_quotes = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (in_quotes) {
+      if (c == '"') {
+        if (i + 1 < line.size() && line[i + 1] == '"') {
+          cur.push_back('"');
+          ++i;
+        } else {
+          in_quotes = false;
+        }
+      } else {
+        cur.push_back(c);
+      }
+    } else if (c == '"') {
+      in_quotes = true;
+    } else if (c == delimiter) {
+      storage->push_back(std::move(cur));
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  if (in_quotes) return false;
+  storage->push_back(std::move(cur));
+  for (const std::string& s : *storage) fields->push_back(s);
+  return true;
+}
+
+std::string SourceName(config::DataConfig::SourceKind kind) { return config::DataConfig::SourceKind_Name(kind); }
+
+absl::StatusOr<InteractionLog> ReadSource(const DataConfig& given) {
+  DataConfig config = given;
+  // KuaiRand's label is is_click (0/1): positives are clicks unless the config says otherwise.
+  if (config.source() == DataConfig::KUAIRAND && !config.has_min_rating()) config.set_min_rating(1);
+  InteractionLog log;
+  Context ctx(config, &log);
+  const auto& paths = config.input_paths();
+  if (paths.empty()) return absl::InvalidArgumentError("data.input_paths: no input file given");
+  switch (config.source()) {
+    case DataConfig::MOVIELENS_DAT:
+    case DataConfig::MOVIETWEETINGS:
+      for (const auto& p : paths) T2D_RETURN_IF_ERROR(ReadColonRatings(p, &ctx));
+      if (!config.item_path().empty()) T2D_RETURN_IF_ERROR(ReadMoviesDat(config.item_path(), &ctx));
+      break;
+    case DataConfig::MOVIELENS_100K:
+      for (const auto& p : paths) T2D_RETURN_IF_ERROR(ReadUData(p, &ctx));
+      if (!config.item_path().empty()) T2D_RETURN_IF_ERROR(ReadUItem(config.item_path(), &ctx));
+      break;
+    case DataConfig::ML1M_SEQUENCES:
+      for (const auto& p : paths) T2D_RETURN_IF_ERROR(ReadSequenceFile(p, &ctx));
+      if (!config.item_path().empty()) T2D_RETURN_IF_ERROR(ReadMoviesDat(config.item_path(), &ctx));
+      log.has_timestamps = false;
+      break;
+    case DataConfig::KUAIRAND:
+    case DataConfig::CSV: {
+      const CsvFormat csv = config.source() == DataConfig::KUAIRAND ? KuaiRandFormat(config.csv()) : config.csv();
+      for (const auto& p : paths) T2D_RETURN_IF_ERROR(ReadCsv(p, csv, &ctx));
+      if (!config.item_path().empty()) T2D_RETURN_IF_ERROR(ReadCsvItems(config.item_path(), csv, &ctx));
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("data.source: ", SourceName(config.source()),
+                                                     " is not a file source"));
+  }
+  ctx.Finish();
+  return log;
+}
+
+}  // namespace t2d::data

@@ -1,0 +1,166 @@
+#include "data/sample_file.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "tests/data/test_util.h"
+
+namespace t2d::data {
+namespace {
+
+using testing::TempDir;
+
+SampleFileHeader Header() {
+  SampleFileHeader h;
+  h.set_kind(SampleFileHeader::SAMPLES);
+  h.set_split("train");
+  h.set_window(50);
+  return h;
+}
+
+// Writes `users` users of 5 items each (two targets each) in small chunks.
+std::string WriteFile(const std::string& path, int users) {
+  auto w = SampleFileWriter::Create(path, Header(), 256);
+  EXPECT_TRUE(w.ok());
+  std::vector<int64_t> tag_a{7}, tag_b{8, 9}, none;
+  for (int u = 0; u < users; ++u) {
+    std::vector<int64_t> items{100 + u, 200, 300, 400, 500};
+    std::vector<int64_t> times{1, 2, 3, 4, 5};
+    std::vector<absl::Span<const int64_t>> tags{tag_a, tag_b, none, tag_a, tag_b};
+    std::vector<TargetRef> targets{{2, 1}, {4, 3}};
+    EXPECT_TRUE((*w)->AddUser(u, items, times, tags, targets).ok());
+  }
+  EXPECT_TRUE((*w)->Finish().ok());
+  return path;
+}
+
+TEST(SampleFileTest, RoundTripAcrossChunks) {
+  TempDir dir;
+  const std::string path = WriteFile(dir.File("s.t2ds"), 20);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  auto r = SampleFileReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT((*r)->num_chunks(), 1);
+  EXPECT_EQ((*r)->total_samples(), 40);
+  EXPECT_EQ((*r)->total_records(), 20);
+  EXPECT_EQ((*r)->header().split(), "train");
+  int64_t users = 0;
+  for (int c = 0; c < (*r)->num_chunks(); ++c) {
+    DecodedChunk d;
+    ASSERT_TRUE((*r)->ReadChunk(c, &d).ok());
+    EXPECT_EQ(static_cast<int64_t>(d.samples.size()), (*r)->chunk_samples(c));
+    for (size_t rec = 0; rec < d.user_ids.size(); ++rec, ++users) {
+      EXPECT_EQ(d.user_ids[rec], users);
+      const uint32_t b = d.user_begin[rec];
+      EXPECT_EQ(d.items[b], 100 + users);
+      EXPECT_EQ(d.times[b + 4], 5);
+      EXPECT_EQ(d.tag_begin[b + 2] - d.tag_begin[b + 1], 2u);
+      EXPECT_EQ(d.tags[d.tag_begin[b + 1] + 1], 9);
+      EXPECT_EQ(d.tag_begin[b + 3], d.tag_begin[b + 2]);
+    }
+    EXPECT_EQ(d.samples[1].target - d.user_begin[d.samples[1].record], 4u);
+    EXPECT_EQ(d.samples[1].session_begin - d.user_begin[d.samples[1].record], 3u);
+  }
+  EXPECT_EQ(users, 20);
+}
+
+TEST(SampleFileTest, ItemsFile) {
+  TempDir dir;
+  SampleFileHeader h;
+  h.set_kind(SampleFileHeader::ITEMS);
+  auto w = SampleFileWriter::Create(dir.File("items.t2ds"), h, 64);
+  ASSERT_TRUE(w.ok());
+  for (int i = 1; i <= 30; ++i) {
+    std::vector<int64_t> tags(static_cast<size_t>(i % 3), i);
+    ASSERT_TRUE((*w)->AddItem(i * 10, tags, i).ok());
+  }
+  ASSERT_TRUE((*w)->Finish().ok());
+  auto r = SampleFileReader::Open(dir.File("items.t2ds"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto items = (*r)->ReadAllItems();
+  ASSERT_TRUE(items.ok()) << items.status();
+  ASSERT_EQ(items->size(), 30u);
+  EXPECT_EQ((*items)[4].id, 50);
+  EXPECT_EQ((*items)[4].count, 5);
+  EXPECT_EQ((*items)[4].tags, (std::vector<int64_t>{5, 5}));
+  DecodedChunk d;
+  EXPECT_FALSE((*r)->ReadChunk(0, &d).ok());  // not a samples file
+}
+
+TEST(SampleFileTest, ChecksumMismatchNamesFileAndChunk) {
+  TempDir dir;
+  const std::string path = WriteFile(dir.File("bad.t2ds"), 20);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-60, std::ios::end);  // inside the last data chunk's payload
+    char c;
+    f.seekg(f.tellp());
+    f.read(&c, 1);
+    c ^= 0x5a;
+    f.seekp(-60, std::ios::end);
+    f.write(&c, 1);
+  }
+  auto r = SampleFileReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::Status bad;
+  for (int c = 0; c < (*r)->num_chunks() && bad.ok(); ++c) {
+    DecodedChunk d;
+    bad = (*r)->ReadChunk(c, &d);
+  }
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(absl::IsDataLoss(bad));
+  EXPECT_NE(bad.message().find("bad.t2ds"), std::string::npos);
+  EXPECT_NE(bad.message().find("checksum mismatch in chunk"), std::string::npos) << bad;
+}
+
+TEST(SampleFileTest, TruncatedAndForeignFilesAreErrors) {
+  TempDir dir;
+  const std::string path = WriteFile(dir.File("t.t2ds"), 20);
+  const auto size = std::filesystem::file_size(path);
+  for (uintmax_t cut : {size - 1, size - 30, size / 2, uintmax_t{10}}) {
+    std::filesystem::copy_file(path, dir.File("cut.t2ds"), std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::resize_file(dir.File("cut.t2ds"), cut);
+    auto r = SampleFileReader::Open(dir.File("cut.t2ds"));
+    ASSERT_FALSE(r.ok()) << "cut at " << cut;
+    EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
+    EXPECT_NE(r.status().message().find("cut.t2ds"), std::string::npos);
+  }
+  testing::WriteText(dir.File("text.t2ds"), "this is not a sample file at all");
+  auto r = SampleFileReader::Open(dir.File("text.t2ds"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not a t2d sample file"), std::string::npos);
+  // A newer format version is refused with a clear message.
+  std::filesystem::copy_file(path, dir.File("v2.t2ds"));
+  {
+    std::fstream f(dir.File("v2.t2ds"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);
+    const uint32_t v = 2;
+    f.write(reinterpret_cast<const char*>(&v), 4);
+  }
+  r = SampleFileReader::Open(dir.File("v2.t2ds"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+  EXPECT_FALSE(SampleFileReader::Open(dir.File("missing.t2ds")).ok());
+}
+
+TEST(SampleFileTest, WriterRejectsBadTargets) {
+  TempDir dir;
+  auto w = SampleFileWriter::Create(dir.File("w.t2ds"), Header(), 1024);
+  ASSERT_TRUE(w.ok());
+  std::vector<int64_t> items{1, 2}, times{1, 2};
+  std::vector<int64_t> none;
+  std::vector<absl::Span<const int64_t>> tags{none, none};
+  std::vector<TargetRef> beyond{{2, 0}};
+  EXPECT_FALSE((*w)->AddUser(1, items, times, tags, beyond).ok());
+  std::vector<TargetRef> session_after{{1, 2}};
+  EXPECT_FALSE((*w)->AddUser(1, items, times, tags, session_after).ok());
+  // Without Finish nothing appears under the final name.
+  w->reset();
+  EXPECT_FALSE(std::filesystem::exists(dir.File("w.t2ds")));
+  EXPECT_FALSE(std::filesystem::exists(dir.File("w.t2ds.tmp")));
+}
+
+}  // namespace
+}  // namespace t2d::data
