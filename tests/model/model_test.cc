@@ -1,0 +1,584 @@
+// Tests of the model library's tensor side: stop-gradient, padding invariance, reverse-process
+// determinism, shapes, noising statistics, losses, learning smoke tests, error paths.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "model/dense_optimizer.h"
+#include "model/model.h"
+
+namespace t2d::model {
+namespace {
+
+using config::ModelConfig;
+
+ModelConfig Config(ModelConfig::Kind kind) {
+  ModelConfig c;
+  c.set_kind(kind);
+  return c;
+}
+
+ModelDims Dims(int64_t id_dim = 2, int64_t tag_dim = 2, int64_t k = 3) {
+  ModelDims d;
+  d.id_dim = id_dim;
+  d.tag_dim = tag_dim;
+  d.session_len = k;
+  return d;
+}
+
+std::unique_ptr<Model> MakeModel(const ModelConfig& c, const ModelDims& d) {
+  auto m = Model::Create(c, d);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? std::move(m).value() : nullptr;
+}
+
+const ModelConfig::Kind kAllKinds[] = {ModelConfig::T2DIFF, ModelConfig::TWO_TOWER_MEAN, ModelConfig::SASREC,
+                                       ModelConfig::T2DIFF_NO_DIFFUSION, ModelConfig::T2DIFF_NO_DRIFT};
+
+// A synthetic batch over `num_items` items (item i has tag i % num_tags); every item is a
+// candidate, item i at candidate index i.
+struct Problem {
+  Batch batch;
+  Candidates candidates;
+  Rows rows;
+};
+
+void AddItem(ItemSlots* s, int64_t item, int64_t num_tags, bool tags) {
+  if (tags) {
+    s->Add(item, {item % num_tags});
+  } else {
+    s->id_rows.push_back(item);
+  }
+}
+
+// histories[b] lists sample b's behaviours, oldest first; n >= every length.
+Batch MakeBatch(const std::vector<std::vector<int64_t>>& histories, const std::vector<int64_t>& targets, int64_t n,
+                int64_t num_tags, bool tags) {
+  Batch b;
+  b.batch_size = static_cast<int64_t>(histories.size());
+  b.seq_len = n;
+  for (size_t i = 0; i < histories.size(); ++i) {
+    const auto& h = histories[i];
+    b.lengths.push_back(static_cast<int64_t>(h.size()));
+    for (int64_t j = 0; j < n - static_cast<int64_t>(h.size()); ++j) {
+      if (tags) {
+        b.history.AddPadding();
+      } else {
+        b.history.id_rows.push_back(-1);
+      }
+    }
+    for (int64_t item : h) AddItem(&b.history, item, num_tags, tags);
+    AddItem(&b.targets, targets[i], num_tags, tags);
+    b.target_candidates.push_back(targets[i]);
+    b.target_log_q.push_back(std::log(0.05f));
+    for (int64_t j = 0; j < n; ++j) b.time_lags.push_back(static_cast<float>(60 * (n - j)));
+  }
+  return b;
+}
+
+Candidates AllItems(int64_t num_items, int64_t num_tags, bool tags) {
+  Candidates c;
+  for (int64_t i = 0; i < num_items; ++i) {
+    AddItem(&c.items, i, num_tags, tags);
+    c.log_q.push_back(std::log(1.f / static_cast<float>(num_items)));
+  }
+  return c;
+}
+
+Rows MakeRows(int64_t num_items, int64_t num_tags, const ModelDims& d, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  Rows r;
+  r.id_rows = (at::randn({num_items, d.id_dim}, gen, at::kFloat) * 0.5).requires_grad_(true);
+  if (d.tag_dim > 0) r.tag_rows = (at::randn({num_tags, d.tag_dim}, gen, at::kFloat) * 0.5).requires_grad_(true);
+  return r;
+}
+
+Problem RandomProblem(int64_t bsz, int64_t n, int64_t num_items, const ModelDims& d, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int64_t>> hist;
+  std::vector<int64_t> targets;
+  for (int64_t b = 0; b < bsz; ++b) {
+    const int64_t len = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
+    std::vector<int64_t> h;
+    for (int64_t j = 0; j < len; ++j) h.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(num_items)));
+    hist.push_back(h);
+    targets.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(num_items)));
+  }
+  Problem p;
+  const bool tags = d.tag_dim > 0;
+  p.batch = MakeBatch(hist, targets, n, 4, tags);
+  p.candidates = AllItems(num_items, 4, tags);
+  p.rows = MakeRows(num_items, 4, d, seed + 1);
+  return p;
+}
+
+double MaxAbs(const at::Tensor& t) { return t.defined() ? t.abs().max().item<double>() : 0.0; }
+
+void ExpectClose(const at::Tensor& a, const at::Tensor& b, double tol, const std::string& what) {
+  ASSERT_EQ(a.sizes(), b.sizes()) << what;
+  EXPECT_LE((a - b).abs().max().item<double>(), tol) << what;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(ModelTest, StopGradientSeparatesDiffusionFromTowers) {
+  for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
+    for (auto loss : {ModelConfig::SQUARED, ModelConfig::NORM}) {
+      SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::DiffusionLoss_Name(loss));
+      ModelConfig c = Config(kind);
+      c.set_diffusion_loss(loss);
+      c.set_diffusion_loss_weight(10.f);
+      c.set_time_lag_feature(true);
+      auto model = MakeModel(c, Dims());
+      Problem p = RandomProblem(8, 7, 12, Dims(), 3);
+
+      // lambda * L_KL alone: only the U-Net gets gradient.
+      model->ZeroGradients();
+      auto out = model->Forward(p.batch, p.rows, p.candidates, 11);
+      ASSERT_TRUE(out.ok()) << out.status();
+      (out->diffusion_loss * c.diffusion_loss_weight()).backward();
+      EXPECT_EQ(MaxAbs(p.rows.id_rows.grad()), 0.0);
+      EXPECT_EQ(MaxAbs(p.rows.tag_rows.grad()), 0.0);
+      bool unet_nonzero = false;
+      for (size_t i = 0; i < model->Parameters().size(); ++i) {
+        const ParameterInfo& info = model->Parameters()[i];
+        const double g = MaxAbs(model->ParameterTensor(i).grad());
+        if (info.diffusion) {
+          unet_nonzero |= g > 0;
+        } else {
+          EXPECT_EQ(g, 0.0) << info.name;
+        }
+      }
+      EXPECT_TRUE(unet_nonzero);
+
+      // L_tower alone: the U-Net gets nothing, the rows and the towers do.
+      model->ZeroGradients();
+      Problem q = RandomProblem(8, 7, 12, Dims(), 3);
+      out = model->Forward(q.batch, q.rows, q.candidates, 11);
+      ASSERT_TRUE(out.ok()) << out.status();
+      out->tower_loss.backward();
+      EXPECT_GT(MaxAbs(q.rows.id_rows.grad()), 0.0);
+      EXPECT_GT(MaxAbs(q.rows.tag_rows.grad()), 0.0);
+      bool tower_nonzero = false;
+      for (size_t i = 0; i < model->Parameters().size(); ++i) {
+        const ParameterInfo& info = model->Parameters()[i];
+        const double g = MaxAbs(model->ParameterTensor(i).grad());
+        if (info.diffusion) {
+          EXPECT_EQ(g, 0.0) << info.name;
+        } else {
+          tower_nonzero |= g > 0;
+        }
+      }
+      EXPECT_TRUE(tower_nonzero);
+    }
+  }
+}
+
+TEST(ModelTest, PaddedSequenceEqualsUnpadded) {
+  const ModelDims d = Dims(2, 2, 3);
+  const std::vector<std::vector<int64_t>> hist = {{1, 2, 3, 4, 5, 6, 7}, {8, 9}};
+  const std::vector<int64_t> targets = {3, 10};
+  for (auto kind : kAllKinds) {
+    for (bool lag : {false, true}) {
+      SCOPED_TRACE(ModelConfig::Kind_Name(kind) + (lag ? " time lag" : ""));
+      ModelConfig c = Config(kind);
+      c.set_time_lag_feature(lag);
+      auto model = MakeModel(c, d);
+      const Rows rows = MakeRows(12, 4, d, 5);
+      const Candidates cands = AllItems(12, 4, true);
+      Batch b7 = MakeBatch(hist, targets, 7, 4, true);
+      Batch b10 = MakeBatch(hist, targets, 10, 4, true);
+      // Same time lags on the valid slots.
+      for (int64_t i = 0; i < 2; ++i) {
+        for (int64_t j = 0; j < 7; ++j) b10.time_lags[static_cast<size_t>(i * 10 + 3 + j)] = b7.time_lags[static_cast<size_t>(i * 7 + j)];
+      }
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(9);
+      TrainNoise n7, n10;
+      n7.steps = at::tensor(std::vector<int64_t>{5, 40});
+      n7.eps = at::randn({2, 7, 4}, gen, at::kFloat);
+      n10.steps = n7.steps;
+      // Garbage noise on the padding must not matter.
+      n10.eps = at::cat({at::randn({2, 3, 4}, gen, at::kFloat) * 100, n7.eps}, 1);
+      auto o7 = model->Forward(b7, rows, cands, 1, &n7);
+      auto o10 = model->Forward(b10, rows, cands, 1, &n10);
+      ASSERT_TRUE(o7.ok()) << o7.status();
+      ASSERT_TRUE(o10.ok()) << o10.status();
+      ExpectClose(o7->user_vectors, o10->user_vectors, 1e-5, "e_u");
+      ExpectClose(o7->target_vectors, o10->target_vectors, 1e-6, "e_i");
+      ExpectClose(o7->tower_loss, o10->tower_loss, 1e-5, "tower loss");
+      ExpectClose(o7->diffusion_loss, o10->diffusion_loss, 1e-4, "diffusion loss");
+      if (o7->x_hat.defined()) ExpectClose(o7->x_hat, o10->x_hat, 1e-5, "x_hat");
+
+      if (kind == ModelConfig::TWO_TOWER_MEAN || kind == ModelConfig::SASREC ||
+          kind == ModelConfig::T2DIFF_NO_DIFFUSION) {
+        auto u7 = model->UserVectors(b7, rows, {});
+        auto u10 = model->UserVectors(b10, rows, {});
+        ASSERT_TRUE(u7.ok() && u10.ok());
+        ExpectClose(*u7, *u10, 1e-5, "inference e_u");
+        ExpectClose(*u7, o7->user_vectors.detach(), 1e-5, "inference e_u vs training e_u");
+      }
+    }
+  }
+}
+
+TEST(ModelTest, ReverseProcessIsSeededAndKernelMatchesTensorOps) {
+  const ModelDims d = Dims(2, 2, 3);
+  for (auto update : {ModelConfig::PAPER, ModelConfig::AUTHORS}) {
+    for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
+      SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::ReverseUpdate_Name(update));
+      ModelConfig c = Config(kind);
+      c.set_reverse_update(update);
+      auto model = MakeModel(c, d);
+      const Rows rows = MakeRows(12, 4, d, 5);
+      const Batch one = MakeBatch({{1, 2, 3, 4, 5}}, {6}, 9, 4, true);
+      InferenceOptions o;
+      o.seed = 7;
+      auto a = model->GenerateNextItem(one, rows, o);
+      auto b = model->GenerateNextItem(one, rows, o);
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status();
+      EXPECT_TRUE(at::equal(*a, *b));
+      o.seed = 8;
+      auto other = model->GenerateNextItem(one, rows, o);
+      ASSERT_TRUE(other.ok());
+      EXPECT_FALSE(at::equal(*a, *other));
+      for (int samples : {1, 3}) {
+        for (int steps : {0, 7}) {
+          InferenceOptions k;
+          k.seed = 21;
+          k.num_samples = samples;
+          k.reverse_steps = steps;
+          InferenceOptions t = k;
+          t.force_tensor_ops = true;
+          auto by_kernel = model->GenerateNextItem(one, rows, k);
+          auto by_tensor = model->GenerateNextItem(one, rows, t);
+          ASSERT_TRUE(by_kernel.ok() && by_tensor.ok());
+          EXPECT_EQ(by_kernel->sizes(), at::IntArrayRef({1, 4}));
+          ExpectClose(*by_kernel, *by_tensor, 1e-4, "kernel vs tensor ops");
+          auto e1 = model->UserVectors(one, rows, k);
+          auto e2 = model->UserVectors(one, rows, t);
+          ASSERT_TRUE(e1.ok() && e2.ok());
+          ExpectClose(*e1, *e2, 1e-4, "user vector kernel vs tensor ops");
+        }
+      }
+      // A batch (tensor path) is reproducible too.
+      const Batch two = MakeBatch({{1, 2, 3}, {4, 5, 6, 7, 8}}, {6, 7}, 9, 4, true);
+      InferenceOptions s;
+      s.seed = 3;
+      s.num_samples = 2;
+      auto x = model->UserVectors(two, rows, s);
+      auto y = model->UserVectors(two, rows, s);
+      ASSERT_TRUE(x.ok() && y.ok());
+      EXPECT_TRUE(at::equal(*x, *y));
+      EXPECT_FALSE(x->requires_grad());
+    }
+  }
+}
+
+TEST(ModelTest, ShapesForSeveralSizes) {
+  struct Case {
+    int64_t n, k, id_dim, tag_dim;
+    int heads;
+  };
+  for (const Case& cs : {Case{1, 1, 2, 2, 2}, Case{7, 10, 4, 0, 1}, Case{50, 10, 2, 2, 2}, Case{13, 4, 6, 2, 4}}) {
+    for (auto kind : kAllKinds) {
+      for (auto uv : {ModelConfig::FFN, ModelConfig::CONCAT}) {
+        SCOPED_TRACE(::testing::Message() << ModelConfig::Kind_Name(kind) << " n=" << cs.n << " k=" << cs.k
+                                          << " D=" << cs.id_dim << "+" << cs.tag_dim << " " << uv);
+        ModelConfig c = Config(kind);
+        c.set_attention_heads(cs.heads);
+        c.set_user_vector(uv);
+        c.set_unet_levels(3);
+        const ModelDims d = Dims(cs.id_dim, cs.tag_dim, cs.k);
+        auto model = MakeModel(c, d);
+        ASSERT_NE(model, nullptr);
+        const int64_t dd = cs.id_dim + cs.tag_dim;
+        EXPECT_EQ(model->input_dim(), dd);
+        EXPECT_EQ(model->output_dim(), 2 * dd);
+        Problem p = RandomProblem(5, cs.n, 9, d, 17);
+        auto out = model->Forward(p.batch, p.rows, p.candidates, 2);
+        ASSERT_TRUE(out.ok()) << out.status();
+        EXPECT_EQ(out->user_vectors.sizes(), at::IntArrayRef({5, 2 * dd}));
+        EXPECT_EQ(out->target_vectors.sizes(), at::IntArrayRef({5, 2 * dd}));
+        EXPECT_EQ(out->tower_loss.dim(), 0);
+        EXPECT_TRUE(std::isfinite(out->total_loss.item<double>()));
+        auto u = model->UserVectors(p.batch, p.rows, {});
+        ASSERT_TRUE(u.ok()) << u.status();
+        EXPECT_EQ(u->sizes(), at::IntArrayRef({5, 2 * dd}));
+        EXPECT_TRUE(at::isfinite(*u).all().item<bool>());
+        auto items = model->ItemVectors(p.candidates.items, p.rows);
+        ASSERT_TRUE(items.ok());
+        EXPECT_EQ(items->sizes(), at::IntArrayRef({9, 2 * dd}));
+      }
+    }
+  }
+  ModelConfig c = Config(ModelConfig::T2DIFF);
+  c.set_output_dim(5);
+  auto model = MakeModel(c, Dims());
+  EXPECT_EQ(model->output_dim(), 5);
+}
+
+TEST(ModelTest, ForwardNoisingStatistics) {
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), Dims());
+  const int64_t rows = 20000, width = 16;
+  const at::Tensor z0 = at::full({rows, width}, 2.0, at::kFloat);
+  for (int r : {1, 10, 25, 50}) {
+    const at::Tensor zr = model->ForwardNoise(z0, at::full({rows}, r, at::kLong), 100 + static_cast<uint64_t>(r));
+    // alpha_bar_r of the default schedule, by hand.
+    double abr = 1;
+    for (int s = 1; s <= r; ++s) abr *= 1 - 0.01 * std::exp(4.5 * s / 50);
+    const double mean = zr.mean().item<double>(), var = zr.var().item<double>();
+    // 320k draws: standard error of the mean <= 0.002, of the variance <= 0.003.
+    EXPECT_NEAR(mean, 2.0 * std::sqrt(abr), 0.01) << "r=" << r;
+    EXPECT_NEAR(var, 1.0 - abr, 0.015) << "r=" << r;
+  }
+  // Per-row steps: rows with r = 1 and r = 50 mixed.
+  at::Tensor steps = at::cat({at::full({rows / 2}, 1, at::kLong), at::full({rows / 2}, 50, at::kLong)});
+  const at::Tensor zr = model->ForwardNoise(z0, steps, 5);
+  EXPECT_NEAR(zr.narrow(0, 0, rows / 2).mean().item<double>(), 2.0 * std::sqrt(1 - 0.01 * std::exp(0.09)), 0.01);
+  EXPECT_NEAR(zr.narrow(0, rows / 2, rows / 2).mean().item<double>(), 0.0, 0.01);
+  EXPECT_NEAR(zr.narrow(0, rows / 2, rows / 2).var().item<double>(), 1.0, 0.015);
+}
+
+TEST(ModelTest, SampledSoftmaxMatchesHandComputation) {
+  ModelConfig c = Config(ModelConfig::T2DIFF_NO_DIFFUSION);
+  c.set_loss(ModelConfig::SAMPLED_SOFTMAX);
+  const ModelDims d = Dims();
+  auto model = MakeModel(c, d);
+  const Rows rows = MakeRows(12, 4, d, 5);
+  // Targets 3, 3, 7: the two 3s must not be each other's negatives; negative 7 equals sample 2's
+  // positive and must be masked for it.
+  Batch b = MakeBatch({{1, 2}, {4, 5, 6}, {9}}, {3, 3, 7}, 4, 4, true);
+  b.target_log_q = {-1.f, -1.f, -2.f};
+  Candidates negs;
+  for (int64_t i : {0, 7, 11}) AddItem(&negs.items, i, 4, true);
+  negs.log_q = {-3.f, -2.f, -0.5f};
+  auto out = model->Forward(b, rows, negs, 1);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const at::Tensor eu = out->user_vectors.detach();
+  Candidates all;
+  for (int64_t i : {3, 3, 7, 0, 7, 11}) AddItem(&all.items, i, 4, true);
+  auto ei = model->ItemVectors(all.items, rows);
+  ASSERT_TRUE(ei.ok());
+  const std::vector<int64_t> ids = {3, 3, 7, 0, 7, 11};
+  const std::vector<float> logq = {-1, -1, -2, -3, -2, -0.5};
+  double expected = 0;
+  for (int64_t i = 0; i < 3; ++i) {
+    std::vector<double> logits;
+    double pos = 0;
+    for (int64_t j = 0; j < 6; ++j) {
+      const double s = (eu[i] * (*ei)[j]).sum().item<double>() - logq[static_cast<size_t>(j)];
+      if (j == i) {
+        pos = s;
+        logits.push_back(s);
+      } else if (ids[static_cast<size_t>(j)] != ids[static_cast<size_t>(i)]) {
+        logits.push_back(s);
+      }
+    }
+    double mx = -1e300, sum = 0;
+    for (double l : logits) mx = std::max(mx, l);
+    for (double l : logits) sum += std::exp(l - mx);
+    expected += -(pos - mx - std::log(sum));
+  }
+  expected /= 3;
+  EXPECT_NEAR(out->tower_loss.item<double>(), expected, 1e-5);
+  EXPECT_EQ(out->diffusion_loss.item<double>(), 0.0);
+}
+
+// Learning smoke test: histories are runs of consecutive items (mod 20), the target is the next
+// item. Every kind must halve its training loss with a fixed seed.
+double TrainChain(const ModelConfig& c, int steps, double* first) {
+  const ModelDims d = Dims(4, 2, 3);
+  auto model = MakeModel(c, d);
+  const int64_t items = 20, tags = 4, n = 6, bsz = 32;
+  Rows rows = MakeRows(items, tags, d, 2);
+  DenseAdamOptions ao;
+  ao.learning_rate = 0.01f;
+  ao.clip_norm = 5.f;
+  DenseAdam dense(model->DenseParameters().size(), ao);
+  DenseAdam id_opt(static_cast<size_t>(rows.id_rows.numel()), ao), tag_opt(static_cast<size_t>(rows.tag_rows.numel()), ao);
+  std::mt19937_64 rng(4);
+  const Candidates cands = AllItems(items, tags, true);
+  double head = 0, tail = 0;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<std::vector<int64_t>> hist;
+    std::vector<int64_t> targets;
+    for (int64_t b = 0; b < bsz; ++b) {
+      const int64_t start = static_cast<int64_t>(rng() % items), len = 3 + static_cast<int64_t>(rng() % 4);
+      std::vector<int64_t> h;
+      for (int64_t j = 0; j < len; ++j) h.push_back((start + j) % items);
+      hist.push_back(h);
+      targets.push_back((start + len) % items);
+    }
+    Batch batch = MakeBatch(hist, targets, n, tags, true);
+    model->ZeroGradients();
+    if (rows.id_rows.grad().defined()) rows.id_rows.mutable_grad().zero_();
+    if (rows.tag_rows.grad().defined()) rows.tag_rows.mutable_grad().zero_();
+    auto losses = model->ForwardBackward(batch, rows, cands, static_cast<uint64_t>(step));
+    EXPECT_TRUE(losses.ok()) << losses.status();
+    if (!losses.ok()) return 1e9;
+    if (step < 10) head += losses->total / 10;
+    if (step >= steps - 10) tail += losses->total / 10;
+    dense.Step(model->DenseParameters(), model->DenseGradients());
+    at::NoGradGuard no_grad;
+    id_opt.Step(absl::Span<float>(rows.id_rows.data_ptr<float>(), static_cast<size_t>(rows.id_rows.numel())),
+                absl::Span<const float>(rows.id_rows.grad().data_ptr<float>(), static_cast<size_t>(rows.id_rows.numel())));
+    tag_opt.Step(absl::Span<float>(rows.tag_rows.data_ptr<float>(), static_cast<size_t>(rows.tag_rows.numel())),
+                 absl::Span<const float>(rows.tag_rows.grad().data_ptr<float>(), static_cast<size_t>(rows.tag_rows.numel())));
+  }
+  *first = head;
+  return tail;
+}
+
+TEST(ModelTest, EveryKindHalvesItsLossOnASyntheticProblem) {
+  std::vector<ModelConfig> configs;
+  for (auto kind : kAllKinds) configs.push_back(Config(kind));
+  ModelConfig sampled = Config(ModelConfig::T2DIFF);
+  sampled.set_loss(ModelConfig::SAMPLED_SOFTMAX);
+  sampled.set_logq_correction(false);
+  ModelConfig variants = Config(ModelConfig::T2DIFF);
+  variants.set_diffusion_loss(ModelConfig::NORM);
+  variants.set_user_vector(ModelConfig::CONCAT);
+  variants.set_schedule(ModelConfig::LINEAR);
+  for (const ModelConfig& c : configs) {
+    SCOPED_TRACE(ModelConfig::Kind_Name(c.kind()));
+    double first = 0;
+    const double last = TrainChain(c, 150, &first);
+    EXPECT_LE(last, 0.5 * first) << "first " << first << " last " << last;
+  }
+  double first = 0;
+  double last = TrainChain(variants, 150, &first);
+  EXPECT_LE(last, 0.5 * first) << "variants: first " << first << " last " << last;
+}
+
+TEST(ModelTest, ForwardBackwardAccumulatesIntoFlatGradients) {
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), Dims());
+  Problem p = RandomProblem(4, 6, 10, Dims(), 1);
+  model->ZeroGradients();
+  ASSERT_TRUE(model->ForwardBackward(p.batch, p.rows, p.candidates, 1).ok());
+  std::vector<float> once(model->DenseGradients().begin(), model->DenseGradients().end());
+  double norm = 0;
+  for (float g : once) norm += g * g;
+  EXPECT_GT(norm, 0);
+  Problem q = RandomProblem(4, 6, 10, Dims(), 1);
+  ASSERT_TRUE(model->ForwardBackward(q.batch, q.rows, q.candidates, 1).ok());
+  const auto twice = model->DenseGradients();
+  for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(twice[i], 2 * once[i], 1e-5 + 1e-4 * std::fabs(once[i]));
+  model->ZeroGradients();
+  for (float g : model->DenseGradients()) ASSERT_EQ(g, 0.f);
+  // Parameter tensors view the flat buffer.
+  const ParameterInfo& p0 = model->Parameters()[0];
+  model->DenseParameters()[static_cast<size_t>(p0.offset)] = 42.f;
+  EXPECT_EQ(model->ParameterTensor(0).flatten()[0].item<float>(), 42.f);
+}
+
+TEST(ModelTest, RejectsBadInputs) {
+  const ModelDims d = Dims();
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), d);
+  Problem p = RandomProblem(3, 5, 10, d, 1);
+  auto expect_error = [&](const Batch& b, const Candidates& c, const std::string& needle) {
+    auto out = model->Forward(b, p.rows, c, 1);
+    ASSERT_FALSE(out.ok()) << needle;
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(out.status().message().find(needle), std::string::npos) << out.status();
+  };
+  Batch b = p.batch;
+  b.lengths[1] = 9;
+  expect_error(b, p.candidates, "batch.lengths[1]");
+  b = p.batch;
+  b.history.id_rows[static_cast<size_t>(b.seq_len - 1)] = 99;
+  expect_error(b, p.candidates, "batch.history.id_rows");
+  b = p.batch;
+  b.lengths[0] = b.lengths[0] == 1 ? 2 : b.lengths[0] - 1;
+  expect_error(b, p.candidates, "right-aligned");
+  b = p.batch;
+  b.targets.id_rows[0] = -1;
+  expect_error(b, p.candidates, "batch.targets.id_rows[0]");
+  b = p.batch;
+  b.target_candidates[2] = (b.target_candidates[2] + 1) % 10;
+  expect_error(b, p.candidates, "another id row");
+  b = p.batch;
+  b.target_candidates.pop_back();
+  expect_error(b, p.candidates, "target_candidates");
+  b = p.batch;
+  b.history.tag_rows[0] = 77;
+  expect_error(b, p.candidates, "tag_rows");
+  b = p.batch;
+  b.history.tag_offsets.pop_back();
+  expect_error(b, p.candidates, "tag_offsets");
+  b = p.batch;
+  b.time_lags.resize(2);
+  expect_error(b, p.candidates, "time_lags");
+  b = p.batch;
+  b.seq_len = 0;
+  expect_error(b, p.candidates, "seq_len");
+  Candidates none;
+  expect_error(p.batch, none, "non-empty");
+
+  Rows bad = p.rows;
+  bad.id_rows = at::zeros({10, 3});
+  auto out = model->Forward(p.batch, bad, p.candidates, 1);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("rows.id_rows"), std::string::npos);
+  EXPECT_FALSE(model->UserVectors(p.batch, bad, {}).ok());
+  TrainNoise noise;
+  noise.steps = at::full({3}, 51, at::kLong);
+  noise.eps = at::zeros({3, 5, 4});
+  out = model->Forward(p.batch, p.rows, p.candidates, 1, &noise);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("1..50"), std::string::npos) << out.status();
+
+  ModelConfig lag = Config(ModelConfig::T2DIFF);
+  lag.set_time_lag_feature(true);
+  auto lag_model = MakeModel(lag, d);
+  b = p.batch;
+  b.time_lags.clear();
+  out = lag_model->Forward(b, p.rows, p.candidates, 1);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("time_lags"), std::string::npos);
+  EXPECT_FALSE(lag_model->UserVectors(b, p.rows, {}).ok());
+
+  ModelConfig sampled = Config(ModelConfig::SASREC);
+  sampled.set_loss(ModelConfig::SAMPLED_SOFTMAX);
+  auto sm = MakeModel(sampled, d);
+  b = p.batch;
+  b.target_log_q.clear();
+  out = sm->Forward(b, p.rows, p.candidates, 1);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("target_log_q"), std::string::npos);
+  auto base = MakeModel(Config(ModelConfig::TWO_TOWER_MEAN), d);
+  EXPECT_EQ(base->GenerateNextItem(p.batch, p.rows, {}).status().code(), absl::StatusCode::kFailedPrecondition);
+  ItemSlots pad;
+  pad.AddPadding();
+  EXPECT_FALSE(model->ItemVectors(pad, p.rows).ok());
+}
+
+TEST(ModelTest, ValidatesConfig) {
+  ModelConfig c = Config(ModelConfig::T2DIFF);
+  c.set_attention_heads(3);
+  auto m = Model::Create(c, Dims());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("model.attention_heads"), std::string::npos) << m.status();
+  c = Config(ModelConfig::TWO_TOWER_MEAN);
+  c.set_attention_heads(3);  // no Transformer: heads do not matter
+  EXPECT_TRUE(Model::Create(c, Dims()).ok());
+  c = Config(ModelConfig::T2DIFF);
+  c.set_schedule_a(0.5);
+  m = Model::Create(c, Dims());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("schedule_a"), std::string::npos);
+  c = Config(ModelConfig::T2DIFF);
+  c.set_user_vector(ModelConfig::CONCAT);
+  c.set_output_dim(3);
+  EXPECT_FALSE(Model::Create(c, Dims()).ok());
+  c = Config(ModelConfig::T2DIFF);
+  c.set_inference_reverse_steps(60);
+  EXPECT_FALSE(Model::Create(c, Dims()).ok());
+  EXPECT_FALSE(Model::Create(Config(ModelConfig::T2DIFF), Dims(0, 2, 3)).ok());
+  EXPECT_FALSE(Model::Create(Config(ModelConfig::T2DIFF), Dims(2, 2, 0)).ok());
+}
+
+}  // namespace
+}  // namespace t2d::model
