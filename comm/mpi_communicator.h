@@ -1,0 +1,63 @@
+#pragma once
+// MpiCommunicator: the Communicator over an MPI communicator (CPU; the default backend).
+//
+// Collectives are the non-blocking MPI ones (MPI_Iallreduce / MPI_Ibcast / MPI_Ibarrier) polled
+// against the deadline. To name the ranks that did not join when a deadline passes, every
+// collective also exchanges a small "arrived at collective n" token with each peer on a second
+// private communicator: the tokens that have not come in name the missing ranks. (That costs
+// 2 (size-1) tiny messages per collective; negligible next to the dense gradients.)
+// After a deadline the MPI requests are left outstanding (MPI forbids cancelling collectives),
+// the communicator is broken, and its communicators are not freed; the job is expected to end.
+//
+// Counts above INT_MAX are split into several collectives.
+// Thread-safety: one thread at a time. Must be destroyed before MPI_Finalize.
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+
+namespace t2d::comm {
+
+class MpiCommunicator : public Communicator {
+ public:
+  // Collective over `comm` (not owned; duplicated).
+  static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create(MPI_Comm comm);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+  using Communicator::AllReduceSum;
+  absl::Status AllReduceSum(void* data, size_t count, DataType type, absl::Time deadline) override;
+  absl::Status Broadcast(void* data, size_t bytes, int root, absl::Time deadline) override;
+  absl::Status Barrier(absl::Time deadline) override;
+
+ private:
+  MpiCommunicator(MPI_Comm data, MPI_Comm tokens, int rank, int size)
+      : data_(data), tokens_(tokens), rank_(rank), size_(size) {}
+  // Posts the arrival tokens, starts the collective with `start`, and waits for both.
+  template <typename Start>
+  absl::Status Collective(const char* name, Start start, absl::Time deadline);
+
+  struct TokenBuffers {
+    uint64_t seq = 0;
+    std::vector<uint64_t> in;
+  };
+
+  MPI_Comm data_;
+  MPI_Comm tokens_;
+  const int rank_;
+  const int size_;
+  uint64_t seq_ = 0;
+  std::string broken_;  // non-empty: why the communicator is unusable
+  std::vector<std::unique_ptr<TokenBuffers>> abandoned_;  // buffers of timed-out collectives
+};
+
+}  // namespace t2d::comm

@@ -1,0 +1,35 @@
+#pragma once
+// Options shared by the shard server and the worker-side client (plain struct; built from the
+// job config's ClusterConfig by PsOptionsFromConfig so that ps/ code does not read configs).
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/roles.h"
+#include "configs/job_config.pb.h"
+
+namespace t2d::ps {
+
+// See docs/ps-protocol.md, "Consistency".
+enum class Consistency { kSync, kAsync };
+
+struct PsOptions {
+  comm::RoleAssignment roles;
+  Consistency consistency = Consistency::kSync;
+  // Async only: the staleness bound tau in push rounds.
+  int staleness = 1;
+  // Server: longest a deferred request or an incomplete sync round may wait for other workers
+  // before the server gives up and names them. Worker: longest wait for any reply is twice
+  // this, so that a stall is reported first by the server, which knows which worker is missing.
+  absl::Duration timeout = absl::Seconds(120);
+  // Server: longest time without any request before the server gives up.
+  absl::Duration idle_timeout = absl::InfiniteDuration();
+  // Largest message either side accepts or sends, in bytes.
+  int64_t max_message_bytes = int64_t{1} << 30;
+};
+
+// Errors: InvalidArgument when the config's server/worker counts disagree with `roles`.
+absl::StatusOr<PsOptions> PsOptionsFromConfig(const config::ClusterConfig& cluster, const comm::RoleAssignment& roles);
+
+}  // namespace t2d::ps

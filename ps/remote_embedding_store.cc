@@ -1,0 +1,394 @@
+#include "ps/remote_embedding_store.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/status_macros.h"
+#include "embedding/sharding.h"
+#include "glog/logging.h"
+
+namespace t2d::ps {
+
+RemoteEmbeddingStore::RemoteEmbeddingStore(comm::Transport* transport, std::vector<config::TableConfig> tables,
+                                           PsOptions options)
+    : transport_(transport), tables_(std::move(tables)), options_(options), pushes_sent_(tables_.size(), 0) {
+  CHECK(options_.roles.IsWorker(transport->rank())) << "rank " << transport->rank() << " is not a worker";
+}
+
+absl::Status RemoteEmbeddingStore::CheckTable(int table) const {
+  if (table < 0 || table >= num_tables()) {
+    return absl::InvalidArgumentError(absl::StrCat("no table with index ", table, " (", num_tables(), " tables)"));
+  }
+  return absl::OkStatus();
+}
+
+Header RemoteEmbeddingStore::NewRequest(Header::Type type) {
+  Header h;
+  h.set_version(kWireVersion);
+  h.set_type(type);
+  h.set_request_id(next_request_id_++);
+  return h;
+}
+
+absl::Status RemoteEmbeddingStore::SendRequest(int server, const Header& header, std::string bytes) {
+  T2D_RETURN_IF_ERROR(broken_);
+  if (static_cast<int64_t>(bytes.size()) > options_.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(Header::Type_Name(header.type()), " to server rank ", server, " would be ",
+                                                   bytes.size(), " bytes, over max_message_bytes ",
+                                                   options_.max_message_bytes, "; use smaller batches"));
+  }
+  absl::Status s = transport_->Send(server, kRequestTag, std::move(bytes), absl::Now() + 2 * options_.timeout);
+  if (!s.ok()) {
+    broken_ = s;
+    return s;
+  }
+  outstanding_[header.request_id()] = server;
+  return absl::OkStatus();
+}
+
+absl::Status RemoteEmbeddingStore::AwaitReplies(const std::vector<uint64_t>& request_ids) {
+  const absl::Time deadline = absl::Now() + 2 * options_.timeout;
+  auto missing = [&] {
+    for (uint64_t id : request_ids) {
+      if (!replies_.contains(id)) return true;
+    }
+    return false;
+  };
+  while (missing()) {
+    T2D_RETURN_IF_ERROR(broken_);
+    auto m = transport_->Recv(comm::kAnySource, kReplyTag, deadline);
+    if (!m.ok()) {
+      std::vector<int> silent;
+      for (uint64_t id : request_ids) {
+        if (replies_.contains(id)) continue;
+        auto it = outstanding_.find(id);
+        if (it != outstanding_.end() && std::find(silent.begin(), silent.end(), it->second) == silent.end()) {
+          silent.push_back(it->second);
+        }
+      }
+      std::sort(silent.begin(), silent.end());
+      broken_ = absl::Status(m.status().code(),
+                             absl::StrCat("worker rank ", transport_->rank(), ": no reply from server rank(s) ",
+                                          absl::StrJoin(silent, ", "), " within ",
+                                          absl::FormatDuration(2 * options_.timeout), " (", m.status().message(), ")"));
+      return broken_;
+    }
+    auto frame = DecodeFrame(m->bytes);
+    if (!frame.ok()) {
+      broken_ = absl::DataLossError(absl::StrCat("malformed reply from server rank ", m->source, ": ", frame.status().message()));
+      return broken_;
+    }
+    const uint64_t id = frame->header.request_id();
+    auto it = outstanding_.find(id);
+    if (it == outstanding_.end() || it->second != m->source) {
+      broken_ = absl::DataLossError(absl::StrCat("reply from server rank ", m->source, " to unknown request ", id));
+      return broken_;
+    }
+    outstanding_.erase(it);
+    Reply r;
+    r.source = m->source;
+    r.header = std::move(frame->header);
+    r.payload_offset = static_cast<size_t>(frame->payload.data() - m->bytes.data());
+    r.bytes = std::move(m->bytes);
+    replies_.emplace(id, std::move(r));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RemoteEmbeddingStore::Reply> RemoteEmbeddingStore::TakeReply(uint64_t request_id) {
+  auto it = replies_.find(request_id);
+  CHECK(it != replies_.end()) << "reply " << request_id << " was not awaited";
+  Reply r = std::move(it->second);
+  replies_.erase(it);
+  absl::Status s = ReplyStatus(r.header);
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("server rank ", r.source, ": ", Header::Type_Name(r.header.type()), ": ",
+                                               s.message()));
+  }
+  return r;
+}
+
+absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int table, absl::Span<const int64_t> ids) {
+  T2D_RETURN_IF_ERROR(CheckTable(table));
+  T2D_RETURN_IF_ERROR(broken_);
+  if (ids.size() > UINT32_MAX) return absl::InvalidArgumentError("too many ids in one pull");
+  const int num_servers = options_.roles.num_servers;
+  PendingPull p;
+  p.table = table;
+  p.num_positions = ids.size();
+  p.unique_of_position.resize(ids.size());
+  // Deduplicate, then bucket the unique ids by server.
+  absl::flat_hash_map<int64_t, uint32_t> unique;
+  unique.reserve(ids.size());
+  std::vector<std::vector<int64_t>> per_server(static_cast<size_t>(num_servers));
+  std::vector<int> server_of_unique;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto [it, inserted] = unique.try_emplace(ids[i], static_cast<uint32_t>(server_of_unique.size()));
+    if (inserted) {
+      const int s = embedding::ShardOf(ids[i], num_servers);
+      server_of_unique.push_back(s);
+      p.index_in_part.push_back(static_cast<uint32_t>(per_server[static_cast<size_t>(s)].size()));
+      per_server[static_cast<size_t>(s)].push_back(ids[i]);
+    }
+    p.unique_of_position[i] = it->second;
+  }
+  std::vector<int> part_of_server(static_cast<size_t>(num_servers), -1);
+  const int dim = tables_[static_cast<size_t>(table)].dim();
+  for (int s = 0; s < num_servers; ++s) {
+    const auto& sids = per_server[static_cast<size_t>(s)];
+    if (sids.empty()) continue;
+    Header h = NewRequest(Header::PULL);
+    h.set_table(table);
+    h.set_num_ids(static_cast<int64_t>(sids.size()));
+    h.set_dim(dim);
+    h.set_round(pushes_sent_[static_cast<size_t>(table)]);
+    if (static_cast<int64_t>(sids.size()) * dim * 4 + 1024 > options_.max_message_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("pull of ", sids.size(), " rows from one server exceeds max_message_bytes ",
+                                                     options_.max_message_bytes, "; use smaller batches"));
+    }
+    part_of_server[static_cast<size_t>(s)] = static_cast<int>(p.parts.size());
+    p.parts.push_back(PullPart{options_.roles.ServerRank(s), h.request_id(), sids.size()});
+    std::string bytes = EncodeFrame(
+        h, absl::string_view(reinterpret_cast<const char*>(sids.data()), sids.size() * sizeof(int64_t)));
+    T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, std::move(bytes)));
+  }
+  p.part_of_unique.resize(server_of_unique.size());
+  for (size_t u = 0; u < server_of_unique.size(); ++u) {
+    p.part_of_unique[u] = static_cast<uint32_t>(part_of_server[static_cast<size_t>(server_of_unique[u])]);
+  }
+  const Ticket ticket = next_ticket_++;
+  pulls_.emplace(ticket, std::move(p));
+  return ticket;
+}
+
+absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
+  auto it = pulls_.find(ticket);
+  if (it == pulls_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown or already waited ticket ", ticket));
+  PendingPull p = std::move(it->second);
+  pulls_.erase(it);
+  const size_t dim = static_cast<size_t>(tables_[static_cast<size_t>(p.table)].dim());
+  std::vector<uint64_t> ids;
+  for (const auto& part : p.parts) ids.push_back(part.request_id);
+  T2D_RETURN_IF_ERROR(AwaitReplies(ids));
+  // Take every reply even when one failed, so none is left behind in replies_.
+  std::vector<Reply> replies;
+  absl::Status first_error;
+  for (const auto& part : p.parts) {
+    auto r = TakeReply(part.request_id);
+    if (!r.ok()) {
+      if (first_error.ok()) first_error = r.status();
+      replies.emplace_back();
+      continue;
+    }
+    const size_t want = part.num_ids * dim * sizeof(float);
+    if (r->header.num_ids() != static_cast<int64_t>(part.num_ids) || r->bytes.size() - r->payload_offset != want) {
+      if (first_error.ok()) {
+        first_error = absl::DataLossError(absl::StrCat("server rank ", part.server, " answered a pull of ", part.num_ids,
+                                                       " rows with ", r->bytes.size() - r->payload_offset, " bytes"));
+      }
+    }
+    replies.push_back(*std::move(r));
+  }
+  T2D_RETURN_IF_ERROR(first_error);
+  if (out.size() != p.num_positions * dim) {
+    return absl::InvalidArgumentError(absl::StrCat("pull of ", p.num_positions, " ids needs ", p.num_positions * dim,
+                                                   " floats, buffer has ", out.size()));
+  }
+  for (size_t i = 0; i < p.num_positions; ++i) {
+    const uint32_t u = p.unique_of_position[i];
+    const Reply& r = replies[p.part_of_unique[u]];
+    std::memcpy(out.data() + i * dim, r.bytes.data() + r.payload_offset + static_cast<size_t>(p.index_in_part[u]) * dim * 4,
+                dim * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteEmbeddingStore::Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) {
+  T2D_RETURN_IF_ERROR(CheckTable(table));
+  const size_t dim = static_cast<size_t>(tables_[static_cast<size_t>(table)].dim());
+  if (out.size() != ids.size() * dim) {
+    return absl::InvalidArgumentError(absl::StrCat("table \"", tables_[static_cast<size_t>(table)].name(), "\": lookup of ",
+                                                   ids.size(), " ids needs ", ids.size() * dim, " floats, buffer has ",
+                                                   out.size()));
+  }
+  T2D_ASSIGN_OR_RETURN(const Ticket ticket, Pull(table, ids));
+  return Wait(ticket, out);
+}
+
+absl::Status RemoteEmbeddingStore::WaitOldestPushRound() {
+  std::vector<uint64_t> ids = std::move(unacked_rounds_.front());
+  unacked_rounds_.pop_front();
+  T2D_RETURN_IF_ERROR(AwaitReplies(ids));
+  absl::Status first_error;
+  for (uint64_t id : ids) {
+    auto r = TakeReply(id);
+    if (!r.ok() && first_error.ok()) first_error = r.status();
+  }
+  return first_error;
+}
+
+absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) {
+  T2D_RETURN_IF_ERROR(CheckTable(table));
+  T2D_RETURN_IF_ERROR(broken_);
+  const config::TableConfig& spec = tables_[static_cast<size_t>(table)];
+  const size_t dim = static_cast<size_t>(spec.dim());
+  if (grads.size() != ids.size() * dim) {
+    return absl::InvalidArgumentError(absl::StrCat("table \"", spec.name(), "\": ", ids.size(), " ids need ", ids.size() * dim,
+                                                   " gradient floats, got ", grads.size()));
+  }
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (!std::isfinite(grads[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("table \"", spec.name(), "\": gradient of id ", ids[i / dim],
+                                                     " is not finite (", grads[i], "); nothing applied"));
+    }
+  }
+  const int num_servers = options_.roles.num_servers;
+  // Sum repeated ids in input order (as EmbeddingTable::ApplyGradients would), per server.
+  struct Part {
+    std::vector<int64_t> ids;
+    std::vector<float> grads;
+  };
+  std::vector<Part> parts(static_cast<size_t>(num_servers));
+  absl::flat_hash_map<int64_t, std::pair<int, uint32_t>> seen;  // id -> (server, row)
+  seen.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const float* g = grads.data() + i * dim;
+    auto it = seen.find(ids[i]);
+    if (it == seen.end()) {
+      const int s = embedding::ShardOf(ids[i], num_servers);
+      Part& part = parts[static_cast<size_t>(s)];
+      seen.emplace(ids[i], std::make_pair(s, static_cast<uint32_t>(part.ids.size())));
+      part.ids.push_back(ids[i]);
+      part.grads.insert(part.grads.end(), g, g + dim);
+    } else {
+      float* dst = parts[static_cast<size_t>(it->second.first)].grads.data() + static_cast<size_t>(it->second.second) * dim;
+      for (size_t j = 0; j < dim; ++j) dst[j] += g[j];
+    }
+  }
+  // Async: make room within the staleness bound before adding a round.
+  if (options_.consistency == Consistency::kAsync) {
+    while (static_cast<int64_t>(unacked_rounds_.size()) > std::max(0, options_.staleness - 1)) {
+      T2D_RETURN_IF_ERROR(WaitOldestPushRound());
+    }
+  }
+  const int64_t round = ++pushes_sent_[static_cast<size_t>(table)];
+  std::vector<uint64_t> request_ids;
+  for (int s = 0; s < num_servers; ++s) {
+    const Part& part = parts[static_cast<size_t>(s)];
+    Header h = NewRequest(Header::PUSH);
+    h.set_table(table);
+    h.set_num_ids(static_cast<int64_t>(part.ids.size()));
+    h.set_dim(spec.dim());
+    h.set_round(round);
+    size_t offset = 0;
+    const size_t id_bytes = part.ids.size() * sizeof(int64_t);
+    const size_t grad_bytes = part.grads.size() * sizeof(float);
+    std::string bytes = EncodeFrame(h, id_bytes + grad_bytes, &offset);
+    if (id_bytes > 0) std::memcpy(bytes.data() + offset, part.ids.data(), id_bytes);
+    if (grad_bytes > 0) std::memcpy(bytes.data() + offset + id_bytes, part.grads.data(), grad_bytes);
+    T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, std::move(bytes)));
+    request_ids.push_back(h.request_id());
+  }
+  unacked_rounds_.push_back(std::move(request_ids));
+  if (options_.consistency == Consistency::kSync || options_.staleness == 0) {
+    while (!unacked_rounds_.empty()) T2D_RETURN_IF_ERROR(WaitOldestPushRound());
+  }
+  max_unacked_rounds_ = std::max<int64_t>(max_unacked_rounds_, static_cast<int64_t>(unacked_rounds_.size()));
+  return absl::OkStatus();
+}
+
+absl::Status RemoteEmbeddingStore::Flush() {
+  absl::Status first_error;
+  while (!unacked_rounds_.empty()) {
+    absl::Status s = WaitOldestPushRound();
+    if (!s.ok() && first_error.ok()) first_error = s;
+    T2D_RETURN_IF_ERROR(broken_);
+  }
+  return first_error;
+}
+
+absl::StatusOr<std::vector<RemoteEmbeddingStore::Reply>> RemoteEmbeddingStore::Broadcast(Header::Type type,
+                                                                                          const std::string& path) {
+  T2D_RETURN_IF_ERROR(broken_);
+  std::vector<uint64_t> ids;
+  for (int s = 0; s < options_.roles.num_servers; ++s) {
+    Header h = NewRequest(type);
+    if (!path.empty()) h.set_path(path);
+    T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, EncodeFrame(h)));
+    ids.push_back(h.request_id());
+  }
+  T2D_RETURN_IF_ERROR(AwaitReplies(ids));
+  std::vector<Reply> out;
+  absl::Status first_error;
+  for (uint64_t id : ids) {
+    auto r = TakeReply(id);
+    if (!r.ok()) {
+      if (first_error.ok()) first_error = r.status();
+      continue;
+    }
+    out.push_back(*std::move(r));
+  }
+  T2D_RETURN_IF_ERROR(first_error);
+  return out;
+}
+
+absl::StatusOr<std::vector<embedding::TableStats>> RemoteEmbeddingStore::Stats() {
+  T2D_ASSIGN_OR_RETURN(std::vector<Reply> replies, Broadcast(Header::STATS, ""));
+  std::vector<embedding::TableStats> out(tables_.size());
+  for (size_t t = 0; t < tables_.size(); ++t) out[t].name = tables_[t].name();
+  for (const Reply& r : replies) {
+    if (r.header.stats_size() != num_tables()) {
+      return absl::DataLossError(absl::StrCat("server rank ", r.source, " reported ", r.header.stats_size(), " tables, expected ",
+                                              num_tables()));
+    }
+    for (int t = 0; t < num_tables(); ++t) {
+      const TableStatsProto& p = r.header.stats(t);
+      embedding::TableStats& s = out[static_cast<size_t>(t)];
+      s.rows += p.rows();
+      s.step = std::max(s.step, p.step());  // every shard takes one step per round
+      s.admitted += p.admitted();
+      s.evicted += p.evicted();
+      s.rejected += p.rejected();
+      s.memory_bytes += p.memory_bytes();
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ServerStatsProto>> RemoteEmbeddingStore::ServerStats() {
+  T2D_ASSIGN_OR_RETURN(std::vector<Reply> replies, Broadcast(Header::STATS, ""));
+  std::vector<ServerStatsProto> out;
+  for (const Reply& r : replies) out.push_back(r.header.server_stats());
+  return out;
+}
+
+absl::Status RemoteEmbeddingStore::Save(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("save: empty folder name");
+  return Broadcast(Header::SAVE, dir).status();
+}
+
+absl::Status RemoteEmbeddingStore::Load(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("load: empty folder name");
+  return Broadcast(Header::LOAD, dir).status();
+}
+
+absl::Status RemoteEmbeddingStore::Shutdown() {
+  T2D_RETURN_IF_ERROR(Flush());
+  if (!pulls_.empty()) {
+    LOG(WARNING) << pulls_.size() << " prefetched pull(s) were never waited for";
+    std::vector<uint64_t> ids;
+    for (const auto& [ticket, p] : pulls_) {
+      for (const auto& part : p.parts) ids.push_back(part.request_id);
+    }
+    T2D_RETURN_IF_ERROR(AwaitReplies(ids));
+    for (uint64_t id : ids) replies_.erase(id);
+    pulls_.clear();
+  }
+  T2D_RETURN_IF_ERROR(Broadcast(Header::SHUTDOWN, "").status());
+  return transport_->Flush(absl::Now() + 2 * options_.timeout);
+}
+
+}  // namespace t2d::ps

@@ -1,0 +1,133 @@
+#pragma once
+// RemoteEmbeddingStore: the worker side of the parameter servers, behind the same
+// EmbeddingStore interface as the in-process table (embedding/embedding_store.h).
+//
+// Protocol (full text: docs/ps-protocol.md):
+//   Pull (Lookup): 1. deduplicate the ids (first occurrence wins the slot); 2. partition the
+//   unique ids by embedding::ShardOf(id, S); 3. send one PULL per server that owns any of them,
+//   all at once; 4. Wait() receives the replies (in any order) and scatters each row to every
+//   position of the caller's ids that asked for it.
+//   Push (ApplyGradients): 1. sum the gradients of repeated ids in input order; 2. partition
+//   as for pulls; 3. send one PUSH to EVERY server (an empty one where the worker has no rows
+//   for it: each push is one round of the table on every server, which is what lets sync
+//   servers know a round is complete); 4. sync mode: wait for every acknowledgement;
+//   async mode: return at once, keeping at most `staleness` rounds unacknowledged (waiting for
+//   the oldest when over).
+//   Every request carries this worker's count of pushes of the table, which the servers use to
+//   serve each pull at a consistent point (sync: after every round this worker has pushed;
+//   async: within `staleness` rounds of the slowest worker).
+//
+// Collective calls: in sync mode every worker must call ApplyGradients for a table the same
+// number of times (one call = one round = one optimizer step on the servers). Stats and Save
+// are normally called by one worker at a step boundary; Load by one worker while the others
+// wait (a barrier), before any push of the run.
+//
+// Prefetch:
+//   auto next = store.Pull(table, next_ids);     // request goes out now
+//   ... compute and push the current step ...
+//   store.Wait(*next, rows);                     // rows of next_ids
+// In sync mode a prefetched pull reads the state after this worker's pushes made before the
+// Pull() call (the servers hold it until those rounds are complete).
+//
+// Errors: InvalidArgument for bad arguments (nothing sent); a server's error reply is returned
+// as that status with the server rank added; no reply within 2 x options.timeout is
+// DeadlineExceeded naming the silent server ranks. After a transport error the store is not
+// usable (the job is expected to end).
+// Thread-safety: not thread-safe; one caller thread (it owns the transport's use).
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "comm/transport.h"
+#include "embedding/embedding_store.h"
+#include "ps/messages.h"
+#include "ps/ps_options.h"
+
+namespace t2d::ps {
+
+class RemoteEmbeddingStore : public embedding::EmbeddingStore {
+ public:
+  using Ticket = uint64_t;
+
+  // transport: not owned, must outlive the store; its rank must be a worker of options.roles.
+  // tables: the job's table list (the servers have the same one).
+  RemoteEmbeddingStore(comm::Transport* transport, std::vector<config::TableConfig> tables, PsOptions options);
+  RemoteEmbeddingStore(const RemoteEmbeddingStore&) = delete;
+  RemoteEmbeddingStore& operator=(const RemoteEmbeddingStore&) = delete;
+
+  int num_tables() const override { return static_cast<int>(tables_.size()); }
+  const config::TableConfig& table_config(int table) const override { return tables_[static_cast<size_t>(table)]; }
+
+  absl::Status Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) override;
+  absl::Status ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) override;
+  absl::StatusOr<std::vector<embedding::TableStats>> Stats() override;
+  absl::Status Save(const std::string& dir) override;
+  absl::Status Load(const std::string& dir) override;
+
+  // Sends the pull requests for `ids` and returns a ticket for Wait. Errors: InvalidArgument.
+  absl::StatusOr<Ticket> Pull(int table, absl::Span<const int64_t> ids);
+  // Receives the rows of `ticket` into `out` (ids.size() * dim floats). Each ticket is waited
+  // for once; tickets may be waited for in any order.
+  absl::Status Wait(Ticket ticket, absl::Span<float> out);
+
+  // Waits for every outstanding push acknowledgement (async mode keeps some).
+  absl::Status Flush();
+  // Flush, then tells every server this worker is done and waits for their replies.
+  absl::Status Shutdown();
+
+  // Per-server counters (STATS), in server order.
+  absl::StatusOr<std::vector<ServerStatsProto>> ServerStats();
+  // Largest number of unacknowledged push rounds this worker had after any ApplyGradients.
+  int64_t max_unacked_rounds() const { return max_unacked_rounds_; }
+
+ private:
+  struct Reply {
+    int source = -1;
+    Header header;
+    std::string bytes;
+    size_t payload_offset = 0;
+  };
+  struct PullPart {
+    int server;
+    uint64_t request_id;
+    size_t num_ids;
+  };
+  struct PendingPull {
+    int table;
+    size_t num_positions;
+    std::vector<PullPart> parts;
+    std::vector<uint32_t> part_of_unique;   // per unique id: index into parts
+    std::vector<uint32_t> index_in_part;    // per unique id: row within that part's reply
+    std::vector<uint32_t> unique_of_position;
+  };
+
+  Header NewRequest(Header::Type type);
+  absl::Status SendRequest(int server, const Header& header, std::string bytes);
+  // Receives replies until all of `request_ids` are in replies_.
+  absl::Status AwaitReplies(const std::vector<uint64_t>& request_ids);
+  // Takes the reply of `request_id` (REQUIRES it was awaited) and returns its status.
+  absl::StatusOr<Reply> TakeReply(uint64_t request_id);
+  // Sends a payload-less request of `type` to every server and awaits the replies.
+  absl::StatusOr<std::vector<Reply>> Broadcast(Header::Type type, const std::string& path);
+  absl::Status CheckTable(int table) const;
+  absl::Status WaitOldestPushRound();
+
+  comm::Transport* const transport_;
+  const std::vector<config::TableConfig> tables_;
+  const PsOptions options_;
+  uint64_t next_request_id_ = 1;
+  Ticket next_ticket_ = 1;
+  std::vector<int64_t> pushes_sent_;  // per table
+  absl::flat_hash_map<uint64_t, int> outstanding_;  // request id -> server rank
+  absl::flat_hash_map<uint64_t, Reply> replies_;    // received, not yet taken
+  absl::flat_hash_map<Ticket, PendingPull> pulls_;
+  std::deque<std::vector<uint64_t>> unacked_rounds_;  // async: request ids of each push round
+  int64_t max_unacked_rounds_ = 0;
+  absl::Status broken_;  // a transport failure ends the store's usefulness
+};
+
+}  // namespace t2d::ps
