@@ -16,7 +16,10 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "embedding/local_embedding_store.h"
-#include "ps/server_runner.h"
+#include "comm/mpi_transport.h"
+#include "ps/ps_options.h"
+#include "ps/remote_embedding_store.h"
+#include "ps/shard_server.h"
 #include "trainer/serving.h"
 #include "trainer/trainer.h"
 
@@ -74,6 +77,30 @@ absl::Status RunSingleProcess(const config::JobConfig& config, const RunOptions&
   return RunWorker(config, options, store.get(), workers.get());
 }
 
+// One rank of a distributed job: a shard server, or a worker talking to the servers.
+absl::Status RunRank(const config::JobConfig& config, const RunOptions& options, comm::MpiSession& mpi,
+                     const comm::RoleAssignment& roles) {
+  T2D_ASSIGN_OR_RETURN(ps::PsOptions po, ps::PsOptionsFromConfig(config.cluster(), roles));
+  T2D_ASSIGN_OR_RETURN(auto transport, comm::MpiTransport::Create(mpi.world()));
+  // Collective over the world: servers take part and get MPI_COMM_NULL.
+  T2D_ASSIGN_OR_RETURN(MPI_Comm worker_comm, mpi.SplitWorkers(roles));
+  if (roles.IsServer(mpi.rank())) {
+    const int shard = roles.ShardOfServer(mpi.rank());
+    T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(Tables(config), shard, roles.num_servers));
+    ps::ShardServer server(transport.get(), store.get(), po);
+    LOG(INFO) << "serving shard " << shard << " of " << roles.num_servers << " for " << roles.num_workers << " workers";
+    T2D_RETURN_IF_ERROR(server.Run());
+    LOG(INFO) << "all workers done; server stats: " << server.stats().ShortDebugString();
+    return absl::OkStatus();
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(config.cluster().timeout_s());
+  T2D_ASSIGN_OR_RETURN(auto workers, comm::MakeCommunicator(config.cluster().allreduce_backend(), worker_comm, deadline));
+  ps::RemoteEmbeddingStore store(transport.get(), Tables(config), po);
+  absl::Status s = RunWorker(config, options, &store, workers.get());
+  if (!s.ok()) return s;
+  return store.Shutdown();
+}
+
 }  // namespace
 
 int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc, char*** argv) {
@@ -111,9 +138,7 @@ int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc
   log.rank = server ? roles->ShardOfServer(mpi.rank()) : roles->WorkerIndex(mpi.rank());
   log.on_fatal = [] { comm::MpiSession::Abort(1); };
   InitLogging("t2diff", log);
-  absl::Status s = ps::RunRole(config, mpi, *roles, [&](embedding::EmbeddingStore* store, comm::Communicator* workers) {
-    return RunWorker(config, options, store, workers);
-  });
+  absl::Status s = RunRank(config, options, mpi, *roles);
   if (!s.ok()) {
     LOG(ERROR) << "rank " << mpi.rank() << " (" << LogTag() << ") failed: " << s.message()
                << "; ending the whole job";
