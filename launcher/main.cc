@@ -76,6 +76,7 @@ int Main(int argc, char** argv) {
   Common eval_c;
   auto* eval = app.add_subcommand("eval", "evaluate the newest checkpoint on the validation and test splits");
   AddConfigOptions(eval, &eval_c);
+  eval->add_option("--dump-ranks", run.dump_ranks, "write \"user target rank | history\" per sample to FILE.<split>");
 
   Common export_c;
   auto* exp = app.add_subcommand("export", "write a serving bundle from the newest checkpoint");
@@ -88,6 +89,7 @@ int Main(int argc, char** argv) {
   retrieve->add_option("--history", ret.history, "item ids, oldest first, separated by spaces")->required();
   retrieve->add_option("--k", ret.k, "items to return")->capture_default_str();
   retrieve->add_option("--seed", ret.seed, "seed of the reverse diffusion process")->capture_default_str();
+  retrieve->add_option("--user", ret.user, "reproduce evaluation: use the reverse-process seed evaluation used for this user id");
 
   Common launch_c;
   bool dry_run = false;

@@ -37,8 +37,9 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
   ctx.store = store;
   ctx.workers = workers;
   ctx.output_dir = config.training().output_dir();
-  ctx.resume = options.resume || options.mode != RunOptions::kTrain;
+  ctx.resume = options.resume;
   T2D_ASSIGN_OR_RETURN(auto t, trainer::Trainer::Create(ctx));
+  if (options.mode != RunOptions::kTrain) T2D_RETURN_IF_ERROR(t->LoadLatestModel());
   switch (options.mode) {
     case RunOptions::kTrain: {
       T2D_ASSIGN_OR_RETURN(trainer::TrainResult r, t->Train());
@@ -54,7 +55,8 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
     }
     case RunOptions::kEval: {
       for (const char* split : {"valid", "test"}) {
-        T2D_ASSIGN_OR_RETURN(trainer::EvalResult r, t->Evaluate(split));
+        const std::string dump = options.dump_ranks.empty() ? "" : absl::StrCat(options.dump_ranks, ".", split);
+        T2D_ASSIGN_OR_RETURN(trainer::EvalResult r, t->Evaluate(split, dump));
         if (workers->rank() == 0) {
           std::cout << split << " (" << r.model.count() << " users): " << r.model.ToString() << "\n"
                     << split << " popularity baseline: " << r.popularity.ToString() << std::endl;
@@ -166,7 +168,9 @@ int RunRetrieve(const RetrieveOptions& options) {
     LOG(ERROR) << "--history is empty";
     return 1;
   }
-  auto r = (*bundle)->TopK(history, options.k, options.seed);
+  const uint64_t seed =
+      options.user >= 0 ? trainer::EvalSampleSeed((*bundle)->eval_seed(), options.user) : options.seed;
+  auto r = (*bundle)->TopK(history, options.k, seed);
   if (!r.ok()) {
     LOG(ERROR) << r.status().message();
     return 1;

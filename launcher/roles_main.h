@@ -12,6 +12,7 @@ struct RunOptions {
   enum Mode { kTrain, kEval, kExport } mode = kTrain;
   bool resume = false;
   std::string export_dir;  // train: export after training when set; export: the bundle folder
+  std::string dump_ranks;  // eval: write per-sample ranks to <this>.<split>
 };
 
 // Runs `config` as this process's part of the job: under mpirun with
@@ -24,6 +25,8 @@ struct RetrieveOptions {
   std::string history;
   int k = 10;
   uint64_t seed = 1;
+  // When set: use the reverse-process seed that evaluation used for this user id.
+  int64_t user = -1;
 };
 int RunRetrieve(const RetrieveOptions& options);
 

@@ -453,9 +453,22 @@ struct Model::Impl {
     const int rsteps = opt.reverse_steps >= 0 ? opt.reverse_steps : config.inference_reverse_steps();
     const std::vector<ReverseStep> plan = schedule.ReverseSteps(rsteps, config.reverse_update());
     const int64_t bs = lay.b * samples, n = lay.n;
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed);
-    Tensor z = at::randn({bs, n, d}, gen, at::kFloat);
-    Tensor noise = at::randn({static_cast<int64_t>(plan.size()), bs, n, d}, gen, at::kFloat);
+    Tensor z, noise;
+    if (opt.sample_seeds.empty()) {
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed);
+      z = at::randn({bs, n, d}, gen, at::kFloat);
+      noise = at::randn({static_cast<int64_t>(plan.size()), bs, n, d}, gen, at::kFloat);
+    } else {
+      // One generator per sample: a sample's output does not depend on the batch it is in.
+      std::vector<Tensor> zs, noises;
+      for (int64_t b = 0; b < lay.b; ++b) {
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.sample_seeds[static_cast<size_t>(b)]);
+        zs.push_back(at::randn({samples, n, d}, gen, at::kFloat));
+        noises.push_back(at::randn({static_cast<int64_t>(plan.size()), samples, n, d}, gen, at::kFloat));
+      }
+      z = at::cat(zs, 0);
+      noise = at::cat(noises, 1);
+    }
     Tensor cond = samples > 1 ? x.repeat_interleave(samples, 0) : x;
     Tensor mask = samples > 1 ? lay.mask.repeat_interleave(samples, 0) : lay.mask;
     if (lay.b == 1 && !opt.force_tensor_ops) {
@@ -710,6 +723,10 @@ absl::StatusOr<at::Tensor> Model::GenerateNextItem(const Batch& batch, const Row
   const Impl& m = *impl_;
   if (!m.diffusion) return absl::FailedPreconditionError("GenerateNextItem: the model has no diffusion module");
   T2D_RETURN_IF_ERROR(ValidateInferenceBatch(batch, rows, m.dims, m.config));
+  if (!options.sample_seeds.empty() && static_cast<int64_t>(options.sample_seeds.size()) != batch.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("inference: ", options.sample_seeds.size(), " sample seeds for a batch of ",
+                                                   batch.batch_size));
+  }
   try {
     c10::InferenceMode guard;
     SlotGather g;
@@ -725,6 +742,10 @@ absl::StatusOr<at::Tensor> Model::UserVectors(const Batch& batch, const Rows& ro
                                               const InferenceOptions& options) const {
   const Impl& m = *impl_;
   T2D_RETURN_IF_ERROR(ValidateInferenceBatch(batch, rows, m.dims, m.config));
+  if (!options.sample_seeds.empty() && static_cast<int64_t>(options.sample_seeds.size()) != batch.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("inference: ", options.sample_seeds.size(), " sample seeds for a batch of ",
+                                                   batch.batch_size));
+  }
   try {
     c10::InferenceMode guard;
     SlotGather g;

@@ -78,6 +78,10 @@ struct InferenceOptions {
   int reverse_steps = -1;  // -1: config.inference_reverse_steps (0 there: all T)
   int num_samples = -1;    // -1: config.inference_samples
   uint64_t seed = 0;       // generator seed of the reverse process; same seed, same output
+  // When not empty (one per sample): sample b's noise comes from its own generator seeded with
+  // sample_seeds[b] (and `seed` is unused), so a sample's output does not depend on which
+  // batch, worker or request it is computed in. Evaluation and serving use this.
+  std::vector<uint64_t> sample_seeds;
   // One request (B = 1) runs the U-Net through a plain-C++ kernel (model/unet_kernel.h);
   // true forces tensor ops (tests compare the two).
   bool force_tensor_ops = false;

@@ -38,7 +38,21 @@ std::unique_ptr<Catalogue> Catalogue::FromItems(std::vector<int64_t> ids, std::v
   return c;
 }
 
+void Catalogue::SetCounts(std::vector<int64_t> counts) {
+  counts_ = std::move(counts);
+  counts_.resize(ids_.size());
+  Finish();
+}
+
+bool Catalogue::has_counts() const {
+  return std::any_of(counts_.begin(), counts_.end(), [](int64_t c) { return c > 0; });
+}
+
 void Catalogue::Finish() {
+  index_.clear();
+  log_share_.clear();
+  cdf_.clear();
+  all_tags_.clear();
   double total = 0;
   for (int64_t c : counts_) total += static_cast<double>(std::max<int64_t>(c, 1));
   double acc = 0;

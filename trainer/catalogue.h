@@ -41,6 +41,9 @@ class Catalogue {
   int64_t SampleByPopularity(double u) const;
   // Item indices in decreasing popularity (ties: smaller id first).
   std::vector<int64_t> ByPopularity() const;
+  // Replaces the counts (e.g. counted from the training split when the items file has none).
+  void SetCounts(std::vector<int64_t> counts);
+  bool has_counts() const;
 
  private:
   Catalogue() = default;

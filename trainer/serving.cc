@@ -32,6 +32,7 @@ struct ServingBundle::Impl {
 
 ServingBundle::ServingBundle(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ServingBundle::~ServingBundle() = default;
+uint64_t ServingBundle::eval_seed() const { return impl_->config.eval().seed(); }
 int64_t ServingBundle::num_items() const { return static_cast<int64_t>(impl_->item_ids.data.size()); }
 
 absl::StatusOr<std::unique_ptr<ServingBundle>> ServingBundle::Load(const std::string& dir) {
@@ -122,7 +123,7 @@ absl::StatusOr<Retrieved> ServingBundle::TopK(absl::Span<const int64_t> history,
   rows.id_rows = fill(ids, b.id_row, b.id_rows.data, b.id_dim, *b.id_init);
   if (b.tag_init) rows.tag_rows = fill(tag_ids, b.tag_row, b.tag_rows.data, b.tag_dim, *b.tag_init);
   model::InferenceOptions io;
-  io.seed = seed;
+  io.sample_seeds = {seed};
   T2D_ASSIGN_OR_RETURN(at::Tensor user, b.model->UserVectors(batch, rows, io));
   const auto t1 = Clock::now();
   c10::InferenceMode guard;

@@ -36,6 +36,8 @@ class ServingBundle {
   absl::StatusOr<Retrieved> TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const;
 
   int64_t num_items() const;
+  // The evaluation seed of the bundle's job (eval.seed), for reproducing evaluation samples.
+  uint64_t eval_seed() const;
 
  private:
   struct Impl;

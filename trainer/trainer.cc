@@ -199,8 +199,14 @@ struct Trainer::Impl {
     return 1 + static_cast<int64_t>(it - sorted_counts.begin());
   }
 
-  absl::StatusOr<EvalResult> Evaluate(const std::string& split) {
+  absl::StatusOr<EvalResult> Evaluate(const std::string& split, const std::string& dump_path = "") {
     const auto start = Clock::now();
+    std::ofstream dump;
+    if (!dump_path.empty()) {
+      const std::string path = world > 1 ? absl::StrCat(dump_path, ".w", rank) : dump_path;
+      dump.open(path, std::ios::trunc);
+      if (!dump) return absl::InternalError(absl::StrCat(path, ": cannot create"));
+    }
     EvalResult result;
     result.split = split;
     result.model = RankingMetrics(EvalKs(cfg().eval()));
@@ -220,7 +226,6 @@ struct Trainer::Impl {
     auto eval_reader = *std::move(reader_or);
     data::Batch batch;
     model::InferenceOptions io;
-    io.seed = cfg().eval().seed();
     constexpr int64_t kItemBlock = 65536;
     while (true) {
       T2D_ASSIGN_OR_RETURN(bool more, eval_reader->Next(&batch));
@@ -228,7 +233,10 @@ struct Trainer::Impl {
       StepInput in;
       T2D_RETURN_IF_ERROR(builder->BuildUsers(batch, &in));
       T2D_ASSIGN_OR_RETURN(model::Rows rows, Pull(in, false));
-      io.seed = HashCombine(cfg().eval().seed(), static_cast<uint64_t>(result.model.count() + 1000003 * rank));
+      io.sample_seeds.resize(static_cast<size_t>(batch.size));
+      for (int b = 0; b < batch.size; ++b) {
+        io.sample_seeds[static_cast<size_t>(b)] = EvalSampleSeed(cfg().eval().seed(), batch.user_id[static_cast<size_t>(b)]);
+      }
       T2D_ASSIGN_OR_RETURN(at::Tensor users, model->UserVectors(in.batch, rows, io));
       c10::InferenceMode guard;
       std::vector<int64_t> target_index(static_cast<size_t>(batch.size));
@@ -262,6 +270,15 @@ struct Trainer::Impl {
       const int64_t* h = higher.data_ptr<int64_t>();
       for (int b = 0; b < batch.size; ++b) {
         result.model.Add(1 + h[b]);
+        if (dump.is_open()) {
+          // user target rank | history, oldest first
+          dump << batch.user_id[static_cast<size_t>(b)] << ' ' << batch.target_id[static_cast<size_t>(b)] << ' '
+               << 1 + h[b] << " |";
+          for (int j = 0; j < batch.history_len[static_cast<size_t>(b)]; ++j) {
+            dump << ' ' << batch.history_id[static_cast<size_t>(b) * static_cast<size_t>(batch.max_seq_len) + static_cast<size_t>(j)];
+          }
+          dump << '\n';
+        }
         result.popularity.Add(PopularityRank(target_index[static_cast<size_t>(b)]));
       }
     }
@@ -348,21 +365,30 @@ struct Trainer::Impl {
     return ctx.workers->Barrier(Deadline());
   }
 
-  absl::Status Resume() {
+  // Loads the newest intact checkpoint. `for_training`: also the data cursors and counters
+  // (which needs the same number of workers); otherwise only the model (eval, export).
+  absl::Status Resume(bool for_training) {
     const std::string& dir = cfg().checkpoint().dir();
-    if (dir.empty()) return absl::FailedPreconditionError("--resume needs checkpoint.dir");
+    if (dir.empty()) return absl::FailedPreconditionError("no checkpoint.dir to load a checkpoint from");
     auto folder = FindLatestCheckpoint(dir);
     if (!folder.ok()) {
+      if (!for_training) return folder.status();
       if (rank == 0) LOG(INFO) << "no checkpoint to resume from in " << dir << "; starting fresh";
       return absl::OkStatus();
     }
     T2D_ASSIGN_OR_RETURN(CheckpointManifest m, VerifyCheckpoint(*folder));
-    if (m.num_workers() != world) {
+    if (for_training && m.num_workers() != world) {
       return absl::FailedPreconditionError(absl::StrCat(*folder, ": written by ", m.num_workers(),
                                                         " workers; resume with the same number (this job has ", world, ")"));
     }
     if (rank == 0) T2D_RETURN_IF_ERROR(ctx.store->Load(*folder + "/sparse"));
     T2D_RETURN_IF_ERROR(model::LoadDenseState(*folder + "/dense.t2dd", model.get(), optimizer.get()));
+    if (!for_training) {
+      step = m.step();
+      T2D_RETURN_IF_ERROR(ctx.workers->Barrier(Deadline()));
+      if (rank == 0) LOG(INFO) << "loaded model of step " << step << " from " << *folder;
+      return absl::OkStatus();
+    }
     T2D_ASSIGN_OR_RETURN(std::string evals, ReadFileToString(*folder + "/evals.txt"));
     T2D_RETURN_IF_ERROR(LoadEvalHistory(evals));
     const std::string cursor_path = absl::StrCat(*folder, "/cursor-", rank, ".txt");
@@ -399,6 +425,28 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   t.tag_dim = t.tag_table >= 0 ? cfg.tables(t.tag_table).dim() : 0;
   if (cfg.data().dataset_dir().empty()) return absl::InvalidArgumentError("data.dataset_dir is empty: run `t2diff prepare` first");
   T2D_ASSIGN_OR_RETURN(t.catalogue, Catalogue::Load(cfg.data().dataset_dir()));
+  if (!t.catalogue->has_counts()) {
+    // Popularity (for the baseline and for sampling negatives) from the training targets.
+    data::ReaderOptions co;
+    co.split = "train";
+    co.batch_size = 4096;
+    co.max_seq_len = 1;
+    co.shuffle_buffer = 0;
+    co.epochs = 1;
+    co.equal_epochs = false;
+    T2D_ASSIGN_OR_RETURN(auto counter, data::SampleReader::Open(cfg.data().dataset_dir(), co));
+    std::vector<int64_t> counts(static_cast<size_t>(t.catalogue->size()));
+    data::Batch b;
+    while (true) {
+      T2D_ASSIGN_OR_RETURN(bool more, counter->Next(&b));
+      if (!more) break;
+      for (int i = 0; i < b.size; ++i) {
+        const int64_t idx = t.catalogue->IndexOf(b.target_id[static_cast<size_t>(i)]);
+        if (idx >= 0) ++counts[static_cast<size_t>(idx)];
+      }
+    }
+    t.catalogue->SetCounts(std::move(counts));
+  }
   t.sorted_counts = t.catalogue->counts();
   std::sort(t.sorted_counts.begin(), t.sorted_counts.end(), std::greater<int64_t>());
   T2D_ASSIGN_OR_RETURN(model::ModelDims dims, model::DimsFromJobConfig(cfg));
@@ -441,12 +489,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
-absl::StatusOr<EvalResult> Trainer::Evaluate(const std::string& split) { return impl_->Evaluate(split); }
+absl::StatusOr<EvalResult> Trainer::Evaluate(const std::string& split, const std::string& dump_path) {
+  return impl_->Evaluate(split, dump_path);
+}
+absl::Status Trainer::LoadLatestModel() { return impl_->Resume(false); }
 
 absl::StatusOr<TrainResult> Trainer::Train() {
   Impl& t = *impl_;
   const auto& cfg = t.cfg();
-  if (t.ctx.resume) T2D_RETURN_IF_ERROR(t.Resume());
+  if (t.ctx.resume) T2D_RETURN_IF_ERROR(t.Resume(true));
   const int64_t batch = cfg.training().batch_size();
   const int64_t steps_per_epoch = (t.reader->samples_per_epoch() + batch - 1) / batch;
   const int epochs = cfg.training().epochs();
@@ -507,7 +558,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
       interval_steps = 0;
       interval_loss = interval_tower = interval_diff = 0;
     }
-    if (epoch_end) {
+    if (t.step % steps_per_epoch == 0 || (t.step == total_steps && total_steps == steps_per_epoch * epochs)) {
       const int done_epochs = static_cast<int>((t.step + steps_per_epoch - 1) / steps_per_epoch);
       if (done_epochs % cfg.eval().every_epochs() == 0 || t.step == total_steps) {
         for (const char* split : {"valid", "test"}) {

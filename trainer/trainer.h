@@ -29,11 +29,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
+#include "common/hash.h"
 #include "configs/job_config.pb.h"
 #include "embedding/embedding_store.h"
 #include "trainer/metrics.h"
 
 namespace t2d::trainer {
+
+// Seed of the reverse diffusion process for `user`'s evaluation sample. Every sample has its
+// own, so results do not depend on batching or the number of workers, and `t2diff retrieve
+// --user U` reproduces exactly what evaluation computed for U.
+inline uint64_t EvalSampleSeed(uint64_t eval_seed, int64_t user) {
+  return HashCombine(eval_seed, static_cast<uint64_t>(user));
+}
 
 struct TrainerContext {
   config::JobConfig config;
@@ -77,7 +85,13 @@ class Trainer {
   absl::StatusOr<TrainResult> Train();
 
   // Ranks every sample of `split` against the whole catalogue (collective over the workers).
-  absl::StatusOr<EvalResult> Evaluate(const std::string& split);
+  // With `dump_path`, every worker also writes "user target rank | history..." per sample to
+  // dump_path (".w<rank>" appended when there are several workers).
+  absl::StatusOr<EvalResult> Evaluate(const std::string& split, const std::string& dump_path = "");
+
+  // Loads the model (sparse rows and dense parameters) of the newest intact checkpoint in
+  // checkpoint.dir, for evaluation or export. Collective over the workers.
+  absl::Status LoadLatestModel();
 
   // Writes the serving bundle (collective; worker 0 writes): see docs/export.md.
   absl::Status Export(const std::string& dir);
