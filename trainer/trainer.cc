@@ -517,12 +517,15 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   int64_t interval_steps = 0;
   double interval_loss = 0, interval_tower = 0, interval_diff = 0;
   int64_t trained_steps = 0;
+  double step_seconds = 0;  // reading + training steps only (no evaluation or checkpoints)
   data::Batch batch_data;
   while (t.step < total_steps) {
     const int epoch = static_cast<int>(t.step / steps_per_epoch);
+    const auto step_start = Clock::now();
     T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
     if (!more) break;
     T2D_ASSIGN_OR_RETURN(model::Model::Losses l, t.Step(batch_data));
+    step_seconds += Seconds(step_start);
     ++trained_steps;
     if (result.first_loss == 0) result.first_loss = l.total;
     result.last_loss = l.total;
@@ -580,7 +583,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   }
   result.train_seconds = Seconds(start);
   result.steps = t.step;
-  result.samples_per_second = static_cast<double>(trained_steps * batch * t.world) / std::max(result.train_seconds, 1e-9);
+  result.samples_per_second = static_cast<double>(trained_steps * batch * t.world) / std::max(step_seconds, 1e-9);
   result.validation = t.validation;
   // Select the epoch on validation; without validation samples, the last evaluation.
   int best = static_cast<int>(t.test.size()) - 1;
@@ -609,12 +612,29 @@ absl::StatusOr<TrainResult> Trainer::Train() {
       for (size_t i = 0; i < ks.size(); ++i) absl::StrAppendFormat(&line, " Recall@%d=%.4f", ks[i], result.test_best_over_epochs[i]);
       LOG(INFO) << "paper protocol (best test value over epochs, optimistic):" << line;
     }
-    t.WriteMetric(absl::StrFormat(
-        "{\"kind\": \"summary\", \"steps\": %d, \"skipped_steps\": %d, \"train_seconds\": %.2f, \"samples_per_s\": %.1f, "
-        "\"best_epoch\": %d, \"selected_on\": \"%s\", \"test_users\": %d%s, \"popularity\": {\"users\": %d%s}}",
-        result.steps, t.skipped_steps, result.train_seconds, result.samples_per_second, best + 1,
-        have_validation ? "validation" : "last", result.test.model.count(), JsonMetrics(result.test.model),
-        result.test.popularity.count(), JsonMetrics(result.test.popularity)));
+  }
+  if (t.rank == 0) {
+    std::string summary = absl::StrFormat(
+        "{\"kind\": \"summary\", \"steps\": %d, \"skipped_steps\": %d, \"workers\": %d, \"train_seconds\": %.2f, "
+        "\"step_seconds\": %.2f, \"samples_per_s\": %.1f, \"first_loss\": %.6f, \"last_loss\": %.6f",
+        result.steps, t.skipped_steps, t.world, result.train_seconds, step_seconds, result.samples_per_second,
+        result.first_loss, result.last_loss);
+    if (best >= 0) {
+      absl::StrAppendFormat(&summary, ", \"best_epoch\": %d, \"selected_on\": \"%s\", \"test_users\": %d%s, \"popularity\": {\"users\": %d%s}",
+                            best + 1, have_validation ? "validation" : "last", result.test.model.count(),
+                            JsonMetrics(result.test.model), result.test.popularity.count(), JsonMetrics(result.test.popularity));
+      if (cfg.eval().paper_protocol()) {
+        const auto ks = EvalKs(cfg.eval());
+        absl::StrAppend(&summary, ", \"paper_protocol_best_test_recall\": {");
+        for (size_t i = 0; i < ks.size(); ++i) {
+          absl::StrAppendFormat(&summary, "%s\"%d\": %.6f", i ? ", " : "", ks[i], result.test_best_over_epochs[i]);
+        }
+        absl::StrAppend(&summary, "}");
+      }
+    }
+    summary += "}";
+    t.WriteMetric(summary);
+    if (!t.ctx.output_dir.empty()) T2D_RETURN_IF_ERROR(WriteFileAtomic(t.ctx.output_dir + "/summary.json", summary + "\n"));
   }
   return result;
 }
