@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "glog/logging.h"
+#include "model/fused_ops.h"
 #include "model/model.h"
 #include "model/schedule.h"
 #include "model/unet_kernel.h"
@@ -262,7 +263,7 @@ struct Model::Impl {
     const int64_t len = h.size(1);
     Tensor hp = at::constant_pad_nd(h, {0, 0, 1, 1});
     Tensor cols = at::cat({hp.narrow(1, 0, len), hp.narrow(1, 1, len), hp.narrow(1, 2, len)}, 2);
-    return LN(at::silu(Lin(cols, b.conv)), b.norm) * mk;
+    return SwishNormMask(Lin(cols, b.conv), P(b.norm.g), P(b.norm.b), mk);
   }
 
   // x [B, n, 2D] -> [B, n, D]; m [B, n] float validity.
@@ -640,24 +641,24 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
     out.user_vectors = m.UserTower(x, x_hat, lay, batch);
     out.target_vectors = target_vectors;
     if (full) {
-      const Tensor logits = at::mm(out.user_vectors, items.narrow(0, b, c).t());
-      out.tower_loss = at::cross_entropy_loss(logits, LongTensor(batch.target_candidates));
+      out.tower_loss = SoftmaxLoss(out.user_vectors, items.narrow(0, b, c), LongTensor(batch.target_candidates),
+                                   Tensor(), Tensor());
     } else {
-      Tensor logits = at::mm(out.user_vectors, items.t());  // [B, B + S]: in-batch positives, then negatives
+      // Columns: the in-batch positives, then the shared negatives.
+      Tensor logq;
       if (m.config.logq_correction()) {
-        std::vector<float> logq(batch.target_log_q);
-        logq.insert(logq.end(), candidates.log_q.begin(), candidates.log_q.end());
-        logits = logits - FloatTensor(logq, {1, b + c});
+        std::vector<float> q(batch.target_log_q);
+        q.insert(q.end(), candidates.log_q.begin(), candidates.log_q.end());
+        logq = FloatTensor(q, {b + c});
       }
       // Another copy of the positive item (a duplicate target or a negative equal to it) is not a
-      // negative: mask it.
+      // negative: exclude it.
       std::vector<int64_t> ids(batch.targets.id_rows);
       ids.insert(ids.end(), candidates.items.id_rows.begin(), candidates.items.id_rows.end());
       const Tensor id_t = LongTensor(ids);
       Tensor same = id_t.narrow(0, 0, b).unsqueeze(1).eq(id_t.unsqueeze(0));
       same.narrow(1, 0, b).diagonal().fill_(false);
-      logits = logits.masked_fill(same, kMasked);
-      out.tower_loss = at::cross_entropy_loss(logits, at::arange(b, at::kLong));
+      out.tower_loss = SoftmaxLoss(out.user_vectors, items, at::arange(b, at::kLong), logq, same);
     }
     out.total_loss = out.tower_loss + out.diffusion_loss * static_cast<double>(m.config.diffusion_loss_weight());
     return out;
