@@ -179,7 +179,154 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
   }
 };
 
+void GatherForward(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
+                   const Tensor& tag_index, Tensor* out) {
+  const int64_t di = id_rows.size(1), dt = tag_rows.numel() > 0 ? tag_rows.size(1) : 0, d = di + dt;
+  const int64_t slots = id_index.numel();
+  const float* ip = id_rows.data_ptr<float>();
+  const float* tp = dt > 0 ? tag_rows.data_ptr<float>() : nullptr;
+  const int64_t* idx = id_index.data_ptr<int64_t>();
+  const int64_t* off = dt > 0 ? tag_offsets.data_ptr<int64_t>() : nullptr;
+  const int64_t* tix = dt > 0 ? tag_index.data_ptr<int64_t>() : nullptr;
+  float* op = out->data_ptr<float>();
+  at::parallel_for(0, slots, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t s = lo; s < hi; ++s) {
+      float* o = op + s * d;
+      std::fill(o, o + d, 0.f);
+      if (idx[s] < 0) continue;
+      std::copy(ip + idx[s] * di, ip + (idx[s] + 1) * di, o);
+      if (dt == 0 || off[s + 1] == off[s]) continue;
+      for (int64_t k = off[s]; k < off[s + 1]; ++k) {
+        const float* t = tp + tix[k] * dt;
+        for (int64_t c = 0; c < dt; ++c) o[di + c] += t[c];
+      }
+      const float inv = 1.f / static_cast<float>(off[s + 1] - off[s]);
+      for (int64_t c = 0; c < dt; ++c) o[di + c] *= inv;
+    }
+  });
+}
+
+struct GatherFunction : public torch::autograd::Function<GatherFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& id_rows_in, const Tensor& tag_rows_in,
+                        const Tensor& id_index, const Tensor& tag_offsets, const Tensor& tag_index) {
+    const Tensor id_rows = id_rows_in.contiguous(), tag_rows = tag_rows_in.contiguous();
+    const int64_t dt = tag_rows.numel() > 0 ? tag_rows.size(1) : 0;
+    Tensor out = at::empty({id_index.numel(), id_rows.size(1) + dt}, id_rows.options());
+    GatherForward(id_rows, tag_rows, id_index, tag_offsets, tag_index, &out);
+    ctx->save_for_backward({id_index, tag_offsets, tag_index});
+    ctx->saved_data["shape"] = std::vector<int64_t>{id_rows.size(0), id_rows.size(1), tag_rows.size(0), dt};
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
+    const int64_t u = shape[0], di = shape[1], ut = shape[2], dt = shape[3], d = di + dt;
+    const Tensor g = grad_out[0].contiguous();
+    Tensor gid = at::zeros({u, di}, g.options());
+    Tensor gtag = dt > 0 ? at::zeros({ut, dt}, g.options()) : Tensor();
+    const int64_t* idx = saved[0].data_ptr<int64_t>();
+    const int64_t* off = dt > 0 ? saved[1].data_ptr<int64_t>() : nullptr;
+    const int64_t* tix = dt > 0 ? saved[2].data_ptr<int64_t>() : nullptr;
+    const float* gp = g.data_ptr<float>();
+    float* gi = gid.data_ptr<float>();
+    float* gt = dt > 0 ? gtag.data_ptr<float>() : nullptr;
+    const int64_t slots = saved[0].numel();
+    for (int64_t s = 0; s < slots; ++s) {
+      if (idx[s] < 0) continue;
+      const float* gs = gp + s * d;
+      float* dst = gi + idx[s] * di;
+      for (int64_t c = 0; c < di; ++c) dst[c] += gs[c];
+      if (dt == 0 || off[s + 1] == off[s]) continue;
+      const float inv = 1.f / static_cast<float>(off[s + 1] - off[s]);
+      for (int64_t k = off[s]; k < off[s + 1]; ++k) {
+        float* t = gt + tix[k] * dt;
+        for (int64_t c = 0; c < dt; ++c) t[c] += gs[di + c] * inv;
+      }
+    }
+    return {gid, gtag, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct Conv3ColumnsFunction : public torch::autograd::Function<Conv3ColumnsFunction> {
+  static Tensor Columns(const Tensor& h_in) {
+    const Tensor h = h_in.contiguous();
+    const int64_t b = h.size(0), len = h.size(1), c = h.size(2);
+    Tensor cols = at::empty({b, len, 3 * c}, h.options());
+    const float* hp = h.data_ptr<float>();
+    float* cp = cols.data_ptr<float>();
+    at::parallel_for(0, b, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float* hs = hp + i * len * c;
+        float* cs = cp + i * len * 3 * c;
+        for (int64_t j = 0; j < len; ++j) {
+          float* dst = cs + j * 3 * c;
+          if (j > 0) {
+            std::copy(hs + (j - 1) * c, hs + j * c, dst);
+          } else {
+            std::fill(dst, dst + c, 0.f);
+          }
+          std::copy(hs + j * c, hs + (j + 1) * c, dst + c);
+          if (j + 1 < len) {
+            std::copy(hs + (j + 1) * c, hs + (j + 2) * c, dst + 2 * c);
+          } else {
+            std::fill(dst + 2 * c, dst + 3 * c, 0.f);
+          }
+        }
+      }
+    });
+    return cols;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& h) {
+    ctx->saved_data["c"] = h.size(2);
+    return Columns(h);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor g = grad_out[0].contiguous();
+    const int64_t b = g.size(0), len = g.size(1), c = ctx->saved_data["c"].toInt();
+    Tensor gh = at::empty({b, len, c}, g.options());
+    const float* gp = g.data_ptr<float>();
+    float* hp = gh.data_ptr<float>();
+    at::parallel_for(0, b, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float* gs = gp + i * len * 3 * c;
+        float* hs = hp + i * len * c;
+        for (int64_t j = 0; j < len; ++j) {
+          float* dst = hs + j * c;
+          const float* mid = gs + j * 3 * c + c;  // h[j] as the centre tap of column j
+          for (int64_t k = 0; k < c; ++k) dst[k] = mid[k];
+          if (j + 1 < len) {  // h[j] as the left tap of column j + 1
+            const float* left = gs + (j + 1) * 3 * c;
+            for (int64_t k = 0; k < c; ++k) dst[k] += left[k];
+          }
+          if (j > 0) {  // h[j] as the right tap of column j - 1
+            const float* right = gs + (j - 1) * 3 * c + 2 * c;
+            for (int64_t k = 0; k < c; ++k) dst[k] += right[k];
+          }
+        }
+      }
+    });
+    return {gh};
+  }
+};
+
 }  // namespace
+
+Tensor Conv3Columns(const Tensor& h) {
+  if (!at::GradMode::is_enabled() || !h.requires_grad()) return Conv3ColumnsFunction::Columns(h);
+  return Conv3ColumnsFunction::apply(h);
+}
+
+Tensor GatherItems(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
+                   const Tensor& tag_index) {
+  const Tensor tags = tag_rows.defined() ? tag_rows : at::empty({0, 0}, id_rows.options());
+  if (!at::GradMode::is_enabled() || !(id_rows.requires_grad() || tags.requires_grad())) {
+    const int64_t dt = tags.numel() > 0 ? tags.size(1) : 0;
+    Tensor out = at::empty({id_index.numel(), id_rows.size(1) + dt}, id_rows.options());
+    GatherForward(id_rows.contiguous(), tags.contiguous(), id_index, tag_offsets, tag_index, &out);
+    return out;
+  }
+  return GatherFunction::apply(id_rows, tags, id_index, tag_offsets, tag_index);
+}
 
 Tensor SoftmaxCrossEntropy(const Tensor& logits, const Tensor& labels) { return XentFunction::apply(logits, labels); }
 

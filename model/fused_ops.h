@@ -27,6 +27,20 @@ at::Tensor SoftmaxCrossEntropy(const at::Tensor& logits, const at::Tensor& label
 at::Tensor SoftmaxLoss(const at::Tensor& users, const at::Tensor& items, const at::Tensor& labels,
                        const at::Tensor& bias, const at::Tensor& exclude);
 
+// Item embeddings of a list of slots: out[s] = concat(id_rows[id_index[s]], mean of
+// tag_rows[tag_index[tag_offsets[s] .. tag_offsets[s + 1])]) (zero when the bag is empty); a slot
+// with id_index -1 is padding and gets a zero row (and sends no gradient). tag_rows may be an
+// empty [0, 0] tensor (no tag feature). Backward scatters into dense row gradients in one pass
+// (embedding_bag's backward sorts the indices first, which costs more than the whole gather).
+// Indices must be in range (the model validates batches before calling this).
+at::Tensor GatherItems(const at::Tensor& id_rows, const at::Tensor& tag_rows, const at::Tensor& id_index,
+                       const at::Tensor& tag_offsets, const at::Tensor& tag_index);
+
+// Kernel-3 "same" convolution columns: cols[b, j] = concat(h[b, j - 1], h[b, j], h[b, j + 1])
+// with zeros beyond the sequence ends; h [B, L, C] -> [B, L, 3C]. One pass each way instead of
+// pad + three slices + cat (whose backward allocates and zero-fills three padded copies).
+at::Tensor Conv3Columns(const at::Tensor& h);
+
 // out[r, :] = LayerNorm_c(swish(y[r, :])) * gamma + beta, times mask[r] (0 or 1).
 // y [..., C] float (rows = all leading dims), gamma/beta [C], mask with numel = rows.
 at::Tensor SwishNormMask(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mask);

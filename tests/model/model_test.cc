@@ -482,6 +482,41 @@ TEST(ModelTest, FusedOpsMatchReference) {
   (ref * 1.7).backward();
   ExpectClose(l1.grad(), l2.grad(), 1e-6, "xent grad");
 
+  // GatherItems against index_select + embedding_bag(mean) + padding mask.
+  {
+    const at::Tensor ids0 = at::randn({5, 2}, gen, at::kFloat), tags0 = at::randn({3, 3}, gen, at::kFloat);
+    const at::Tensor idx = at::tensor(std::vector<int64_t>{4, -1, 0, 4, 2});
+    const at::Tensor off = at::tensor(std::vector<int64_t>{0, 2, 2, 3, 3, 6});
+    const at::Tensor tix = at::tensor(std::vector<int64_t>{0, 2, 1, 2, 2, 0});
+    at::Tensor a1 = ids0.clone().requires_grad_(true), t1 = tags0.clone().requires_grad_(true);
+    at::Tensor a2 = ids0.clone().requires_grad_(true), t2 = tags0.clone().requires_grad_(true);
+    const at::Tensor gathered = GatherItems(a1, t1, idx, off, tix);
+    const at::Tensor mask = (idx >= 0).to(at::kFloat).unsqueeze(1);
+    const at::Tensor expected = at::cat({at::index_select(a2, 0, idx.clamp_min(0)) * mask,
+                                    std::get<0>(at::embedding_bag(t2, tix, off, false, 1, false, c10::nullopt, true))},
+                                   1);
+    ExpectClose(gathered, expected, 1e-6, "gather forward");
+    const at::Tensor w = at::randn({5, 5}, gen, at::kFloat);
+    (gathered * w).sum().backward();
+    (expected * w).sum().backward();
+    ExpectClose(a1.grad(), a2.grad(), 1e-6, "gather d id rows");
+    ExpectClose(t1.grad(), t2.grad(), 1e-6, "gather d tag rows");
+  }
+
+  // Conv3Columns against pad + shifted slices.
+  {
+    const at::Tensor h0 = at::randn({2, 5, 3}, gen, at::kFloat);
+    at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+    const at::Tensor cols = Conv3Columns(h1);
+    const at::Tensor hp = at::constant_pad_nd(h2, {0, 0, 1, 1});
+    const at::Tensor want = at::cat({hp.narrow(1, 0, 5), hp.narrow(1, 1, 5), hp.narrow(1, 2, 5)}, 2);
+    ExpectClose(cols, want, 0, "conv columns");
+    const at::Tensor w = at::randn({2, 5, 9}, gen, at::kFloat);
+    (cols * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(h1.grad(), h2.grad(), 1e-6, "conv columns grad");
+  }
+
   // SoftmaxLoss with a bias row and excluded entries.
   const at::Tensor u0 = at::randn({4, 3}, gen, at::kFloat), i0 = at::randn({7, 3}, gen, at::kFloat);
   const at::Tensor bias = at::randn({7}, gen, at::kFloat);
