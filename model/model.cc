@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "glog/logging.h"
+#include "model/fused_ops.h"
 #include "model/model.h"
 #include "model/schedule.h"
 #include "model/unet_kernel.h"
@@ -35,18 +36,14 @@ Tensor FloatTensor(const std::vector<float>& v, at::IntArrayRef shape) {
 // Gathers item slots of several lists into one index set, so that the rows of a whole batch
 // are read with one index_select and one embedding_bag.
 struct SlotGather {
-  std::vector<int64_t> id;
-  std::vector<float> mask;
+  std::vector<int64_t> id;  // -1: padding
   std::vector<int64_t> tag_rows;
   std::vector<int64_t> tag_offsets{0};
-  bool any_padding = false;
 
   void Append(const ItemSlots& s, bool with_tags) {
     for (int64_t i = 0; i < s.size(); ++i) {
       const int64_t r = s.id_rows[static_cast<size_t>(i)];
-      id.push_back(r < 0 ? 0 : r);
-      mask.push_back(r < 0 ? 0.f : 1.f);
-      any_padding |= r < 0;
+      id.push_back(r);
       if (with_tags) {
         const size_t lo = static_cast<size_t>(s.tag_offsets[static_cast<size_t>(i)]);
         const size_t hi = static_cast<size_t>(s.tag_offsets[static_cast<size_t>(i) + 1]);
@@ -245,24 +242,16 @@ struct Model::Impl {
 
   // ---- Embedding ----
   Tensor Embed(const SlotGather& g, const Rows& rows) const {
-    Tensor x = at::index_select(rows.id_rows, 0, LongTensor(g.id));
-    if (g.any_padding) x = x * FloatTensor(g.mask, {static_cast<int64_t>(g.mask.size()), 1});
-    if (dims.tag_dim > 0) {
-      Tensor tag = std::get<0>(at::embedding_bag(rows.tag_rows, LongTensor(g.tag_rows), LongTensor(g.tag_offsets),
-                                                 false, /*mode=mean*/ 1, false, c10::nullopt,
-                                                 /*include_last_offset=*/true));
-      x = at::cat({x, tag}, 1);
-    }
-    return x;
+    const bool tags = dims.tag_dim > 0;
+    return GatherItems(rows.id_rows, tags ? rows.tag_rows : Tensor(), LongTensor(g.id),
+                       tags ? LongTensor(g.tag_offsets) : at::empty({0}, at::kLong),
+                       tags ? LongTensor(g.tag_rows) : at::empty({0}, at::kLong));
   }
 
   // ---- U-Net (docs/model.md) ----
-  Tensor Block(Tensor h, const ConvBlock& b, const Tensor& mk) const {
-    h = h * mk;  // zero padding both inside the batch and at the sequence edges
-    const int64_t len = h.size(1);
-    Tensor hp = at::constant_pad_nd(h, {0, 0, 1, 1});
-    Tensor cols = at::cat({hp.narrow(1, 0, len), hp.narrow(1, 1, len), hp.narrow(1, 2, len)}, 2);
-    return LN(at::silu(Lin(cols, b.conv)), b.norm) * mk;
+  // Input h must be zero at masked positions (zero padding inside the batch and at the edges).
+  Tensor Block(const Tensor& h, const ConvBlock& b, const Tensor& mk) const {
+    return SwishNormMask(Lin(Conv3Columns(h), b.conv), P(b.norm.g), P(b.norm.b), mk);
   }
 
   // x [B, n, 2D] -> [B, n, D]; m [B, n] float validity.
@@ -282,8 +271,9 @@ struct Model::Impl {
       masks.push_back(std::get<0>(prev.view({bsz, prev.size(1) / 2, 2, 1}).max(2)));
     }
     std::vector<Tensor> skips;
-    Tensor h = x;
+    Tensor h = x * masks[0];
     for (int l = 0; l < levels; ++l) {
+      // A pooled position is masked only if both inputs were, and those are zero: no re-masking.
       if (l > 0) h = std::get<0>(h.view({bsz, h.size(1) / 2, 2, h.size(2)}).max(2));
       h = Block(h, down[static_cast<size_t>(l)], masks[static_cast<size_t>(l)]);
       if (l + 1 < levels) skips.push_back(h);
@@ -292,7 +282,7 @@ struct Model::Impl {
       const UpLevel& u = up[static_cast<size_t>(l)];
       h = Lin(h, u.proj);
       const int64_t len = h.size(1), c = h.size(2);
-      h = h.unsqueeze(2).expand({bsz, len, 2, c}).reshape({bsz, 2 * len, c});
+      h = h.unsqueeze(2).expand({bsz, len, 2, c}).reshape({bsz, 2 * len, c}) * masks[static_cast<size_t>(l)];
       h = Block(at::cat({h, skips[static_cast<size_t>(l)]}, 2), u.block, masks[static_cast<size_t>(l)]);
     }
     h = Lin(h, unet_out) * masks[0];
@@ -653,24 +643,24 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
     out.user_vectors = m.UserTower(x, x_hat, lay, batch);
     out.target_vectors = target_vectors;
     if (full) {
-      const Tensor logits = at::mm(out.user_vectors, items.narrow(0, b, c).t());
-      out.tower_loss = at::cross_entropy_loss(logits, LongTensor(batch.target_candidates));
+      out.tower_loss = SoftmaxLoss(out.user_vectors, items.narrow(0, b, c), LongTensor(batch.target_candidates),
+                                   Tensor(), Tensor());
     } else {
-      Tensor logits = at::mm(out.user_vectors, items.t());  // [B, B + S]: in-batch positives, then negatives
+      // Columns: the in-batch positives, then the shared negatives.
+      Tensor logq;
       if (m.config.logq_correction()) {
-        std::vector<float> logq(batch.target_log_q);
-        logq.insert(logq.end(), candidates.log_q.begin(), candidates.log_q.end());
-        logits = logits - FloatTensor(logq, {1, b + c});
+        std::vector<float> q(batch.target_log_q);
+        q.insert(q.end(), candidates.log_q.begin(), candidates.log_q.end());
+        logq = FloatTensor(q, {b + c});
       }
       // Another copy of the positive item (a duplicate target or a negative equal to it) is not a
-      // negative: mask it.
+      // negative: exclude it.
       std::vector<int64_t> ids(batch.targets.id_rows);
       ids.insert(ids.end(), candidates.items.id_rows.begin(), candidates.items.id_rows.end());
       const Tensor id_t = LongTensor(ids);
       Tensor same = id_t.narrow(0, 0, b).unsqueeze(1).eq(id_t.unsqueeze(0));
       same.narrow(1, 0, b).diagonal().fill_(false);
-      logits = logits.masked_fill(same, kMasked);
-      out.tower_loss = at::cross_entropy_loss(logits, at::arange(b, at::kLong));
+      out.tower_loss = SoftmaxLoss(out.user_vectors, items, at::arange(b, at::kLong), logq, same);
     }
     out.total_loss = out.tower_loss + out.diffusion_loss * static_cast<double>(m.config.diffusion_loss_weight());
     return out;

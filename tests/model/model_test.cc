@@ -8,6 +8,7 @@
 
 #include "gtest/gtest.h"
 #include "model/dense_optimizer.h"
+#include "model/fused_ops.h"
 #include "model/model.h"
 
 namespace t2d::model {
@@ -451,6 +452,87 @@ TEST(ModelTest, EveryKindHalvesItsLossOnASyntheticProblem) {
   double first = 0;
   double last = TrainChain(variants, 150, &first);
   EXPECT_LE(last, 0.5 * first) << "variants: first " << first << " last " << last;
+}
+
+TEST(ModelTest, FusedOpsMatchReference) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  for (int64_t c : {1, 4, 37}) {
+    const at::Tensor y0 = at::randn({3, 5, c}, gen, at::kFloat) * 2;
+    const at::Tensor g0 = at::randn({c}, gen, at::kFloat), b0 = at::randn({c}, gen, at::kFloat);
+    const at::Tensor mask = (at::rand({3, 5, 1}, gen, at::kFloat) > 0.3).to(at::kFloat);
+    const at::Tensor dout = at::randn({3, 5, c}, gen, at::kFloat);
+    at::Tensor y1 = y0.clone().requires_grad_(true), g1 = g0.clone().requires_grad_(true), b1 = b0.clone().requires_grad_(true);
+    at::Tensor y2 = y0.clone().requires_grad_(true), g2 = g0.clone().requires_grad_(true), b2 = b0.clone().requires_grad_(true);
+    const at::Tensor fused = SwishNormMask(y1, g1, b1, mask);
+    const at::Tensor ref = at::layer_norm(at::silu(y2), {c}, g2, b2, 1e-5, false) * mask;
+    ExpectClose(fused, ref, 1e-5, "swish-norm forward");
+    (fused * dout).sum().backward();
+    (ref * dout).sum().backward();
+    ExpectClose(y1.grad(), y2.grad(), 1e-4, "swish-norm dy");
+    ExpectClose(g1.grad(), g2.grad(), 1e-4, "swish-norm dgamma");
+    ExpectClose(b1.grad(), b2.grad(), 1e-4, "swish-norm dbeta");
+  }
+  const at::Tensor l0 = at::randn({6, 9}, gen, at::kFloat) * 3;
+  const at::Tensor labels = at::tensor(std::vector<int64_t>{0, 8, 3, 3, 1, 5});
+  at::Tensor l1 = l0.clone().requires_grad_(true), l2 = l0.clone().requires_grad_(true);
+  const at::Tensor fused = SoftmaxCrossEntropy(l1, labels);
+  const at::Tensor ref = at::cross_entropy_loss(l2, labels);
+  ExpectClose(fused, ref, 1e-5, "xent forward");
+  (fused * 1.7).backward();
+  (ref * 1.7).backward();
+  ExpectClose(l1.grad(), l2.grad(), 1e-6, "xent grad");
+
+  // GatherItems against index_select + embedding_bag(mean) + padding mask.
+  {
+    const at::Tensor ids0 = at::randn({5, 2}, gen, at::kFloat), tags0 = at::randn({3, 3}, gen, at::kFloat);
+    const at::Tensor idx = at::tensor(std::vector<int64_t>{4, -1, 0, 4, 2});
+    const at::Tensor off = at::tensor(std::vector<int64_t>{0, 2, 2, 3, 3, 6});
+    const at::Tensor tix = at::tensor(std::vector<int64_t>{0, 2, 1, 2, 2, 0});
+    at::Tensor a1 = ids0.clone().requires_grad_(true), t1 = tags0.clone().requires_grad_(true);
+    at::Tensor a2 = ids0.clone().requires_grad_(true), t2 = tags0.clone().requires_grad_(true);
+    const at::Tensor gathered = GatherItems(a1, t1, idx, off, tix);
+    const at::Tensor mask = (idx >= 0).to(at::kFloat).unsqueeze(1);
+    const at::Tensor expected = at::cat({at::index_select(a2, 0, idx.clamp_min(0)) * mask,
+                                    std::get<0>(at::embedding_bag(t2, tix, off, false, 1, false, c10::nullopt, true))},
+                                   1);
+    ExpectClose(gathered, expected, 1e-6, "gather forward");
+    const at::Tensor w = at::randn({5, 5}, gen, at::kFloat);
+    (gathered * w).sum().backward();
+    (expected * w).sum().backward();
+    ExpectClose(a1.grad(), a2.grad(), 1e-6, "gather d id rows");
+    ExpectClose(t1.grad(), t2.grad(), 1e-6, "gather d tag rows");
+  }
+
+  // Conv3Columns against pad + shifted slices.
+  {
+    const at::Tensor h0 = at::randn({2, 5, 3}, gen, at::kFloat);
+    at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+    const at::Tensor cols = Conv3Columns(h1);
+    const at::Tensor hp = at::constant_pad_nd(h2, {0, 0, 1, 1});
+    const at::Tensor want = at::cat({hp.narrow(1, 0, 5), hp.narrow(1, 1, 5), hp.narrow(1, 2, 5)}, 2);
+    ExpectClose(cols, want, 0, "conv columns");
+    const at::Tensor w = at::randn({2, 5, 9}, gen, at::kFloat);
+    (cols * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(h1.grad(), h2.grad(), 1e-6, "conv columns grad");
+  }
+
+  // SoftmaxLoss with a bias row and excluded entries.
+  const at::Tensor u0 = at::randn({4, 3}, gen, at::kFloat), i0 = at::randn({7, 3}, gen, at::kFloat);
+  const at::Tensor bias = at::randn({7}, gen, at::kFloat);
+  at::Tensor exclude = at::zeros({4, 7}, at::kBool);
+  exclude[0][3] = true;
+  exclude[2][6] = true;
+  const at::Tensor lab = at::tensor(std::vector<int64_t>{0, 1, 2, 3});
+  at::Tensor u1 = u0.clone().requires_grad_(true), i1 = i0.clone().requires_grad_(true);
+  at::Tensor u2 = u0.clone().requires_grad_(true), i2 = i0.clone().requires_grad_(true);
+  const at::Tensor f = SoftmaxLoss(u1, i1, lab, bias, exclude);
+  const at::Tensor r = at::cross_entropy_loss((at::mm(u2, i2.t()) - bias).masked_fill(exclude, -1e30), lab);
+  ExpectClose(f, r, 1e-5, "softmax loss forward");
+  f.backward();
+  r.backward();
+  ExpectClose(u1.grad(), u2.grad(), 1e-5, "softmax loss d users");
+  ExpectClose(i1.grad(), i2.grad(), 1e-5, "softmax loss d items");
 }
 
 TEST(ModelTest, ForwardBackwardAccumulatesIntoFlatGradients) {

@@ -1,0 +1,254 @@
+// Throughput and latency of the model (issue: "The T2Diff model and its baselines"):
+//   1. forward+backward samples/s of T2Diff at the authors' size (D = 4, n = 50, k = 10,
+//      batch 512, full softmax over 3,706 items) and at an industrial size (D = 64, n = 200,
+//      batch 1024, sampled softmax with 4,096 shared negatives), with 1 and 2 torch threads;
+//   2. user-tower inference latency per request (batch 1, T = 50 reverse steps) p50/p99 with
+//      1 and 2 threads, and the share of the reverse process in it.
+// Synthetic data (random histories of full length); prints figures, asserts nothing.
+// Usage: bench_model [--quick] [--no-industrial]
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+
+#include <time.h>
+
+#include <sys/resource.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "model/dense_optimizer.h"
+#include "model/malloc_tuning.h"
+#include "model/model.h"
+
+namespace t2d::model {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using config::ModelConfig;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// CPU time of the whole process: on a shared machine wall time includes waiting for a core.
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+std::string CpuModel() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+struct Setup {
+  int64_t id_dim, tag_dim, n, k, batch, catalogue, negatives, tags;
+  bool sampled;
+};
+
+// Builds a batch over a catalogue of `catalogue` items (items have 1-3 of `tags` tags) and the
+// per-batch unique rows, as the trainer would after pulling them.
+struct Workload {
+  Batch batch;
+  Candidates candidates;
+  Rows rows;
+};
+
+Workload MakeWorkload(const Setup& s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  absl::flat_hash_map<int64_t, int64_t> row_of;  // item id -> row
+  std::vector<std::vector<int64_t>> item_tags;
+  auto row = [&](int64_t item) {
+    auto [it, inserted] = row_of.try_emplace(item, static_cast<int64_t>(row_of.size()));
+    if (inserted) {
+      std::vector<int64_t> t;
+      const int64_t count = 1 + static_cast<int64_t>(item % 3);
+      for (int64_t j = 0; j < count; ++j) t.push_back((item * 7 + j * 5) % s.tags);
+      item_tags.push_back(t);
+    }
+    return it->second;
+  };
+  auto draw = [&]() { return static_cast<int64_t>(rng() % static_cast<uint64_t>(s.catalogue)); };
+  Workload w;
+  Batch& b = w.batch;
+  b.batch_size = s.batch;
+  b.seq_len = s.n;
+  if (!s.sampled) {  // full softmax: the catalogue is the candidate set, rows 0..C-1
+    for (int64_t i = 0; i < s.catalogue; ++i) row(i);
+  }
+  auto add = [&](ItemSlots* slots, int64_t item) {
+    const int64_t r = row(item);
+    slots->Add(r, item_tags[static_cast<size_t>(r)]);
+  };
+  for (int64_t i = 0; i < s.batch; ++i) {
+    b.lengths.push_back(s.n);
+    for (int64_t j = 0; j < s.n; ++j) add(&b.history, draw());
+    const int64_t target = draw();
+    add(&b.targets, target);
+    b.target_candidates.push_back(s.sampled ? 0 : target);
+    b.target_log_q.push_back(-std::log(static_cast<float>(s.catalogue)));
+  }
+  if (s.sampled) {
+    for (int64_t i = 0; i < s.negatives; ++i) {
+      add(&w.candidates.items, draw());
+      w.candidates.log_q.push_back(-std::log(static_cast<float>(s.catalogue)));
+    }
+  } else {
+    for (int64_t i = 0; i < s.catalogue; ++i) add(&w.candidates.items, i);
+  }
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  w.rows.id_rows = (at::randn({static_cast<int64_t>(row_of.size()), s.id_dim}, gen, at::kFloat) * 0.1).requires_grad_(true);
+  w.rows.tag_rows = (at::randn({s.tags, s.tag_dim}, gen, at::kFloat) * 0.1).requires_grad_(true);
+  return w;
+}
+
+std::unique_ptr<Model> MakeModel(const Setup& s, ModelConfig c) {
+  ModelDims d;
+  d.id_dim = s.id_dim;
+  d.tag_dim = s.tag_dim;
+  d.session_len = s.k;
+  c.set_loss(s.sampled ? ModelConfig::SAMPLED_SOFTMAX : ModelConfig::FULL_SOFTMAX);
+  c.set_num_negatives(static_cast<int32_t>(s.negatives));
+  auto m = Model::Create(c, d);
+  if (!m.ok()) {
+    std::fprintf(stderr, "model: %s\n", std::string(m.status().message()).c_str());
+    std::exit(1);
+  }
+  return std::move(m).value();
+}
+
+void Train(const char* label, const Setup& s, const ModelConfig& c, int warmup, int steps) {
+  Workload w = MakeWorkload(s, 1);
+  auto model = MakeModel(s, c);
+  DenseAdam adam(model->DenseParameters().size(), {});
+  double fb = 0, opt = 0, cpu = 0, best = 1e9;
+  long faults = 0;
+  for (int i = 0; i < warmup + steps; ++i) {
+    rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
+    model->ZeroGradients();
+    w.rows.id_rows.mutable_grad() = at::Tensor();
+    w.rows.tag_rows.mutable_grad() = at::Tensor();
+    const auto t0 = Clock::now();
+    const double c0 = ProcessCpuSeconds();
+    auto losses = model->ForwardBackward(w.batch, w.rows, w.candidates, static_cast<uint64_t>(i));
+    const double c1 = ProcessCpuSeconds();
+    const auto t1 = Clock::now();
+    adam.Step(model->DenseParameters(), model->DenseGradients());
+    const auto t2 = Clock::now();
+    if (!losses.ok()) {
+      std::fprintf(stderr, "forward: %s\n", std::string(losses.status().message()).c_str());
+      std::exit(1);
+    }
+    getrusage(RUSAGE_SELF, &ru1);
+    if (i >= warmup) {
+      faults += ru1.ru_minflt - ru0.ru_minflt;
+      cpu += c1 - c0;
+      best = std::min(best, Seconds(t0, t1));
+      fb += Seconds(t0, t1);
+      opt += Seconds(t1, t2);
+    }
+  }
+  std::printf("%-44s threads=%d  fwd+bwd mean %7.1f ms/step = %7.0f samples/s, best step %7.1f ms = %7.0f samples/s  (CPU %.1f ms/step; +dense Adam %.2f ms; %zu dense params, U=%lld rows; %ld page faults/step)\n",
+              label, at::get_num_threads(), 1e3 * fb / steps, s.batch * steps / fb, 1e3 * best, s.batch / best, 1e3 * cpu / steps, 1e3 * opt / steps,
+              model->DenseParameters().size(), static_cast<long long>(w.rows.id_rows.size(0)), faults / steps);
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
+  return v[i];
+}
+
+void Latency(const char* label, const Setup& s, const ModelConfig& c, int requests) {
+  Setup one = s;
+  one.batch = 1;
+  auto model = MakeModel(one, c);
+  std::vector<Workload> reqs;
+  for (int i = 0; i < 16; ++i) reqs.push_back(MakeWorkload(one, 100 + static_cast<uint64_t>(i)));
+  std::vector<double> total, gen;
+  for (int i = 0; i < requests + 5; ++i) {
+    const Workload& w = reqs[static_cast<size_t>(i) % reqs.size()];
+    InferenceOptions o;
+    o.seed = static_cast<uint64_t>(i);
+    const auto t0 = Clock::now();
+    auto e = model->UserVectors(w.batch, w.rows, o);
+    const auto t1 = Clock::now();
+    auto x = model->GenerateNextItem(w.batch, w.rows, o);
+    const auto t2 = Clock::now();
+    if (!e.ok() || !x.ok()) {
+      std::fprintf(stderr, "inference failed\n");
+      std::exit(1);
+    }
+    if (i >= 5) {
+      total.push_back(1e3 * Seconds(t0, t1));
+      gen.push_back(1e3 * Seconds(t1, t2));
+    }
+  }
+  const double p50 = Percentile(total, 0.5), p99 = Percentile(total, 0.99), g50 = Percentile(gen, 0.5);
+  std::printf("%-44s threads=%d  user tower p50 %.3f ms  p99 %.3f ms  | reverse process alone p50 %.3f ms "
+              "= %.0f%% of the tower, %.1fx the rest (%d requests)\n",
+              label, at::get_num_threads(), p50, p99, g50, 100 * g50 / p50, g50 / std::max(1e-9, p50 - g50),
+              requests);
+}
+
+}  // namespace
+}  // namespace t2d::model
+
+int main(int argc, char** argv) {
+  using namespace t2d::model;
+  bool quick = false, industrial = true;
+  const bool tuned = ConfigureMallocForTensors();
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
+      // Chrome trace of a few training steps at the authors' size (op-level time breakdown).
+      const Setup authors{2, 2, 50, 10, 512, 3706, 0, 18, false};
+      at::set_num_threads(1);
+      Train("warm-up", authors, ModelConfig(), 1, 10);
+      torch::autograd::profiler::RecordProfile guard(argv[i + 1]);
+      Train("profiled", authors, ModelConfig(), 0, 12);
+      return 0;
+    }
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--no-industrial") == 0) industrial = false;
+  }
+  std::printf("machine: %u hardware threads, %s; malloc tuned: %s\n", std::thread::hardware_concurrency(),
+              CpuModel().c_str(), tuned ? "yes" : "no");
+  const Setup authors{2, 2, 50, 10, 512, 3706, 0, 18, false};
+  const Setup big{32, 32, 200, 10, 1024, 1000000, 4096, 1000, true};
+  ModelConfig t2diff;  // defaults: T2DIFF, T = 50, 4 U-Net levels, 2 heads
+  ModelConfig no_diff;
+  no_diff.set_kind(ModelConfig::T2DIFF_NO_DIFFUSION);
+  ModelConfig mean;
+  mean.set_kind(ModelConfig::TWO_TOWER_MEAN);
+  ModelConfig sasrec;
+  sasrec.set_kind(ModelConfig::SASREC);
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    Train("T2Diff, authors' size (D=4 n=50 B=512 C=3706)", authors, t2diff, 2, quick ? 5 : 15);
+    if (threads == 1 && !quick) {
+      Train("  no diffusion, same size", authors, no_diff, 2, 10);
+      Train("  two-tower mean, same size", authors, mean, 2, 10);
+      Train("  SASRec, same size", authors, sasrec, 2, 10);
+    }
+    if (industrial) Train("T2Diff, industrial (D=64 n=200 B=1024 S=4096)", big, t2diff, 1, quick ? 1 : 2);
+    Latency("T2Diff inference, authors' size, T=50", authors, t2diff, quick ? 100 : 1000);
+    if (industrial) {
+      Setup big1 = big;
+      Latency("T2Diff inference, industrial size, T=50", big1, t2diff, quick ? 5 : 20);
+    }
+  }
+  return 0;
+}

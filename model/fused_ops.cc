@@ -1,0 +1,350 @@
+#include "model/fused_ops.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cmath>
+#include <limits>
+
+namespace t2d::model {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr float kEps = 1e-5f;
+
+struct XentFunction : public torch::autograd::Function<XentFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& labels) {
+    const Tensor x = logits.contiguous();
+    const Tensor mx = std::get<0>(x.max(1, true));
+    Tensor p = (x - mx).exp_();                   // one B x C buffer, kept for backward
+    const Tensor s = p.sum(1, true);
+    const Tensor picked = x.gather(1, labels.view({-1, 1}));
+    const Tensor loss = (s.log() + mx - picked).mean();
+    p.div_(s);
+    ctx->save_for_backward({p, labels});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& p = saved[0];
+    const Tensor& labels = saved[1];
+    const Tensor scale = grad_out[0] / static_cast<double>(p.size(0));
+    Tensor g = p * scale;
+    g.scatter_add_(1, labels.view({-1, 1}), (-scale).expand({p.size(0), 1}));
+    return {g, Tensor()};
+  }
+};
+
+struct SoftmaxLossFunction : public torch::autograd::Function<SoftmaxLossFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& users, const Tensor& items, const Tensor& labels,
+                        const Tensor& bias, const Tensor& exclude) {
+    const Tensor items_t = items.t().contiguous();
+    Tensor p = at::mm(users, items_t);  // logits, then probabilities, then the gradient
+    if (bias.numel() > 0) p.sub_(bias.view({1, -1}));
+    if (exclude.numel() > 0) p.masked_fill_(exclude, -std::numeric_limits<float>::infinity());
+    const Tensor lab = labels.view({-1, 1});
+    const Tensor picked = p.gather(1, lab);
+    const Tensor mx = std::get<0>(p.max(1, true));
+    p.sub_(mx).exp_();
+    const Tensor s = p.sum(1, true);
+    p.div_(s);
+    ctx->save_for_backward({users, items, p, labels});
+    return (s.log() + mx - picked).mean();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &users = saved[0], &items = saved[1], &labels = saved[3];
+    Tensor g = saved[2];
+    const Tensor scale = grad_out[0] / static_cast<double>(g.size(0));
+    g.mul_(scale);
+    g.scatter_add_(1, labels.view({-1, 1}), (-scale).expand({g.size(0), 1}));
+    return {at::mm(g, items), at::mm(g.t(), users), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// out = (LN(swish(y)) * gamma + beta) * mask, row by row. When `sig`/`xhat`/`rstd` are not null
+// they receive sigmoid(y), the normalised activations and 1/std for the backward pass.
+void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, Tensor* out,
+                       Tensor* sig, Tensor* xhat, Tensor* rstd) {
+  const int64_t c = y.size(-1), rows = y.numel() / c;
+  TORCH_CHECK(mask.numel() == rows && gamma.numel() == c && beta.numel() == c);
+  const float* yp = y.data_ptr<float>();
+  const float* gp = gamma.data_ptr<float>();
+  const float* bp = beta.data_ptr<float>();
+  const float* mp = mask.data_ptr<float>();
+  float* op = out->data_ptr<float>();
+  float* sp = sig != nullptr ? sig->data_ptr<float>() : nullptr;
+  float* xp = xhat != nullptr ? xhat->data_ptr<float>() : nullptr;
+  float* rp = rstd != nullptr ? rstd->data_ptr<float>() : nullptr;
+  at::parallel_for(0, rows, 256, [&](int64_t lo, int64_t hi) {
+    std::vector<float> a(static_cast<size_t>(c)), sg(static_cast<size_t>(c));
+    for (int64_t r = lo; r < hi; ++r) {
+      float* o = op + r * c;
+      if (mp[r] == 0.f) {
+        std::fill(o, o + c, 0.f);
+        if (sp != nullptr) {
+          std::fill(sp + r * c, sp + (r + 1) * c, 0.f);
+          std::fill(xp + r * c, xp + (r + 1) * c, 0.f);
+          rp[r] = 0.f;
+        }
+        continue;
+      }
+      const float* yr = yp + r * c;
+      float mu = 0;
+      for (int64_t k = 0; k < c; ++k) {
+        const float s = 1.f / (1.f + std::exp(-yr[k]));
+        sg[static_cast<size_t>(k)] = s;
+        a[static_cast<size_t>(k)] = yr[k] * s;
+        mu += a[static_cast<size_t>(k)];
+      }
+      mu /= static_cast<float>(c);
+      float var = 0;
+      for (int64_t k = 0; k < c; ++k) var += (a[static_cast<size_t>(k)] - mu) * (a[static_cast<size_t>(k)] - mu);
+      const float inv = 1.f / std::sqrt(var / static_cast<float>(c) + kEps);
+      const float m = mp[r];
+      for (int64_t k = 0; k < c; ++k) {
+        const float xh = (a[static_cast<size_t>(k)] - mu) * inv;
+        o[k] = (xh * gp[k] + bp[k]) * m;
+        if (sp != nullptr) {
+          sp[r * c + k] = sg[static_cast<size_t>(k)];
+          xp[r * c + k] = xh;
+        }
+      }
+      if (rp != nullptr) rp[r] = inv;
+    }
+  });
+}
+
+struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& y_in, const Tensor& gamma_in, const Tensor& beta_in,
+                        const Tensor& mask_in) {
+    const Tensor y = y_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+    const Tensor mask = mask_in.contiguous();
+    Tensor out = at::empty_like(y), sig = at::empty_like(y), xhat = at::empty_like(y);
+    Tensor rstd = at::empty({y.numel() / y.size(-1)}, y.options());
+    SwishNormMaskRows(y, gamma, beta, mask, &out, &sig, &xhat, &rstd);
+    ctx->save_for_backward({y, gamma, mask, sig, xhat, rstd});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &y = saved[0], &gamma = saved[1], &mask = saved[2], &sig = saved[3], &xhat = saved[4];
+    const Tensor& rstd = saved[5];
+    const Tensor dout = grad_out[0].contiguous();
+    const int64_t c = y.size(-1), rows = y.numel() / c;
+    // dgamma and dbeta: column sums of dout * mask * xhat and dout * mask (xhat is 0 on masked rows).
+    const Tensor dm = dout.view({rows, c}) * mask.view({rows, 1});
+    const Tensor dgamma = (dm * xhat.view({rows, c})).sum(0);
+    const Tensor dbeta = dm.sum(0);
+    Tensor dy = at::empty_like(y);
+    const float* yp = y.data_ptr<float>();
+    const float* gp = gamma.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    const float* dp = dout.data_ptr<float>();
+    const float* sp = sig.data_ptr<float>();
+    const float* xp = xhat.data_ptr<float>();
+    const float* rp = rstd.data_ptr<float>();
+    float* dyp = dy.data_ptr<float>();
+    at::parallel_for(0, rows, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const float m = mp[r];
+        float* dyr = dyp + r * c;
+        if (m == 0.f) {
+          std::fill(dyr, dyr + c, 0.f);
+          continue;
+        }
+        const float* d = dp + r * c;
+        const float* xr = xp + r * c;
+        float mean_dx = 0, mean_dx_xhat = 0;
+        for (int64_t k = 0; k < c; ++k) {
+          const float v = d[k] * m * gp[k];
+          mean_dx += v;
+          mean_dx_xhat += v * xr[k];
+        }
+        mean_dx /= static_cast<float>(c);
+        mean_dx_xhat /= static_cast<float>(c);
+        const float* yr = yp + r * c;
+        const float* sr = sp + r * c;
+        for (int64_t k = 0; k < c; ++k) {
+          const float da = rp[r] * (d[k] * m * gp[k] - mean_dx - xr[k] * mean_dx_xhat);
+          dyr[k] = da * sr[k] * (1.f + yr[k] * (1.f - sr[k]));
+        }
+      }
+    });
+    return {dy, dgamma, dbeta, Tensor()};
+  }
+};
+
+void GatherForward(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
+                   const Tensor& tag_index, Tensor* out) {
+  const int64_t di = id_rows.size(1), dt = tag_rows.numel() > 0 ? tag_rows.size(1) : 0, d = di + dt;
+  const int64_t slots = id_index.numel();
+  const float* ip = id_rows.data_ptr<float>();
+  const float* tp = dt > 0 ? tag_rows.data_ptr<float>() : nullptr;
+  const int64_t* idx = id_index.data_ptr<int64_t>();
+  const int64_t* off = dt > 0 ? tag_offsets.data_ptr<int64_t>() : nullptr;
+  const int64_t* tix = dt > 0 ? tag_index.data_ptr<int64_t>() : nullptr;
+  float* op = out->data_ptr<float>();
+  at::parallel_for(0, slots, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t s = lo; s < hi; ++s) {
+      float* o = op + s * d;
+      std::fill(o, o + d, 0.f);
+      if (idx[s] < 0) continue;
+      std::copy(ip + idx[s] * di, ip + (idx[s] + 1) * di, o);
+      if (dt == 0 || off[s + 1] == off[s]) continue;
+      for (int64_t k = off[s]; k < off[s + 1]; ++k) {
+        const float* t = tp + tix[k] * dt;
+        for (int64_t c = 0; c < dt; ++c) o[di + c] += t[c];
+      }
+      const float inv = 1.f / static_cast<float>(off[s + 1] - off[s]);
+      for (int64_t c = 0; c < dt; ++c) o[di + c] *= inv;
+    }
+  });
+}
+
+struct GatherFunction : public torch::autograd::Function<GatherFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& id_rows_in, const Tensor& tag_rows_in,
+                        const Tensor& id_index, const Tensor& tag_offsets, const Tensor& tag_index) {
+    const Tensor id_rows = id_rows_in.contiguous(), tag_rows = tag_rows_in.contiguous();
+    const int64_t dt = tag_rows.numel() > 0 ? tag_rows.size(1) : 0;
+    Tensor out = at::empty({id_index.numel(), id_rows.size(1) + dt}, id_rows.options());
+    GatherForward(id_rows, tag_rows, id_index, tag_offsets, tag_index, &out);
+    ctx->save_for_backward({id_index, tag_offsets, tag_index});
+    ctx->saved_data["shape"] = std::vector<int64_t>{id_rows.size(0), id_rows.size(1), tag_rows.size(0), dt};
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
+    const int64_t u = shape[0], di = shape[1], ut = shape[2], dt = shape[3], d = di + dt;
+    const Tensor g = grad_out[0].contiguous();
+    Tensor gid = at::zeros({u, di}, g.options());
+    Tensor gtag = dt > 0 ? at::zeros({ut, dt}, g.options()) : Tensor();
+    const int64_t* idx = saved[0].data_ptr<int64_t>();
+    const int64_t* off = dt > 0 ? saved[1].data_ptr<int64_t>() : nullptr;
+    const int64_t* tix = dt > 0 ? saved[2].data_ptr<int64_t>() : nullptr;
+    const float* gp = g.data_ptr<float>();
+    float* gi = gid.data_ptr<float>();
+    float* gt = dt > 0 ? gtag.data_ptr<float>() : nullptr;
+    const int64_t slots = saved[0].numel();
+    for (int64_t s = 0; s < slots; ++s) {
+      if (idx[s] < 0) continue;
+      const float* gs = gp + s * d;
+      float* dst = gi + idx[s] * di;
+      for (int64_t c = 0; c < di; ++c) dst[c] += gs[c];
+      if (dt == 0 || off[s + 1] == off[s]) continue;
+      const float inv = 1.f / static_cast<float>(off[s + 1] - off[s]);
+      for (int64_t k = off[s]; k < off[s + 1]; ++k) {
+        float* t = gt + tix[k] * dt;
+        for (int64_t c = 0; c < dt; ++c) t[c] += gs[di + c] * inv;
+      }
+    }
+    return {gid, gtag, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct Conv3ColumnsFunction : public torch::autograd::Function<Conv3ColumnsFunction> {
+  static Tensor Columns(const Tensor& h_in) {
+    const Tensor h = h_in.contiguous();
+    const int64_t b = h.size(0), len = h.size(1), c = h.size(2);
+    Tensor cols = at::empty({b, len, 3 * c}, h.options());
+    const float* hp = h.data_ptr<float>();
+    float* cp = cols.data_ptr<float>();
+    at::parallel_for(0, b, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float* hs = hp + i * len * c;
+        float* cs = cp + i * len * 3 * c;
+        for (int64_t j = 0; j < len; ++j) {
+          float* dst = cs + j * 3 * c;
+          if (j > 0) {
+            std::copy(hs + (j - 1) * c, hs + j * c, dst);
+          } else {
+            std::fill(dst, dst + c, 0.f);
+          }
+          std::copy(hs + j * c, hs + (j + 1) * c, dst + c);
+          if (j + 1 < len) {
+            std::copy(hs + (j + 1) * c, hs + (j + 2) * c, dst + 2 * c);
+          } else {
+            std::fill(dst + 2 * c, dst + 3 * c, 0.f);
+          }
+        }
+      }
+    });
+    return cols;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& h) {
+    ctx->saved_data["c"] = h.size(2);
+    return Columns(h);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor g = grad_out[0].contiguous();
+    const int64_t b = g.size(0), len = g.size(1), c = ctx->saved_data["c"].toInt();
+    Tensor gh = at::empty({b, len, c}, g.options());
+    const float* gp = g.data_ptr<float>();
+    float* hp = gh.data_ptr<float>();
+    at::parallel_for(0, b, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float* gs = gp + i * len * 3 * c;
+        float* hs = hp + i * len * c;
+        for (int64_t j = 0; j < len; ++j) {
+          float* dst = hs + j * c;
+          const float* mid = gs + j * 3 * c + c;  // h[j] as the centre tap of column j
+          for (int64_t k = 0; k < c; ++k) dst[k] = mid[k];
+          if (j + 1 < len) {  // h[j] as the left tap of column j + 1
+            const float* left = gs + (j + 1) * 3 * c;
+            for (int64_t k = 0; k < c; ++k) dst[k] += left[k];
+          }
+          if (j > 0) {  // h[j] as the right tap of column j - 1
+            const float* right = gs + (j - 1) * 3 * c + 2 * c;
+            for (int64_t k = 0; k < c; ++k) dst[k] += right[k];
+          }
+        }
+      }
+    });
+    return {gh};
+  }
+};
+
+}  // namespace
+
+Tensor Conv3Columns(const Tensor& h) {
+  if (!at::GradMode::is_enabled() || !h.requires_grad()) return Conv3ColumnsFunction::Columns(h);
+  return Conv3ColumnsFunction::apply(h);
+}
+
+Tensor GatherItems(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
+                   const Tensor& tag_index) {
+  const Tensor tags = tag_rows.defined() ? tag_rows : at::empty({0, 0}, id_rows.options());
+  if (!at::GradMode::is_enabled() || !(id_rows.requires_grad() || tags.requires_grad())) {
+    const int64_t dt = tags.numel() > 0 ? tags.size(1) : 0;
+    Tensor out = at::empty({id_index.numel(), id_rows.size(1) + dt}, id_rows.options());
+    GatherForward(id_rows.contiguous(), tags.contiguous(), id_index, tag_offsets, tag_index, &out);
+    return out;
+  }
+  return GatherFunction::apply(id_rows, tags, id_index, tag_offsets, tag_index);
+}
+
+Tensor SoftmaxCrossEntropy(const Tensor& logits, const Tensor& labels) { return XentFunction::apply(logits, labels); }
+
+Tensor SoftmaxLoss(const Tensor& users, const Tensor& items, const Tensor& labels, const Tensor& bias,
+                   const Tensor& exclude) {
+  // Custom functions take no undefined tensors: "none" travels as an empty tensor.
+  return SoftmaxLossFunction::apply(users, items, labels, bias.defined() ? bias : at::empty({0}, users.options()),
+                                    exclude.defined() ? exclude : at::empty({0}, at::kBool));
+}
+
+Tensor SwishNormMask(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask) {
+  if (!at::GradMode::is_enabled() || !(y.requires_grad() || gamma.requires_grad() || beta.requires_grad())) {
+    const Tensor yc = y.contiguous();
+    Tensor out = at::empty_like(yc);
+    SwishNormMaskRows(yc, gamma.contiguous(), beta.contiguous(), mask.contiguous(), &out, nullptr, nullptr, nullptr);
+    return out;
+  }
+  return SwishNormMaskFunction::apply(y, gamma, beta, mask);
+}
+
+}  // namespace t2d::model
