@@ -90,6 +90,26 @@ TEST(Messages, ReplyStatusMapsCodes) {
   EXPECT_TRUE(ReplyStatus(h).ok());
 }
 
+TEST(PsOptions, FromClusterConfig) {
+  config::ClusterConfig c;
+  c.set_num_servers(2);
+  c.set_num_workers(3);
+  c.set_consistency(config::ClusterConfig::ASYNC);
+  c.set_staleness(4);
+  c.set_timeout_s(2.5);
+  c.set_server_idle_timeout_s(0);
+  auto o = PsOptionsFromConfig(c, comm::RoleAssignment{5, 2, 3});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->consistency, Consistency::kAsync);
+  EXPECT_EQ(o->staleness, 4);
+  EXPECT_EQ(o->timeout, absl::Milliseconds(2500));
+  EXPECT_EQ(o->idle_timeout, absl::InfiniteDuration());
+  EXPECT_EQ(o->max_message_bytes, int64_t{1} << 30);
+  auto bad = PsOptionsFromConfig(c, comm::RoleAssignment{4, 2, 2});
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_NE(std::string(bad.status().message()).find("mpirun -np 5"), std::string::npos) << bad.status();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server validation: every malformed request gets an error reply, and the server keeps serving.
 
