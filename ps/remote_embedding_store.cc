@@ -246,25 +246,54 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
     }
   }
   const int num_servers = options_.roles.num_servers;
-  // Sum repeated ids in input order (as EmbeddingTable::ApplyGradients would), per server.
-  struct Part {
-    std::vector<int64_t> ids;
-    std::vector<float> grads;
-  };
-  std::vector<Part> parts(static_cast<size_t>(num_servers));
-  absl::flat_hash_map<int64_t, std::pair<int, uint32_t>> seen;  // id -> (server, row)
-  seen.reserve(ids.size());
+  // Pass 1: the unique ids, their server and their row in that server's message.
+  absl::flat_hash_map<int64_t, uint32_t> unique;  // id -> unique index
+  unique.reserve(ids.size());
+  std::vector<uint32_t> unique_of_position(ids.size());
+  std::vector<int> server_of_unique;
+  std::vector<uint32_t> row_of_unique;
+  std::vector<size_t> rows_per_server(static_cast<size_t>(num_servers), 0);
   for (size_t i = 0; i < ids.size(); ++i) {
-    const float* g = grads.data() + i * dim;
-    auto it = seen.find(ids[i]);
-    if (it == seen.end()) {
+    auto [it, inserted] = unique.try_emplace(ids[i], static_cast<uint32_t>(server_of_unique.size()));
+    if (inserted) {
       const int s = embedding::ShardOf(ids[i], num_servers);
-      Part& part = parts[static_cast<size_t>(s)];
-      seen.emplace(ids[i], std::make_pair(s, static_cast<uint32_t>(part.ids.size())));
-      part.ids.push_back(ids[i]);
-      part.grads.insert(part.grads.end(), g, g + dim);
+      server_of_unique.push_back(s);
+      row_of_unique.push_back(static_cast<uint32_t>(rows_per_server[static_cast<size_t>(s)]++));
+    }
+    unique_of_position[i] = it->second;
+  }
+  // Pass 2: write ids and gradients straight into the messages, summing repeated ids in input
+  // order (as EmbeddingTable::ApplyGradients would).
+  const int64_t round = pushes_sent_[static_cast<size_t>(table)] + 1;
+  std::vector<std::string> messages(static_cast<size_t>(num_servers));
+  std::vector<Header> headers(static_cast<size_t>(num_servers));
+  std::vector<int64_t*> id_out(static_cast<size_t>(num_servers));
+  std::vector<float*> grad_out(static_cast<size_t>(num_servers));
+  for (int s = 0; s < num_servers; ++s) {
+    const size_t n = rows_per_server[static_cast<size_t>(s)];
+    Header& h = headers[static_cast<size_t>(s)];
+    h = NewRequest(Header::PUSH);
+    h.set_table(table);
+    h.set_num_ids(static_cast<int64_t>(n));
+    h.set_dim(spec.dim());
+    h.set_round(round);
+    size_t offset = 0;
+    std::string& m = messages[static_cast<size_t>(s)];
+    m = EncodeFrame(h, n * (sizeof(int64_t) + dim * sizeof(float)), &offset);
+    id_out[static_cast<size_t>(s)] = reinterpret_cast<int64_t*>(m.data() + offset);  // 8-aligned
+    grad_out[static_cast<size_t>(s)] = reinterpret_cast<float*>(m.data() + offset + n * sizeof(int64_t));
+  }
+  std::vector<bool> written(server_of_unique.size(), false);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint32_t u = unique_of_position[i];
+    const size_t s = static_cast<size_t>(server_of_unique[u]);
+    float* dst = grad_out[s] + static_cast<size_t>(row_of_unique[u]) * dim;
+    const float* g = grads.data() + i * dim;
+    if (!written[u]) {
+      written[u] = true;
+      id_out[s][row_of_unique[u]] = ids[i];
+      std::memcpy(dst, g, dim * sizeof(float));
     } else {
-      float* dst = parts[static_cast<size_t>(it->second.first)].grads.data() + static_cast<size_t>(it->second.second) * dim;
       for (size_t j = 0; j < dim; ++j) dst[j] += g[j];
     }
   }
@@ -274,23 +303,12 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
       T2D_RETURN_IF_ERROR(WaitOldestPushRound());
     }
   }
-  const int64_t round = ++pushes_sent_[static_cast<size_t>(table)];
+  pushes_sent_[static_cast<size_t>(table)] = round;
   std::vector<uint64_t> request_ids;
   for (int s = 0; s < num_servers; ++s) {
-    const Part& part = parts[static_cast<size_t>(s)];
-    Header h = NewRequest(Header::PUSH);
-    h.set_table(table);
-    h.set_num_ids(static_cast<int64_t>(part.ids.size()));
-    h.set_dim(spec.dim());
-    h.set_round(round);
-    size_t offset = 0;
-    const size_t id_bytes = part.ids.size() * sizeof(int64_t);
-    const size_t grad_bytes = part.grads.size() * sizeof(float);
-    std::string bytes = EncodeFrame(h, id_bytes + grad_bytes, &offset);
-    if (id_bytes > 0) std::memcpy(bytes.data() + offset, part.ids.data(), id_bytes);
-    if (grad_bytes > 0) std::memcpy(bytes.data() + offset + id_bytes, part.grads.data(), grad_bytes);
-    T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, std::move(bytes)));
-    request_ids.push_back(h.request_id());
+    T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), headers[static_cast<size_t>(s)],
+                                    std::move(messages[static_cast<size_t>(s)])));
+    request_ids.push_back(headers[static_cast<size_t>(s)].request_id());
   }
   unacked_rounds_.push_back(std::move(request_ids));
   if (options_.consistency == Consistency::kSync || options_.staleness == 0) {

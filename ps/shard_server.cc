@@ -193,10 +193,10 @@ absl::Status ShardServer::Validate(int worker, const Frame& f, std::vector<int64
     }
   }
   if (h.type() == Header::PUSH) {
-    push->grads.resize(static_cast<size_t>(n * dim));
-    if (n > 0) std::memcpy(push->grads.data(), f.payload.data() + 8 * n, static_cast<size_t>(row_bytes * n));
-    for (size_t i = 0; i < push->grads.size(); ++i) {
-      if (!std::isfinite(push->grads[i])) {
+    const float* grads = reinterpret_cast<const float*>(f.payload.data() + 8 * n);
+    const size_t count = static_cast<size_t>(n * dim);
+    for (size_t i = 0; i < count; ++i) {
+      if (!std::isfinite(grads[i])) {
         return absl::InvalidArgumentError(absl::StrCat("gradient of id ", push->ids[i / static_cast<size_t>(dim)],
                                                        " in table \"", name, "\" is not finite"));
       }
@@ -226,7 +226,11 @@ absl::Status ShardServer::Handle(comm::Message message) {
   if (auto s = Validate(worker, *frame, &ids, &push); !s.ok()) return ReplyError(src, request, s);
   VLOG(2) << "request " << TypeName(request.type()) << " id=" << request.request_id() << " from=" << src
           << " table=" << request.table() << " n=" << request.num_ids();
-  if (request.type() == Header::PUSH) return AcceptPush(src, request, std::move(push));
+  if (request.type() == Header::PUSH) {
+    push.grads_offset = static_cast<size_t>(frame->payload.data() - message.bytes.data()) + 8 * push.ids.size();
+    push.message = std::move(message.bytes);
+    return AcceptPush(src, request, std::move(push));
+  }
   if (!Ready(worker, request)) {
     stats_.set_deferred(stats_.deferred() + 1);
     deferred_.push_back(Deferred{src, std::move(request), std::move(ids), absl::Now()});
@@ -271,7 +275,8 @@ absl::Status ShardServer::AcceptPush(int src, const Header& h, Push push) {
   stats_.set_pushed_rows(stats_.pushed_rows() + static_cast<int64_t>(push.ids.size()));
   ts.received[w] = h.round();
   if (options_.consistency == Consistency::kAsync) {
-    absl::Status s = store_->ApplyGradients(h.table(), push.ids, push.grads);
+    const size_t dim = static_cast<size_t>(store_->dim(h.table()));
+    absl::Status s = store_->ApplyGradients(h.table(), push.ids, absl::MakeConstSpan(push.grads(), push.ids.size() * dim));
     ts.applied[w] = h.round();
     stats_.set_rounds_applied(stats_.rounds_applied() + 1);
     if (!s.ok()) return ReplyError(src, h, s);
@@ -281,6 +286,11 @@ absl::Status ShardServer::AcceptPush(int src, const Header& h, Push push) {
   if (slots.empty()) slots.resize(static_cast<size_t>(options_.roles.num_workers));
   slots[w] = std::make_unique<Push>(std::move(push));
   if (ts.round_waiting_since == absl::InfiniteFuture()) ts.round_waiting_since = absl::Now();
+  if (h.round() > ts.rounds_applied + 1) {
+    // Back-pressure: this worker is a round ahead of the slowest; the ack waits (see Run()).
+    ts.held_acks.emplace_back(src, h);
+    return absl::OkStatus();
+  }
   return SendReply(src, EncodeFrame(ReplyHeader(h, absl::OkStatus())));
 }
 
@@ -310,9 +320,10 @@ absl::Status ShardServer::ApplyCompleteRounds() {
       std::vector<float> grads;
       ids.reserve(total);
       grads.reserve(total * static_cast<size_t>(store_->dim(static_cast<int>(t))));
+      const size_t dim = static_cast<size_t>(store_->dim(static_cast<int>(t)));
       for (const auto& p : slots) {
         ids.insert(ids.end(), p->ids.begin(), p->ids.end());
-        grads.insert(grads.end(), p->grads.begin(), p->grads.end());
+        grads.insert(grads.end(), p->grads(), p->grads() + p->ids.size() * dim);
       }
       if (auto s = store_->ApplyGradients(static_cast<int>(t), ids, grads); !s.ok()) {
         // Every push was validated on arrival, so this is a broken invariant of the store.
@@ -322,6 +333,16 @@ absl::Status ShardServer::ApplyCompleteRounds() {
       ++ts.rounds_applied;
       stats_.set_rounds_applied(stats_.rounds_applied() + 1);
       ts.round_waiting_since = ts.pending.empty() ? absl::InfiniteFuture() : absl::Now();
+      // Release the acks of pushes whose round is now the next one.
+      std::vector<std::pair<int, Header>> still;
+      for (auto& [src, h] : ts.held_acks) {
+        if (h.round() <= ts.rounds_applied + 1) {
+          T2D_RETURN_IF_ERROR(SendReply(src, EncodeFrame(ReplyHeader(h, absl::OkStatus()))));
+        } else {
+          still.emplace_back(src, std::move(h));
+        }
+      }
+      ts.held_acks = std::move(still);
     }
   }
   return absl::OkStatus();

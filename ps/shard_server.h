@@ -9,7 +9,9 @@
 //      exists, dim matches, counts match the payload size, message under max_message_bytes,
 //      every id owned by this shard, gradients finite, push rounds consecutive. A bad request
 //      gets an error reply and the loop goes on; it never changes any state.
-//   3. PUSH, sync mode: buffer it as worker w's push of round k for the table and acknowledge.
+//   3. PUSH, sync mode: buffer it as worker w's push of round k for the table; acknowledge it
+//      once round k is the next one to apply (rounds_applied >= k - 1), so a worker is at most
+//      one round ahead and the buffer holds at most two rounds per table.
 //      When round k has a push from every worker, concatenate them in worker-rank order and
 //      apply them as one optimizer step (so duplicate rows are summed in a fixed order and the
 //      result is reproducible). PUSH, async mode: apply at once, then acknowledge.
@@ -29,6 +31,7 @@
 
 #include <deque>
 #include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -52,9 +55,12 @@ class ShardServer {
   const ServerStatsProto& stats() const { return stats_; }
 
  private:
+  // A validated push: the ids, and the gradients left in the received message (no copy).
   struct Push {
     std::vector<int64_t> ids;
-    std::vector<float> grads;
+    std::string message;
+    size_t grads_offset = 0;  // float-aligned: the payload starts 8-aligned
+    const float* grads() const { return reinterpret_cast<const float*>(message.data() + grads_offset); }
   };
   struct TableState {
     std::vector<int64_t> received;  // per worker index: pushes received (== round of the last one)
@@ -62,6 +68,7 @@ class ShardServer {
     int64_t rounds_applied = 0;     // sync: combined rounds applied
     std::map<int64_t, std::vector<std::unique_ptr<Push>>> pending;  // sync: round -> per worker
     absl::Time round_waiting_since = absl::InfiniteFuture();  // sync: oldest incomplete round
+    std::vector<std::pair<int, Header>> held_acks;  // sync: (worker rank, push) acked when its round is next
   };
   struct Deferred {
     int src;

@@ -10,6 +10,7 @@
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_session.h"
 #include "comm/mpi_transport.h"
+#include "comm/roles.h"
 #include "tests/comm/conformance_cases.h"
 #include "tests/mpi/mpi_test_main.h"
 
@@ -70,6 +71,31 @@ TEST(MpiSession, SecondSessionIsRefused) {
   int argc = 0;
   char** argv = nullptr;
   EXPECT_TRUE(absl::IsFailedPrecondition(MpiSession::Create(&argc, &argv).status()));
+}
+
+TEST(MpiSession, WorkerSplitExcludesServers) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  auto roles = AssignRoles(size, 1);
+  ASSERT_TRUE(roles.ok()) << roles.status();
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      ::t2d::testing::TestSession().SplitWorkers(RoleAssignment{size + 1, 1, size}).status()));
+  auto split = ::t2d::testing::TestSession().SplitWorkers(*roles);
+  ASSERT_TRUE(split.ok()) << split.status();
+  MPI_Comm workers = *split;  // owned by the session
+  if (roles->IsServer(rank)) {
+    EXPECT_EQ(workers, MPI_COMM_NULL);
+    return;
+  }
+  ASSERT_NE(workers, MPI_COMM_NULL);
+  auto comm = MpiCommunicator::Create(workers);
+  ASSERT_TRUE(comm.ok());
+  EXPECT_EQ((*comm)->size(), size - 1);
+  EXPECT_EQ((*comm)->rank(), roles->WorkerIndex(rank));
+  double one = 1;
+  ASSERT_TRUE((*comm)->AllReduceSum(absl::MakeSpan(&one, 1), Soon()).ok());
+  EXPECT_EQ(one, size - 1.0);
 }
 
 TEST(Factory, BackendsAndFallback) {

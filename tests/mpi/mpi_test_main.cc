@@ -26,7 +26,11 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
   const int rank_;
 };
 
+comm::MpiSession* session_for_tests = nullptr;  // test main only: set while tests run
+
 }  // namespace
+
+comm::MpiSession& TestSession() { return *session_for_tests; }
 
 int RunMpiTests(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
@@ -36,6 +40,7 @@ int RunMpiTests(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", session.status().ToString().c_str());
     return 1;
   }
+  session_for_tests = session->get();
   const int rank = (*session)->rank();
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
@@ -45,6 +50,7 @@ int RunMpiTests(int argc, char** argv) {
   int result = RUN_ALL_TESTS();
   int worst = 0;
   MPI_Allreduce(&result, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  session_for_tests = nullptr;
   return worst;
 }
 

@@ -4,6 +4,10 @@
 // still printed, tagged with the rank), MAX-reduces the result so every rank exits with the
 // same code. With --gtest_list_tests it does not start MPI.
 
+#include "comm/mpi_session.h"
+
 namespace t2d::testing {
 int RunMpiTests(int argc, char** argv);
+// The process's session, for tests of MpiSession itself (valid while RunMpiTests runs).
+comm::MpiSession& TestSession();
 }  // namespace t2d::testing

@@ -17,25 +17,17 @@
 #include "ps/messages.h"
 #include "ps/remote_embedding_store.h"
 #include "ps/shard_server.h"
+#include "tests/testutil/ps_batches.h"
 #include "tests/testutil/ps_job.h"
 
 namespace t2d::ps {
 namespace {
 
-absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
-
-std::vector<config::TableConfig> Tables() {
-  std::vector<config::TableConfig> t(2);
-  t[0].set_name("item");
-  t[0].set_dim(8);
-  t[0].mutable_optimizer()->set_kind(config::SparseOptimizerConfig::ADAGRAD);
-  t[0].mutable_initializer()->set_seed(7);
-  t[1].set_name("tag");
-  t[1].set_dim(3);
-  t[1].mutable_optimizer()->set_kind(config::SparseOptimizerConfig::SGD);
-  t[1].mutable_optimizer()->set_learning_rate(0.5f);
-  return t;
-}
+using testutil::Batch;
+using testutil::Dedup;
+using testutil::MakeBatch;
+using testutil::ProbeIds;
+using testutil::Tables;
 
 PsOptions TestOptions() {
   PsOptions o;
@@ -44,43 +36,8 @@ PsOptions TestOptions() {
   return o;
 }
 
-// Worker w's batch for (step, table): ids with duplicates and overlap between workers.
-struct Batch {
-  std::vector<int64_t> ids;
-  std::vector<float> grads;
-};
-Batch MakeBatch(int step, int worker, int table, int dim) {
-  std::mt19937_64 rng(static_cast<uint64_t>(step * 1000 + worker * 10 + table));
-  Batch b;
-  const int n = 20 + static_cast<int>(rng() % 20);
-  for (int i = 0; i < n; ++i) b.ids.push_back(static_cast<int64_t>(rng() % 60) - 5);  // includes negative ids
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  for (int i = 0; i < n * dim; ++i) b.grads.push_back(g(rng));
-  return b;
-}
-// The same batch with repeated ids summed in input order (what the client sends).
-Batch Dedup(const Batch& b, int dim) {
-  Batch out;
-  std::map<int64_t, size_t> pos;
-  for (size_t i = 0; i < b.ids.size(); ++i) {
-    auto [it, inserted] = pos.emplace(b.ids[i], out.ids.size());
-    if (inserted) {
-      out.ids.push_back(b.ids[i]);
-      out.grads.insert(out.grads.end(), b.grads.begin() + static_cast<long>(i) * dim, b.grads.begin() + static_cast<long>(i + 1) * dim);
-    } else {
-      for (int j = 0; j < dim; ++j) out.grads[it->second * static_cast<size_t>(dim) + static_cast<size_t>(j)] += b.grads[i * static_cast<size_t>(dim) + static_cast<size_t>(j)];
-    }
-  }
-  return out;
-}
 
-std::vector<int64_t> ProbeIds() {
-  std::vector<int64_t> ids;
-  for (int64_t i = -7; i < 62; ++i) ids.push_back(i);
-  ids.push_back(5);  // a repeat: every position gets its row
-  ids.push_back(-7);
-  return ids;
-}
+absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
 
 // ---------------------------------------------------------------------------------------------
 // Framing.
@@ -131,6 +88,26 @@ TEST(Messages, ReplyStatusMapsCodes) {
   EXPECT_EQ(ReplyStatus(h).code(), absl::StatusCode::kUnknown);
   h.set_status_code(0);
   EXPECT_TRUE(ReplyStatus(h).ok());
+}
+
+TEST(PsOptions, FromClusterConfig) {
+  config::ClusterConfig c;
+  c.set_num_servers(2);
+  c.set_num_workers(3);
+  c.set_consistency(config::ClusterConfig::ASYNC);
+  c.set_staleness(4);
+  c.set_timeout_s(2.5);
+  c.set_server_idle_timeout_s(0);
+  auto o = PsOptionsFromConfig(c, comm::RoleAssignment{5, 2, 3});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->consistency, Consistency::kAsync);
+  EXPECT_EQ(o->staleness, 4);
+  EXPECT_EQ(o->timeout, absl::Milliseconds(2500));
+  EXPECT_EQ(o->idle_timeout, absl::InfiniteDuration());
+  EXPECT_EQ(o->max_message_bytes, int64_t{1} << 30);
+  auto bad = PsOptionsFromConfig(c, comm::RoleAssignment{4, 2, 2});
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_NE(std::string(bad.status().message()).find("mpirun -np 5"), std::string::npos) << bad.status();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,277 @@
+// Parameter-server throughput, run under mpirun (ranks 0..S-1 serve, the rest are workers):
+//   mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 build/bench/bench_ps --servers=1
+//   mpirun --allow-run-as-root --oversubscribe --bind-to none -np 3 build/bench/bench_ps --servers=1
+// Prints, for dim-64 rows (Adagrad) and batches of 4096 unique Zipf-distributed ids over 10M ids:
+//   * the in-process LocalEmbeddingStore's Lookup / ApplyGradients rates (measured on the first
+//     worker, before the remote phase, on the same batches);
+//   * pull and push rates through the servers (all workers together), pull also with one batch
+//     prefetched ahead (Pull -> ticket, Wait);
+//   * the MPI allreduce of 10 MB of floats across the workers (algorithm bandwidth, GB/s).
+// Figures are printed, never asserted.
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "comm/communicator_factory.h"
+#include "comm/mpi_session.h"
+#include "comm/mpi_transport.h"
+#include "common/status_macros.h"
+#include "embedding/local_embedding_store.h"
+#include "glog/logging.h"
+#include "ps/remote_embedding_store.h"
+#include "ps/shard_server.h"
+
+namespace t2d {
+namespace {
+
+struct Flags {
+  int servers = 1;
+  int64_t num_rows = 10'000'000;
+  int dim = 64;
+  int batch = 4096;
+  int batches = 64;     // distinct batches per worker (cycled)
+  int iterations = 300; // timed batches per phase and worker
+  double zipf = 1.05;
+  std::string mode = "sync";
+};
+
+// Zipf(s) over {1..n} by rejection-inversion (Hormann and Derflinger 1996), O(1) memory.
+class ZipfSampler {
+ public:
+  ZipfSampler(int64_t n, double s) : n_(static_cast<double>(n)), s_(s) {
+    h_x1_ = HIntegral(1.5) - 1.0;
+    h_n_ = HIntegral(n_ + 0.5);
+    sv_ = 2.0 - HIntegralInverse(HIntegral(2.5) - H(2.0));
+  }
+  template <typename Rng>
+  int64_t operator()(Rng& rng) {
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    while (true) {
+      const double u = h_n_ + uniform(rng) * (h_x1_ - h_n_);
+      const double x = HIntegralInverse(u);
+      double k = std::floor(x + 0.5);
+      k = std::min(std::max(k, 1.0), n_);
+      if (k - x <= sv_ || u >= HIntegral(k + 0.5) - H(k)) return static_cast<int64_t>(k);
+    }
+  }
+
+ private:
+  static double Helper1(double x) { return std::abs(x) > 1e-8 ? std::log1p(x) / x : 1 - x * (0.5 - x * (1.0 / 3 - 0.25 * x)); }
+  static double Helper2(double x) { return std::abs(x) > 1e-8 ? std::expm1(x) / x : 1 + x * 0.5 * (1 + x / 3 * (1 + 0.25 * x)); }
+  double H(double x) const { return std::exp(-s_ * std::log(x)); }
+  double HIntegral(double x) const {
+    const double lx = std::log(x);
+    return Helper2((1 - s_) * lx) * lx;
+  }
+  double HIntegralInverse(double x) const {
+    double t = x * (1 - s_);
+    if (t < -1) t = -1;
+    return std::exp(Helper1(t) * x);
+  }
+  double n_, s_, h_x1_, h_n_, sv_;
+};
+
+std::vector<std::vector<int64_t>> MakeBatches(const Flags& f, uint64_t seed) {
+  ZipfSampler zipf(f.num_rows, f.zipf);
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int64_t>> out(static_cast<size_t>(f.batches));
+  for (auto& b : out) {
+    absl::flat_hash_set<int64_t> seen;
+    while (static_cast<int>(b.size()) < f.batch) {
+      const int64_t id = zipf(rng) - 1;
+      if (seen.insert(id).second) b.push_back(id);
+    }
+  }
+  return out;
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+double RowsPerSecond(int64_t rows, absl::Duration d) { return static_cast<double>(rows) / absl::ToDoubleSeconds(d); }
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(300); }
+
+// Timed phase on every worker; returns the aggregate rate (all workers' rows / slowest time).
+template <typename Fn>
+absl::StatusOr<double> Phase(comm::Communicator& comm, int64_t rows_per_worker, Fn fn) {
+  T2D_RETURN_IF_ERROR(comm.Barrier(Soon()));
+  const absl::Time start = absl::Now();
+  T2D_RETURN_IF_ERROR(fn());
+  double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  // Slowest worker defines the time: max via allreduce of (-)... use a sum of per-rank slots.
+  std::vector<double> times(static_cast<size_t>(comm.size()), 0.0);
+  times[static_cast<size_t>(comm.rank())] = seconds;
+  T2D_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(times), Soon()));
+  seconds = *std::max_element(times.begin(), times.end());
+  return static_cast<double>(rows_per_worker) * comm.size() / seconds;
+}
+
+absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Communicator& comm,
+                    const std::vector<config::TableConfig>& tables) {
+  const bool report = comm.rank() == 0;
+  const auto batches = MakeBatches(f, 1000 + static_cast<uint64_t>(comm.rank()));
+  const size_t row_floats = static_cast<size_t>(f.batch) * static_cast<size_t>(f.dim);
+  std::vector<float> rows(row_floats), rows2(row_floats);
+  std::vector<float> grads(row_floats);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.01f);
+  for (float& g : grads) g = normal(rng);
+  const int64_t timed_rows = int64_t{f.iterations} * f.batch;
+
+  double local_pull = 0, local_push = 0;
+  if (report) {  // in-process baseline on the same batches, before the remote phase
+    T2D_ASSIGN_OR_RETURN(auto local, embedding::LocalEmbeddingStore::Create(tables));
+    for (const auto& b : batches) T2D_RETURN_IF_ERROR(local->ApplyGradients(0, b, grads));
+    absl::Time t0 = absl::Now();
+    for (int i = 0; i < f.iterations; ++i) {
+      T2D_RETURN_IF_ERROR(local->Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
+    }
+    local_pull = RowsPerSecond(timed_rows, absl::Now() - t0);
+    t0 = absl::Now();
+    for (int i = 0; i < f.iterations; ++i) {
+      T2D_RETURN_IF_ERROR(local->ApplyGradients(0, batches[static_cast<size_t>(i % f.batches)], grads));
+    }
+    local_push = RowsPerSecond(timed_rows, absl::Now() - t0);
+  }
+  // Warm-up: the servers store every row once, so both sides read stored rows.
+  for (const auto& b : batches) T2D_RETURN_IF_ERROR(store.ApplyGradients(0, b, grads));
+  T2D_RETURN_IF_ERROR(store.Flush());
+
+  T2D_ASSIGN_OR_RETURN(const double pull, Phase(comm, timed_rows, [&]() -> absl::Status {
+    for (int i = 0; i < f.iterations; ++i) {
+      T2D_RETURN_IF_ERROR(store.Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
+    }
+    return absl::OkStatus();
+  }));
+  T2D_ASSIGN_OR_RETURN(const double pull_prefetch, Phase(comm, timed_rows, [&]() -> absl::Status {
+    T2D_ASSIGN_OR_RETURN(auto ticket, store.Pull(0, batches[0]));
+    for (int i = 0; i < f.iterations; ++i) {
+      ps::RemoteEmbeddingStore::Ticket next = 0;
+      if (i + 1 < f.iterations) {
+        T2D_ASSIGN_OR_RETURN(next, store.Pull(0, batches[static_cast<size_t>((i + 1) % f.batches)]));
+      }
+      T2D_RETURN_IF_ERROR(store.Wait(ticket, absl::MakeSpan(i % 2 ? rows : rows2)));
+      ticket = next;
+    }
+    return absl::OkStatus();
+  }));
+  T2D_ASSIGN_OR_RETURN(const double push, Phase(comm, timed_rows, [&]() -> absl::Status {
+    for (int i = 0; i < f.iterations; ++i) {
+      T2D_RETURN_IF_ERROR(store.ApplyGradients(0, batches[static_cast<size_t>(i % f.batches)], grads));
+    }
+    T2D_RETURN_IF_ERROR(store.Flush());
+    // Sync mode: acknowledged is not yet applied; a pull waits for the last round.
+    return store.Lookup(0, batches[0], absl::MakeSpan(rows));
+  }));
+
+  double allreduce_gbs = 0;
+  if (comm.size() > 1) {
+    std::vector<float> dense((10u << 20) / sizeof(float), 1.0f);
+    for (int i = 0; i < 3; ++i) T2D_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(dense), Soon()));
+    T2D_RETURN_IF_ERROR(comm.Barrier(Soon()));
+    constexpr int kReps = 20;
+    const absl::Time t0 = absl::Now();
+    for (int i = 0; i < kReps; ++i) T2D_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(dense), Soon()));
+    allreduce_gbs = 10.0 * (1 << 20) * kReps / absl::ToDoubleSeconds(absl::Now() - t0) / 1e9;
+  }
+  if (report) {
+    std::printf("machine: %ld cores, %s\n", sysconf(_SC_NPROCESSORS_ONLN), CpuModel().c_str());
+    std::printf("job: %d server(s) + %d worker(s), %s mode; dim %d, Adagrad, batches of %d unique ids, Zipf(%.2f) over %lld ids, %d timed batches per worker\n",
+                f.servers, comm.size(), f.mode.c_str(), f.dim, f.batch, f.zipf, static_cast<long long>(f.num_rows),
+                f.iterations);
+    std::printf("in-process LocalEmbeddingStore (1 thread): lookup %.2f M rows/s, apply %.2f M rows/s\n", local_pull / 1e6,
+                local_push / 1e6);
+    std::printf("through the server(s), all workers:       pull   %.2f M rows/s (%.0f%% of in-process)\n", pull / 1e6,
+                100 * pull / local_pull);
+    std::printf("                                           pull with 1 batch prefetched %.2f M rows/s (%.0f%%)\n",
+                pull_prefetch / 1e6, 100 * pull_prefetch / local_pull);
+    std::printf("                                           push   %.2f M rows/s (%.0f%% of in-process)\n", push / 1e6,
+                100 * push / local_push);
+    if (comm.size() > 1) {
+      std::printf("allreduce 10 MB floats across %d workers (MPI): %.2f GB/s\n", comm.size(), allreduce_gbs);
+    } else {
+      std::printf("allreduce: needs 2 or more workers\n");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace t2d
+
+int main(int argc, char** argv) {
+  using namespace t2d;
+  auto session = comm::MpiSession::Create(&argc, &argv);
+  if (!session.ok()) {
+    std::fprintf(stderr, "%s\n", session.status().ToString().c_str());
+    return 1;
+  }
+  Flags f;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto eq = a.find('=');
+    const std::string key = eq == std::string::npos ? a : a.substr(0, eq), value = eq == std::string::npos ? "" : a.substr(eq + 1);
+    if (key == "--servers") f.servers = std::stoi(value);
+    else if (key == "--iterations") f.iterations = std::stoi(value);
+    else if (key == "--mode") f.mode = value;
+    else if (key == "--zipf") f.zipf = std::stod(value);
+    else {
+      std::fprintf(stderr, "unknown flag %s (known: --servers= --iterations= --mode=sync|async --zipf=)\n", a.c_str());
+      comm::MpiSession::Abort(2);
+    }
+  }
+  auto roles = comm::AssignRoles((*session)->size(), f.servers);
+  if (!roles.ok()) {
+    std::fprintf(stderr, "%s\n", roles.status().ToString().c_str());
+    comm::MpiSession::Abort(2);
+  }
+  std::vector<config::TableConfig> tables(1);
+  tables[0].set_name("bench");
+  tables[0].set_dim(f.dim);
+  ps::PsOptions options;
+  options.roles = *roles;
+  options.consistency = f.mode == "async" ? ps::Consistency::kAsync : ps::Consistency::kSync;
+  options.staleness = 2;
+  options.timeout = absl::Seconds(120);
+  absl::Status status;
+  {
+    auto worker_comm = (*session)->SplitWorkers(*roles);
+    auto transport = comm::MpiTransport::Create(MPI_COMM_WORLD);
+    CHECK(worker_comm.ok() && transport.ok());
+    const int rank = (*session)->rank();
+    if (roles->IsServer(rank)) {
+      auto store = embedding::LocalEmbeddingStore::Create(tables, rank, f.servers);
+      CHECK(store.ok());
+      ps::ShardServer server(transport->get(), store->get(), options);
+      status = server.Run();
+    } else {
+      auto comm = comm::MakeCommunicator("mpi", *worker_comm, absl::Now() + absl::Seconds(60));
+      CHECK(comm.ok());
+      ps::RemoteEmbeddingStore store(transport->get(), tables, options);
+      status = Worker(f, store, **comm, tables);
+      if (status.ok()) status = store.Shutdown();
+    }
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "rank %d: %s\n", (*session)->rank(), status.ToString().c_str());
+    comm::MpiSession::Abort(1);
+  }
+  return 0;
+}
