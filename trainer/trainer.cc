@@ -60,6 +60,21 @@ std::string JsonMetrics(const RankingMetrics& m) {
 
 }  // namespace
 
+double LearningRateAt(const config::TrainingConfig& training, int64_t step, int64_t total_steps) {
+  const double lr = training.learning_rate();
+  const int64_t warmup = training.lr_warmup_steps();
+  if (step < warmup) return lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  const int64_t span = std::max<int64_t>(1, total_steps - warmup - 1);
+  const double progress = std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(span));
+  const double floor = training.lr_final_fraction();
+  switch (training.lr_schedule()) {
+    case config::TrainingConfig::CONSTANT: return lr;
+    case config::TrainingConfig::LINEAR: return lr * (1.0 - (1.0 - floor) * progress);
+    case config::TrainingConfig::COSINE: return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress)));
+  }
+  return lr;
+}
+
 struct Trainer::Impl {
   TrainerContext ctx;
   int rank = 0, world = 1;
@@ -72,6 +87,7 @@ struct Trainer::Impl {
   std::unique_ptr<StepBuilder> builder;
   std::vector<int64_t> sorted_counts;  // for the popularity baseline
   int64_t step = 0;
+  int64_t total_steps = 0;  // of the whole run (for the learning-rate schedule)
   int64_t skipped_steps = 0;
   std::vector<float> sync;
   std::ofstream metrics;
@@ -160,6 +176,7 @@ struct Trainer::Impl {
     T2D_RETURN_IF_ERROR(Push(id_table, in.id_keys, rows.id_rows, skip));
     T2D_RETURN_IF_ERROR(Push(tag_table, in.tag_keys, rows.tag_rows, skip));
     if (!skip) {
+      optimizer->set_learning_rate(static_cast<float>(LearningRateAt(cfg().training(), step, total_steps)));
       const float inv = 1.0f / static_cast<float>(world);
       for (size_t i = 0; i < grads.size(); ++i) sync[i] *= inv;
       optimizer->Step(model->DenseParameters(), absl::MakeConstSpan(sync.data(), grads.size()));
@@ -505,6 +522,8 @@ absl::StatusOr<TrainResult> Trainer::Train() {
                                   ? std::min<int64_t>(cfg.training().max_steps(), steps_per_epoch * epochs)
                                   : steps_per_epoch * epochs;
   const int main_k = MainK(cfg.eval());
+  // The schedule spans the configured epochs, so a run cut by max_steps and resumed follows it.
+  t.total_steps = steps_per_epoch * epochs;
   TrainResult result;
   if (t.rank == 0) {
     LOG(INFO) << "training: workers=" << t.world << " samples_per_worker_epoch=" << t.reader->samples_per_epoch()

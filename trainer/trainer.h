@@ -43,6 +43,9 @@ inline uint64_t EvalSampleSeed(uint64_t eval_seed, int64_t user) {
   return HashCombine(eval_seed, static_cast<uint64_t>(user));
 }
 
+// The dense learning rate at `step` (0-based) of a run of `total_steps` (training.lr_*).
+double LearningRateAt(const config::TrainingConfig& training, int64_t step, int64_t total_steps);
+
 struct TrainerContext {
   config::JobConfig config;
   embedding::EmbeddingStore* store = nullptr;  // not owned
