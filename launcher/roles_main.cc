@@ -36,7 +36,8 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
   ctx.config = config;
   ctx.store = store;
   ctx.workers = workers;
-  ctx.output_dir = config.training().output_dir();
+  // Only training writes metrics; eval and export must not replace a run's metrics file.
+  ctx.output_dir = options.mode == RunOptions::kTrain ? config.training().output_dir() : "";
   ctx.resume = options.resume;
   T2D_ASSIGN_OR_RETURN(auto t, trainer::Trainer::Create(ctx));
   if (options.mode != RunOptions::kTrain) T2D_RETURN_IF_ERROR(t->LoadLatestModel());

@@ -6,7 +6,8 @@
 #      checkpoints, and a serving bundle at the end;
 #   4. evaluate the newest checkpoint again in a single process (the model against the
 #      popularity baseline);
-#   5. answer one retrieval from the bundle for a test user's history.
+#   5. answer one retrieval from the bundle for a test user's history;
+#   6. plot the training loss and the validation metrics per epoch.
 # Everything it writes goes to t2diff-run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +28,6 @@ IFS='|' read -r head history < t2diff-run/ranks.test
 read -r user target rank <<< "$head"
 echo "user $user, history of $(wc -w <<< "$history") items, actual next item $target (ranked $rank by evaluation)"
 "$t2diff" retrieve --bundle t2diff-run/bundle --history "$history" --user "$user" --k 10
-echo "== done: metrics in t2diff-run/out/metrics.jsonl, checkpoints in t2diff-run/checkpoints, bundle in t2diff-run/bundle"
+echo "== plots"
+bash scripts/plot_metrics.sh t2diff-run/plots 20 t2diff-run/out/metrics.jsonl
+echo "== done: metrics in t2diff-run/out/, plots in t2diff-run/plots/, checkpoints in t2diff-run/checkpoints/, bundle in t2diff-run/bundle/"

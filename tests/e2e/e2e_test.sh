@@ -73,6 +73,10 @@ model_r=$(sed -n 's/^test .*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 pop_r=$(sed -n 's/^popularity baseline:.*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 check "model beats popularity on test ($model_r vs $pop_r)" awk -v m="$model_r" -v p="$pop_r" 'BEGIN { exit !(m != "" && p != "" && m > p + 0.05) }'
 check "metrics file written" contains "$W/out/metrics.jsonl" '"kind": "summary"'
+check "summary written" contains "$W/out/summary.json" '"best_epoch": 2'
+SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
+bash "$SCRIPTS/plot_metrics.sh" "$W/plots" 10 "$W/out/metrics.jsonl" > /dev/null 2>&1
+check "metrics plots" test -s "$W/plots/loss.png" -a -s "$W/plots/eval.png"
 
 # --- Resume equals uninterrupted --------------------------------------------------------------
 "${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/resume.textproto" --set training.max_steps=17 > "$W/part1.log" 2>&1
