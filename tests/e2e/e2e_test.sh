@@ -78,6 +78,17 @@ SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
 bash "$SCRIPTS/plot_metrics.sh" "$W/plots" 10 "$W/out/metrics.jsonl" > /dev/null 2>&1
 check "metrics plots" test -s "$W/plots/loss.png" -a -s "$W/plots/eval.png"
 
+# --- Non-finite losses --------------------------------------------------------------------
+blowup=(--set 'tables[item_id].optimizer.learning_rate=1e30' --set training.learning_rate=1e30 --set training.max_steps=5
+        --set "training.output_dir=$W/out_nan" --set checkpoint.dir=)
+"$T2DIFF" train -c "$W/job.textproto" "${blowup[@]}" > "$W/nan.log" 2>&1
+rc=$?
+check "a NaN loss stops the run (nonfinite_policy STOP)" test $rc -ne 0
+check "and says so" contains "$W/nan.log" "non-finite loss or dense gradient on 1 worker(s) at step"
+"$T2DIFF" train -c "$W/job.textproto" "${blowup[@]}" --set training.nonfinite_policy=SKIP > "$W/nan_skip.log" 2>&1
+check "with SKIP the run completes" test $? -eq 0
+check "and counts the skipped steps" grep -qE '"skipped_steps": [1-5],' "$W/out_nan/summary.json"
+
 # --- Resume equals uninterrupted --------------------------------------------------------------
 "${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/resume.textproto" --set training.max_steps=17 > "$W/part1.log" 2>&1
 check "interrupted run (17 steps)" test $? -eq 0
