@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_communicator.h"
+#include "comm/mpi_util.h"
 #include "common/status_macros.h"
 #include "glog/logging.h"
 #if T2D_WITH_NCCL
@@ -21,16 +22,36 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeCommunicator(const std::string
   T2D_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator> mpi, MpiCommunicator::Create(comm));
   if (backend == "mpi") return std::unique_ptr<Communicator>(std::move(mpi));
 #if T2D_WITH_NCCL
-  // Every member must take the same branch, so agree on GPU availability first.
+  // One GPU per rank: device = rank among the ranks of this node. NCCL refuses two ranks on one
+  // device, so a node with more ranks than GPUs uses MPI. Every member must take the same
+  // branch, so the members agree first (and again after creating the NCCL communicator).
+  MPI_Comm node = MPI_COMM_NULL;
+  T2D_RETURN_IF_ERROR(MpiStatus(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+                                "MPI_Comm_split_type(node)"));
+  int local_rank = 0, local_size = 1;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_size(node, &local_size);
+  MPI_Comm_free(&node);
   auto devices = CudaDeviceCount();
-  double usable = devices.ok() ? 1.0 : 0.0;
+  std::string why;
+  if (!devices.ok()) {
+    why = std::string(devices.status().message());
+  } else if (*devices < local_size) {
+    why = absl::StrCat(local_size, " ranks share ", *devices, " GPU(s) on this node");
+  }
+  double usable = why.empty() ? 1.0 : 0.0;
   T2D_RETURN_IF_ERROR(mpi->AllReduceSum(absl::MakeSpan(&usable, 1), deadline));
   if (usable == mpi->size()) {
-    return CreateNcclCommunicator(mpi.get(), mpi->rank() % *devices, deadline);
+    auto nccl = CreateNcclCommunicator(mpi.get(), local_rank, deadline);
+    double created = nccl.ok() ? 1.0 : 0.0;
+    T2D_RETURN_IF_ERROR(mpi->AllReduceSum(absl::MakeSpan(&created, 1), deadline));
+    if (created == mpi->size()) return nccl;
+    why = nccl.ok() ? std::string("another rank could not create its NCCL communicator")
+                    : std::string(nccl.status().message());
+  } else if (why.empty()) {
+    why = "another worker has no usable GPU";
   }
-  LOG(WARNING) << "allreduce_backend=nccl but not every worker has a usable GPU ("
-               << (devices.ok() ? std::string("this rank has one") : devices.status().ToString())
-               << "); using MPI";
+  LOG(WARNING) << "allreduce_backend=nccl unavailable (" << why << "); using MPI";
 #else
   (void)deadline;
   LOG(WARNING) << "allreduce_backend=nccl but this build has no NCCL (configure with -DT2D_WITH_NCCL=ON); using MPI";

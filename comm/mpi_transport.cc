@@ -26,17 +26,36 @@ MpiTransport::~MpiTransport() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
-  for (auto& p : pending_) {
-    MPI_Cancel(&p->request);
-    MPI_Request_free(&p->request);
-  }
+  (void)Progress();
   if (!pending_.empty()) {
     LOG(WARNING) << pending_.size() << " message(s) still queued when the transport was destroyed (not flushed)";
+  }
+  // MPI may still read these buffers: cancel where possible and leak the rest on purpose (the
+  // process is ending, and a freed buffer could be read by a late transfer).
+  for (auto* list : {&pending_, &abandoned_}) {
+    for (auto& p : *list) {
+      int done = 0;
+      MPI_Test(&p->request, &done, MPI_STATUS_IGNORE);
+      if (done) continue;
+      MPI_Cancel(&p->request);
+      MPI_Request_free(&p->request);
+      p.release();  // NOLINT: intentional leak, see above
+    }
   }
   MPI_Comm_free(&comm_);
 }
 
 absl::Status MpiTransport::Progress() {
+  for (size_t i = 0; i < abandoned_.size();) {
+    int done = 0;
+    MPI_Test(&abandoned_[i]->request, &done, MPI_STATUS_IGNORE);
+    if (done) {
+      abandoned_[i] = std::move(abandoned_.back());
+      abandoned_.pop_back();
+    } else {
+      ++i;
+    }
+  }
   for (size_t i = 0; i < pending_.size();) {
     PendingSend& p = *pending_[i];
     int done = 0;
@@ -49,8 +68,8 @@ absl::Status MpiTransport::Progress() {
     if (absl::Now() >= p.deadline) {
       const std::string what = absl::StrCat("send of ", p.bytes.size(), " bytes from rank ", rank_, " to rank ", p.dst,
                                             " (tag ", p.tag, "): rank ", p.dst, " did not take it before the deadline");
-      MPI_Cancel(&p.request);
-      MPI_Request_free(&p.request);
+      MPI_Cancel(&p.request);  // completes the request if MPI could cancel it
+      abandoned_.push_back(std::move(pending_[i]));
       pending_[i] = std::move(pending_.back());
       pending_.pop_back();
       return absl::DeadlineExceededError(what);

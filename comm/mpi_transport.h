@@ -54,6 +54,9 @@ class MpiTransport : public Transport {
   const int rank_;
   const int size_;
   std::vector<std::unique_ptr<PendingSend>> pending_;
+  // Sends past their deadline, already reported. MPI cannot always cancel a send, so their
+  // buffers stay alive until MPI is done with them (or are leaked at destruction).
+  std::vector<std::unique_ptr<PendingSend>> abandoned_;
 };
 
 }  // namespace t2d::comm

@@ -67,6 +67,25 @@ TEST(MpiCommunicator, DeadlineNamesTheRankThatDidNotJoin) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+TEST(MpiTransport, UntakenSendIsReportedNamingTheReceiver) {
+  auto t = MpiTransport::Create(MPI_COMM_WORLD);
+  ASSERT_TRUE(t.ok());
+  if ((*t)->size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  constexpr int kTag = 4321;
+  if ((*t)->rank() == 0) {
+    // 8 MiB goes by rendezvous: it stays queued until rank 1 receives, which it does late.
+    ASSERT_TRUE((*t)->Send(1, kTag, std::string(8u << 20, 'x'), absl::Now() + absl::Milliseconds(200)).ok());
+    absl::Status s = (*t)->Flush(absl::Now() + absl::Seconds(5));
+    EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+    EXPECT_NE(std::string(s.message()).find("rank 1 did not take it"), std::string::npos) << s;
+  } else if ((*t)->rank() == 1) {
+    absl::SleepFor(absl::Milliseconds(600));
+    // Whether MPI managed to cancel the send decides if it still arrives; both are fine.
+    (void)(*t)->Recv(0, kTag, absl::Now() + absl::Seconds(1));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 TEST(MpiSession, SecondSessionIsRefused) {
   int argc = 0;
   char** argv = nullptr;
