@@ -25,6 +25,7 @@ using at::Tensor;
 using config::ModelConfig;
 
 constexpr float kMasked = -1e30f;  // additive attention bias of a forbidden key
+constexpr int64_t kKernelMaxDim = 16;  // largest D for which one request uses the plain-C++ U-Net
 
 Tensor LongTensor(const std::vector<int64_t>& v) {
   return at::from_blob(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())}, at::kLong).clone();
@@ -448,8 +449,9 @@ struct Model::Impl {
     Tensor noise = at::randn({static_cast<int64_t>(plan.size()), bs, n, d}, gen, at::kFloat);
     Tensor cond = samples > 1 ? x.repeat_interleave(samples, 0) : x;
     Tensor mask = samples > 1 ? lay.mask.repeat_interleave(samples, 0) : lay.mask;
-    if (lay.b == 1 && !opt.force_tensor_ops) {
-      // Serving path (one request): the plain-C++ U-Net avoids ~90 tensor ops per step.
+    if (lay.b == 1 && d <= kKernelMaxDim && !opt.force_tensor_ops) {
+      // Serving path (one request, small D): the plain-C++ U-Net avoids ~90 tensor ops per step.
+      // At larger D the convolutions are big enough for BLAS to win.
       z = z.contiguous();
       cond = cond.contiguous();
       mask = mask.contiguous();

@@ -78,8 +78,8 @@ struct InferenceOptions {
   int reverse_steps = -1;  // -1: config.inference_reverse_steps (0 there: all T)
   int num_samples = -1;    // -1: config.inference_samples
   uint64_t seed = 0;       // generator seed of the reverse process; same seed, same output
-  // One request (B = 1) runs the U-Net through a plain-C++ kernel (model/unet_kernel.h);
-  // true forces tensor ops (tests compare the two).
+  // One request (B = 1) with D <= 16 runs the U-Net through a plain-C++ kernel
+  // (model/unet_kernel.h); true forces tensor ops (tests compare the two).
   bool force_tensor_ops = false;
 };
 
