@@ -309,7 +309,70 @@ struct Conv3ColumnsFunction : public torch::autograd::Function<Conv3ColumnsFunct
   }
 };
 
+struct UpsampleConcatFunction : public torch::autograd::Function<UpsampleConcatFunction> {
+  static Tensor Build(const Tensor& low_in, const Tensor& skip_in, const Tensor& mask_in) {
+    const Tensor low = low_in.contiguous(), skip = skip_in.contiguous(), mask = mask_in.contiguous();
+    const int64_t b = skip.size(0), len = skip.size(1), c = skip.size(2);
+    TORCH_CHECK(low.size(0) == b && low.size(1) * 2 == len && low.size(2) == c && mask.numel() == b * len);
+    Tensor u = at::empty({b, len, 2 * c}, skip.options());
+    const float* lp = low.data_ptr<float>();
+    const float* sp = skip.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    float* up = u.data_ptr<float>();
+    at::parallel_for(0, b * len, 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t i = r / len, j = r % len;
+        float* dst = up + r * 2 * c;
+        const float m = mp[r];
+        const float* src = lp + (i * (len / 2) + j / 2) * c;
+        for (int64_t k = 0; k < c; ++k) dst[k] = src[k] * m;
+        std::copy(sp + r * c, sp + (r + 1) * c, dst + c);
+      }
+    });
+    return Conv3ColumnsFunction::Columns(u);
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& low, const Tensor& skip, const Tensor& mask) {
+    ctx->save_for_backward({mask});
+    ctx->saved_data["c"] = 2 * skip.size(2);  // channels of u, read by Conv3ColumnsFunction::backward
+    return Build(low, skip, mask);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor mask = ctx->get_saved_variables()[0].contiguous();
+    // Gradient of the columns w.r.t. u, then split u's gradient into low and skip.
+    Tensor gu = Conv3ColumnsFunction::backward(ctx, grad_out)[0];
+    const int64_t b = gu.size(0), len = gu.size(1), c = gu.size(2) / 2;
+    Tensor glow = at::zeros({b, len / 2, c}, gu.options());
+    Tensor gskip = at::empty({b, len, c}, gu.options());
+    const float* gp = gu.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    float* lp = glow.data_ptr<float>();
+    float* sp = gskip.data_ptr<float>();
+    at::parallel_for(0, b, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        for (int64_t j = 0; j < len; ++j) {
+          const int64_t r = i * len + j;
+          const float* g = gp + r * 2 * c;
+          const float m = mp[r];
+          float* dl = lp + (i * (len / 2) + j / 2) * c;
+          if (m != 0.f) {
+            for (int64_t k = 0; k < c; ++k) dl[k] += g[k] * m;
+          }
+          std::copy(g + c, g + 2 * c, sp + r * c);
+        }
+      }
+    });
+    return {glow, gskip, Tensor()};
+  }
+};
+
 }  // namespace
+
+Tensor UpsampleConcatColumns(const Tensor& low, const Tensor& skip, const Tensor& mask) {
+  if (!at::GradMode::is_enabled() || !(low.requires_grad() || skip.requires_grad())) {
+    return UpsampleConcatFunction::Build(low, skip, mask);
+  }
+  return UpsampleConcatFunction::apply(low, skip, mask);
+}
 
 Tensor Conv3Columns(const Tensor& h) {
   if (!at::GradMode::is_enabled() || !h.requires_grad()) return Conv3ColumnsFunction::Columns(h);

@@ -281,10 +281,9 @@ struct Model::Impl {
     }
     for (int l = levels - 2; l >= 0; --l) {
       const UpLevel& u = up[static_cast<size_t>(l)];
-      h = Lin(h, u.proj);
-      const int64_t len = h.size(1), c = h.size(2);
-      h = h.unsqueeze(2).expand({bsz, len, 2, c}).reshape({bsz, 2 * len, c}) * masks[static_cast<size_t>(l)];
-      h = Block(at::cat({h, skips[static_cast<size_t>(l)]}, 2), u.block, masks[static_cast<size_t>(l)]);
+      const Tensor& mk = masks[static_cast<size_t>(l)];
+      const Tensor cols = UpsampleConcatColumns(Lin(h, u.proj), skips[static_cast<size_t>(l)], mk);
+      h = SwishNormMask(Lin(cols, u.block.conv), P(u.block.norm.g), P(u.block.norm.b), mk);
     }
     h = Lin(h, unet_out) * masks[0];
     return left > 0 ? h.narrow(1, left, n) : h;

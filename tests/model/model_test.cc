@@ -517,6 +517,23 @@ TEST(ModelTest, FusedOpsMatchReference) {
     ExpectClose(h1.grad(), h2.grad(), 1e-6, "conv columns grad");
   }
 
+  // UpsampleConcatColumns against upsample + mask + cat + Conv3Columns.
+  {
+    const at::Tensor low0 = at::randn({2, 3, 2}, gen, at::kFloat), skip0 = at::randn({2, 6, 2}, gen, at::kFloat);
+    const at::Tensor mk = at::tensor(std::vector<float>{0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1}).view({2, 6, 1});
+    at::Tensor lo1 = low0.clone().requires_grad_(true), sk1 = skip0.clone().requires_grad_(true);
+    at::Tensor lo2 = low0.clone().requires_grad_(true), sk2 = skip0.clone().requires_grad_(true);
+    const at::Tensor cols = UpsampleConcatColumns(lo1, sk1, mk);
+    const at::Tensor up = lo2.unsqueeze(2).expand({2, 3, 2, 2}).reshape({2, 6, 2}) * mk;
+    const at::Tensor want = Conv3Columns(at::cat({up, sk2}, 2));
+    ExpectClose(cols, want, 0, "up columns");
+    const at::Tensor w = at::randn({2, 6, 12}, gen, at::kFloat);
+    (cols * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(lo1.grad(), lo2.grad(), 1e-6, "up columns d low");
+    ExpectClose(sk1.grad(), sk2.grad(), 1e-6, "up columns d skip");
+  }
+
   // SoftmaxLoss with a bias row and excluded entries.
   const at::Tensor u0 = at::randn({4, 3}, gen, at::kFloat), i0 = at::randn({7, 3}, gen, at::kFloat);
   const at::Tensor bias = at::randn({7}, gen, at::kFloat);
