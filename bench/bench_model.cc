@@ -243,6 +243,9 @@ int main(int argc, char** argv) {
     at::set_num_threads(threads);
     Train("T2Diff, authors' size (D=4 n=50 B=512 C=3706)", authors, t2diff, 2, quick ? 5 : 15);
     if (threads == 1 && !quick) {
+      ModelConfig shallow;
+      shallow.set_unet_levels(2);
+      Train("  T2Diff with a 2-level U-Net, same size", authors, shallow, 2, 10);
       Train("  no diffusion, same size", authors, no_diff, 2, 10);
       Train("  two-tower mean, same size", authors, mean, 2, 10);
       Train("  SASRec, same size", authors, sasrec, 2, 10);

@@ -68,14 +68,14 @@ struct SoftmaxLossFunction : public torch::autograd::Function<SoftmaxLossFunctio
 
 // out = (LN(swish(y)) * gamma + beta) * mask, row by row. When `sig`/`xhat`/`rstd` are not null
 // they receive sigmoid(y), the normalised activations and 1/std for the backward pass.
-void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, Tensor* out,
-                       Tensor* sig, Tensor* xhat, Tensor* rstd) {
+void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, bool swish,
+                       Tensor* out, Tensor* sig, Tensor* xhat, Tensor* rstd) {
   const int64_t c = y.size(-1), rows = y.numel() / c;
-  TORCH_CHECK(mask.numel() == rows && gamma.numel() == c && beta.numel() == c);
+  TORCH_CHECK((mask.numel() == rows || mask.numel() == 0) && gamma.numel() == c && beta.numel() == c);
   const float* yp = y.data_ptr<float>();
   const float* gp = gamma.data_ptr<float>();
   const float* bp = beta.data_ptr<float>();
-  const float* mp = mask.data_ptr<float>();
+  const float* mp = mask.numel() > 0 ? mask.data_ptr<float>() : nullptr;
   float* op = out->data_ptr<float>();
   float* sp = sig != nullptr ? sig->data_ptr<float>() : nullptr;
   float* xp = xhat != nullptr ? xhat->data_ptr<float>() : nullptr;
@@ -84,7 +84,8 @@ void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta,
     std::vector<float> a(static_cast<size_t>(c)), sg(static_cast<size_t>(c));
     for (int64_t r = lo; r < hi; ++r) {
       float* o = op + r * c;
-      if (mp[r] == 0.f) {
+      const float m = mp != nullptr ? mp[r] : 1.f;
+      if (m == 0.f) {
         std::fill(o, o + c, 0.f);
         if (sp != nullptr) {
           std::fill(sp + r * c, sp + (r + 1) * c, 0.f);
@@ -96,16 +97,15 @@ void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta,
       const float* yr = yp + r * c;
       float mu = 0;
       for (int64_t k = 0; k < c; ++k) {
-        const float s = 1.f / (1.f + std::exp(-yr[k]));
+        const float s = swish ? 1.f / (1.f + std::exp(-yr[k])) : 1.f;
         sg[static_cast<size_t>(k)] = s;
-        a[static_cast<size_t>(k)] = yr[k] * s;
+        a[static_cast<size_t>(k)] = swish ? yr[k] * s : yr[k];
         mu += a[static_cast<size_t>(k)];
       }
       mu /= static_cast<float>(c);
       float var = 0;
       for (int64_t k = 0; k < c; ++k) var += (a[static_cast<size_t>(k)] - mu) * (a[static_cast<size_t>(k)] - mu);
       const float inv = 1.f / std::sqrt(var / static_cast<float>(c) + kEps);
-      const float m = mp[r];
       for (int64_t k = 0; k < c; ++k) {
         const float xh = (a[static_cast<size_t>(k)] - mu) * inv;
         o[k] = (xh * gp[k] + bp[k]) * m;
@@ -121,19 +121,22 @@ void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta,
 
 struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& y_in, const Tensor& gamma_in, const Tensor& beta_in,
-                        const Tensor& mask_in) {
+                        const Tensor& mask_in, bool swish) {
     const Tensor y = y_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
-    const Tensor mask = mask_in.contiguous();
+    const int64_t rows = y.numel() / y.size(-1);
+    const Tensor mask = mask_in.numel() > 0 ? mask_in.contiguous() : at::ones({rows}, y.options());
     Tensor out = at::empty_like(y), sig = at::empty_like(y), xhat = at::empty_like(y);
-    Tensor rstd = at::empty({y.numel() / y.size(-1)}, y.options());
-    SwishNormMaskRows(y, gamma, beta, mask, &out, &sig, &xhat, &rstd);
+    Tensor rstd = at::empty({rows}, y.options());
+    SwishNormMaskRows(y, gamma, beta, mask, swish, &out, &sig, &xhat, &rstd);
     ctx->save_for_backward({y, gamma, mask, sig, xhat, rstd});
+    ctx->saved_data["swish"] = swish;
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &y = saved[0], &gamma = saved[1], &mask = saved[2], &sig = saved[3], &xhat = saved[4];
     const Tensor& rstd = saved[5];
+    const bool swish = ctx->saved_data["swish"].toBool();
     const Tensor dout = grad_out[0].contiguous();
     const int64_t c = y.size(-1), rows = y.numel() / c;
     // dgamma and dbeta: column sums of dout * mask * xhat and dout * mask (xhat is 0 on masked rows).
@@ -171,11 +174,11 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
         const float* sr = sp + r * c;
         for (int64_t k = 0; k < c; ++k) {
           const float da = rp[r] * (d[k] * m * gp[k] - mean_dx - xr[k] * mean_dx_xhat);
-          dyr[k] = da * sr[k] * (1.f + yr[k] * (1.f - sr[k]));
+          dyr[k] = swish ? da * sr[k] * (1.f + yr[k] * (1.f - sr[k])) : da;
         }
       }
     });
-    return {dy, dgamma, dbeta, Tensor()};
+    return {dy, dgamma, dbeta, Tensor(), Tensor()};
   }
 };
 
@@ -400,14 +403,27 @@ Tensor SoftmaxLoss(const Tensor& users, const Tensor& items, const Tensor& label
                                     exclude.defined() ? exclude : at::empty({0}, at::kBool));
 }
 
-Tensor SwishNormMask(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask) {
+namespace {
+
+Tensor NormRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, bool swish) {
   if (!at::GradMode::is_enabled() || !(y.requires_grad() || gamma.requires_grad() || beta.requires_grad())) {
     const Tensor yc = y.contiguous();
     Tensor out = at::empty_like(yc);
-    SwishNormMaskRows(yc, gamma.contiguous(), beta.contiguous(), mask.contiguous(), &out, nullptr, nullptr, nullptr);
+    SwishNormMaskRows(yc, gamma.contiguous(), beta.contiguous(), mask.contiguous(), swish, &out, nullptr, nullptr,
+                      nullptr);
     return out;
   }
-  return SwishNormMaskFunction::apply(y, gamma, beta, mask);
+  return SwishNormMaskFunction::apply(y, gamma, beta, mask, swish);
+}
+
+}  // namespace
+
+Tensor SwishNormMask(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask) {
+  return NormRows(y, gamma, beta, mask, true);
+}
+
+Tensor LayerNormLastDim(const Tensor& y, const Tensor& gamma, const Tensor& beta) {
+  return NormRows(y, gamma, beta, at::empty({0}, y.options()), false);
 }
 
 }  // namespace t2d::model

@@ -50,4 +50,8 @@ at::Tensor UpsampleConcatColumns(const at::Tensor& low, const at::Tensor& skip, 
 // y [..., C] float (rows = all leading dims), gamma/beta [C], mask with numel = rows.
 at::Tensor SwishNormMask(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mask);
 
+// LayerNorm over the last dimension (eps 1e-5) with the same row kernel: at::layer_norm is slow
+// for the few channels of this model.
+at::Tensor LayerNormLastDim(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta);
+
 }  // namespace t2d::model

@@ -238,7 +238,7 @@ struct Model::Impl {
     return l.b >= 0 ? at::linear(x, P(l.w), P(l.b)) : at::linear(x, P(l.w));
   }
   Tensor LN(const Tensor& x, const Norm& n) const {
-    return at::layer_norm(x, {x.size(-1)}, P(n.g), P(n.b), 1e-5, /*cudnn_enable=*/false);
+    return LayerNormLastDim(x, P(n.g), P(n.b));
   }
 
   // ---- Embedding ----

@@ -471,6 +471,17 @@ TEST(ModelTest, FusedOpsMatchReference) {
     ExpectClose(y1.grad(), y2.grad(), 1e-4, "swish-norm dy");
     ExpectClose(g1.grad(), g2.grad(), 1e-4, "swish-norm dgamma");
     ExpectClose(b1.grad(), b2.grad(), 1e-4, "swish-norm dbeta");
+
+    at::Tensor y3 = y0.clone().requires_grad_(true), g3 = g0.clone().requires_grad_(true), b3 = b0.clone().requires_grad_(true);
+    at::Tensor y4 = y0.clone().requires_grad_(true), g4 = g0.clone().requires_grad_(true), b4 = b0.clone().requires_grad_(true);
+    const at::Tensor ln = LayerNormLastDim(y3, g3, b3);
+    const at::Tensor ln_ref = at::layer_norm(y4, {c}, g4, b4, 1e-5, false);
+    ExpectClose(ln, ln_ref, 1e-5, "layer norm forward");
+    (ln * dout).sum().backward();
+    (ln_ref * dout).sum().backward();
+    ExpectClose(y3.grad(), y4.grad(), 1e-4, "layer norm dy");
+    ExpectClose(g3.grad(), g4.grad(), 1e-4, "layer norm dgamma");
+    ExpectClose(b3.grad(), b4.grad(), 1e-4, "layer norm dbeta");
   }
   const at::Tensor l0 = at::randn({6, 9}, gen, at::kFloat) * 3;
   const at::Tensor labels = at::tensor(std::vector<int64_t>{0, 8, 3, 3, 1, 5});
