@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -139,10 +140,11 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
     const bool swish = ctx->saved_data["swish"].toBool();
     const Tensor dout = grad_out[0].contiguous();
     const int64_t c = y.size(-1), rows = y.numel() / c;
-    // dgamma and dbeta: column sums of dout * mask * xhat and dout * mask (xhat is 0 on masked rows).
-    const Tensor dm = dout.view({rows, c}) * mask.view({rows, 1});
-    const Tensor dgamma = (dm * xhat.view({rows, c})).sum(0);
-    const Tensor dbeta = dm.sum(0);
+    // dgamma and dbeta (column sums of dout * mask * xhat and dout * mask) are accumulated in the
+    // same pass, one partial sum per worker thread.
+    const int64_t workers = at::get_num_threads();
+    Tensor partial = at::zeros({workers, 2, c}, y.options());
+    float* pp = partial.data_ptr<float>();
     Tensor dy = at::empty_like(y);
     const float* yp = y.data_ptr<float>();
     const float* gp = gamma.data_ptr<float>();
@@ -153,6 +155,9 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
     const float* rp = rstd.data_ptr<float>();
     float* dyp = dy.data_ptr<float>();
     at::parallel_for(0, rows, 256, [&](int64_t lo, int64_t hi) {
+      const int64_t tid = std::min<int64_t>(at::get_thread_num(), workers - 1);
+      float* dg = pp + tid * 2 * c;
+      float* db = dg + c;
       for (int64_t r = lo; r < hi; ++r) {
         const float m = mp[r];
         float* dyr = dyp + r * c;
@@ -164,6 +169,8 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
         const float* xr = xp + r * c;
         float mean_dx = 0, mean_dx_xhat = 0;
         for (int64_t k = 0; k < c; ++k) {
+          dg[k] += d[k] * m * xr[k];
+          db[k] += d[k] * m;
           const float v = d[k] * m * gp[k];
           mean_dx += v;
           mean_dx_xhat += v * xr[k];
@@ -178,7 +185,8 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
         }
       }
     });
-    return {dy, dgamma, dbeta, Tensor(), Tensor()};
+    const Tensor sums = partial.sum(0);
+    return {dy, sums[0], sums[1], Tensor(), Tensor()};
   }
 };
 
