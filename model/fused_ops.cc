@@ -320,6 +320,55 @@ struct Conv3ColumnsFunction : public torch::autograd::Function<Conv3ColumnsFunct
   }
 };
 
+struct PoolColumnsFunction : public torch::autograd::Function<PoolColumnsFunction> {
+  static Tensor Pool(const Tensor& h) {
+    const int64_t b = h.size(0), len = h.size(1), c = h.size(2);
+    TORCH_CHECK(len % 2 == 0);
+    Tensor p = at::empty({b, len / 2, c}, h.options());
+    const float* hp = h.data_ptr<float>();
+    float* pp = p.data_ptr<float>();
+    at::parallel_for(0, b * (len / 2), 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const float* a = hp + 2 * r * c;
+        const float* e = a + c;
+        float* o = pp + r * c;
+        for (int64_t k = 0; k < c; ++k) o[k] = e[k] > a[k] ? e[k] : a[k];
+      }
+    });
+    return p;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& h_in) {
+    const Tensor h = h_in.contiguous();
+    ctx->save_for_backward({h});
+    ctx->saved_data["c"] = h.size(2);
+    return Conv3ColumnsFunction::Columns(Pool(h));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor h = ctx->get_saved_variables()[0];
+    const Tensor gp = Conv3ColumnsFunction::backward(ctx, grad_out)[0];
+    const int64_t b = h.size(0), len = h.size(1), c = h.size(2);
+    Tensor gh = at::empty_like(h);
+    const float* hp = h.data_ptr<float>();
+    const float* g = gp.data_ptr<float>();
+    float* out = gh.data_ptr<float>();
+    at::parallel_for(0, b * (len / 2), 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const float* a = hp + 2 * r * c;
+        const float* e = a + c;
+        float* ga = out + 2 * r * c;
+        float* ge = ga + c;
+        const float* gr = g + r * c;
+        for (int64_t k = 0; k < c; ++k) {
+          const bool second = e[k] > a[k];
+          ga[k] = second ? 0.f : gr[k];
+          ge[k] = second ? gr[k] : 0.f;
+        }
+      }
+    });
+    return {gh};
+  }
+};
+
 struct UpsampleConcatFunction : public torch::autograd::Function<UpsampleConcatFunction> {
   static Tensor Build(const Tensor& low_in, const Tensor& skip_in, const Tensor& mask_in) {
     const Tensor low = low_in.contiguous(), skip = skip_in.contiguous(), mask = mask_in.contiguous();
@@ -377,6 +426,13 @@ struct UpsampleConcatFunction : public torch::autograd::Function<UpsampleConcatF
 };
 
 }  // namespace
+
+Tensor PoolConv3Columns(const Tensor& h) {
+  if (!at::GradMode::is_enabled() || !h.requires_grad()) {
+    return Conv3ColumnsFunction::Columns(PoolColumnsFunction::Pool(h.contiguous()));
+  }
+  return PoolColumnsFunction::apply(h);
+}
 
 Tensor UpsampleConcatColumns(const Tensor& low, const Tensor& skip, const Tensor& mask) {
   if (!at::GradMode::is_enabled() || !(low.requires_grad() || skip.requires_grad())) {

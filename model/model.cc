@@ -250,11 +250,9 @@ struct Model::Impl {
   }
 
   // ---- U-Net (docs/model.md) ----
-  // Input h must be zero at masked positions (zero padding inside the batch and at the edges).
-  Tensor Block(const Tensor& h, const ConvBlock& b, const Tensor& mk) const {
-    return SwishNormMask(Lin(Conv3Columns(h), b.conv), P(b.norm.g), P(b.norm.b), mk);
-  }
-
+  // Every convolution's input is zero at masked positions (zero padding inside the batch and at
+  // the edges): the input is masked once, block outputs are masked by SwishNormMask, pooling keeps
+  // zeros, and the up path masks the upsampled half.
   // x [B, n, 2D] -> [B, n, D]; m [B, n] float validity.
   Tensor Unet(Tensor x, Tensor m) const {
     const int64_t bsz = x.size(0), n = x.size(1);
@@ -274,9 +272,11 @@ struct Model::Impl {
     std::vector<Tensor> skips;
     Tensor h = x * masks[0];
     for (int l = 0; l < levels; ++l) {
-      // A pooled position is masked only if both inputs were, and those are zero: no re-masking.
-      if (l > 0) h = std::get<0>(h.view({bsz, h.size(1) / 2, 2, h.size(2)}).max(2));
-      h = Block(h, down[static_cast<size_t>(l)], masks[static_cast<size_t>(l)]);
+      // Max-pool 2 (l > 0) fused with the convolution's columns. A pooled position is masked only
+      // if both inputs were, and those are zero: no re-masking.
+      const ConvBlock& blk = down[static_cast<size_t>(l)];
+      const Tensor cols = l > 0 ? PoolConv3Columns(h) : Conv3Columns(h);
+      h = SwishNormMask(Lin(cols, blk.conv), P(blk.norm.g), P(blk.norm.b), masks[static_cast<size_t>(l)]);
       if (l + 1 < levels) skips.push_back(h);
     }
     for (int l = levels - 2; l >= 0; --l) {

@@ -545,6 +545,20 @@ TEST(ModelTest, FusedOpsMatchReference) {
     ExpectClose(sk1.grad(), sk2.grad(), 1e-6, "up columns d skip");
   }
 
+  // PoolConv3Columns against max-pool + Conv3Columns.
+  {
+    at::Tensor h0 = at::randn({2, 6, 3}, gen, at::kFloat);
+    h0[0][1][2] = h0[0][0][2].item<float>();  // a tie goes to the first element
+    at::Tensor p1 = h0.clone().requires_grad_(true), p2 = h0.clone().requires_grad_(true);
+    const at::Tensor cols = PoolConv3Columns(p1);
+    const at::Tensor want = Conv3Columns(std::get<0>(p2.view({2, 3, 2, 3}).max(2)));
+    ExpectClose(cols, want, 0, "pool columns");
+    const at::Tensor w = at::randn({2, 3, 9}, gen, at::kFloat);
+    (cols * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(p1.grad(), p2.grad(), 1e-6, "pool columns grad");
+  }
+
   // SoftmaxLoss with a bias row and excluded entries.
   const at::Tensor u0 = at::randn({4, 3}, gen, at::kFloat), i0 = at::randn({7, 3}, gen, at::kFloat);
   const at::Tensor bias = at::randn({7}, gen, at::kFloat);
