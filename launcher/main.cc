@@ -4,10 +4,10 @@
 // environment variables.
 #include <CLI/CLI.hpp>
 #include <glog/logging.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -18,6 +18,7 @@
 #include "data/prepare.h"
 #include "launcher/launch.h"
 #include "launcher/roles_main.h"
+#include "model/malloc_tuning.h"
 
 namespace t2d::launcher {
 namespace {
@@ -51,12 +52,14 @@ std::string SelfPath(const char* argv0) {
 }  // namespace
 
 int Main(int argc, char** argv) {
-  // Every training step allocates and frees the same large activation and gradient buffers.
-  // glibc would return them to the kernel each time (mmap/munmap, then zeroed page faults on the
-  // next step); keeping them in the heap made steps about 1.5x faster here.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  mallopt(M_TOP_PAD, 64 << 20);
+  // OpenMP reads its wait policy when the library loads, before main: with the default
+  // (spinning) policy a rank spins on a core that another rank of the job needs, which made
+  // 2-thread steps up to 30x slower on a shared machine. Set it and start again once.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    ::execv("/proc/self/exe", argv);  // only returns on failure; then carry on as we are
+  }
+  model::ConfigureMallocForTensors();
   CLI::App app{"t2diff: distributed parameter-server trainer for T2Diff (diffusion-based two-tower retrieval)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");

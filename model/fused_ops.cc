@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -68,14 +69,14 @@ struct SoftmaxLossFunction : public torch::autograd::Function<SoftmaxLossFunctio
 
 // out = (LN(swish(y)) * gamma + beta) * mask, row by row. When `sig`/`xhat`/`rstd` are not null
 // they receive sigmoid(y), the normalised activations and 1/std for the backward pass.
-void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, Tensor* out,
-                       Tensor* sig, Tensor* xhat, Tensor* rstd) {
+void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, bool swish,
+                       Tensor* out, Tensor* sig, Tensor* xhat, Tensor* rstd) {
   const int64_t c = y.size(-1), rows = y.numel() / c;
-  TORCH_CHECK(mask.numel() == rows && gamma.numel() == c && beta.numel() == c);
+  TORCH_CHECK((mask.numel() == rows || mask.numel() == 0) && gamma.numel() == c && beta.numel() == c);
   const float* yp = y.data_ptr<float>();
   const float* gp = gamma.data_ptr<float>();
   const float* bp = beta.data_ptr<float>();
-  const float* mp = mask.data_ptr<float>();
+  const float* mp = mask.numel() > 0 ? mask.data_ptr<float>() : nullptr;
   float* op = out->data_ptr<float>();
   float* sp = sig != nullptr ? sig->data_ptr<float>() : nullptr;
   float* xp = xhat != nullptr ? xhat->data_ptr<float>() : nullptr;
@@ -84,7 +85,8 @@ void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta,
     std::vector<float> a(static_cast<size_t>(c)), sg(static_cast<size_t>(c));
     for (int64_t r = lo; r < hi; ++r) {
       float* o = op + r * c;
-      if (mp[r] == 0.f) {
+      const float m = mp != nullptr ? mp[r] : 1.f;
+      if (m == 0.f) {
         std::fill(o, o + c, 0.f);
         if (sp != nullptr) {
           std::fill(sp + r * c, sp + (r + 1) * c, 0.f);
@@ -96,16 +98,15 @@ void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta,
       const float* yr = yp + r * c;
       float mu = 0;
       for (int64_t k = 0; k < c; ++k) {
-        const float s = 1.f / (1.f + std::exp(-yr[k]));
+        const float s = swish ? 1.f / (1.f + std::exp(-yr[k])) : 1.f;
         sg[static_cast<size_t>(k)] = s;
-        a[static_cast<size_t>(k)] = yr[k] * s;
+        a[static_cast<size_t>(k)] = swish ? yr[k] * s : yr[k];
         mu += a[static_cast<size_t>(k)];
       }
       mu /= static_cast<float>(c);
       float var = 0;
       for (int64_t k = 0; k < c; ++k) var += (a[static_cast<size_t>(k)] - mu) * (a[static_cast<size_t>(k)] - mu);
       const float inv = 1.f / std::sqrt(var / static_cast<float>(c) + kEps);
-      const float m = mp[r];
       for (int64_t k = 0; k < c; ++k) {
         const float xh = (a[static_cast<size_t>(k)] - mu) * inv;
         o[k] = (xh * gp[k] + bp[k]) * m;
@@ -121,25 +122,29 @@ void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta,
 
 struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& y_in, const Tensor& gamma_in, const Tensor& beta_in,
-                        const Tensor& mask_in) {
+                        const Tensor& mask_in, bool swish) {
     const Tensor y = y_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
-    const Tensor mask = mask_in.contiguous();
+    const int64_t rows = y.numel() / y.size(-1);
+    const Tensor mask = mask_in.numel() > 0 ? mask_in.contiguous() : at::ones({rows}, y.options());
     Tensor out = at::empty_like(y), sig = at::empty_like(y), xhat = at::empty_like(y);
-    Tensor rstd = at::empty({y.numel() / y.size(-1)}, y.options());
-    SwishNormMaskRows(y, gamma, beta, mask, &out, &sig, &xhat, &rstd);
+    Tensor rstd = at::empty({rows}, y.options());
+    SwishNormMaskRows(y, gamma, beta, mask, swish, &out, &sig, &xhat, &rstd);
     ctx->save_for_backward({y, gamma, mask, sig, xhat, rstd});
+    ctx->saved_data["swish"] = swish;
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &y = saved[0], &gamma = saved[1], &mask = saved[2], &sig = saved[3], &xhat = saved[4];
     const Tensor& rstd = saved[5];
+    const bool swish = ctx->saved_data["swish"].toBool();
     const Tensor dout = grad_out[0].contiguous();
     const int64_t c = y.size(-1), rows = y.numel() / c;
-    // dgamma and dbeta: column sums of dout * mask * xhat and dout * mask (xhat is 0 on masked rows).
-    const Tensor dm = dout.view({rows, c}) * mask.view({rows, 1});
-    const Tensor dgamma = (dm * xhat.view({rows, c})).sum(0);
-    const Tensor dbeta = dm.sum(0);
+    // dgamma and dbeta (column sums of dout * mask * xhat and dout * mask) are accumulated in the
+    // same pass, one partial sum per worker thread.
+    const int64_t workers = at::get_num_threads();
+    Tensor partial = at::zeros({workers, 2, c}, y.options());
+    float* pp = partial.data_ptr<float>();
     Tensor dy = at::empty_like(y);
     const float* yp = y.data_ptr<float>();
     const float* gp = gamma.data_ptr<float>();
@@ -150,6 +155,9 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
     const float* rp = rstd.data_ptr<float>();
     float* dyp = dy.data_ptr<float>();
     at::parallel_for(0, rows, 256, [&](int64_t lo, int64_t hi) {
+      const int64_t tid = std::min<int64_t>(at::get_thread_num(), workers - 1);
+      float* dg = pp + tid * 2 * c;
+      float* db = dg + c;
       for (int64_t r = lo; r < hi; ++r) {
         const float m = mp[r];
         float* dyr = dyp + r * c;
@@ -161,6 +169,8 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
         const float* xr = xp + r * c;
         float mean_dx = 0, mean_dx_xhat = 0;
         for (int64_t k = 0; k < c; ++k) {
+          dg[k] += d[k] * m * xr[k];
+          db[k] += d[k] * m;
           const float v = d[k] * m * gp[k];
           mean_dx += v;
           mean_dx_xhat += v * xr[k];
@@ -171,11 +181,12 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
         const float* sr = sp + r * c;
         for (int64_t k = 0; k < c; ++k) {
           const float da = rp[r] * (d[k] * m * gp[k] - mean_dx - xr[k] * mean_dx_xhat);
-          dyr[k] = da * sr[k] * (1.f + yr[k] * (1.f - sr[k]));
+          dyr[k] = swish ? da * sr[k] * (1.f + yr[k] * (1.f - sr[k])) : da;
         }
       }
     });
-    return {dy, dgamma, dbeta, Tensor()};
+    const Tensor sums = partial.sum(0);
+    return {dy, sums[0], sums[1], Tensor(), Tensor()};
   }
 };
 
@@ -309,7 +320,126 @@ struct Conv3ColumnsFunction : public torch::autograd::Function<Conv3ColumnsFunct
   }
 };
 
+struct PoolColumnsFunction : public torch::autograd::Function<PoolColumnsFunction> {
+  static Tensor Pool(const Tensor& h) {
+    const int64_t b = h.size(0), len = h.size(1), c = h.size(2);
+    TORCH_CHECK(len % 2 == 0);
+    Tensor p = at::empty({b, len / 2, c}, h.options());
+    const float* hp = h.data_ptr<float>();
+    float* pp = p.data_ptr<float>();
+    at::parallel_for(0, b * (len / 2), 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const float* a = hp + 2 * r * c;
+        const float* e = a + c;
+        float* o = pp + r * c;
+        for (int64_t k = 0; k < c; ++k) o[k] = e[k] > a[k] ? e[k] : a[k];
+      }
+    });
+    return p;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& h_in) {
+    const Tensor h = h_in.contiguous();
+    ctx->save_for_backward({h});
+    ctx->saved_data["c"] = h.size(2);
+    return Conv3ColumnsFunction::Columns(Pool(h));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor h = ctx->get_saved_variables()[0];
+    const Tensor gp = Conv3ColumnsFunction::backward(ctx, grad_out)[0];
+    const int64_t b = h.size(0), len = h.size(1), c = h.size(2);
+    Tensor gh = at::empty_like(h);
+    const float* hp = h.data_ptr<float>();
+    const float* g = gp.data_ptr<float>();
+    float* out = gh.data_ptr<float>();
+    at::parallel_for(0, b * (len / 2), 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const float* a = hp + 2 * r * c;
+        const float* e = a + c;
+        float* ga = out + 2 * r * c;
+        float* ge = ga + c;
+        const float* gr = g + r * c;
+        for (int64_t k = 0; k < c; ++k) {
+          const bool second = e[k] > a[k];
+          ga[k] = second ? 0.f : gr[k];
+          ge[k] = second ? gr[k] : 0.f;
+        }
+      }
+    });
+    return {gh};
+  }
+};
+
+struct UpsampleConcatFunction : public torch::autograd::Function<UpsampleConcatFunction> {
+  static Tensor Build(const Tensor& low_in, const Tensor& skip_in, const Tensor& mask_in) {
+    const Tensor low = low_in.contiguous(), skip = skip_in.contiguous(), mask = mask_in.contiguous();
+    const int64_t b = skip.size(0), len = skip.size(1), c = skip.size(2);
+    TORCH_CHECK(low.size(0) == b && low.size(1) * 2 == len && low.size(2) == c && mask.numel() == b * len);
+    Tensor u = at::empty({b, len, 2 * c}, skip.options());
+    const float* lp = low.data_ptr<float>();
+    const float* sp = skip.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    float* up = u.data_ptr<float>();
+    at::parallel_for(0, b * len, 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t i = r / len, j = r % len;
+        float* dst = up + r * 2 * c;
+        const float m = mp[r];
+        const float* src = lp + (i * (len / 2) + j / 2) * c;
+        for (int64_t k = 0; k < c; ++k) dst[k] = src[k] * m;
+        std::copy(sp + r * c, sp + (r + 1) * c, dst + c);
+      }
+    });
+    return Conv3ColumnsFunction::Columns(u);
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& low, const Tensor& skip, const Tensor& mask) {
+    ctx->save_for_backward({mask});
+    ctx->saved_data["c"] = 2 * skip.size(2);  // channels of u, read by Conv3ColumnsFunction::backward
+    return Build(low, skip, mask);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor mask = ctx->get_saved_variables()[0].contiguous();
+    // Gradient of the columns w.r.t. u, then split u's gradient into low and skip.
+    Tensor gu = Conv3ColumnsFunction::backward(ctx, grad_out)[0];
+    const int64_t b = gu.size(0), len = gu.size(1), c = gu.size(2) / 2;
+    Tensor glow = at::zeros({b, len / 2, c}, gu.options());
+    Tensor gskip = at::empty({b, len, c}, gu.options());
+    const float* gp = gu.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    float* lp = glow.data_ptr<float>();
+    float* sp = gskip.data_ptr<float>();
+    at::parallel_for(0, b, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        for (int64_t j = 0; j < len; ++j) {
+          const int64_t r = i * len + j;
+          const float* g = gp + r * 2 * c;
+          const float m = mp[r];
+          float* dl = lp + (i * (len / 2) + j / 2) * c;
+          if (m != 0.f) {
+            for (int64_t k = 0; k < c; ++k) dl[k] += g[k] * m;
+          }
+          std::copy(g + c, g + 2 * c, sp + r * c);
+        }
+      }
+    });
+    return {glow, gskip, Tensor()};
+  }
+};
+
 }  // namespace
+
+Tensor PoolConv3Columns(const Tensor& h) {
+  if (!at::GradMode::is_enabled() || !h.requires_grad()) {
+    return Conv3ColumnsFunction::Columns(PoolColumnsFunction::Pool(h.contiguous()));
+  }
+  return PoolColumnsFunction::apply(h);
+}
+
+Tensor UpsampleConcatColumns(const Tensor& low, const Tensor& skip, const Tensor& mask) {
+  if (!at::GradMode::is_enabled() || !(low.requires_grad() || skip.requires_grad())) {
+    return UpsampleConcatFunction::Build(low, skip, mask);
+  }
+  return UpsampleConcatFunction::apply(low, skip, mask);
+}
 
 Tensor Conv3Columns(const Tensor& h) {
   if (!at::GradMode::is_enabled() || !h.requires_grad()) return Conv3ColumnsFunction::Columns(h);
@@ -337,14 +467,27 @@ Tensor SoftmaxLoss(const Tensor& users, const Tensor& items, const Tensor& label
                                     exclude.defined() ? exclude : at::empty({0}, at::kBool));
 }
 
-Tensor SwishNormMask(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask) {
+namespace {
+
+Tensor NormRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, bool swish) {
   if (!at::GradMode::is_enabled() || !(y.requires_grad() || gamma.requires_grad() || beta.requires_grad())) {
     const Tensor yc = y.contiguous();
     Tensor out = at::empty_like(yc);
-    SwishNormMaskRows(yc, gamma.contiguous(), beta.contiguous(), mask.contiguous(), &out, nullptr, nullptr, nullptr);
+    SwishNormMaskRows(yc, gamma.contiguous(), beta.contiguous(), mask.contiguous(), swish, &out, nullptr, nullptr,
+                      nullptr);
     return out;
   }
-  return SwishNormMaskFunction::apply(y, gamma, beta, mask);
+  return SwishNormMaskFunction::apply(y, gamma, beta, mask, swish);
+}
+
+}  // namespace
+
+Tensor SwishNormMask(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask) {
+  return NormRows(y, gamma, beta, mask, true);
+}
+
+Tensor LayerNormLastDim(const Tensor& y, const Tensor& gamma, const Tensor& beta) {
+  return NormRows(y, gamma, beta, at::empty({0}, y.options()), false);
 }
 
 }  // namespace t2d::model

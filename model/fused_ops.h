@@ -41,8 +41,22 @@ at::Tensor GatherItems(const at::Tensor& id_rows, const at::Tensor& tag_rows, co
 // pad + three slices + cat (whose backward allocates and zero-fills three padded copies).
 at::Tensor Conv3Columns(const at::Tensor& h);
 
+// Max-pool by 2 along the sequence (pairs (2j, 2j + 1); L even), then Conv3Columns:
+// h [B, L, C] -> [B, L/2, 3C]. The gradient goes to the larger element of each pair (the first
+// on ties, as at::max).
+at::Tensor PoolConv3Columns(const at::Tensor& h);
+
+// The U-Net's up-path input, in one op: u[b, j] = concat(low[b, j / 2] * mask[b, j], skip[b, j])
+// (nearest upsample of low, masked, next to the skip connection), returned as Conv3Columns(u):
+// low [B, L/2, c], skip [B, L, c], mask [B, L] (0/1) -> [B, L, 6c].
+at::Tensor UpsampleConcatColumns(const at::Tensor& low, const at::Tensor& skip, const at::Tensor& mask);
+
 // out[r, :] = LayerNorm_c(swish(y[r, :])) * gamma + beta, times mask[r] (0 or 1).
 // y [..., C] float (rows = all leading dims), gamma/beta [C], mask with numel = rows.
 at::Tensor SwishNormMask(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mask);
+
+// LayerNorm over the last dimension (eps 1e-5) with the same row kernel: at::layer_norm is slow
+// for the few channels of this model.
+at::Tensor LayerNormLastDim(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta);
 
 }  // namespace t2d::model

@@ -5,7 +5,11 @@
 namespace t2d::model {
 
 bool ConfigureMallocForTensors() {
-  bool ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
+  // mmap() is capped at 32 MiB thresholds, and larger activations (the industrial-size model
+  // allocates blocks of hundreds of MiB per step) would still be mapped and faulted in afresh
+  // on every step: serve everything from the heap instead.
+  bool ok = mallopt(M_MMAP_MAX, 0) == 1;
+  ok &= mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
   ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
   ok &= mallopt(M_TOP_PAD, 64 << 20) == 1;
   return ok;

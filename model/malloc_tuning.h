@@ -12,8 +12,9 @@
 // not called by the library itself because it changes process-global state.
 namespace t2d::model {
 
-// Sets M_MMAP_THRESHOLD to 32 MiB (the glibc maximum), M_TRIM_THRESHOLD to 1 GiB and
-// M_TOP_PAD to 64 MiB. Returns false if glibc rejected a setting.
+// Disables mmap() for allocations (M_MMAP_MAX = 0; the 32 MiB maximum of M_MMAP_THRESHOLD is
+// too low for industrial-size activations), sets M_TRIM_THRESHOLD to 1 GiB and M_TOP_PAD to
+// 64 MiB. The process then keeps its peak heap size. Returns false if glibc rejected a setting.
 bool ConfigureMallocForTensors();
 
 }  // namespace t2d::model

@@ -25,6 +25,7 @@ using at::Tensor;
 using config::ModelConfig;
 
 constexpr float kMasked = -1e30f;  // additive attention bias of a forbidden key
+constexpr int64_t kKernelMaxDim = 16;  // largest D for which one request uses the plain-C++ U-Net
 
 Tensor LongTensor(const std::vector<int64_t>& v) {
   return at::from_blob(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())}, at::kLong).clone();
@@ -237,7 +238,7 @@ struct Model::Impl {
     return l.b >= 0 ? at::linear(x, P(l.w), P(l.b)) : at::linear(x, P(l.w));
   }
   Tensor LN(const Tensor& x, const Norm& n) const {
-    return at::layer_norm(x, {x.size(-1)}, P(n.g), P(n.b), 1e-5, /*cudnn_enable=*/false);
+    return LayerNormLastDim(x, P(n.g), P(n.b));
   }
 
   // ---- Embedding ----
@@ -249,11 +250,9 @@ struct Model::Impl {
   }
 
   // ---- U-Net (docs/model.md) ----
-  // Input h must be zero at masked positions (zero padding inside the batch and at the edges).
-  Tensor Block(const Tensor& h, const ConvBlock& b, const Tensor& mk) const {
-    return SwishNormMask(Lin(Conv3Columns(h), b.conv), P(b.norm.g), P(b.norm.b), mk);
-  }
-
+  // Every convolution's input is zero at masked positions (zero padding inside the batch and at
+  // the edges): the input is masked once, block outputs are masked by SwishNormMask, pooling keeps
+  // zeros, and the up path masks the upsampled half.
   // x [B, n, 2D] -> [B, n, D]; m [B, n] float validity.
   Tensor Unet(Tensor x, Tensor m) const {
     const int64_t bsz = x.size(0), n = x.size(1);
@@ -273,17 +272,18 @@ struct Model::Impl {
     std::vector<Tensor> skips;
     Tensor h = x * masks[0];
     for (int l = 0; l < levels; ++l) {
-      // A pooled position is masked only if both inputs were, and those are zero: no re-masking.
-      if (l > 0) h = std::get<0>(h.view({bsz, h.size(1) / 2, 2, h.size(2)}).max(2));
-      h = Block(h, down[static_cast<size_t>(l)], masks[static_cast<size_t>(l)]);
+      // Max-pool 2 (l > 0) fused with the convolution's columns. A pooled position is masked only
+      // if both inputs were, and those are zero: no re-masking.
+      const ConvBlock& blk = down[static_cast<size_t>(l)];
+      const Tensor cols = l > 0 ? PoolConv3Columns(h) : Conv3Columns(h);
+      h = SwishNormMask(Lin(cols, blk.conv), P(blk.norm.g), P(blk.norm.b), masks[static_cast<size_t>(l)]);
       if (l + 1 < levels) skips.push_back(h);
     }
     for (int l = levels - 2; l >= 0; --l) {
       const UpLevel& u = up[static_cast<size_t>(l)];
-      h = Lin(h, u.proj);
-      const int64_t len = h.size(1), c = h.size(2);
-      h = h.unsqueeze(2).expand({bsz, len, 2, c}).reshape({bsz, 2 * len, c}) * masks[static_cast<size_t>(l)];
-      h = Block(at::cat({h, skips[static_cast<size_t>(l)]}, 2), u.block, masks[static_cast<size_t>(l)]);
+      const Tensor& mk = masks[static_cast<size_t>(l)];
+      const Tensor cols = UpsampleConcatColumns(Lin(h, u.proj), skips[static_cast<size_t>(l)], mk);
+      h = SwishNormMask(Lin(cols, u.block.conv), P(u.block.norm.g), P(u.block.norm.b), mk);
     }
     h = Lin(h, unet_out) * masks[0];
     return left > 0 ? h.narrow(1, left, n) : h;
@@ -461,8 +461,9 @@ struct Model::Impl {
     }
     Tensor cond = samples > 1 ? x.repeat_interleave(samples, 0) : x;
     Tensor mask = samples > 1 ? lay.mask.repeat_interleave(samples, 0) : lay.mask;
-    if (lay.b == 1 && !opt.force_tensor_ops) {
-      // Serving path (one request): the plain-C++ U-Net avoids ~90 tensor ops per step.
+    if (lay.b == 1 && d <= kKernelMaxDim && !opt.force_tensor_ops) {
+      // Serving path (one request, small D): the plain-C++ U-Net avoids ~90 tensor ops per step.
+      // At larger D the convolutions are big enough for BLAS to win.
       z = z.contiguous();
       cond = cond.contiguous();
       mask = mask.contiguous();

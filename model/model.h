@@ -82,8 +82,8 @@ struct InferenceOptions {
   // sample_seeds[b] (and `seed` is unused), so a sample's output does not depend on which
   // batch, worker or request it is computed in. Evaluation and serving use this.
   std::vector<uint64_t> sample_seeds;
-  // One request (B = 1) runs the U-Net through a plain-C++ kernel (model/unet_kernel.h);
-  // true forces tensor ops (tests compare the two).
+  // One request (B = 1) with D <= 16 runs the U-Net through a plain-C++ kernel
+  // (model/unet_kernel.h); true forces tensor ops (tests compare the two).
   bool force_tensor_ops = false;
 };
 

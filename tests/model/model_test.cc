@@ -471,6 +471,17 @@ TEST(ModelTest, FusedOpsMatchReference) {
     ExpectClose(y1.grad(), y2.grad(), 1e-4, "swish-norm dy");
     ExpectClose(g1.grad(), g2.grad(), 1e-4, "swish-norm dgamma");
     ExpectClose(b1.grad(), b2.grad(), 1e-4, "swish-norm dbeta");
+
+    at::Tensor y3 = y0.clone().requires_grad_(true), g3 = g0.clone().requires_grad_(true), b3 = b0.clone().requires_grad_(true);
+    at::Tensor y4 = y0.clone().requires_grad_(true), g4 = g0.clone().requires_grad_(true), b4 = b0.clone().requires_grad_(true);
+    const at::Tensor ln = LayerNormLastDim(y3, g3, b3);
+    const at::Tensor ln_ref = at::layer_norm(y4, {c}, g4, b4, 1e-5, false);
+    ExpectClose(ln, ln_ref, 1e-5, "layer norm forward");
+    (ln * dout).sum().backward();
+    (ln_ref * dout).sum().backward();
+    ExpectClose(y3.grad(), y4.grad(), 1e-4, "layer norm dy");
+    ExpectClose(g3.grad(), g4.grad(), 1e-4, "layer norm dgamma");
+    ExpectClose(b3.grad(), b4.grad(), 1e-4, "layer norm dbeta");
   }
   const at::Tensor l0 = at::randn({6, 9}, gen, at::kFloat) * 3;
   const at::Tensor labels = at::tensor(std::vector<int64_t>{0, 8, 3, 3, 1, 5});
@@ -515,6 +526,37 @@ TEST(ModelTest, FusedOpsMatchReference) {
     (cols * w).sum().backward();
     (want * w).sum().backward();
     ExpectClose(h1.grad(), h2.grad(), 1e-6, "conv columns grad");
+  }
+
+  // UpsampleConcatColumns against upsample + mask + cat + Conv3Columns.
+  {
+    const at::Tensor low0 = at::randn({2, 3, 2}, gen, at::kFloat), skip0 = at::randn({2, 6, 2}, gen, at::kFloat);
+    const at::Tensor mk = at::tensor(std::vector<float>{0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1}).view({2, 6, 1});
+    at::Tensor lo1 = low0.clone().requires_grad_(true), sk1 = skip0.clone().requires_grad_(true);
+    at::Tensor lo2 = low0.clone().requires_grad_(true), sk2 = skip0.clone().requires_grad_(true);
+    const at::Tensor cols = UpsampleConcatColumns(lo1, sk1, mk);
+    const at::Tensor up = lo2.unsqueeze(2).expand({2, 3, 2, 2}).reshape({2, 6, 2}) * mk;
+    const at::Tensor want = Conv3Columns(at::cat({up, sk2}, 2));
+    ExpectClose(cols, want, 0, "up columns");
+    const at::Tensor w = at::randn({2, 6, 12}, gen, at::kFloat);
+    (cols * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(lo1.grad(), lo2.grad(), 1e-6, "up columns d low");
+    ExpectClose(sk1.grad(), sk2.grad(), 1e-6, "up columns d skip");
+  }
+
+  // PoolConv3Columns against max-pool + Conv3Columns.
+  {
+    at::Tensor h0 = at::randn({2, 6, 3}, gen, at::kFloat);
+    h0[0][1][2] = h0[0][0][2].item<float>();  // a tie goes to the first element
+    at::Tensor p1 = h0.clone().requires_grad_(true), p2 = h0.clone().requires_grad_(true);
+    const at::Tensor cols = PoolConv3Columns(p1);
+    const at::Tensor want = Conv3Columns(std::get<0>(p2.view({2, 3, 2, 3}).max(2)));
+    ExpectClose(cols, want, 0, "pool columns");
+    const at::Tensor w = at::randn({2, 3, 9}, gen, at::kFloat);
+    (cols * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(p1.grad(), p2.grad(), 1e-6, "pool columns grad");
   }
 
   // SoftmaxLoss with a bias row and excluded entries.
