@@ -13,7 +13,7 @@ steps=${1:-300}
 t2diff=${BUILD_DIR:-build}/launcher/t2diff
 data=../shared/data/ml-1m/ml-1m_sequences.txt.gz
 if [ ! -f "$data" ]; then echo "bench_train: $data not found; skipping"; exit 0; fi
-export OMPI_MCA_plm=${OMPI_MCA_plm:-isolated} OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
+export OMPI_MCA_plm=${OMPI_MCA_plm:-isolated}
 work=$(mktemp -d /tmp/t2d-bench-train.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cfg=configs/examples/ml1m.textproto

@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <glog/logging.h>
 #include <google/protobuf/text_format.h>
@@ -431,6 +432,8 @@ int64_t Trainer::step() const { return impl_->step; }
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& context) {
   auto impl = std::make_unique<Impl>();
   impl->ctx = context;
+  // Intra-op threads of this worker (torch's own default here is 1, whatever the core count).
+  at::set_num_threads(context.config.cluster().torch_threads());
   Impl& t = *impl;
   const auto& cfg = context.config;
   t.rank = context.workers->rank();
