@@ -13,6 +13,8 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+  # training curves of the quality study (bench/quality/run_study.py)
+  gnuplot-nox
 )
 
 missing=()
