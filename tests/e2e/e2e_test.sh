@@ -73,6 +73,15 @@ model_r=$(sed -n 's/^test .*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 pop_r=$(sed -n 's/^popularity baseline:.*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 check "model beats popularity on test ($model_r vs $pop_r)" awk -v m="$model_r" -v p="$pop_r" 'BEGIN { exit !(m != "" && p != "" && m > p + 0.05) }'
 check "metrics file written" contains "$W/out/metrics.jsonl" '"kind": "summary"'
+# Training throughput leaves evaluation and checkpoint time out: samples/s x (train - eval
+# seconds) = steps x batch 64 x 2 workers (to the rounding of the printed seconds).
+summary=$(grep '"kind": "summary"' "$W/out/metrics.jsonl")
+field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p" <<< "$summary"; }
+check "summary separates evaluation time ($(field eval_seconds) s of $(field train_seconds) s)" \
+  awk -v e="$(field eval_seconds)" -v t="$(field train_seconds)" 'BEGIN { exit !(e > 0 && e < t) }'
+check "samples/s counts training time only ($(field samples_per_s))" \
+  awk -v r="$(field samples_per_s)" -v t="$(field train_seconds)" -v e="$(field eval_seconds)" -v s="$(field steps)" \
+  'BEGIN { n = s * 64 * 2; d = r * (t - e) - n; if (d < 0) d = -d; exit !(d <= 0.02 * n) }'
 
 # --- Resume equals uninterrupted --------------------------------------------------------------
 "${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/resume.textproto" --set training.max_steps=17 > "$W/part1.log" 2>&1
