@@ -237,14 +237,14 @@ def read_metrics(path):
     return out
 
 
-def run_one(binary, suite, dataset, train_samples, model, seed, epochs, work, resume, timeout_s):
-    rundir = os.path.join(work, "runs", suite.name, model, "seed%d" % seed)
+def run_one(binary, suite, dataset, train_samples, model, seed, epochs, work, resume, timeout_s, extra=(), tag=""):
+    rundir = os.path.join(work, "runs", suite.name, model + ("-" + tag if tag else ""), "seed%d" % seed)
     # About 40 points on the loss curve.
     steps = max(1, -(-train_samples // 512)) * epochs
     sets = ["data.dataset_dir=" + dataset, "model.kind=" + model, "training.epochs=%d" % epochs,
             "training.log_every_steps=%d" % max(1, steps // 40), "eval.every_epochs=%d" % suite.eval_every,
             "training.output_dir=" + rundir, "eval.paper_protocol=%s" % ("true" if suite.paper else "false"),
-            "checkpoint.dir="] + seed_overrides(seed)
+            "checkpoint.dir="] + seed_overrides(seed) + list(extra)
     cmd = ["nice", "-n", "19", binary, "launch", "-c", suite.config]
     for s in sets:
         cmd += ["--set", s]
@@ -269,13 +269,145 @@ def run_one(binary, suite, dataset, train_samples, model, seed, epochs, work, re
     if rc == 0 and not (metrics and metrics["summary"]):
         rc = -2
     res = {"suite": suite.name, "model": model, "seed": seed, "epochs": epochs, "command": cmd, "rc": rc,
-           "wall_s": wall, "log": os.path.join(rundir, "log.txt")}
+           "wall_s": wall, "log": os.path.join(rundir, "log.txt"), "dir": rundir, "sets": sets}
     with open(record, "w") as f:
         json.dump(res, f, indent=1)
     s = metrics["summary"] if metrics and metrics["summary"] else {}
-    log("%s %s seed %d: rc %d, %.0f s, Recall@20 %s" % (suite.name, model, seed, rc, wall,
+    log("%s %s%s seed %d: rc %d, %.0f s, Recall@20 %s" % (suite.name, model, " " + tag if tag else "", seed, rc, wall,
                                                         "%.4f" % s["recall@20"] if "recall@20" in s else "-"))
     return dict(res, metrics=metrics)
+
+
+# ------------------------------------------------------------------------------------------
+# Beyond the paper (--beyond): embedding width, what the generated token carries, reverse cost
+
+BEYOND_SUITE = "ml1m_time_paper"
+WIDTHS = (16, 64)  # D = 4 is the main study
+# (label, overrides) of the evaluations of one trained T2Diff model.
+INFERENCE_VARIANTS = [
+    ("as trained: x_hat from the reverse process (1 sample, 50 steps)", []),
+    ("x_hat replaced by the last behaviour x_n", ["model.inference_token=LAST_BEHAVIOUR"]),
+    ("x_hat = average of 8 reverse-process samples", ["model.inference_samples=8"]),
+    ("x_hat from 25 reverse steps (of T = 50)", ["model.inference_reverse_steps=25"]),
+    ("x_hat from 10 reverse steps (of T = 50)", ["model.inference_reverse_steps=10"]),
+]
+LATENCY_STEPS = (10, 25, 50)
+
+
+def parse_metric_line(line):
+    out = {}
+    for tok in line.split():
+        if "@" in tok and "=" in tok:
+            name, value = tok.split("=", 1)
+            try:
+                out[name.lower()] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def run_eval(binary, config, sets, logpath):
+    cmd = ["nice", "-n", "19", binary, "eval", "-c", config]
+    for s in sets:
+        cmd += ["--set", s]
+    start = time.time()
+    with open(logpath, "w") as f:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.time() - start
+    test = None
+    with open(logpath) as f:
+        for line in f:
+            if line.startswith("test ("):
+                test = parse_metric_line(line)
+    return rc, wall, test
+
+
+def user_tower_latency(binary, config, sets, rundir, steps, history):
+    """Median user-tower latency (ms) of single requests to an exported bundle."""
+    bundle = os.path.join(rundir, "bundle-%d" % steps)
+    cmd = ["nice", "-n", "19", binary, "export", "-c", config]
+    for s in sets + ["model.inference_reverse_steps=%d" % steps]:
+        cmd += ["--set", s]
+    with open(os.path.join(rundir, "export-%d.log" % steps), "w") as f:
+        if subprocess.call(cmd + ["--out", bundle], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT) != 0:
+            return None
+    times = []
+    for i in range(7):
+        out = subprocess.run(["nice", "-n", "19", binary, "retrieve", "--bundle", bundle, "--history", history,
+                              "--k", "20", "--seed", str(i + 1)], cwd=ROOT, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("latency: user tower"):
+                times.append(float(line.split()[3]))
+    return statistics.median(times) if times else None
+
+
+def run_beyond(args, binary, models):
+    suite = next(s for s in SUITES if s.name == BEYOND_SUITE)
+    dataset, _, train_samples = prepare(binary, suite, args.work)
+    epochs = suite.epochs(args)
+    out = {"widths": OrderedDict(), "inference": OrderedDict(), "latency": {}, "epochs": epochs}
+    for width in WIDTHS:
+        half = width // 2
+        extra = ["tables[item_id].dim=%d" % half, "tables[item_tag].dim=%d" % half]
+        by_model = OrderedDict()
+        for model in models:
+            by_model[model] = [run_one(binary, suite, dataset, train_samples, model, seed, epochs, args.work,
+                                       args.resume, args.run_timeout, extra, "D%d" % width)
+                               for seed in range(1, args.seeds + 1)]
+        out["widths"][width] = by_model
+    history = None
+    for seed in range(1, args.seeds + 1):
+        rundir = os.path.join(args.work, "runs", suite.name, "T2DIFF-ckpt", "seed%d" % seed)
+        run = run_one(binary, suite, dataset, train_samples, "T2DIFF", seed, epochs, args.work, args.resume,
+                      args.run_timeout, ["checkpoint.dir=" + os.path.join(rundir, "ckpt")], "ckpt")
+        if run["rc"] != 0:
+            continue
+        sets = [s for s in run["sets"] if not s.startswith("checkpoint.dir=")]
+        sets.append("checkpoint.dir=" + os.path.join(rundir, "ckpt"))
+        for label, over in INFERENCE_VARIANTS:
+            logpath = os.path.join(rundir, "eval-%d.log" % INFERENCE_VARIANTS.index((label, over)))
+            rc, wall, test = run_eval(binary, suite.config, sets + over, logpath)
+            out["inference"].setdefault(label, []).append({"rc": rc, "wall_s": wall, "test": test})
+            log("beyond: seed %d, %s: Recall@20 %s" % (seed, label, test.get("recall@20") if test else "-"))
+        if seed == 1:
+            if history is None:
+                with gzip.open(os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ml-1m_sequences.txt.gz"), "rt") as f:
+                    history = " ".join(f.readline().split()[1:][-50:])
+            for steps in LATENCY_STEPS:
+                out["latency"][steps] = user_tower_latency(binary, suite.config, sets, rundir, steps, history)
+                log("beyond: user tower latency with %d reverse steps: %s ms" % (steps, out["latency"][steps]))
+    return out
+
+
+def beyond_section(beyond, suite_title):
+    L = ["## Beyond the paper (%s, %d epoch(s))" % (suite_title, beyond["epochs"]), ""]
+    L.append("### Embedding width D (every model; D = 4 is the table above)")
+    L.append("")
+    L.append("| model | D | Recall@20 | MRR@20 | NDCG@20 | Recall@50 | wall s | samples/s |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for width, by_model in beyond["widths"].items():
+        for model, runs in by_model.items():
+            agg, ok, total = aggregate(runs)
+            L.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
+                MODELS[model], width, fmt(*agg["recall@20"]), fmt(*agg["mrr@20"]), fmt(*agg["ndcg@20"]),
+                fmt(*agg["recall@50"]), fmt(*agg["wall_s"], digits=0), fmt(*agg["samples_per_s"], digits=0)))
+    L.append("")
+    L.append("### What the generated token contributes at inference (T2Diff, D = 4, the same trained models)")
+    L.append("")
+    L.append("| inference | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | eval wall s (valid + test, 1 process) |")
+    L.append("|---|---|---|---|---|---|")
+    for label, evals in beyond["inference"].items():
+        ok = [e for e in evals if e["rc"] == 0 and e["test"]]
+        cells = [fmt(*mean_std([e["test"].get(m) for e in ok])) for m in ("recall@2", "recall@20", "mrr@20", "ndcg@20")]
+        L.append("| %s | %s | %s |" % (label, " | ".join(cells), fmt(*mean_std([e["wall_s"] for e in ok]), digits=1)))
+    L.append("")
+    if beyond["latency"]:
+        L.append("User-tower latency of one request (`t2diff retrieve` on an exported bundle, history of 50, median "
+                 "of 7, first seed): " + ", ".join(
+                     "%d reverse steps %s ms" % (k, "%.2f" % v if v is not None else "–")
+                     for k, v in sorted(beyond["latency"].items())) + ".")
+        L.append("")
+    return "\n".join(L)
 
 
 # ------------------------------------------------------------------------------------------
@@ -511,7 +643,7 @@ def targets(all_aggs):
     return "\n".join(lines)
 
 
-def write_page(args, suites, results, prep, plots, started, finished, mach, rev):
+def write_page(args, suites, results, prep, plots, started, finished, mach, rev, beyond=None):
     quick = args.quick
     cmd = "python3 bench/quality/run_study.py" + (" --quick" if quick else "")
     extra = [a for a in sys.argv[1:] if a != "--quick"]
@@ -584,6 +716,8 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev)
         L.append("")
     L.append("\n\n".join(tables))
     L.append("")
+    if beyond:
+        L.append(beyond_section(beyond, next(s.title for s in SUITES if s.name == BEYOND_SUITE)))
     failed = [r for s in results.values() for runs in s.values() for r in runs if r["rc"] != 0]
     if failed:
         L.append("## Failed runs")
@@ -613,6 +747,9 @@ def main():
     p.add_argument("--no-build", action="store_true", help="use the existing build as it is")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--resume", action="store_true", help="reuse finished runs with identical commands")
+    p.add_argument("--beyond", action="store_true",
+                   help="also: widths D = 16, 64 for every model, the generated token at inference, reverse-process "
+                        "cost (on %s)" % BEYOND_SUITE)
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds before one run is abandoned")
     args = p.parse_args()
     if args.seeds is None:
@@ -660,6 +797,9 @@ def main():
                 plots[suite.name] = png
         # Write the page after every suite, so an interrupted study still leaves one.
         write_page(args, suites, results, prep, plots, started, datetime.datetime.utcnow(), mach, rev)
+    if args.beyond:
+        beyond = run_beyond(args, binary, models)
+        write_page(args, suites, results, prep, plots, started, datetime.datetime.utcnow(), mach, rev, beyond)
     log("done in %.1f minutes" % ((datetime.datetime.utcnow() - started).total_seconds() / 60))
 
 
