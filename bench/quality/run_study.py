@@ -646,7 +646,8 @@ def targets(all_aggs):
 def write_page(args, suites, results, prep, plots, started, finished, mach, rev, beyond=None):
     quick = args.quick
     cmd = "python3 bench/quality/run_study.py" + (" --quick" if quick else "")
-    extra = [a for a in sys.argv[1:] if a != "--quick"]
+    # Flags that do not change the results are left out of the command shown.
+    extra = [a for a in sys.argv[1:] if a not in ("--quick", "--no-build", "--resume")]
     if extra:
         cmd += " " + " ".join(extra)
     L = []
@@ -680,6 +681,9 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev,
              "prepared data (all users), a floor.")
     L.append("")
     L.append("## Targets (issue 7)")
+    L.append("")
+    L.append("At the validation-selected epoch, mean over seeds. \"By > 2 sd\": the gap between the two means "
+             "exceeds twice sqrt(sd_a^2 + sd_b^2), the standard deviation of the difference of two runs.")
     L.append("")
     all_aggs = {}
     tables = []
