@@ -784,6 +784,11 @@ def main():
     log("machine: %s; revision %s; %d suites x %d models x %d seeds" % (mach, rev, len(suites), len(models), args.seeds))
     results, prep, plots = OrderedDict(), {}, {}
     plot_dir = os.path.join(os.path.dirname(args.results), "results")
+    # Curves of an earlier study would outlive this one's page: start clean.
+    if os.path.isdir(plot_dir):
+        for f in os.listdir(plot_dir):
+            if f.endswith(".png") and f[:-4] in {s.name for s in SUITES}:
+                os.remove(os.path.join(plot_dir, f))
     for suite in suites:
         epochs = suite.epochs(args)
         dataset, summary, train_samples = prepare(binary, suite, args.work)
