@@ -74,13 +74,13 @@ class Suite:
 # The authors' protocol on the small sets has only ~4,000 training samples (8 steps) per epoch,
 # hence many epochs, validated every 5.
 SUITES = [
-    Suite("ml1m_file_paper", "ML-1M, file order (users 1-2999), authors' protocol", True, 20, 5),
+    Suite("ml1m_file_paper", "ML-1M, file order (users 1-2999), authors' protocol", True, 20, 4),
     Suite("ml1m_time_paper", "ML-1M, time order (all 6,040 users), authors' protocol", True, 10, 3),
     Suite("ml1m_file_clean", "ML-1M, file order (users 1-2999), clean protocol (last item)", False, 1, None),
     Suite("ml1m_time_clean", "ML-1M, time order (all 6,040 users), clean protocol (last item)", False, 1, None),
-    Suite("ml100k_paper", "MovieLens-100k, time order, authors' protocol", True, 60, 20, 5),
+    Suite("ml100k_paper", "MovieLens-100k, time order, authors' protocol", True, 60, 12, 5),
     Suite("ml100k_clean", "MovieLens-100k, time order, clean protocol (last item)", False, 2, 1),
-    Suite("movietweetings_paper", "MovieTweetings 100K, time order, authors' protocol", True, 60, 20, 5),
+    Suite("movietweetings_paper", "MovieTweetings 100K, time order, authors' protocol", True, 60, 12, 5),
     Suite("movietweetings_clean", "MovieTweetings 100K, time order, clean protocol (last item)", False, 2, 1),
 ]
 
@@ -346,7 +346,7 @@ def run_beyond(args, binary, models):
     dataset, _, train_samples = prepare(binary, suite, args.work)
     epochs = suite.epochs(args)
     out = {"widths": OrderedDict(), "inference": OrderedDict(), "latency": {}, "epochs": epochs}
-    for width in WIDTHS:
+    for width in (WIDTHS if "widths" in args.beyond_parts else ()):
         half = width // 2
         extra = ["tables[item_id].dim=%d" % half, "tables[item_tag].dim=%d" % half]
         by_model = OrderedDict()
@@ -356,7 +356,7 @@ def run_beyond(args, binary, models):
                                for seed in range(1, args.seeds + 1)]
         out["widths"][width] = by_model
     history = None
-    for seed in range(1, args.seeds + 1):
+    for seed in (range(1, args.seeds + 1) if "inference" in args.beyond_parts else ()):
         rundir = os.path.join(args.work, "runs", suite.name, "T2DIFF-ckpt", "seed%d" % seed)
         run = run_one(binary, suite, dataset, train_samples, "T2DIFF", seed, epochs, args.work, args.resume,
                       args.run_timeout, ["checkpoint.dir=" + os.path.join(rundir, "ckpt")], "ckpt")
@@ -381,10 +381,11 @@ def run_beyond(args, binary, models):
 
 def beyond_section(beyond, suite_title):
     L = ["## Beyond the paper (%s, %d epoch(s))" % (suite_title, beyond["epochs"]), ""]
-    L.append("### Embedding width D (every model; D = 4 is the table above)")
-    L.append("")
-    L.append("| model | D | Recall@20 | MRR@20 | NDCG@20 | Recall@50 | wall s | samples/s |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    if beyond["widths"]:
+        L.append("### Embedding width D (every model; D = 4 is the table above)")
+        L.append("")
+        L.append("| model | D | Recall@20 | MRR@20 | NDCG@20 | Recall@50 | wall s | samples/s |")
+        L.append("|---|---|---|---|---|---|---|---|")
     for width, by_model in beyond["widths"].items():
         for model, runs in by_model.items():
             agg, ok, total = aggregate(runs)
@@ -392,10 +393,11 @@ def beyond_section(beyond, suite_title):
                 MODELS[model], width, fmt(*agg["recall@20"]), fmt(*agg["mrr@20"]), fmt(*agg["ndcg@20"]),
                 fmt(*agg["recall@50"]), fmt(*agg["wall_s"], digits=0), fmt(*agg["samples_per_s"], digits=0)))
     L.append("")
-    L.append("### What the generated token contributes at inference (T2Diff, D = 4, the same trained models)")
-    L.append("")
-    L.append("| inference | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | eval wall s (valid + test, 1 process) |")
-    L.append("|---|---|---|---|---|---|")
+    if beyond["inference"]:
+        L.append("### What the generated token contributes at inference (T2Diff, D = 4, the same trained models)")
+        L.append("")
+        L.append("| inference | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | eval wall s (valid + test, 1 process) |")
+        L.append("|---|---|---|---|---|---|")
     for label, evals in beyond["inference"].items():
         ok = [e for e in evals if e["rc"] == 0 and e["test"]]
         cells = [fmt(*mean_std([e["test"].get(m) for e in ok])) for m in ("recall@2", "recall@20", "mrr@20", "ndcg@20")]
@@ -754,6 +756,7 @@ def main():
     p.add_argument("--beyond", action="store_true",
                    help="also: widths D = 16, 64 for every model, the generated token at inference, reverse-process "
                         "cost (on %s)" % BEYOND_SUITE)
+    p.add_argument("--beyond-parts", default="widths,inference", help="with --beyond: which parts to run")
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds before one run is abandoned")
     args = p.parse_args()
     if args.seeds is None:
