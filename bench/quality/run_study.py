@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -260,9 +261,22 @@ def run_one(binary, suite, dataset, train_samples, model, seed, epochs, work, re
     os.makedirs(rundir)
     start = time.time()
     with open(os.path.join(rundir, "log.txt"), "w") as f:
+        # Own process group: a run past its time is ended with mpirun and every rank.
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
+            rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            f.write("\nrun_study: abandoned after %.0f s\n" % timeout_s)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
             rc = -1
     wall = time.time() - start
     metrics = read_metrics(os.path.join(rundir, "metrics.jsonl"))
