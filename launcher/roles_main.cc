@@ -45,8 +45,10 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
     case RunOptions::kTrain: {
       T2D_ASSIGN_OR_RETURN(trainer::TrainResult r, t->Train());
       if (workers->rank() == 0) {
-        std::cout << absl::StrFormat("trained %d steps in %.1fs (%.0f samples/s); first loss %.4f, last loss %.4f\n",
-                                     r.steps, r.train_seconds, r.samples_per_second, r.first_loss, r.last_loss)
+        std::cout << absl::StrFormat(
+                         "trained %d steps in %.1fs (%.1fs of it evaluation and checkpoints; %.0f samples/s "
+                         "training); first loss %.4f, last loss %.4f\n",
+                         r.steps, r.train_seconds, r.eval_seconds, r.samples_per_second, r.first_loss, r.last_loss)
                   << "test (" << r.test.model.count() << " users) at the "
                   << (r.validation.empty() || r.validation.front().model.count() == 0 ? "last" : "validation-selected")
                   << " epoch " << r.best_epoch + 1 << ": " << r.test.model.ToString() << "\n"

@@ -744,7 +744,11 @@ absl::StatusOr<at::Tensor> Model::UserVectors(const Batch& batch, const Rows& ro
     const Tensor x = m.Embed(g, rows).view({batch.batch_size, batch.seq_len, m.d});
     const Impl::Layout lay = m.MakeLayout(batch, m.diffusion);
     Tensor x_hat;
-    if (m.diffusion) x_hat = m.Generate(x, lay, options);
+    if (m.diffusion) {
+      // Sequences are right-aligned: position n - 1 is the newest behaviour.
+      x_hat = m.config.inference_token() == ModelConfig::LAST_BEHAVIOUR ? x.select(1, lay.n - 1)
+                                                                        : m.Generate(x, lay, options);
+    }
     return m.UserTower(x, x_hat, lay, batch);
   } catch (const std::exception& ex) {
     return absl::InternalError(absl::StrCat("model inference: ", ex.what()));

@@ -13,7 +13,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
-  # plots of training metrics (scripts/plot_metrics.sh)
+  # plots: training curves (scripts/plot_metrics.sh, bench/quality/run_study.py)
   gnuplot-nox
 )
 

@@ -540,6 +540,8 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   double interval_loss = 0, interval_tower = 0, interval_diff = 0;
   int64_t trained_steps = 0;
   double step_seconds = 0;  // reading + training steps only (no evaluation or checkpoints)
+  // Evaluation and checkpoint time, reported beside the training time.
+  double other_seconds = 0;
   data::Batch batch_data;
   while (t.step < total_steps) {
     const int epoch = static_cast<int>(t.step / steps_per_epoch);
@@ -586,6 +588,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
     if (t.step % steps_per_epoch == 0 || (t.step == total_steps && total_steps == steps_per_epoch * epochs)) {
       const int done_epochs = static_cast<int>((t.step + steps_per_epoch - 1) / steps_per_epoch);
       if (done_epochs % cfg.eval().every_epochs() == 0 || t.step == total_steps) {
+        const auto eval_start = Clock::now();
         for (const char* split : {"valid", "test"}) {
           T2D_ASSIGN_OR_RETURN(EvalResult r, t.Evaluate(split));
           if (t.rank == 0 && (std::string(split) == "valid" || cfg.eval().paper_protocol())) {
@@ -596,14 +599,20 @@ absl::StatusOr<TrainResult> Trainer::Train() {
                                         split, done_epochs, t.step, r.model.count(), JsonMetrics(r.model)));
           (std::string(split) == "valid" ? t.validation : t.test).push_back(std::move(r));
         }
+        other_seconds += Seconds(eval_start);
+        interval_start = Clock::now();  // the next progress interval measures training only
       }
     }
     const int64_t every = cfg.checkpoint().every_steps();
     if ((every > 0 && t.step % every == 0) || t.step == total_steps) {
+      const auto save_start = Clock::now();
       T2D_RETURN_IF_ERROR(t.SaveCheckpoint(static_cast<int>(t.step / steps_per_epoch)));
+      other_seconds += Seconds(save_start);
+      interval_start = Clock::now();
     }
   }
   result.train_seconds = Seconds(start);
+  result.eval_seconds = other_seconds;
   result.steps = t.step;
   result.samples_per_second = static_cast<double>(trained_steps * batch * t.world) / std::max(step_seconds, 1e-9);
   result.validation = t.validation;
@@ -638,8 +647,8 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   if (t.rank == 0) {
     std::string summary = absl::StrFormat(
         "{\"kind\": \"summary\", \"steps\": %d, \"skipped_steps\": %d, \"workers\": %d, \"train_seconds\": %.2f, "
-        "\"step_seconds\": %.2f, \"samples_per_s\": %.1f, \"first_loss\": %.6f, \"last_loss\": %.6f",
-        result.steps, t.skipped_steps, t.world, result.train_seconds, step_seconds, result.samples_per_second,
+        "\"eval_seconds\": %.2f, \"step_seconds\": %.2f, \"samples_per_s\": %.1f, \"first_loss\": %.6f, \"last_loss\": %.6f",
+        result.steps, t.skipped_steps, t.world, result.train_seconds, result.eval_seconds, step_seconds, result.samples_per_second,
         result.first_loss, result.last_loss);
     if (best >= 0) {
       absl::StrAppendFormat(&summary, ", \"best_epoch\": %d, \"selected_on\": \"%s\", \"test_users\": %d%s, \"popularity\": {\"users\": %d%s}",

@@ -70,7 +70,8 @@ struct TrainResult {
   std::vector<EvalResult> validation;       // one per epoch
   EvalResult test;                          // at the best epoch's parameters
   std::vector<double> test_best_over_epochs;  // the paper protocol: best test Recall per K
-  double train_seconds = 0;       // wall time of Train(), evaluation and checkpoints included
+  double train_seconds = 0;       // the whole loop, evaluations and checkpoints included
+  double eval_seconds = 0;        // of which evaluations and checkpoint saves
   double samples_per_second = 0;  // training samples over the time spent in training steps
   double last_loss = 0;
   double first_loss = 0;

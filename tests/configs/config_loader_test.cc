@@ -21,13 +21,16 @@ std::string Error(const std::string& text, const std::vector<std::string>& overr
 TEST(ConfigLoader, EveryExampleLoads) {
   const char* src = std::getenv("T2D_SOURCE_DIR");
   const std::filesystem::path root = src != nullptr ? src : ".";
-  int n = 0;
-  for (const auto& e : std::filesystem::directory_iterator(root / "configs/examples")) {
-    auto c = LoadJobConfig(e.path().string());
-    EXPECT_TRUE(c.ok()) << e.path() << ": " << c.status();
-    ++n;
+  // The quality study's configs (bench/quality/run_study.py) too.
+  for (const char* dir : {"configs/examples", "configs/quality"}) {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(root / dir)) {
+      auto c = LoadJobConfig(e.path().string());
+      EXPECT_TRUE(c.ok()) << e.path() << ": " << c.status();
+      ++n;
+    }
+    EXPECT_GT(n, 0) << "no configs found under " << root / dir;
   }
-  EXPECT_GT(n, 0) << "no example configs found under " << root;
 }
 
 TEST(ConfigLoader, DefaultsAreValid) {

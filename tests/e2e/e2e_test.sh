@@ -73,6 +73,15 @@ model_r=$(sed -n 's/^test .*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 pop_r=$(sed -n 's/^popularity baseline:.*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 check "model beats popularity on test ($model_r vs $pop_r)" awk -v m="$model_r" -v p="$pop_r" 'BEGIN { exit !(m != "" && p != "" && m > p + 0.05) }'
 check "metrics file written" contains "$W/out/metrics.jsonl" '"kind": "summary"'
+# Training throughput counts the time of the training steps alone: samples/s x step seconds =
+# steps x batch 64 x 2 workers (to the rounding of the printed seconds).
+summary=$(grep '"kind": "summary"' "$W/out/metrics.jsonl")
+field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p" <<< "$summary"; }
+check "summary separates evaluation time ($(field eval_seconds) s of $(field train_seconds) s)" \
+  awk -v e="$(field eval_seconds)" -v t="$(field train_seconds)" 'BEGIN { exit !(e > 0 && e < t) }'
+check "samples/s counts training steps only ($(field samples_per_s))" \
+  awk -v r="$(field samples_per_s)" -v t="$(field step_seconds)" -v s="$(field steps)" \
+  'BEGIN { n = s * 64 * 2; d = r * t - n; if (d < 0) d = -d; exit !(d <= 0.02 * n) }'
 check "summary written" contains "$W/out/summary.json" '"best_epoch": 2'
 SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
 bash "$SCRIPTS/plot_metrics.sh" "$W/plots" 10 "$W/out/metrics.jsonl" > /dev/null 2>&1

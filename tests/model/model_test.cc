@@ -278,6 +278,43 @@ TEST(ModelTest, ReverseProcessIsSeededAndKernelMatchesTensorOps) {
   }
 }
 
+// With the U-Net's output layer zeroed, the reverse process ends in z_0 = 0, so T2Diff's token
+// x_hat = x_n + z_0[n] is exactly the newest behaviour: inference_token = LAST_BEHAVIOUR must give
+// the same user vectors. With the trained (non-zero) layer the two differ, and LAST_BEHAVIOUR does
+// not depend on the noise seed.
+TEST(ModelTest, LastBehaviourTokenEqualsAGeneratedZeroDrift) {
+  const ModelDims d = Dims(2, 2, 3);
+  ModelConfig generated = Config(ModelConfig::T2DIFF);
+  ModelConfig last = generated;
+  last.set_inference_token(ModelConfig::LAST_BEHAVIOUR);
+  auto g = MakeModel(generated, d);
+  auto l = MakeModel(last, d);
+  const Rows rows = MakeRows(12, 4, d, 5);
+  const Batch two = MakeBatch({{1, 2, 3}, {4, 5, 6, 7, 8}}, {6, 7}, 9, 4, true);
+  InferenceOptions o;
+  o.seed = 3;
+  auto eg = g->UserVectors(two, rows, o);
+  auto el = l->UserVectors(two, rows, o);
+  ASSERT_TRUE(eg.ok() && el.ok()) << eg.status() << el.status();
+  EXPECT_GT(MaxAbs(*eg - *el), 1e-4) << "a random U-Net should generate something else than x_n";
+  o.seed = 4;
+  auto el4 = l->UserVectors(two, rows, o);
+  ASSERT_TRUE(el4.ok());
+  EXPECT_TRUE(at::equal(*el, *el4));
+  // Zero unet.out in both models (same init seed, so every other parameter is equal).
+  for (Model* m : {g.get(), l.get()}) {
+    for (const ParameterInfo& p : m->Parameters()) {
+      if (p.name.rfind("unet.out", 0) == 0) {
+        std::fill_n(m->DenseParameters().begin() + p.offset, p.numel, 0.f);
+      }
+    }
+  }
+  auto zg = g->UserVectors(two, rows, o);
+  auto zl = l->UserVectors(two, rows, o);
+  ASSERT_TRUE(zg.ok() && zl.ok());
+  ExpectClose(*zg, *zl, 1e-6, "zero drift vs last behaviour");
+}
+
 TEST(ModelTest, ShapesForSeveralSizes) {
   struct Case {
     int64_t n, k, id_dim, tag_dim;

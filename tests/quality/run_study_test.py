@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Tests of bench/quality/run_study.py's bookkeeping: metric parsing, mean +- std, the authors'
+best-over-epochs reading, the 2-sd rule, target verdicts and the page. Nothing is trained."""
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "..", "..", "bench", "quality", "run_study.py")
+spec = importlib.util.spec_from_file_location("run_study", SCRIPT)
+rs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rs)
+
+
+def summary(r20, mrr20=0.05, ndcg20=0.07, best_epoch=2):
+    s = {"kind": "summary", "best_epoch": best_epoch, "train_seconds": 10.0, "samples_per_s": 1000.0,
+         "popularity": {"users": 10, "recall@20": 0.01}}
+    for m in rs.METRICS:
+        for k in rs.KS:
+            s["%s@%d" % (m, k)] = 0.0
+    s.update({"recall@20": r20, "mrr@20": mrr20, "ndcg@20": ndcg20})
+    return s
+
+
+def run(r20, test_r20_by_epoch, rc=0, wall=12.0):
+    evals = [{"kind": "eval", "split": "test", "epoch": i + 1, "recall@20": v} for i, v in enumerate(test_r20_by_epoch)]
+    evals += [{"kind": "eval", "split": "valid", "epoch": i + 1, "recall@20": v} for i, v in enumerate(test_r20_by_epoch)]
+    return {"suite": "s", "model": "T2DIFF", "seed": 1, "rc": rc, "wall_s": wall, "log": "/tmp/x/log.txt",
+            "metrics": {"train": [{"step": 10, "loss": 7.0, "tower_loss": 6.9}], "eval": evals,
+                        "summary": summary(r20)}}
+
+
+class Parsing(unittest.TestCase):
+    def test_metric_line(self):
+        got = rs.parse_metric_line("test (600 users): Recall@2=0.2167 MRR@2=0.2033 NDCG@20=0.5 bogus=1 X@3=nan?")
+        self.assertEqual(got, {"recall@2": 0.2167, "mrr@2": 0.2033, "ndcg@20": 0.5})
+
+    def test_read_metrics(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "metrics.jsonl")
+            with open(p, "w") as f:
+                f.write(json.dumps({"kind": "train", "step": 1}) + "\n\n")
+                f.write(json.dumps({"kind": "eval", "split": "valid"}) + "\n")
+                f.write(json.dumps(summary(0.3)) + "\n")
+            m = rs.read_metrics(p)
+            self.assertEqual(len(m["train"]), 1)
+            self.assertEqual(len(m["eval"]), 1)
+            self.assertAlmostEqual(m["summary"]["recall@20"], 0.3)
+            with open(p, "a") as f:
+                f.write("{not json\n")
+            self.assertIsNone(rs.read_metrics(p))
+            self.assertIsNone(rs.read_metrics(os.path.join(d, "missing.jsonl")))
+
+
+class Statistics(unittest.TestCase):
+    def test_mean_std(self):
+        self.assertEqual(rs.mean_std([]), (None, None))
+        self.assertEqual(rs.mean_std([0.5]), (0.5, None))
+        m, s = rs.mean_std([0.1, 0.2, 0.3])
+        self.assertAlmostEqual(m, 0.2)
+        self.assertAlmostEqual(s, 0.1)  # sample standard deviation (n - 1)
+        self.assertEqual(rs.fmt(0.2, 0.1), "0.2000 ± 0.1000")
+        self.assertEqual(rs.fmt(0.2, None), "0.2000")
+        self.assertEqual(rs.fmt(None, None), "–")
+
+    def test_aggregate_selected_and_best_over_epochs(self):
+        runs = [run(0.30, [0.31, 0.35, 0.30]), run(0.32, [0.33, 0.32, 0.36]), run(0.9, [0.9], rc=1)]
+        agg, ok, total = rs.aggregate(runs)
+        self.assertEqual((ok, total), (2, 3))  # the failed run is counted, not averaged
+        self.assertAlmostEqual(agg["recall@20"][0], 0.31)
+        self.assertAlmostEqual(agg["recall@20"][1], math.sqrt(0.0002))
+        # The authors' reading: best test value over epochs per run, then the mean.
+        self.assertAlmostEqual(agg["best:recall@20"][0], (0.35 + 0.36) / 2)
+
+    def test_gap_check(self):
+        a = {"recall@20": (0.14, 0.003)}
+        b = {"recall@20": (0.12, 0.004)}
+        ok, text = rs.gap_check(a, b, "recall@20")
+        self.assertTrue(ok)  # gap 0.02 > 2 * 0.005
+        ok, _ = rs.gap_check(a, {"recall@20": (0.131, 0.004)}, "recall@20")
+        self.assertFalse(ok)  # gap 0.009 <= 0.01
+        ok, text = rs.gap_check({"recall@20": (0.14, None)}, b, "recall@20")
+        self.assertIsNone(ok)
+        self.assertIn("1 seed", text)
+
+
+def agg(r20, sd, ndcg=0.06, mrr=0.1):
+    a = {k: (0.0, 0.0) for k in ("recall@2", "mrr@2")}
+    a.update({"recall@20": (r20, sd), "ndcg@20": (ndcg, sd), "mrr@20": (mrr, sd)})
+    return a
+
+
+class Targets(unittest.TestCase):
+    def test_verdicts(self):
+        all_aggs = {
+            "ml1m_file_paper": {"T2DIFF": agg(0.34, 0.01, mrr=0.091)},
+            "ml1m_time_paper": {"T2DIFF": agg(0.15, 0.002), "T2DIFF_NO_DIFFUSION": agg(0.12, 0.002),
+                                "TWO_TOWER_MEAN": agg(0.148, 0.002)},
+            "ml100k_paper": {"T2DIFF": agg(0.1, None), "T2DIFF_NO_DIFFUSION": agg(0.2, None)},
+        }
+        text = rs.targets(all_aggs)
+        lines = text.splitlines()
+        file_line = next(l for l in lines if l.startswith("| ML-1M file order"))
+        self.assertIn("**missed**", file_line)  # MRR@20 0.091 < 0.092
+        time_line = next(l for l in lines if "Recall@20 >= 0.14" in l)
+        self.assertIn("**met**", time_line)
+        nodiff = next(l for l in lines if "without diffusion" in l and "recall@20" in l)
+        self.assertIn("**met**", nodiff)
+        twotower = next(l for l in lines if "two-tower" in l and "recall@20" in l)
+        self.assertIn("**missed**", twotower)
+        small = next(l for l in lines if l.startswith("| ml100k_paper"))
+        self.assertIn("**missed**", small)
+
+
+class Page(unittest.TestCase):
+    def test_page_is_labelled_and_lists_failures(self):
+        with tempfile.TemporaryDirectory() as d:
+            args = argparse.Namespace(quick=True, seeds=1, results=os.path.join(d, "RESULTS.md"), epochs_scale=1.0)
+            suite = rs.SUITES[0]
+            results = {suite.name: {"T2DIFF": [run(0.33, [0.33])], "SASREC": [dict(run(0.1, [0.1], rc=3),
+                                                                                   model="SASREC")]}}
+            now = datetime.datetime(2026, 1, 2, 3, 4)
+            rs.write_page(args, [suite], results, {suite.name: ["kept: 1 users"]}, {}, now, now, "a machine", "abc")
+            with open(args.results) as f:
+                page = f.read()
+            self.assertIn("QUICK MODE", page)
+            self.assertIn("python3 bench/quality/run_study.py --quick", page)
+            self.assertIn("a machine", page)
+            self.assertIn("## " + suite.title, page)
+            self.assertIn("| T2Diff | ", page)
+            self.assertIn("popularity (floor)", page)
+            self.assertIn("*paper: T2Diff", page)  # the published figures beside ours
+            self.assertIn("SASREC seed 1: exit 3", page)
+
+
+if __name__ == "__main__":
+    unittest.main()
