@@ -1,5 +1,7 @@
 #include "model/batch.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -70,10 +72,21 @@ absl::Status ValidateBatch(const Batch& batch, int64_t num_id_rows, int64_t num_
   if (num_tag_rows > 0 && (batch.history.tag_offsets.empty() || batch.targets.tag_offsets.empty())) {
     return absl::InvalidArgumentError("batch: tag rows were given but the batch has no tag_offsets");
   }
+  if (!batch.session_lengths.empty() && static_cast<int64_t>(batch.session_lengths.size()) != b) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.session_lengths has ", batch.session_lengths.size(), " entries, expected 0 or ", b));
+  }
   for (int64_t i = 0; i < b; ++i) {
     const int64_t len = batch.lengths[static_cast<size_t>(i)];
     if (len < 0 || len > n) {
       return absl::InvalidArgumentError(absl::StrCat("batch.lengths[", i, "] = ", len, " is outside [0, ", n, "]"));
+    }
+    if (!batch.session_lengths.empty()) {
+      const int64_t sl = batch.session_lengths[static_cast<size_t>(i)];
+      if (sl < std::min<int64_t>(len, 1) || sl > len) {
+        return absl::InvalidArgumentError(absl::StrCat("batch.session_lengths[", i, "] = ", sl, " is outside [",
+                                                       std::min<int64_t>(len, 1), ", lengths[", i, "] = ", len, "]"));
+      }
     }
     for (int64_t j = 0; j < n; ++j) {
       const bool pad = batch.history.id_rows[static_cast<size_t>(i * n + j)] < 0;

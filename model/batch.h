@@ -47,6 +47,11 @@ struct Batch {
   // Optional [B * n]: seconds between the target's time and each behaviour (>= 0), for the
   // time-lag feature. Values at padding slots are ignored.
   std::vector<float> time_lags;
+  // Optional [B]: behaviours in each sample's current session (sessions cut by time gaps,
+  // data.session_mode = TIME_GAP), 1..lengths[b]; at most the model's session cap k is used.
+  // The session is the newest session_lengths[b] behaviours, everything before it is history.
+  // Empty: the session is always the newest k behaviours (data.session_mode = LAST_K).
+  std::vector<int64_t> session_lengths;
   // FULL_SOFTMAX: [B], the index of each target in the candidate list passed with the batch.
   std::vector<int64_t> target_candidates;
   // SAMPLED_SOFTMAX with logQ: [B], log of each target's probability of being drawn as an

@@ -309,6 +309,7 @@ struct Model::Impl {
     Tensor session_bias;  // [B, 1, T, T]
     Tensor session_mean;  // [B, 1, T], valid/count
     Tensor history_bias;  // [B, nh]
+    Tensor history_any;   // [B, 1]: 1 if the sample has any history slot (per-sample sessions only)
     int64_t valid = 0;    // valid positions in the batch
   };
 
@@ -317,7 +318,10 @@ struct Model::Impl {
     lay.b = batch.batch_size;
     lay.n = batch.seq_len;
     lay.ks = std::min<int64_t>(k, lay.n);
-    lay.nh = lay.n - lay.ks;
+    // Sessions cut by time gaps can be shorter than k: the slots between such a session and the
+    // last k then belong to the history, so the history attention spans all n slots.
+    const bool per_sample_sessions = !batch.session_lengths.empty();
+    lay.nh = per_sample_sessions ? lay.n : lay.n - lay.ks;
     const int64_t b = lay.b, n = lay.n;
     std::vector<float> mask(static_cast<size_t>(b * n));
     for (int64_t i = 0; i < b; ++i) {
@@ -342,12 +346,18 @@ struct Model::Impl {
     const int64_t t = lay.ks + (with_token ? 1 : 0);
     std::vector<float> bias(static_cast<size_t>(b * t * t), kMasked), mean(static_cast<size_t>(b * t), 0.f);
     std::vector<float> hist(static_cast<size_t>(b * lay.nh), 0.f);
+    std::vector<float> has_history(static_cast<size_t>(b), 0.f);
     for (int64_t i = 0; i < b; ++i) {
       const int64_t len = batch.lengths[static_cast<size_t>(i)];
       std::vector<char> valid(static_cast<size_t>(t));
       int64_t count = 0;
+      // Session tokens: the newest `sl` slots of the last ks (all of them without per-sample
+      // sessions), plus the generated token.
+      const int64_t sl = per_sample_sessions
+                             ? std::min<int64_t>(lay.ks, batch.session_lengths[static_cast<size_t>(i)])
+                             : lay.ks;
       for (int64_t s = 0; s < t; ++s) {
-        valid[static_cast<size_t>(s)] = s >= lay.ks || (n - lay.ks + s) >= n - len;
+        valid[static_cast<size_t>(s)] = s >= lay.ks || ((n - lay.ks + s) >= n - len && s >= lay.ks - sl);
         count += valid[static_cast<size_t>(s)];
       }
       for (int64_t s = 0; s < t; ++s) {
@@ -363,13 +373,17 @@ struct Model::Impl {
         }
         if (!any) bias[static_cast<size_t>((i * t + q) * t + q)] = 0.f;
       }
+      // History: valid slots before the session.
+      const int64_t history_end = n - sl;
       for (int64_t j = 0; j < lay.nh; ++j) {
-        hist[static_cast<size_t>(i * lay.nh + j)] = j >= n - len ? 0.f : kMasked;
+        hist[static_cast<size_t>(i * lay.nh + j)] = j >= n - len && j < history_end ? 0.f : kMasked;
       }
+      has_history[static_cast<size_t>(i)] = history_end > n - len ? 1.f : 0.f;
     }
     lay.session_bias = FloatTensor(bias, {b, 1, t, t});
     lay.session_mean = FloatTensor(mean, {b, 1, t});
     lay.history_bias = FloatTensor(hist, {b, lay.nh});
+    if (per_sample_sessions) lay.history_any = FloatTensor(has_history, {b, 1});
     return lay;
   }
 
@@ -405,7 +419,7 @@ struct Model::Impl {
       return Lin(h.select(1, lay.n - 1), sasrec_out);
     }
     // Mixed attention.
-    Tensor tokens = x.narrow(1, lay.nh, lay.ks);
+    Tensor tokens = x.narrow(1, lay.n - lay.ks, lay.ks);
     if (x_hat.defined()) tokens = at::cat({tokens, x_hat.unsqueeze(1)}, 1);
     Tensor enc = Encode(tokens, encoders[0], lay.session_bias);
     Tensor hs = at::bmm(lay.session_mean, enc).squeeze(1);  // mean over valid tokens [B, D]
@@ -417,6 +431,9 @@ struct Model::Impl {
       if (config.time_lag_feature()) feats.push_back(at::embedding(P(lag_emb), TimeLagBuckets(batch, lay)));
       Tensor u = Lin(at::elu(Lin(at::cat(feats, 2), unit1)), unit2).squeeze(2) + lay.history_bias;
       hl = at::bmm(at::softmax(u, 1).unsqueeze(1), hist).squeeze(1);
+      // With per-sample sessions an empty history would attend over session slots; zero it as
+      // an all-padding history is zero.
+      if (lay.history_any.defined()) hl = hl * lay.history_any;
     } else {
       hl = at::zeros_like(hs);
     }
@@ -697,6 +714,7 @@ absl::Status ValidateInferenceBatch(const Batch& batch, const Rows& rows, const 
   probe.seq_len = batch.seq_len;
   probe.lengths = batch.lengths;
   probe.time_lags = batch.time_lags;
+  probe.session_lengths = batch.session_lengths;
   probe.history = batch.history;
   for (int64_t i = 0; i < batch.batch_size; ++i) probe.targets.Add(0);
   if (dims.tag_dim == 0) probe.targets.tag_offsets.clear();

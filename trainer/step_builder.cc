@@ -1,5 +1,7 @@
 #include "trainer/step_builder.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/hash.h"
 
@@ -42,6 +44,12 @@ absl::Status StepBuilder::FillHistory(const data::Batch& in, StepInput* out) {
                                                      " outside [0, ", n, "]"));
     }
     b.lengths[static_cast<size_t>(s)] = len;
+    if (options_.time_gap_sessions) {
+      // The data's session is [session_begin, len); an empty one (a gap right before the
+      // target) keeps the newest behaviour, so the session attention always has a token.
+      const int64_t sl = len - in.session_begin[static_cast<size_t>(s)];
+      b.session_lengths.push_back(len == 0 ? 0 : std::clamp<int64_t>(sl, 1, len));
+    }
     // Right-align: slot n - len + j holds behaviour j (oldest first).
     for (int j = 0; j < n - len; ++j) b.history.AddPadding();
     for (int j = 0; j < len; ++j) {

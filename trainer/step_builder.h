@@ -37,6 +37,9 @@ class StepBuilder {
     int num_negatives = 0;  // SAMPLED_SOFTMAX only
     bool use_tags = true;   // false: no tag table
     bool time_lags = false; // fill Batch::time_lags
+    // Sessions were cut by time gaps (data.session_mode = TIME_GAP): pass each sample's
+    // session length (from data::Batch::session_begin) instead of the fixed last k.
+    bool time_gap_sessions = false;
   };
   // `catalogue` is not owned and must outlive the builder.
   StepBuilder(const Catalogue* catalogue, const Options& options);

@@ -480,6 +480,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   so.num_negatives = cfg.model().num_negatives();
   so.use_tags = t.tag_table >= 0;
   so.time_lags = cfg.model().time_lag_feature();
+  so.time_gap_sessions = cfg.data().session_mode() == config::DataConfig::TIME_GAP;
   t.builder = std::make_unique<StepBuilder>(t.catalogue.get(), so);
 
   data::ReaderOptions ro;

@@ -743,3 +743,52 @@ TEST(ModelTest, ValidatesConfig) {
 
 }  // namespace
 }  // namespace t2d::model
+
+namespace t2d::model {
+namespace {
+
+// Sessions cut by time gaps (Batch::session_lengths): a full-length session (k) gives the same
+// user vectors as the default last-k split; a shorter session moves the slots before it into
+// the history and changes them; a sample whose whole sequence is its session has no history.
+TEST(ModelTest, PerSampleSessionLengths) {
+  const ModelDims d = Dims(2, 2, 3);
+  const std::vector<std::vector<int64_t>> hist = {{1, 2, 3, 4, 5, 6, 7}, {8, 9}};
+  for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DIFFUSION}) {
+    for (bool lag : {false, true}) {
+      SCOPED_TRACE(ModelConfig::Kind_Name(kind) + (lag ? " time lag" : ""));
+      ModelConfig c = Config(kind);
+      c.set_time_lag_feature(lag);
+      auto model = MakeModel(c, d);
+      const Rows rows = MakeRows(12, 4, d, 5);
+      const Candidates cands = AllItems(12, 4, true);
+      Batch last_k = MakeBatch(hist, {3, 10}, 8, 4, true);
+      Batch full = last_k;
+      full.session_lengths = {3, 2};
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(9);
+      TrainNoise noise;
+      noise.steps = at::tensor(std::vector<int64_t>{5, 40});
+      noise.eps = at::randn({2, 8, 4}, gen, at::kFloat);
+      auto a = model->Forward(last_k, rows, cands, 1, &noise);
+      auto b = model->Forward(full, rows, cands, 1, &noise);
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+      ExpectClose(a->user_vectors, b->user_vectors, 1e-5, "session = last k");
+      Batch shorter = last_k;
+      shorter.session_lengths = {1, 2};
+      auto s = model->Forward(shorter, rows, cands, 1, &noise);
+      ASSERT_TRUE(s.ok()) << s.status();
+      EXPECT_GT(MaxAbs(s->user_vectors.narrow(0, 0, 1) - a->user_vectors.narrow(0, 0, 1)), 1e-4);
+      ExpectClose(s->user_vectors.narrow(0, 1, 1), a->user_vectors.narrow(0, 1, 1), 1e-5, "unchanged sample");
+    }
+  }
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), d);
+  Batch bad = MakeBatch(hist, {3, 10}, 8, 4, true);
+  bad.session_lengths = {0, 2};
+  EXPECT_EQ(model->Forward(bad, MakeRows(12, 4, d, 5), AllItems(12, 4, true), 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad.session_lengths = {1};
+  EXPECT_NE(model->Forward(bad, MakeRows(12, 4, d, 5), AllItems(12, 4, true), 1).status().message().find("session_lengths"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace t2d::model

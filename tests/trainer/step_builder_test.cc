@@ -109,3 +109,24 @@ TEST(StepBuilder, CatalogueSliceAndPopularity) {
 
 }  // namespace
 }  // namespace t2d::trainer
+
+namespace t2d::trainer {
+namespace {
+
+TEST(StepBuilder, TimeGapSessionLengths) {
+  auto cat = MakeCatalogue();
+  StepBuilder::Options o;
+  o.time_gap_sessions = true;
+  StepBuilder builder(cat.get(), o);
+  StepInput in;
+  auto batch = MakeBatch();
+  batch.session_begin = {1, 1};  // sample 0: empty session (kept as its newest behaviour)
+  ASSERT_TRUE(builder.BuildTraining(batch, 1, &in).ok());
+  EXPECT_EQ(in.batch.session_lengths, (std::vector<int64_t>{1, 2}));
+  StepBuilder plain(cat.get(), StepBuilder::Options());
+  ASSERT_TRUE(plain.BuildTraining(batch, 1, &in).ok());
+  EXPECT_TRUE(in.batch.session_lengths.empty());
+}
+
+}  // namespace
+}  // namespace t2d::trainer
