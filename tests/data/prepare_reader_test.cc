@@ -373,6 +373,25 @@ TEST(SampleReaderTest, RanksPartitionTheSplit) {
   EXPECT_NE(r.status().message().find("num_shards"), std::string::npos);
 }
 
+TEST(SampleReaderTest, OptionsFromTheJobConfig) {
+  JobConfig job;
+  job.mutable_data()->set_max_seq_len(20);
+  job.mutable_data()->set_shuffle_buffer(77);
+  job.mutable_training()->set_batch_size(64);
+  job.mutable_training()->set_epochs(3);
+  ReaderOptions train = MakeReaderOptions(job, "train", 1, 2);
+  EXPECT_EQ(train.max_seq_len, 20);
+  EXPECT_EQ(train.shuffle_buffer, 77);
+  EXPECT_EQ(train.batch_size, 64);
+  EXPECT_EQ(train.epochs, 3);
+  EXPECT_EQ(train.rank, 1);
+  EXPECT_TRUE(train.equal_epochs);
+  ReaderOptions test = MakeReaderOptions(job, "test", 0, 2);
+  EXPECT_EQ(test.epochs, 1);
+  EXPECT_EQ(test.shuffle_buffer, 0);
+  EXPECT_FALSE(test.equal_epochs);
+}
+
 TEST(SampleReaderTest, MissingOrDamagedShardNamesTheFile) {
   TempDir dir;
   JobConfig job = SyntheticConfig(dir, 100);
