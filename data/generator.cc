@@ -204,11 +204,12 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
         for (int sp = 0; sp < kNumSplits; ++sp) {
           if (targets[sp].empty()) continue;
           ++p.users[sp];
-          p.status = WriteUserTargets(out->writer(static_cast<Split>(sp), shard), u, s.items, s.times, tags, targets[sp],
-                                      c.max_seq_len());
+          auto w = out->writer(static_cast<Split>(sp), shard);
+          p.status = w.ok() ? WriteUserTargets(*w, u, s.items, s.times, tags, targets[sp], c.max_seq_len()) : w.status();
           if (!p.status.ok()) return;
         }
       }
+      p.status = out->FinishShard(shard);
     }
   };
   std::vector<std::thread> pool;

@@ -64,39 +64,65 @@ absl::StatusOr<std::unique_ptr<ShardSetWriter>> ShardSetWriter::Create(const Dat
   auto w = std::make_unique<ShardSetWriter>();
   w->dir_ = config.dataset_dir();
   w->num_shards_ = config.num_shards();
+  w->window_ = config.max_seq_len();
+  w->chunk_bytes_ = static_cast<size_t>(config.chunk_bytes());
+  w->dataset_id_ = dataset_id;
   for (int s = 0; s < kNumSplits; ++s) {
-    for (int i = 0; i < w->num_shards_; ++i) {
-      SampleFileHeader h;
-      h.set_kind(SampleFileHeader::SAMPLES);
-      h.set_split(kSplitNames[s]);
-      h.set_shard_index(i);
-      h.set_num_shards(w->num_shards_);
-      h.set_window(config.max_seq_len());
-      h.set_dataset_id(dataset_id);
-      T2D_ASSIGN_OR_RETURN(auto f, SampleFileWriter::Create((fs::path(w->dir_) / ShardFileName(kSplitNames[s], i, w->num_shards_)).string(),
-                                                            h, static_cast<size_t>(config.chunk_bytes())));
-      w->writers_[s].push_back(std::move(f));
-    }
+    w->writers_[s].resize(w->num_shards_);
+    w->samples_[s].assign(w->num_shards_, 0);
   }
+  w->finished_.assign(w->num_shards_, 0);
   SampleFileHeader h;
   h.set_kind(SampleFileHeader::ITEMS);
   h.set_dataset_id(dataset_id);
-  T2D_ASSIGN_OR_RETURN(w->items_, SampleFileWriter::Create((fs::path(w->dir_) / kItemsFile).string(), h,
-                                                           static_cast<size_t>(config.chunk_bytes())));
+  T2D_ASSIGN_OR_RETURN(w->items_, SampleFileWriter::Create((fs::path(w->dir_) / kItemsFile).string(), h, w->chunk_bytes_));
   return w;
 }
 
+SampleFileHeader ShardSetWriter::Header(Split split, int shard) const {
+  SampleFileHeader h;
+  h.set_kind(SampleFileHeader::SAMPLES);
+  h.set_split(kSplitNames[split]);
+  h.set_shard_index(shard);
+  h.set_num_shards(num_shards_);
+  h.set_window(window_);
+  h.set_dataset_id(dataset_id_);
+  return h;
+}
+
+absl::StatusOr<SampleFileWriter*> ShardSetWriter::writer(Split split, int shard) {
+  if (finished_[shard]) return absl::InternalError(absl::StrCat("shard ", shard, " written after it was finished"));
+  auto& w = writers_[split][shard];
+  if (w == nullptr) {
+    const std::string path = (fs::path(dir_) / ShardFileName(kSplitNames[split], shard, num_shards_)).string();
+    T2D_ASSIGN_OR_RETURN(w, SampleFileWriter::Create(path, Header(split, shard), chunk_bytes_));
+  }
+  return w.get();
+}
+
+absl::Status ShardSetWriter::FinishShard(int shard) {
+  if (finished_[shard]) return absl::OkStatus();
+  for (int s = 0; s < kNumSplits; ++s) {
+    T2D_ASSIGN_OR_RETURN(SampleFileWriter * w, writer(static_cast<Split>(s), shard));
+    T2D_RETURN_IF_ERROR(w->Finish());
+    samples_[s][shard] = w->samples();
+    writers_[s][shard].reset();
+  }
+  finished_[shard] = 1;
+  return absl::OkStatus();
+}
+
 absl::Status ShardSetWriter::Finish(DatasetManifest* manifest) {
+  for (int i = 0; i < num_shards_; ++i) T2D_RETURN_IF_ERROR(FinishShard(i));
   manifest->clear_splits();
   for (int s = 0; s < kNumSplits; ++s) {
     auto* split = manifest->add_splits();
     split->set_name(kSplitNames[s]);
     int64_t total = 0;
     for (int i = 0; i < num_shards_; ++i) {
-      T2D_RETURN_IF_ERROR(writers_[s][i]->Finish());
       split->add_shard_files(ShardFileName(kSplitNames[s], i, num_shards_));
-      split->add_shard_samples(writers_[s][i]->samples());
-      total += writers_[s][i]->samples();
+      split->add_shard_samples(samples_[s][i]);
+      total += samples_[s][i];
     }
     split->set_samples(total);
   }
@@ -233,8 +259,8 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
     for (int sp = 0; sp < kNumSplits; ++sp) {
       if (targets[sp].empty()) continue;
       ++users_in[sp];
-      T2D_RETURN_IF_ERROR(WriteUserTargets(out->writer(static_cast<Split>(sp), shard), s.user, s.items, s.times, tags,
-                                           targets[sp], c.max_seq_len()));
+      T2D_ASSIGN_OR_RETURN(SampleFileWriter * w, out->writer(static_cast<Split>(sp), shard));
+      T2D_RETURN_IF_ERROR(WriteUserTargets(w, s.user, s.items, s.times, tags, targets[sp], c.max_seq_len()));
     }
   }
   std::vector<int64_t> ids;

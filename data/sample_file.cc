@@ -83,9 +83,7 @@ absl::StatusOr<std::unique_ptr<SampleFileWriter>> SampleFileWriter::Create(const
 }
 
 SampleFileWriter::SampleFileWriter(std::string path, FILE* f, size_t chunk_bytes)
-    : path_(std::move(path)), f_(f), chunk_bytes_(chunk_bytes) {
-  payload_.reserve(chunk_bytes + (chunk_bytes >> 2));
-}
+    : path_(std::move(path)), f_(f), chunk_bytes_(chunk_bytes) {}
 
 SampleFileWriter::~SampleFileWriter() {
   if (f_ != nullptr) std::fclose(f_);

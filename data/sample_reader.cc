@@ -57,6 +57,21 @@ absl::StatusOr<ReaderCursor> ReaderCursor::Parse(const std::string& text) {
   return c;
 }
 
+ReaderOptions MakeReaderOptions(const config::JobConfig& job, const std::string& split, int rank, int world_size) {
+  ReaderOptions o;
+  o.split = split;
+  o.rank = rank;
+  o.world_size = world_size;
+  o.batch_size = job.training().batch_size();
+  o.max_seq_len = job.data().max_seq_len();
+  o.seed = job.data().seed();
+  const bool train = split == "train";
+  o.shuffle_buffer = train ? job.data().shuffle_buffer() : 0;
+  o.epochs = train ? job.training().epochs() : 1;
+  o.equal_epochs = train;
+  return o;
+}
+
 SampleReader::~SampleReader() = default;
 
 absl::StatusOr<std::unique_ptr<SampleReader>> SampleReader::Open(const std::string& dataset_dir,

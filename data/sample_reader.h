@@ -32,6 +32,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "configs/job_config.pb.h"
 #include "data/dataset.pb.h"
 #include "data/sample_file.h"
 
@@ -68,6 +69,11 @@ struct Batch {
   std::vector<int64_t> target_tag;         // [B, T]
   std::vector<int32_t> target_tag_count;   // [B]
 };
+
+// Options of a job's reader: n, shuffle buffer and seed from job.data(), batch size and epochs
+// from job.training(). "train" shuffles, runs training.epochs epochs and equalises ranks; the
+// evaluation splits are read once, in file order, each rank its own shards completely.
+ReaderOptions MakeReaderOptions(const config::JobConfig& job, const std::string& split, int rank, int world_size);
 
 // Where a reader stands. Serialize() is a single printable line that also names the
 // configuration it belongs to, so that a cursor cannot be restored into a different order.

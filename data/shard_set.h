@@ -1,7 +1,9 @@
 #pragma once
 // Internal to data/: the writers of one prepared data set (splits x shards + items file) and
-// the manifest bookkeeping shared by Prepare and the generator. Each (split, shard) writer
-// may be used by one thread at a time; different shards may be written concurrently.
+// the manifest bookkeeping shared by Prepare and the generator. A shard's files are opened on
+// first use and closed by FinishShard (or Finish), so a streaming writer that completes shards
+// one after another holds few open files and buffers. Different shards may be written (and
+// finished) concurrently from different threads; one shard from one thread at a time.
 
 #include <array>
 #include <memory>
@@ -24,17 +26,27 @@ class ShardSetWriter {
  public:
   static absl::StatusOr<std::unique_ptr<ShardSetWriter>> Create(const config::DataConfig& config, uint64_t dataset_id);
 
-  SampleFileWriter* writer(Split split, int shard) { return writers_[split][shard].get(); }
+  // The writer of (split, shard), created on first use.
+  absl::StatusOr<SampleFileWriter*> writer(Split split, int shard);
   SampleFileWriter* items() { return items_.get(); }
   int num_shards() const { return num_shards_; }
 
-  // Finishes every file and fills the splits, items file and format fields of `manifest`.
+  // Completes the three files of `shard` (creating empty ones where nothing was written).
+  absl::Status FinishShard(int shard);
+  // Finishes every remaining file and fills the splits and items file of `manifest`.
   absl::Status Finish(DatasetManifest* manifest);
 
  private:
+  SampleFileHeader Header(Split split, int shard) const;
+
   std::string dir_;
   int num_shards_ = 0;
+  int window_ = 0;
+  size_t chunk_bytes_ = 0;
+  uint64_t dataset_id_ = 0;
   std::array<std::vector<std::unique_ptr<SampleFileWriter>>, kNumSplits> writers_;
+  std::array<std::vector<int64_t>, kNumSplits> samples_;  // per finished shard
+  std::vector<char> finished_;
   std::unique_ptr<SampleFileWriter> items_;
 };
 

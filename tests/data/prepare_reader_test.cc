@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -373,6 +374,25 @@ TEST(SampleReaderTest, RanksPartitionTheSplit) {
   EXPECT_NE(r.status().message().find("num_shards"), std::string::npos);
 }
 
+TEST(SampleReaderTest, OptionsFromTheJobConfig) {
+  JobConfig job;
+  job.mutable_data()->set_max_seq_len(20);
+  job.mutable_data()->set_shuffle_buffer(77);
+  job.mutable_training()->set_batch_size(64);
+  job.mutable_training()->set_epochs(3);
+  ReaderOptions train = MakeReaderOptions(job, "train", 1, 2);
+  EXPECT_EQ(train.max_seq_len, 20);
+  EXPECT_EQ(train.shuffle_buffer, 77);
+  EXPECT_EQ(train.batch_size, 64);
+  EXPECT_EQ(train.epochs, 3);
+  EXPECT_EQ(train.rank, 1);
+  EXPECT_TRUE(train.equal_epochs);
+  ReaderOptions test = MakeReaderOptions(job, "test", 0, 2);
+  EXPECT_EQ(test.epochs, 1);
+  EXPECT_EQ(test.shuffle_buffer, 0);
+  EXPECT_FALSE(test.equal_epochs);
+}
+
 TEST(SampleReaderTest, MissingOrDamagedShardNamesTheFile) {
   TempDir dir;
   JobConfig job = SyntheticConfig(dir, 100);
@@ -390,6 +410,64 @@ TEST(SampleReaderTest, MissingOrDamagedShardNamesTheFile) {
   r = SampleReader::Open(dir.File("nothing"), o);
   ASSERT_FALSE(r.ok());
   EXPECT_TRUE(absl::IsNotFound(r.status()));
+}
+
+TEST(SampleReaderTest, ChecksumMismatchSurfacesFromNext) {
+  TempDir dir;
+  JobConfig job = SyntheticConfig(dir, 200);
+  ASSERT_TRUE(Prepare(job, false).ok());
+  const std::string shard = job.data().dataset_dir() + "/train-00001-of-00004.t2ds";
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);  // inside the first chunk's payload
+    const char junk[4] = {1, 2, 3, 4};
+    f.write(junk, 4);
+  }
+  ReaderOptions o;
+  o.shuffle_buffer = 0;
+  auto r = SampleReader::Open(job.data().dataset_dir(), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  Batch b;
+  absl::Status status;
+  while (true) {
+    auto more = (*r)->Next(&b);
+    if (!more.ok()) {
+      status = more.status();
+      break;
+    }
+    if (!*more) break;
+  }
+  ASSERT_FALSE(status.ok());
+  EXPECT_TRUE(absl::IsDataLoss(status)) << status;
+  EXPECT_NE(status.message().find("train-00001-of-00004.t2ds"), std::string::npos) << status;
+}
+
+TEST(GeneratorTest, OtherSplitProtocolsAndSessions) {
+  TempDir dir;
+  JobConfig job = SyntheticConfig(dir, 400);
+  job.mutable_data()->set_split(DataConfig::GLOBAL_TIME);
+  job.mutable_data()->set_session_mode(DataConfig::TIME_GAP);
+  auto s = Prepare(job, false);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_GT(s->train_samples(), s->test_samples());
+  EXPECT_GT(s->test_samples(), 0);
+  EXPECT_GT(s->valid_samples(), 0);
+  ReaderOptions o;
+  o.shuffle_buffer = 0;
+  int cut_by_gap = 0;
+  for (const auto& x : ReadAll(job.data().dataset_dir(), o)) {
+    ASSERT_LE(static_cast<int>(x.history.size()) - x.session_begin, 3);  // capped at k
+    if (x.session_begin > 0 && static_cast<int>(x.history.size()) - x.session_begin < 3) {
+      ++cut_by_gap;
+      EXPECT_GT(x.times[x.session_begin] - x.times[x.session_begin - 1], 1800);
+    }
+  }
+  EXPECT_GT(cut_by_gap, 0);
+  job.mutable_data()->set_split(DataConfig::PAPER);
+  s = Prepare(job, true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_NEAR(static_cast<double>(s->train_users()) / 400, 0.8, 0.08);
+  EXPECT_EQ(s->train_users() + s->test_users(), 400);
 }
 
 TEST(GeneratorTest, ZipfSamplerMatchesTheDistribution) {
