@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -26,6 +27,7 @@
 #include "model/dense_optimizer.h"
 #include "model/dense_state.h"
 #include "model/model.h"
+#include "ps/remote_embedding_store.h"
 #include "trainer/catalogue.h"
 #include "trainer/npy.h"
 #include "trainer/checkpoint.h"
@@ -86,6 +88,11 @@ struct Trainer::Impl {
   std::unique_ptr<model::DenseAdam> optimizer;
   std::unique_ptr<data::SampleReader> reader;
   std::unique_ptr<StepBuilder> builder;
+  // Set in async mode with a staleness bound >= 1 on a parameter-server store: the next batch's
+  // rows are requested before the current step runs (PERSIA-style prefetch within the bound).
+  ps::RemoteEmbeddingStore* remote = nullptr;
+  // The reader's cursor before the prefetched batch was read: what a checkpoint must record.
+  std::optional<data::ReaderCursor> cursor_before_prefetch;
   std::vector<int64_t> sorted_counts;  // for the popularity baseline
   int64_t step = 0;
   int64_t total_steps = 0;  // of the whole run (for the learning-rate schedule)
@@ -141,11 +148,51 @@ struct Trainer::Impl {
   }
 
   // One training step on `batch`. Returns the worker-averaged losses.
-  absl::StatusOr<model::Model::Losses> Step(const data::Batch& batch) {
+  // A step whose input is built and whose rows are requested (or, without prefetching, not yet).
+  struct Prepared {
     StepInput in;
-    const uint64_t seed = HashCombine(cfg().training().seed(), HashCombine(static_cast<uint64_t>(step), static_cast<uint64_t>(rank)));
-    T2D_RETURN_IF_ERROR(builder->BuildTraining(batch, seed, &in));
-    T2D_ASSIGN_OR_RETURN(model::Rows rows, Pull(in, true));
+    uint64_t seed = 0;
+    bool pulled = false;  // rows requested with tickets (async prefetch)
+    ps::RemoteEmbeddingStore::Ticket id_ticket = 0, tag_ticket = 0;
+  };
+
+  // Builds the input of global step `at` from `batch` and, when prefetching, sends its pulls.
+  absl::Status Prepare(const data::Batch& batch, int64_t at, Prepared* p) {
+    p->seed = HashCombine(cfg().training().seed(), HashCombine(static_cast<uint64_t>(at), static_cast<uint64_t>(rank)));
+    T2D_RETURN_IF_ERROR(builder->BuildTraining(batch, p->seed, &p->in));
+    p->pulled = false;
+    if (remote != nullptr) {
+      T2D_ASSIGN_OR_RETURN(p->id_ticket, remote->Pull(id_table, p->in.id_keys));
+      if (tag_table >= 0) {
+        T2D_ASSIGN_OR_RETURN(p->tag_ticket, remote->Pull(tag_table, p->in.tag_keys));
+      }
+      p->pulled = true;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<model::Rows> Rows(Prepared& p) {
+    if (!p.pulled) return Pull(p.in, true);
+    model::Rows rows;
+    rows.id_rows = at::empty({static_cast<int64_t>(p.in.id_keys.size()), id_dim}, at::kFloat);
+    T2D_RETURN_IF_ERROR(remote->Wait(p.id_ticket, absl::MakeSpan(rows.id_rows.data_ptr<float>(),
+                                                                 static_cast<size_t>(rows.id_rows.numel()))));
+    rows.id_rows.set_requires_grad(true);
+    if (tag_table >= 0) {
+      rows.tag_rows = at::empty({static_cast<int64_t>(p.in.tag_keys.size()), tag_dim}, at::kFloat);
+      T2D_RETURN_IF_ERROR(remote->Wait(p.tag_ticket, absl::MakeSpan(rows.tag_rows.data_ptr<float>(),
+                                                                    static_cast<size_t>(rows.tag_rows.numel()))));
+      rows.tag_rows.set_requires_grad(true);
+    }
+    p.pulled = false;
+    return rows;
+  }
+
+  // One training step on a prepared input. Returns the worker-averaged losses.
+  absl::StatusOr<model::Model::Losses> Step(Prepared& p) {
+    StepInput& in = p.in;
+    const uint64_t seed = p.seed;
+    T2D_ASSIGN_OR_RETURN(model::Rows rows, Rows(p));
     model->ZeroGradients();
     auto losses = model->ForwardBackward(in.batch, rows, in.candidates, HashCombine(seed, 0x6e6f697365ULL));
     if (!losses.ok()) return losses.status();
@@ -367,7 +414,7 @@ struct Trainer::Impl {
       T2D_RETURN_IF_ERROR(model::SaveDenseState(staging + "/dense.t2dd", *model, optimizer.get()));
       T2D_RETURN_IF_ERROR(WriteFileAtomic(staging + "/evals.txt", EvalHistory()));
     }
-    const auto cursor = reader->cursor();
+    const auto cursor = cursor_before_prefetch ? *cursor_before_prefetch : reader->cursor();
     T2D_RETURN_IF_ERROR(WriteFileAtomic(absl::StrCat(staging, "/cursor-", rank, ".txt"),
                                         absl::StrCat(cursor.Serialize(), "\n", step, " ", skipped_steps, "\n")));
     T2D_RETURN_IF_ERROR(ctx.workers->Barrier(Deadline()));
@@ -482,6 +529,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   so.time_lags = cfg.model().time_lag_feature();
   so.time_gap_sessions = cfg.data().session_mode() == config::DataConfig::TIME_GAP;
   t.builder = std::make_unique<StepBuilder>(t.catalogue.get(), so);
+  if (cfg.cluster().consistency() == config::ClusterConfig::ASYNC && cfg.cluster().staleness() >= 1) {
+    t.remote = dynamic_cast<ps::RemoteEmbeddingStore*>(context.store);
+  }
 
   data::ReaderOptions ro;
   ro.split = "train";
@@ -544,12 +594,31 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   // Evaluation and checkpoint time, reported beside the training time.
   double other_seconds = 0;
   data::Batch batch_data;
+  Impl::Prepared current, next;
+  bool have_next = false;
   while (t.step < total_steps) {
     const int epoch = static_cast<int>(t.step / steps_per_epoch);
     const auto step_start = Clock::now();
-    T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
-    if (!more) break;
-    T2D_ASSIGN_OR_RETURN(model::Model::Losses l, t.Step(batch_data));
+    if (!have_next) {
+      T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
+      if (!more) break;
+      T2D_RETURN_IF_ERROR(t.Prepare(batch_data, t.step, &next));
+    }
+    std::swap(current, next);
+    have_next = false;
+    t.cursor_before_prefetch.reset();
+    if (t.remote != nullptr && t.step + 1 < total_steps) {
+      // Request the following batch's rows now; they arrive while this step computes.
+      t.cursor_before_prefetch = t.reader->cursor();
+      T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
+      if (more) {
+        T2D_RETURN_IF_ERROR(t.Prepare(batch_data, t.step + 1, &next));
+        have_next = true;
+      } else {
+        t.cursor_before_prefetch.reset();
+      }
+    }
+    T2D_ASSIGN_OR_RETURN(model::Model::Losses l, t.Step(current));
     step_seconds += Seconds(step_start);
     ++trained_steps;
     if (result.first_loss == 0) result.first_loss = l.total;

@@ -111,6 +111,17 @@ check "dense parameters and optimizer state bit-identical" cmp -s "$final/dense.
 check "sparse shards bit-identical" cmp -s "$final/sparse/item_id.shard-00000-of-00001.t2demb" "$final2/sparse/item_id.shard-00000-of-00001.t2demb"
 check "test metrics identical" test "$(grep '^test ' "$W/train.log")" = "$(grep '^test ' "$W/part2.log")"
 
+# --- Async mode: prefetching the next batch within the staleness bound ------------------------
+async=(--set cluster.consistency=ASYNC --set cluster.staleness=2 --set "checkpoint.dir=$W/ckpt_async"
+       --set "training.output_dir=$W/out_async")
+"${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/job.textproto" "${async[@]}" --set training.max_steps=25 > "$W/async1.log" 2>&1
+check "async run with prefetch (25 steps)" test $? -eq 0
+"${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/job.textproto" "${async[@]}" --resume > "$W/async2.log" 2>&1
+check "async run resumed to the end" test $? -eq 0
+check "async resume started from step 25" contains "$W/async2.log" "at step 25"
+a_r=$(sed -n 's/^test .*Recall@10=\([0-9.]*\).*/\1/p' "$W/async2.log")
+check "async training learns ($a_r vs popularity $pop_r)" awk -v m="$a_r" -v p="$pop_r" 'BEGIN { exit !(m != "" && m > p + 0.05) }'
+
 # --- Distributed evaluation equals a single-process one ------------------------------------------
 "${MPI[@]}" -n 3 "$T2DIFF" eval -c "$W/job.textproto" > "$W/eval_dist.log" 2>&1
 check "distributed eval" test $? -eq 0
