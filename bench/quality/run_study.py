@@ -68,21 +68,21 @@ class Suite:
         return max(1, int(round(e * args.epochs_scale)))
 
 
-# Epochs are set so that the whole study stays near 2 hours on the 2-core development machine
-# (one ML-1M T2Diff run < 5 minutes); the clean protocol on ML-1M has ~0.5-1 M training
-# samples per epoch, so one or two epochs there see as many samples as dozens of epochs of the
-# authors' protocol (10 samples per training user).
-# The authors' protocol on the small sets has only ~4,000 training samples (8 steps) per epoch,
-# hence many epochs, validated every 5.
+# Epochs are set from speeds measured on the idle 2-core development machine (quick mode: 4.8
+# minutes with a quarter of these): the study stays under 2 hours and one ML-1M T2Diff run under
+# 3 minutes. The clean protocol on ML-1M has 0.5-1 M training samples per epoch, so one or two
+# epochs there see as many samples as dozens of epochs of the authors' protocol (10 samples per
+# training user). The authors' protocol on the small sets has only ~4,000 training samples
+# (8 steps) per epoch, hence many epochs, validated every 5.
 SUITES = [
-    Suite("ml1m_file_paper", "ML-1M, file order (users 1-2999), authors' protocol", True, 20, 4),
-    Suite("ml1m_time_paper", "ML-1M, time order (all 6,040 users), authors' protocol", True, 10, 3),
-    Suite("ml1m_file_clean", "ML-1M, file order (users 1-2999), clean protocol (last item)", False, 1, None),
+    Suite("ml1m_file_paper", "ML-1M, file order (users 1-2999), authors' protocol", True, 80, 20),
+    Suite("ml1m_time_paper", "ML-1M, time order (all 6,040 users), authors' protocol", True, 30, 12),
+    Suite("ml1m_file_clean", "ML-1M, file order (users 1-2999), clean protocol (last item)", False, 2, None),
     Suite("ml1m_time_clean", "ML-1M, time order (all 6,040 users), clean protocol (last item)", False, 1, None),
-    Suite("ml100k_paper", "MovieLens-100k, time order, authors' protocol", True, 60, 12, 5),
-    Suite("ml100k_clean", "MovieLens-100k, time order, clean protocol (last item)", False, 2, 1),
-    Suite("movietweetings_paper", "MovieTweetings 100K, time order, authors' protocol", True, 60, 12, 5),
-    Suite("movietweetings_clean", "MovieTweetings 100K, time order, clean protocol (last item)", False, 2, 1),
+    Suite("ml100k_paper", "MovieLens-100k, time order, authors' protocol", True, 100, 40, 5),
+    Suite("ml100k_clean", "MovieLens-100k, time order, clean protocol (last item)", False, 3, 1),
+    Suite("movietweetings_paper", "MovieTweetings 100K, time order, authors' protocol", True, 100, 30, 5),
+    Suite("movietweetings_clean", "MovieTweetings 100K, time order, clean protocol (last item)", False, 3, 1),
 ]
 
 # Published and reference figures shown beside ours ({metric@K: value}).
