@@ -706,9 +706,13 @@ namespace {
 
 // Inference reads the history only: validate it against a dummy target list.
 absl::Status ValidateInferenceBatch(const Batch& batch, const Rows& rows, const ModelDims& dims,
-                                    const ModelConfig& config) {
+                                    const ModelConfig& config, const InferenceOptions& options) {
   T2D_RETURN_IF_ERROR(CheckRows(rows, dims));
   if (batch.batch_size < 1) return absl::InvalidArgumentError("batch: batch_size must be >= 1");
+  if (!options.sample_seeds.empty() && static_cast<int64_t>(options.sample_seeds.size()) != batch.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("inference: ", options.sample_seeds.size(),
+                                                   " sample seeds for a batch of ", batch.batch_size));
+  }
   Batch probe;
   probe.batch_size = batch.batch_size;
   probe.seq_len = batch.seq_len;
@@ -731,11 +735,7 @@ absl::StatusOr<at::Tensor> Model::GenerateNextItem(const Batch& batch, const Row
                                                    const InferenceOptions& options) const {
   const Impl& m = *impl_;
   if (!m.diffusion) return absl::FailedPreconditionError("GenerateNextItem: the model has no diffusion module");
-  T2D_RETURN_IF_ERROR(ValidateInferenceBatch(batch, rows, m.dims, m.config));
-  if (!options.sample_seeds.empty() && static_cast<int64_t>(options.sample_seeds.size()) != batch.batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("inference: ", options.sample_seeds.size(), " sample seeds for a batch of ",
-                                                   batch.batch_size));
-  }
+  T2D_RETURN_IF_ERROR(ValidateInferenceBatch(batch, rows, m.dims, m.config, options));
   try {
     c10::InferenceMode guard;
     SlotGather g;
@@ -750,11 +750,7 @@ absl::StatusOr<at::Tensor> Model::GenerateNextItem(const Batch& batch, const Row
 absl::StatusOr<at::Tensor> Model::UserVectors(const Batch& batch, const Rows& rows,
                                               const InferenceOptions& options) const {
   const Impl& m = *impl_;
-  T2D_RETURN_IF_ERROR(ValidateInferenceBatch(batch, rows, m.dims, m.config));
-  if (!options.sample_seeds.empty() && static_cast<int64_t>(options.sample_seeds.size()) != batch.batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("inference: ", options.sample_seeds.size(), " sample seeds for a batch of ",
-                                                   batch.batch_size));
-  }
+  T2D_RETURN_IF_ERROR(ValidateInferenceBatch(batch, rows, m.dims, m.config, options));
   try {
     c10::InferenceMode guard;
     SlotGather g;

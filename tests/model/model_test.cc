@@ -792,3 +792,29 @@ TEST(ModelTest, PerSampleSessionLengths) {
 
 }  // namespace
 }  // namespace t2d::model
+
+namespace t2d::model {
+namespace {
+
+// Per-sample seeds: a sample's generated token does not depend on the batch it is in, and the
+// seed count must match the batch.
+TEST(ModelTest, PerSampleSeedsMakeSamplesIndependentOfTheirBatch) {
+  const ModelDims d = Dims(2, 2, 3);
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), d);
+  const Rows rows = MakeRows(12, 4, d, 5);
+  const Batch both = MakeBatch({{1, 2, 3, 4}, {8, 9}}, {3, 10}, 6, 4, true);
+  const Batch second = MakeBatch({{8, 9}}, {10}, 6, 4, true);
+  InferenceOptions o2, o1;
+  o2.sample_seeds = {11, 22};
+  o1.sample_seeds = {22};
+  auto a = model->GenerateNextItem(both, rows, o2);
+  auto b = model->GenerateNextItem(second, rows, o1);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  ExpectClose(a->narrow(0, 1, 1), *b, 1e-5, "sample 1 alone vs in a batch");
+  auto bad = model->UserVectors(both, rows, o1);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("1 sample seeds for a batch of 2"), std::string::npos) << bad.status();
+}
+
+}  // namespace
+}  // namespace t2d::model
