@@ -113,6 +113,7 @@ SplitOptions MakeSplitOptions(const DataConfig& config) {
   o.session_mode = config.session_mode();
   o.session_gap_s = config.session_gap_s();
   o.paper_targets_per_user = config.paper_targets_per_user();
+  o.paper_eval_target = config.paper_eval_target();
   o.seed = config.seed();
   return o;
 }
@@ -129,13 +130,16 @@ bool UserTargets(const SplitOptions& o, int64_t user, Split paper_group, absl::S
   switch (o.protocol) {
     case DataConfig::PAPER: {
       if (len < 2) return false;
-      if (paper_group != kTrain || len <= n) {
-        add(paper_group, len - 1);  // short training users and every eval user: the last item
+      const bool eval_user = paper_group != kTrain;
+      if (len <= n || (eval_user && o.paper_eval_target == DataConfig::LAST)) {
+        add(paper_group, len - 1);  // short users, and eval users under LAST: the last item
         return true;
       }
-      // Up to m distinct positions in [n, len - 1]: a partial Fisher-Yates over the candidates.
+      // Up to m distinct positions in [n, len - 1] (one for an eval user): a partial
+      // Fisher-Yates over the candidates.
       const uint32_t candidates = len - n;
-      const uint32_t m = std::min<uint32_t>(candidates, static_cast<uint32_t>(o.paper_targets_per_user));
+      const uint32_t m =
+          std::min<uint32_t>(candidates, eval_user ? 1u : static_cast<uint32_t>(o.paper_targets_per_user));
       SplitMix64 rng(HashCombine(o.seed ^ 0x7061706572ULL, static_cast<uint64_t>(user)));
       std::vector<uint32_t> pos(candidates);
       std::iota(pos.begin(), pos.end(), n);
@@ -145,7 +149,7 @@ bool UserTargets(const SplitOptions& o, int64_t user, Split paper_group, absl::S
       }
       pos.resize(m);
       std::sort(pos.begin(), pos.end());
-      for (uint32_t t : pos) add(kTrain, t);
+      for (uint32_t t : pos) add(paper_group, t);
       return true;
     }
     case DataConfig::LAST_ITEM: {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 namespace t2d::data {
@@ -114,11 +115,32 @@ TEST(UserTargetsTest, PaperProtocolFullWindowsDeterministic) {
     distinct.insert(t.target);
   }
   EXPECT_EQ(distinct.size(), 3u);
-  // Short training user (len <= n): one sample, the last item. Test users: the last item.
+  // Short training user (len <= n): one sample, the last item.
   ASSERT_TRUE(UserTargets(o, 42, kTrain, std::vector<int64_t>{1, 2, 3}, &a));
   EXPECT_EQ(Positions(a[kTrain]), (std::vector<uint32_t>{2}));
+  // Test user under RANDOM_POSITION (default): one target, the first draw of the same shuffle
+  // a training user makes, so one of the training user's positions.
   ASSERT_TRUE(UserTargets(o, 42, kTest, times, &a));
   EXPECT_TRUE(a[kTrain].empty());
+  ASSERT_EQ(a[kTest].size(), 1u);
+  EXPECT_GE(a[kTest][0].target, 4u);
+  EXPECT_LT(a[kTest][0].target, 20u);
+  const std::vector<uint32_t> train_positions = Positions(b[kTrain]);
+  EXPECT_EQ(std::count(train_positions.begin(), train_positions.end(), a[kTest][0].target), 1);
+  // Different users draw different positions (16 candidates; 8 users all equal would be a bug).
+  std::set<uint32_t> eval_positions;
+  for (int64_t user = 0; user < 8; ++user) {
+    ASSERT_TRUE(UserTargets(o, user, kValid, times, &a));
+    ASSERT_EQ(a[kValid].size(), 1u);
+    eval_positions.insert(a[kValid][0].target);
+  }
+  EXPECT_GT(eval_positions.size(), 1u);
+  // A short test user: the last item.
+  ASSERT_TRUE(UserTargets(o, 42, kTest, std::vector<int64_t>{1, 2, 3}, &a));
+  EXPECT_EQ(Positions(a[kTest]), (std::vector<uint32_t>{2}));
+  // LAST: an eval user's last item.
+  o.paper_eval_target = DataConfig::LAST;
+  ASSERT_TRUE(UserTargets(o, 42, kTest, times, &a));
   EXPECT_EQ(Positions(a[kTest]), (std::vector<uint32_t>{19}));
   // Fewer candidates than m: all of them.
   std::vector<int64_t> six{1, 2, 3, 4, 5, 6};
