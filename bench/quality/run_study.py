@@ -296,7 +296,15 @@ def run_one(binary, suite, dataset, train_samples, model, seed, epochs, work, re
 # Beyond the paper (--beyond): embedding width, what the generated token carries, reverse cost
 
 BEYOND_SUITE = "ml1m_time_paper"
-WIDTHS = (16, 64)  # D = 4 is the main study
+# (D, epochs, seeds; None: the study's). D = 4 is the main study. Epochs from trial runs on this
+# machine: validation Recall@20 levels off by epoch 10-12 at D = 16 and by epoch 4-5 at D = 64.
+# T2Diff at D = 64 costs about 60 s an epoch here (the U-Net's widest level has 8D channels and
+# every validation runs the 50-step reverse process), hence one seed.
+WIDTHS = ((16, 15, None), (64, 5, 1))
+# Widths whose trained T2Diff models are evaluated with the inference variants below.
+INFERENCE_WIDTHS = (4, 16)
+# Diffusion steps T of the reverse-process cost table (T2Diff, D = 4; T = 50 is the main study).
+TRAINED_STEPS = (10, 25, 100)
 # (label, overrides) of the evaluations of one trained T2Diff model.
 INFERENCE_VARIANTS = [
     ("as trained: x_hat from the reverse process (1 sample, 50 steps)", []),
@@ -305,7 +313,6 @@ INFERENCE_VARIANTS = [
     ("x_hat from 25 reverse steps (of T = 50)", ["model.inference_reverse_steps=25"]),
     ("x_hat from 10 reverse steps (of T = 50)", ["model.inference_reverse_steps=10"]),
 ]
-LATENCY_STEPS = (10, 25, 50)
 
 
 def parse_metric_line(line):
@@ -355,74 +362,146 @@ def user_tower_latency(binary, config, sets, rundir, steps, history):
     return statistics.median(times) if times else None
 
 
+def width_sets(width):
+    half = width // 2
+    return ["tables[item_id].dim=%d" % half, "tables[item_tag].dim=%d" % half]
+
+
 def run_beyond(args, binary, models):
     suite = next(s for s in SUITES if s.name == BEYOND_SUITE)
     dataset, _, train_samples = prepare(binary, suite, args.work)
     epochs = suite.epochs(args)
-    out = {"widths": OrderedDict(), "inference": OrderedDict(), "latency": {}, "epochs": epochs}
-    for width in (WIDTHS if "widths" in args.beyond_parts else ()):
-        half = width // 2
-        extra = ["tables[item_id].dim=%d" % half, "tables[item_tag].dim=%d" % half]
+    out = {"widths": OrderedDict(), "inference": OrderedDict(), "steps": OrderedDict(), "epochs": epochs,
+           "width_epochs": {}}
+    parts = args.beyond_parts.split(",")
+
+    done = {}  # rundir -> result: a run two tables share is trained once
+
+    def ckpt_run(tag, seed, run_epochs, extra):
+        """A T2Diff run that keeps its checkpoint (the model after its last epoch) for evaluations."""
+        rundir = os.path.join(args.work, "runs", suite.name, "T2DIFF-" + tag, "seed%d" % seed)
+        if rundir not in done:
+            done[rundir] = run_one(binary, suite, dataset, train_samples, "T2DIFF", seed, run_epochs, args.work,
+                                   args.resume, args.run_timeout,
+                                   list(extra) + ["checkpoint.dir=" + os.path.join(rundir, "ckpt")], tag)
+        return done[rundir]
+
+    def eval_sets(run):
+        return run["sets"]  # checkpoint.dir is among them: `t2diff eval` restores that model
+
+    def scaled(e):  # --epochs-scale, and the quick mode's share of the study's epochs, apply here too
+        return max(1, int(round(e * args.epochs_scale * (suite.quick_epochs / suite.full_epochs if args.quick else 1))))
+
+    for width, width_epochs, width_seeds in (WIDTHS if "widths" in parts else ()):
+        width_epochs = scaled(width_epochs)
+        out["width_epochs"][width] = (width_epochs, width_seeds or args.seeds)
         by_model = OrderedDict()
         for model in models:
-            by_model[model] = [run_one(binary, suite, dataset, train_samples, model, seed, epochs, args.work,
-                                       args.resume, args.run_timeout, extra, "D%d" % width)
-                               for seed in range(1, args.seeds + 1)]
+            runs = []
+            for seed in range(1, (width_seeds or args.seeds) + 1):
+                if model == "T2DIFF":  # kept: the inference variants below evaluate it
+                    runs.append(ckpt_run("D%d" % width, seed, width_epochs, width_sets(width)))
+                else:
+                    runs.append(run_one(binary, suite, dataset, train_samples, model, seed, width_epochs, args.work,
+                                        args.resume, args.run_timeout, width_sets(width), "D%d" % width))
+            by_model[model] = runs
         out["widths"][width] = by_model
     history = None
-    for seed in (range(1, args.seeds + 1) if "inference" in args.beyond_parts else ()):
-        rundir = os.path.join(args.work, "runs", suite.name, "T2DIFF-ckpt", "seed%d" % seed)
-        run = run_one(binary, suite, dataset, train_samples, "T2DIFF", seed, epochs, args.work, args.resume,
-                      args.run_timeout, ["checkpoint.dir=" + os.path.join(rundir, "ckpt")], "ckpt")
-        if run["rc"] != 0:
-            continue
-        sets = [s for s in run["sets"] if not s.startswith("checkpoint.dir=")]
-        sets.append("checkpoint.dir=" + os.path.join(rundir, "ckpt"))
-        for label, over in INFERENCE_VARIANTS:
-            logpath = os.path.join(rundir, "eval-%d.log" % INFERENCE_VARIANTS.index((label, over)))
-            rc, wall, test = run_eval(binary, suite.config, sets + over, logpath)
-            out["inference"].setdefault(label, []).append({"rc": rc, "wall_s": wall, "test": test})
-            log("beyond: seed %d, %s: Recall@20 %s" % (seed, label, test.get("recall@20") if test else "-"))
-        if seed == 1:
-            if history is None:
-                with gzip.open(os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ml-1m_sequences.txt.gz"), "rt") as f:
-                    history = " ".join(f.readline().split()[1:][-50:])
-            for steps in LATENCY_STEPS:
-                out["latency"][steps] = user_tower_latency(binary, suite.config, sets, rundir, steps, history)
-                log("beyond: user tower latency with %d reverse steps: %s ms" % (steps, out["latency"][steps]))
+    if "inference" in parts or "steps" in parts:
+        with gzip.open(os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ml-1m_sequences.txt.gz"), "rt") as f:
+            history = " ".join(f.readline().split()[1:][-50:])
+    for width in (INFERENCE_WIDTHS if "inference" in parts else ()):
+        width_epochs = scaled(dict((w, e) for w, e, _ in WIDTHS)[width]) if width != 4 else epochs
+        per_width = OrderedDict()
+        for seed in range(1, args.seeds + 1):
+            tag = "ckpt" if width == 4 else "D%d" % width
+            run = ckpt_run(tag, seed, width_epochs, width_sets(width) if width != 4 else [])
+            if run["rc"] != 0:
+                continue
+            for i, (label, over) in enumerate(INFERENCE_VARIANTS):
+                logpath = os.path.join(run["dir"], "eval-%d.log" % i)
+                rc, wall, test = run_eval(binary, suite.config, eval_sets(run) + over, logpath)
+                per_width.setdefault(label, []).append({"rc": rc, "wall_s": wall, "test": test})
+                log("beyond: D %d seed %d, %s: Recall@20 %s" % (width, seed, label, test.get("recall@20") if test else "-"))
+        out["inference"][width] = per_width
+    if "steps" in parts:
+        for steps in sorted(TRAINED_STEPS + (50,)):
+            runs, latency = [], None
+            for seed in range(1, args.seeds + 1):
+                extra = [] if steps == 50 else ["model.diffusion_steps=%d" % steps]
+                run = ckpt_run("ckpt" if steps == 50 else "T%d" % steps, seed, epochs, extra)
+                runs.append(run)
+                if seed == 1 and run["rc"] == 0:
+                    latency = user_tower_latency(binary, suite.config, eval_sets(run), run["dir"], steps, history)
+                    log("beyond: T = %d, user tower latency %s ms" % (steps, latency))
+            out["steps"][steps] = {"runs": runs, "latency": latency}
+    return out
+
+
+def beyond_runs(beyond):
+    """Every training run of the beyond part (for the page's time total)."""
+    if not beyond:
+        return []
+    runs = [r for by_model in beyond["widths"].values() for rs_ in by_model.values() for r in rs_]
+    runs += [r for rec in beyond["steps"].values() for r in rec["runs"]]
+    seen, out = set(), []
+    for r in runs:  # T = 50 and D = 16 T2Diff runs are shared between tables
+        if r["dir"] not in seen:
+            seen.add(r["dir"])
+            out.append(r)
     return out
 
 
 def beyond_section(beyond, suite_title):
-    L = ["## Beyond the paper (%s, %d epoch(s))" % (suite_title, beyond["epochs"]), ""]
+    L = ["## Beyond the paper (%s)" % suite_title, ""]
     if beyond["widths"]:
         L.append("### Embedding width D (every model; D = 4 is the table above)")
         L.append("")
-        L.append("| model | D | Recall@20 | MRR@20 | NDCG@20 | Recall@50 | wall s | samples/s |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        L.append("Epochs and seeds per width: " + "; ".join(
+            "D = %d: %d epochs, %d seed(s)" % (w, e, n) for w, (e, n) in beyond["width_epochs"].items()) +
+                 " (validation Recall@20 levels off sooner at larger D). Same data, split and protocol; the epoch "
+                 "is selected on validation.")
+        L.append("")
+        L.append("| model | D | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | Recall@50 | sel. epoch | wall s | samples/s |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
     for width, by_model in beyond["widths"].items():
         for model, runs in by_model.items():
             agg, ok, total = aggregate(runs)
-            L.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
-                MODELS[model], width, fmt(*agg["recall@20"]), fmt(*agg["mrr@20"]), fmt(*agg["ndcg@20"]),
-                fmt(*agg["recall@50"]), fmt(*agg["wall_s"], digits=0), fmt(*agg["samples_per_s"], digits=0)))
+            L.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                MODELS[model], width, fmt(*agg["recall@2"]), fmt(*agg["recall@20"]), fmt(*agg["mrr@20"]),
+                fmt(*agg["ndcg@20"]), fmt(*agg["recall@50"]), fmt(*agg["best_epoch"], digits=1),
+                fmt(*agg["wall_s"], digits=0), fmt(*agg["samples_per_s"], digits=0)))
     L.append("")
     if beyond["inference"]:
-        L.append("### What the generated token contributes at inference (T2Diff, D = 4, the same trained models)")
+        L.append("### What the generated token contributes at inference")
         L.append("")
-        L.append("| inference | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | eval wall s (valid + test, 1 process) |")
-        L.append("|---|---|---|---|---|---|")
-    for label, evals in beyond["inference"].items():
-        ok = [e for e in evals if e["rc"] == 0 and e["test"]]
-        cells = [fmt(*mean_std([e["test"].get(m) for e in ok])) for m in ("recall@2", "recall@20", "mrr@20", "ndcg@20")]
-        L.append("| %s | %s | %s |" % (label, " | ".join(cells), fmt(*mean_std([e["wall_s"] for e in ok]), digits=1)))
+        L.append("The same trained T2Diff models (the checkpoint after the last epoch, so the first row can differ "
+                 "from the validation-selected tables), evaluated on the test split with x_hat_{n+1} made in "
+                 "different ways. Mean ± sd over seeds.")
+        L.append("")
+        L.append("| D | inference | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | eval wall s (valid + test, 1 process) |")
+        L.append("|---|---|---|---|---|---|---|")
+    for width, per_width in beyond["inference"].items():
+        for label, evals in per_width.items():
+            ok = [e for e in evals if e["rc"] == 0 and e["test"]]
+            cells = [fmt(*mean_std([e["test"].get(m) for e in ok])) for m in ("recall@2", "recall@20", "mrr@20", "ndcg@20")]
+            L.append("| %d | %s | %s | %s |" % (width, label, " | ".join(cells),
+                                                fmt(*mean_std([e["wall_s"] for e in ok]), digits=1)))
     L.append("")
-    if beyond["latency"]:
-        L.append("User-tower latency of one request (`t2diff retrieve` on an exported bundle, history of 50, median "
-                 "of 7, first seed): " + ", ".join(
-                     "%d reverse steps %s ms" % (k, "%.2f" % v if v is not None else "–")
-                     for k, v in sorted(beyond["latency"].items())) + ".")
+    if beyond["steps"]:
+        L.append("### Reverse-process cost: diffusion steps T (T2Diff, D = 4, trained and served with T steps)")
         L.append("")
+        L.append("Test metrics at the validation-selected epoch, mean ± sd over seeds. Latency: one request's user "
+                 "tower (`t2diff retrieve` on an exported bundle, history of 50, 1 thread, median of 7, first seed).")
+        L.append("")
+        L.append("| T | Recall@2 | Recall@20 | MRR@20 | NDCG@20 | user-tower latency ms | wall s |")
+        L.append("|---|---|---|---|---|---|---|")
+    for steps, rec in beyond["steps"].items():
+        agg, ok, total = aggregate(rec["runs"])
+        L.append("| %d | %s | %s | %s | %s | %s | %s |" % (
+            steps, fmt(*agg["recall@2"]), fmt(*agg["recall@20"]), fmt(*agg["mrr@20"]), fmt(*agg["ndcg@20"]),
+            "%.2f" % rec["latency"] if rec["latency"] is not None else "–", fmt(*agg["wall_s"], digits=0)))
+    L.append("")
     return "\n".join(L)
 
 
@@ -542,7 +621,7 @@ def gnuplot_has_cairo(gnuplot):
 # Facts about the data that explain the results
 
 def file_order_facts():
-    """Share of users whose last item in file order / in time order is the most common last item."""
+    """File order versus time order on ML-1M: the most common last item, and neighbouring ids."""
     facts = []
     data = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ml-1m"))
     try:
@@ -562,8 +641,28 @@ def file_order_facts():
                 if len(p) >= 2:
                     tlast[p[0]] = p[-1]
         titem, tn = Counter(tlast.values()).most_common(1)[0]
-        facts.append("In time order (all users) the most common last movie (id %s) ends %d of %d sequences (%.1f%%)."
-                     % (titem, tn, len(tlast), 100.0 * tn / len(tlast)))
+        # Neighbouring ids: adjacent behaviours whose movie ids differ by at most 5 (same users).
+        fseq, tseq = {}, {}
+        with gzip.open(os.path.join(data, "ratings_users1-2999.dat.gz"), "rt", encoding="latin-1") as f:
+            for line in f:
+                p = line.split("::")
+                if len(p) >= 2:
+                    fseq.setdefault(p[0], []).append(int(p[1]))
+        with gzip.open(os.path.join(data, "ml-1m_sequences.txt.gz"), "rt") as f:
+            for line in f:
+                p = line.split()
+                if p and p[0] in fseq:
+                    tseq[p[0]] = [int(x) for x in p[1:]]
+
+        def near(seqs):
+            pairs = [(a, b) for q in seqs for a, b in zip(q, q[1:])]
+            return 100.0 * sum(abs(a - b) <= 5 for a, b in pairs) / max(1, len(pairs))
+        facts.append("In file order, %.1f%% of adjacent behaviours of users 1-2999 have movie ids within 5 of each "
+                     "other; in time order, the same users, %.1f%%: the next movie is often the previous id plus "
+                     "one to five, which an id embedding learns." % (near(fseq.values()), near(tseq.values())))
+        facts.insert(1, "In time order (all users) the most common last movie (id %s) ends %d of %d sequences "
+                     "(%.1f%%); that matters when the last item is the target (the clean protocol, or "
+                     "`paper_eval_target: LAST`)." % (titem, tn, len(tlast), 100.0 * tn / len(tlast)))
     except (OSError, IndexError, ValueError):
         pass
     return facts
@@ -624,7 +723,8 @@ def verdict(ok):
     return {True: "**met**", False: "**missed**", None: "n/a"}[ok]
 
 
-def targets(all_aggs):
+def targets(all_aggs, width_aggs=None):
+    """width_aggs: {D: {model: aggregate}} of the beyond part's ML-1M time-order widths."""
     rows = []
     f = all_aggs.get("ml1m_file_paper", {}).get("T2DIFF")
     if f:
@@ -632,18 +732,22 @@ def targets(all_aggs):
         ok = None if r is None else (r >= 0.33 and m >= 0.092)
         rows.append(("ML-1M file order, authors' protocol: T2Diff Recall@20 >= 0.33 and MRR@20 >= 0.092",
                      verdict(ok), "Recall@20 %s, MRR@20 %s" % (fmt(*f["recall@20"]), fmt(*f["mrr@20"]))))
-    t = all_aggs.get("ml1m_time_paper", {})
-    if "T2DIFF" in t:
+    # The time-order targets at the authors' D = 4 (the main table) and at each wider D measured.
+    time_tables = [("D = 4", all_aggs.get("ml1m_time_paper", {}))]
+    time_tables += [("D = %d" % w, aggs) for w, aggs in sorted((width_aggs or {}).items())]
+    for label, t in time_tables:
+        if "T2DIFF" not in t:
+            continue
         a = t["T2DIFF"]
         r, n = a["recall@20"][0], a["ndcg@20"][0]
         ok = None if r is None else (r >= 0.14 and n >= 0.05)
-        rows.append(("ML-1M time order, authors' protocol: T2Diff Recall@20 >= 0.14 and NDCG@20 >= 0.05", verdict(ok),
-                     "Recall@20 %s, NDCG@20 %s" % (fmt(*a["recall@20"]), fmt(*a["ndcg@20"]))))
+        rows.append(("ML-1M time order, authors' protocol, %s: T2Diff Recall@20 >= 0.14 and NDCG@20 >= 0.05" % label,
+                     verdict(ok), "Recall@20 %s, NDCG@20 %s" % (fmt(*a["recall@20"]), fmt(*a["ndcg@20"]))))
         for other in ("T2DIFF_NO_DIFFUSION", "TWO_TOWER_MEAN"):
             if other in t:
                 for metric in ("recall@20", "ndcg@20"):
                     ok, text = gap_check(a, t[other], metric)
-                    rows.append(("ML-1M time order: T2Diff above %s on %s by > 2 sd" % (MODELS[other], metric),
+                    rows.append(("ML-1M time order, %s: T2Diff above %s on %s by > 2 sd" % (label, MODELS[other], metric),
                                  verdict(ok), text))
     for name in ("ml100k_paper", "ml100k_clean", "movietweetings_paper", "movietweetings_clean"):
         s = all_aggs.get(name, {})
@@ -677,8 +781,12 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev,
         L.append("")
     L.append("- Command: `%s` (from the repository root, with `../shared/data` present)" % cmd)
     L.append("- Machine: %s" % mach)
-    L.append("- Date: %s to %s UTC; %.0f minutes in all; revision %s" % (
-        started.strftime("%Y-%m-%d %H:%M"), finished.strftime("%H:%M"), (finished - started).total_seconds() / 60, rev))
+    runs = [r for suite_runs in results.values() for model_runs in suite_runs.values() for r in model_runs]
+    runs += beyond_runs(beyond)
+    L.append("- Date: %s to %s UTC; %.0f minutes in all; revision %s. The %d runs' own wall times add up to %.0f "
+             "minutes (with `--resume`, runs finished earlier with the identical command are reused, not rerun)." % (
+        started.strftime("%Y-%m-%d %H:%M"), finished.strftime("%H:%M"), (finished - started).total_seconds() / 60, rev,
+        len(runs), sum(r.get("wall_s", 0.0) for r in runs) / 60))
     L.append("- Every run: `t2diff launch` (1 parameter server + 2 workers under mpirun, SYNC), `nice -n 19`, one "
              "run at a time, %d seed(s) per model (seeds change the dense and embedding initialisation, the diffusion "
              "noise and the evaluation noise; the data split is fixed)." % args.seeds)
@@ -687,7 +795,8 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev,
              "batch 512 (256 per worker), lambda = 0.1, T = 50, exponential schedule, full softmax over the "
              "catalogue. Ranking is against the whole catalogue; rank = 1 + items scored strictly higher.")
     L.append("- Protocols. *Authors'*: users split at random 70/10/20 into train/valid/test, up to 10 training "
-             "samples per training user at random positions with a full window, the last item for eval users. "
+             "samples per training user at random positions with a full window, one sample per validation/test "
+             "user drawn the same way (\"each test user one\"; short users: the last item). "
              "*Clean*: per user the last item is the test target, the second last the validation target. Both: "
              "the epoch is selected on validation Recall@20 and the test split is read at that epoch "
              "(the authors' best-test-over-epochs reading is shown separately, labelled).")
@@ -723,7 +832,10 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev,
             rel = os.path.relpath(plots[suite.name], os.path.join(ROOT, "docs"))
             sec += ["", "![training curves, %s](%s)" % (suite.title, rel)]
         tables.append("\n".join(sec))
-    L.append(targets(all_aggs))
+    width_aggs = {}
+    for width, by_model in (beyond["widths"].items() if beyond else ()):
+        width_aggs[width] = {model: aggregate(runs)[0] for model, runs in by_model.items()}
+    L.append(targets(all_aggs, width_aggs))
     L.append("")
     facts = file_order_facts()
     if facts:
@@ -731,8 +843,7 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev,
         L.append("")
         L.append("The authors built ML-1M sequences in `ratings.dat` line order, which within a user is not "
                  "chronological. Counted from the data files by this script: " + " ".join(facts) +
-                 " A model that learns to put that movie first gets a large share of Recall@2 and MRR for free; "
-                 "the popularity floor (global counts) does not see it.")
+                 " The popularity floor (global counts) sees neither.")
         L.append("")
     L.append("\n\n".join(tables))
     L.append("")
@@ -768,9 +879,10 @@ def main():
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--resume", action="store_true", help="reuse finished runs with identical commands")
     p.add_argument("--beyond", action="store_true",
-                   help="also: widths D = 16, 64 for every model, the generated token at inference, reverse-process "
-                        "cost (on %s)" % BEYOND_SUITE)
-    p.add_argument("--beyond-parts", default="widths,inference", help="with --beyond: which parts to run")
+                   help="also: widths D = 16, 64 for every model, the generated token at inference, diffusion steps "
+                        "T = 10, 25, 50, 100 (on %s)" % BEYOND_SUITE)
+    p.add_argument("--beyond-parts", default="widths,inference,steps",
+                   help="with --beyond: which parts to run (comma-separated of widths, inference, steps)")
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds before one run is abandoned")
     args = p.parse_args()
     if args.seeds is None:

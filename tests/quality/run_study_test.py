@@ -119,6 +119,59 @@ class Targets(unittest.TestCase):
         self.assertIn("**missed**", small)
 
 
+class Beyond(unittest.TestCase):
+    def beyond(self):
+        def r(v, d):
+            return dict(run(v, [v]), dir=d)
+        shared = r(0.11, "/w/ckpt1")  # the T = 50 run is also the D = 4 inference model
+        return {
+            "widths": {16: {"T2DIFF": [r(0.22, "/w/a1"), r(0.21, "/w/a2")],
+                            "T2DIFF_NO_DIFFUSION": [r(0.20, "/w/b1"), r(0.20, "/w/b2")]}},
+            "width_epochs": {16: (15, 2)},
+            "inference": {4: {"as trained": [{"rc": 0, "wall_s": 3.0, "test": {"recall@20": 0.1, "recall@2": 0.01}}],
+                              "last behaviour": [{"rc": 2, "wall_s": 1.0, "test": None}]}},
+            "steps": {10: {"runs": [r(0.09, "/w/t10")], "latency": 0.5},
+                      50: {"runs": [shared], "latency": None}},
+            "epochs": 30,
+        }
+
+    def test_section_and_time_total(self):
+        b = self.beyond()
+        text = rs.beyond_section(b, "ML-1M, time order")
+        self.assertIn("D = 16: 15 epochs, 2 seed(s)", text)
+        self.assertIn("| T2Diff | 16 | 0.0000 ± 0.0000 | 0.2150 ± 0.0071 |", text)
+        self.assertIn("| 4 | as trained | 0.0100 | 0.1000 |", text)
+        self.assertIn("| 4 | last behaviour | – | – |", text)  # a failed evaluation shows as missing
+        self.assertIn("| 10 | 0.0000 | 0.0900 |", text)
+        self.assertIn("| 0.50 |", text)
+        self.assertIn("| – | 12 |", text)  # no latency for T = 50 here
+        runs = rs.beyond_runs(b)
+        self.assertEqual(len(runs), 6)
+        self.assertEqual(rs.beyond_runs(None), [])
+        # The whole page with the beyond part: the time total counts main and beyond runs.
+        with tempfile.TemporaryDirectory() as d:
+            args = argparse.Namespace(quick=False, seeds=2, results=os.path.join(d, "RESULTS.md"), epochs_scale=1.0)
+            suite = rs.SUITES[1]
+            now = datetime.datetime(2026, 1, 2, 3, 4)
+            rs.write_page(args, [suite], {suite.name: {"T2DIFF": [dict(run(0.1, [0.1]), dir="/w/m")]}},
+                          {suite.name: []}, {}, now, now, "m", "abc", b)
+            with open(args.results) as f:
+                page = f.read()
+            self.assertIn("The 7 runs' own wall times add up to 1 minutes", page)  # 7 x 12 s
+            self.assertIn("## Beyond the paper", page)
+            self.assertIn("D = 16: T2Diff Recall@20 >= 0.14", page)
+
+    def test_width_targets(self):
+        width_aggs = {16: {"T2DIFF": agg(0.22, 0.002), "T2DIFF_NO_DIFFUSION": agg(0.20, 0.002),
+                           "TWO_TOWER_MEAN": agg(0.219, 0.002)}}
+        text = rs.targets({"ml1m_time_paper": {"T2DIFF": agg(0.10, 0.002)}}, width_aggs)
+        lines = text.splitlines()
+        self.assertIn("**missed**", next(l for l in lines if "D = 4: T2Diff Recall@20 >= 0.14" in l))
+        self.assertIn("**met**", next(l for l in lines if "D = 16: T2Diff Recall@20 >= 0.14" in l))
+        self.assertIn("**met**", next(l for l in lines if "D = 16: T2Diff above T2Diff without" in l and "recall@20" in l))
+        self.assertIn("**missed**", next(l for l in lines if "D = 16: T2Diff above two-tower" in l and "recall@20" in l))
+
+
 class Page(unittest.TestCase):
     def test_page_is_labelled_and_lists_failures(self):
         with tempfile.TemporaryDirectory() as d:
