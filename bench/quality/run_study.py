@@ -10,7 +10,8 @@ mean +- std over seeds at the validation-selected epoch, popularity as a floor, 
 samples/s, the published figures where they apply, the targets of issue 7 checked) and PNG
 training curves under docs/results/ (gnuplot).
 
-    python3 bench/quality/run_study.py            # the study: 3 seeds (target < 2 hours)
+    python3 bench/quality/run_study.py --beyond   # the study: 3 seeds, plus widths D = 16 and 64,
+                                                  # the token at inference, steps T (about 2 hours)
     python3 bench/quality/run_study.py --quick    # development: 1 seed, fewer epochs, no ML-1M
                                                   # clean-protocol suites (target < 15 minutes)
 
