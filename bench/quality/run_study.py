@@ -388,16 +388,14 @@ def run_beyond(args, binary, models):
     done = {}  # rundir -> result: a run two tables share is trained once
 
     def ckpt_run(tag, seed, run_epochs, extra):
-        """A T2Diff run that keeps its checkpoint (the model after its last epoch) for evaluations."""
+        """A T2Diff run that keeps its checkpoint (the model after its last epoch): its "sets" carry
+        checkpoint.dir, so `t2diff eval` and `export` with them restore that model."""
         rundir = os.path.join(args.work, "runs", suite.name, "T2DIFF-" + tag, "seed%d" % seed)
         if rundir not in done:
             done[rundir] = run_one(binary, suite, dataset, train_samples, "T2DIFF", seed, run_epochs, args.work,
                                    args.resume, args.run_timeout,
                                    list(extra) + ["checkpoint.dir=" + os.path.join(rundir, "ckpt")], tag)
         return done[rundir]
-
-    def eval_sets(run):
-        return run["sets"]  # checkpoint.dir is among them: `t2diff eval` restores that model
 
     def scaled(e):  # --epochs-scale, and the quick mode's share of the study's epochs, apply here too
         return max(1, int(round(e * args.epochs_scale * (suite.quick_epochs / suite.full_epochs if args.quick else 1))))
@@ -417,7 +415,7 @@ def run_beyond(args, binary, models):
             by_model[model] = runs
         out["widths"][width] = by_model
     history = None
-    if "inference" in parts or "steps" in parts:
+    if "steps" in parts:
         with gzip.open(os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ml-1m_sequences.txt.gz"), "rt") as f:
             history = " ".join(f.readline().split()[1:][-50:])
     for width in (INFERENCE_WIDTHS if "inference" in parts else ()):
@@ -430,7 +428,7 @@ def run_beyond(args, binary, models):
                 continue
             for i, (label, over) in enumerate(INFERENCE_VARIANTS):
                 logpath = os.path.join(run["dir"], "eval-%d.log" % i)
-                rc, wall, test = run_eval(binary, suite.config, eval_sets(run) + over, logpath)
+                rc, wall, test = run_eval(binary, suite.config, run["sets"] + over, logpath)
                 per_width.setdefault(label, []).append({"rc": rc, "wall_s": wall, "test": test})
                 log("beyond: D %d seed %d, %s: Recall@20 %s" % (width, seed, label, test.get("recall@20") if test else "-"))
         out["inference"][width] = per_width
@@ -442,7 +440,7 @@ def run_beyond(args, binary, models):
                 run = ckpt_run("ckpt" if steps == 50 else "T%d" % steps, seed, epochs, extra)
                 runs.append(run)
                 if seed == 1 and run["rc"] == 0:
-                    latency = user_tower_latency(binary, suite.config, eval_sets(run), run["dir"], steps, history)
+                    latency = user_tower_latency(binary, suite.config, run["sets"], run["dir"], steps, history)
                     log("beyond: T = %d, user tower latency %s ms" % (steps, latency))
             out["steps"][steps] = {"runs": runs, "latency": latency}
     return out
