@@ -21,7 +21,6 @@
 namespace {
 
 using t2d::config::DataConfig;
-using t2d::config::JobConfig;
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -51,7 +50,7 @@ double ReaderThroughput(const std::string& dir, const std::string& split, int sh
     std::printf("reader: %s\n", std::string(r.status().message()).c_str());
     return 0;
   }
-  t2d::data::Batch b;
+  t2d::data::SampleBatch b;
   int64_t n = 0;
   int64_t checksum = 0;
   const auto t0 = Clock::now();
@@ -67,7 +66,7 @@ double ReaderThroughput(const std::string& dir, const std::string& split, int sh
   return static_cast<double>(n) / s;
 }
 
-bool PrepareAndReport(const std::string& name, JobConfig job, int repeats) {
+bool PrepareAndReport(const std::string& name, const DataConfig& job, int repeats) {
   double best = 1e30;
   t2d::data::PrepareSummary summary;
   for (int i = 0; i < repeats; ++i) {
@@ -95,8 +94,8 @@ int main(int argc, char** argv) {
   PrintMachine();
 
   if (std::filesystem::exists(shared + "/ml-1m/ml-1m_sequences.txt.gz")) {
-    JobConfig job;
-    DataConfig* c = job.mutable_data();
+    DataConfig job;
+    DataConfig* c = &job;
     c->set_source(DataConfig::ML1M_SEQUENCES);
     c->add_input_paths(shared + "/ml-1m/ml-1m_sequences.txt.gz");
     c->set_item_path(shared + "/ml-1m/movies.dat");
@@ -113,8 +112,8 @@ int main(int argc, char** argv) {
     c->set_split(DataConfig::PAPER);
     c->set_valid_user_fraction(0.1);
     PrepareAndReport("ML-1M sequences, PAPER (80/10/10 users, m=10)", job, 1);
-    JobConfig ratings;
-    DataConfig* r = ratings.mutable_data();
+    DataConfig ratings;
+    DataConfig* r = &ratings;
     r->set_source(DataConfig::MOVIELENS_DAT);
     r->add_input_paths(shared + "/ml-1m/ratings_users1-2999.dat.gz");
     r->set_item_path(shared + "/ml-1m/movies.dat");
@@ -125,8 +124,8 @@ int main(int argc, char** argv) {
     std::printf("ML-1M: %s absent, skipped\n", shared.c_str());
   }
   if (std::filesystem::exists(shared + "/ml-100k/u.data")) {
-    JobConfig job;
-    DataConfig* c = job.mutable_data();
+    DataConfig job;
+    DataConfig* c = &job;
     c->set_source(DataConfig::MOVIELENS_100K);
     c->add_input_paths(shared + "/ml-100k/u.data");
     c->set_item_path(shared + "/ml-100k/u.item");
@@ -136,8 +135,8 @@ int main(int argc, char** argv) {
 
   // Generator: 1 thread and all threads.
   for (int threads : {1, 0}) {
-    JobConfig job;
-    DataConfig* c = job.mutable_data();
+    DataConfig job;
+    DataConfig* c = &job;
     c->set_source(DataConfig::SYNTHETIC);
     c->set_dataset_dir(work + "/synthetic");
     c->set_num_shards(8);

@@ -73,6 +73,8 @@ endfunction()
 # becomes <build>/gen/configs/x.pb.h and is included as "configs/x.pb.h" everywhere.
 function(t2d_proto_library name)
   cmake_parse_arguments(A "" "" "PROTOS;DEPS" ${ARGN})
+  # protoc writes into gen/<folder>/ but does not create it (Ninja does, Makefiles do not).
+  file(MAKE_DIRECTORY ${PROJECT_BINARY_DIR}/gen)
   set(srcs)
   foreach(proto ${A_PROTOS})
     file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR}/${proto})

@@ -6,7 +6,8 @@
 // (threads as ranks, for tests) and NcclCommunicator (GPU, built with -DT2D_WITH_NCCL=ON).
 // MakeCommunicator (comm/communicator_factory.h) picks one.
 //
-// Contract (tests/comm/communicator_conformance.cc checks it for every implementation):
+// Contract (the shared cases in tests/comm/conformance_cases.cc check it for the in-process and
+// MPI implementations; tests/gpu/nccl_communicator_test.cc for NCCL on a GPU):
 //   * Every member calls the same collectives in the same order with the same count / dtype /
 //     root (a mismatch is InvalidArgument where detectable, undefined otherwise).
 //   * Results are identical on every member; AllReduceSum is deterministic for a fixed group

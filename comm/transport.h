@@ -3,10 +3,11 @@
 //
 // This is the seam between the parameter-server protocol (ps/) and the wire. Implementations:
 // MpiTransport (one process per rank, comm/mpi_transport.h), InProcTransport (ranks are threads
-// of one process, for tests, comm/inproc_transport.h) and FaultyTransport (a decorator that
-// drops, delays or fails messages, for fault tests).
+// of one process, for tests, comm/inproc_transport.h) and FaultyTransport
+// (comm/faulty_transport.h, a decorator that drops, delays or fails messages, for fault tests).
 //
-// Semantics shared by every implementation (tests/comm/transport_conformance.cc checks them):
+// Semantics shared by every implementation (the shared cases in tests/comm/conformance_cases.cc
+// check them over threads, tests/comm/comm_test.cc, and over MPI, tests/mpi/comm_mpi_test.cc):
 //   * Messages between one (sender, receiver) pair with the same tag arrive in send order.
 //   * Recv(src, tag) returns the oldest queued message matching src (or any source with
 //     kAnySource) and tag (or any tag with kAnyTag).

@@ -17,7 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
-#include "configs/field_options.pb.h"
+#include "common/field_options.pb.h"
 
 namespace t2d::config {
 namespace {

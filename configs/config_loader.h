@@ -8,7 +8,7 @@
 //      "eval.k=2,10,20"); an override naming a missing field or with a bad value is an error
 //      naming the override;
 //   3. validates every set field against its (min)/(max)/(required) options from
-//      configs/field_options.proto and runs the cross-field checks (ValidateJobConfig).
+//      common/field_options.proto and runs the cross-field checks (ValidateJobConfig).
 // All errors found in step 3 are reported together, one per line, each naming the field path
 // and where it was set (FILE:LINE or the --set override).
 //

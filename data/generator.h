@@ -22,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/hash.h"
-#include "configs/job_config.pb.h"
+#include "data/data_config.pb.h"
 #include "data/dataset.pb.h"
 #include "data/sequences.h"
 

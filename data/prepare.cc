@@ -295,9 +295,8 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
 
 }  // namespace
 
-absl::StatusOr<PrepareSummary> Prepare(const config::JobConfig& config, bool force) {
+absl::StatusOr<PrepareSummary> Prepare(const config::DataConfig& c, bool force) {
   const auto t0 = std::chrono::steady_clock::now();
-  const DataConfig& c = config.data();
   T2D_RETURN_IF_ERROR(CheckDataConfig(c));
   T2D_RETURN_IF_ERROR(PrepareOutputDir(c.dataset_dir(), force));
   if (c.source() == DataConfig::SYNTHETIC) return GenerateDataset(c, t0);

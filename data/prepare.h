@@ -15,7 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "configs/job_config.pb.h"
+#include "data/data_config.pb.h"
 #include "data/dataset.pb.h"
 
 namespace t2d::data {
@@ -26,9 +26,9 @@ inline constexpr char kItemsFile[] = "items.t2ds";
 // "train-00003-of-00008.t2ds"
 std::string ShardFileName(const std::string& split, int shard, int num_shards);
 
-// Prepares config.data() into config.data().dataset_dir. Returns the summary (also in the
+// Prepares `config` (a job's data section) into config.dataset_dir. Returns the summary (also in the
 // manifest).
-absl::StatusOr<PrepareSummary> Prepare(const config::JobConfig& config, bool force);
+absl::StatusOr<PrepareSummary> Prepare(const config::DataConfig& config, bool force);
 
 // Reads and checks dataset_dir/manifest.textproto.
 absl::StatusOr<DatasetManifest> ReadManifest(const std::string& dataset_dir);

@@ -6,7 +6,7 @@
 // stored behaviour serves every target after it, so a user's sequence is stored once per
 // split instead of once per sample.
 //
-// Layout (little-endian):
+// Layout (little-endian; the framing is common/chunk_file.h):
 //   "T2DSAMPL" | u32 version | u32 header_bytes | SampleFileHeader | u32 crc32(header)
 //   chunk*:  u32 'CHNK' | u32 kind | u32 records | u32 samples | u32 payload_bytes | u32 crc | payload
 //   end:     a chunk of kind 3 whose payload is i64 records | i64 samples | i64 chunks
@@ -18,7 +18,6 @@
 // Thread-safety: writer and reader objects are thread-compatible; DecodeChunk is const.
 
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/chunk_file.h"
 #include "data/dataset.pb.h"
 
 namespace t2d::data {
@@ -68,7 +68,6 @@ class SampleFileWriter {
   static absl::StatusOr<std::unique_ptr<SampleFileWriter>> Create(const std::string& path,
                                                                   const SampleFileHeader& header,
                                                                   size_t chunk_bytes);
-  ~SampleFileWriter();
   SampleFileWriter(const SampleFileWriter&) = delete;
   SampleFileWriter& operator=(const SampleFileWriter&) = delete;
 
@@ -85,19 +84,17 @@ class SampleFileWriter {
   int64_t samples() const { return samples_; }
 
  private:
-  SampleFileWriter(std::string path, FILE* f, size_t chunk_bytes);
-  absl::Status MaybeFlush();
-  absl::Status FlushChunk(uint32_t kind);
-  absl::Status Write(const void* data, size_t n);
+  SampleFileWriter(std::string path, std::unique_ptr<ChunkFileWriter> file, uint32_t data_kind, size_t chunk_bytes);
+  // Writes the pending records as a chunk once they reach chunk_bytes_ (or `always`).
+  absl::Status MaybeFlush(bool always = false);
 
   std::string path_;
-  FILE* f_;
+  std::unique_ptr<ChunkFileWriter> file_;
+  uint32_t data_kind_;
   size_t chunk_bytes_;
   std::string payload_;
   uint32_t chunk_records_ = 0, chunk_samples_ = 0;
   int64_t records_ = 0, samples_ = 0, chunks_ = 0;
-  uint32_t data_kind_ = 1;
-  bool finished_ = false;
 };
 
 // Random access to the chunks of one .t2ds file. Open reads the header and walks the chunk
@@ -105,14 +102,13 @@ class SampleFileWriter {
 class SampleFileReader {
  public:
   static absl::StatusOr<std::unique_ptr<SampleFileReader>> Open(const std::string& path);
-  ~SampleFileReader();
   SampleFileReader(const SampleFileReader&) = delete;
   SampleFileReader& operator=(const SampleFileReader&) = delete;
 
   const SampleFileHeader& header() const { return header_; }
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_->path(); }
   int num_chunks() const { return static_cast<int>(chunks_.size()); }
-  int64_t chunk_samples(int i) const { return chunks_[i].samples; }
+  int64_t chunk_samples(int i) const { return chunks_[i].counts[1]; }
   int64_t total_samples() const { return total_samples_; }
   int64_t total_records() const { return total_records_; }
 
@@ -122,18 +118,13 @@ class SampleFileReader {
   absl::StatusOr<std::vector<ItemRecord>> ReadAllItems();
 
  private:
-  struct ChunkInfo {
-    int64_t offset;  // of the payload
-    uint32_t records, samples, payload_bytes, crc;
-  };
-  SampleFileReader(std::string path, FILE* f) : path_(std::move(path)), f_(f) {}
+  explicit SampleFileReader(std::unique_ptr<ChunkFileReader> file) : file_(std::move(file)) {}
   absl::Status Init();
   absl::Status ReadPayload(int i, std::string* payload);
 
-  std::string path_;
-  FILE* f_;
+  std::unique_ptr<ChunkFileReader> file_;
   SampleFileHeader header_;
-  std::vector<ChunkInfo> chunks_;
+  std::vector<ChunkInfo> chunks_;  // counts = {records, samples}
   int64_t total_samples_ = 0, total_records_ = 0;
   std::string scratch_;
 };

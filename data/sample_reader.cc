@@ -25,53 +25,6 @@ uint64_t StreamSeed(uint64_t seed, int64_t epoch, int rank, int world, uint64_t 
 
 }  // namespace
 
-std::string ReaderCursor::Serialize() const {
-  return absl::StrCat("t2d-reader-cursor v1 dataset=", dataset_id, " split=", split, " rank=", rank, " world=", world_size,
-                      " seed=", seed, " buffer=", shuffle_buffer, " epoch=", epoch, " position=", position);
-}
-
-absl::StatusOr<ReaderCursor> ReaderCursor::Parse(const std::string& text) {
-  std::vector<std::string> parts = absl::StrSplit(text, ' ', absl::SkipEmpty());
-  auto bad = [&](const std::string& why) {
-    return absl::InvalidArgumentError(absl::StrCat("reader cursor \"", text, "\": ", why));
-  };
-  if (parts.size() != 10 || parts[0] != "t2d-reader-cursor" || parts[1] != "v1") return bad("not a v1 cursor");
-  ReaderCursor c;
-  for (size_t i = 2; i < parts.size(); ++i) {
-    std::vector<std::string> kv = absl::StrSplit(parts[i], absl::MaxSplits('=', 1));
-    if (kv.size() != 2) return bad(absl::StrCat("bad field ", parts[i]));
-    const std::string& k = kv[0];
-    const std::string& v = kv[1];
-    bool ok = true;
-    if (k == "dataset") ok = absl::SimpleAtoi(v, &c.dataset_id);
-    else if (k == "split") c.split = v;
-    else if (k == "rank") ok = absl::SimpleAtoi(v, &c.rank);
-    else if (k == "world") ok = absl::SimpleAtoi(v, &c.world_size);
-    else if (k == "seed") ok = absl::SimpleAtoi(v, &c.seed);
-    else if (k == "buffer") ok = absl::SimpleAtoi(v, &c.shuffle_buffer);
-    else if (k == "epoch") ok = absl::SimpleAtoi(v, &c.epoch);
-    else if (k == "position") ok = absl::SimpleAtoi(v, &c.position);
-    else ok = false;
-    if (!ok) return bad(absl::StrCat("bad field ", parts[i]));
-  }
-  return c;
-}
-
-ReaderOptions MakeReaderOptions(const config::JobConfig& job, const std::string& split, int rank, int world_size) {
-  ReaderOptions o;
-  o.split = split;
-  o.rank = rank;
-  o.world_size = world_size;
-  o.batch_size = job.training().batch_size();
-  o.max_seq_len = job.data().max_seq_len();
-  o.seed = job.data().seed();
-  const bool train = split == "train";
-  o.shuffle_buffer = train ? job.data().shuffle_buffer() : 0;
-  o.epochs = train ? job.training().epochs() : 1;
-  o.equal_epochs = train;
-  return o;
-}
-
 SampleReader::~SampleReader() = default;
 
 absl::StatusOr<std::unique_ptr<SampleReader>> SampleReader::Open(const std::string& dataset_dir,
@@ -172,7 +125,7 @@ absl::Status SampleReader::LoadWindow(int64_t w) {
   return absl::OkStatus();
 }
 
-void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample& s, int b, Batch* batch) const {
+void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample& s, int b, SampleBatch* batch) const {
   const int n = n_, T = t_;
   const uint32_t user_begin = c.user_begin[s.record];
   const uint32_t wb = s.target - user_begin > static_cast<uint32_t>(n) ? s.target - static_cast<uint32_t>(n) : user_begin;
@@ -213,7 +166,7 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
   std::fill(tt + cnt, tt + T, 0);
 }
 
-absl::StatusOr<bool> SampleReader::Next(Batch* batch) {
+absl::StatusOr<bool> SampleReader::Next(SampleBatch* batch) {
   const int B = options_.batch_size;
   const size_t n = static_cast<size_t>(n_), T = static_cast<size_t>(t_);
   batch->max_seq_len = n_;
@@ -272,29 +225,29 @@ absl::StatusOr<bool> SampleReader::Next(Batch* batch) {
 
 ReaderCursor SampleReader::cursor() const {
   ReaderCursor c;
-  c.epoch = epoch_;
-  c.position = position_;
-  c.dataset_id = manifest_.dataset_id();
-  c.split = options_.split;
-  c.rank = options_.rank;
-  c.world_size = options_.world_size;
-  c.shuffle_buffer = options_.shuffle_buffer;
-  c.seed = options_.seed;
+  c.set_epoch(epoch_);
+  c.set_position(position_);
+  c.set_dataset_id(manifest_.dataset_id());
+  c.set_split(options_.split);
+  c.set_rank(options_.rank);
+  c.set_world_size(options_.world_size);
+  c.set_shuffle_buffer(options_.shuffle_buffer);
+  c.set_seed(options_.seed);
   return c;
 }
 
 absl::Status SampleReader::Restore(const ReaderCursor& c) {
-  if (c.dataset_id != manifest_.dataset_id() || c.split != options_.split || c.rank != options_.rank ||
-      c.world_size != options_.world_size || c.shuffle_buffer != options_.shuffle_buffer || c.seed != options_.seed) {
-    return absl::FailedPreconditionError(absl::StrCat("reader: cursor \"", c.Serialize(), "\" belongs to another data set or "
-                                                      "reader configuration (now: ", cursor().Serialize(), ")"));
+  if (c.dataset_id() != manifest_.dataset_id() || c.split() != options_.split || c.rank() != options_.rank ||
+      c.world_size() != options_.world_size || c.shuffle_buffer() != options_.shuffle_buffer || c.seed() != options_.seed) {
+    return absl::FailedPreconditionError(absl::StrCat("reader: cursor {", c.ShortDebugString(), "} belongs to another data set or "
+                                                      "reader configuration (now: {", cursor().ShortDebugString(), "})"));
   }
-  if (c.epoch < 0 || c.position < 0 || c.position > epoch_len_) {
-    return absl::InvalidArgumentError(absl::StrCat("reader: cursor position ", c.position, " outside the epoch of ",
+  if (c.epoch() < 0 || c.position() < 0 || c.position() > epoch_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("reader: cursor position ", c.position(), " outside the epoch of ",
                                                    epoch_len_, " samples"));
   }
-  StartEpoch(c.epoch);
-  position_ = c.position;
+  StartEpoch(c.epoch());
+  position_ = c.position();
   return absl::OkStatus();
 }
 

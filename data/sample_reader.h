@@ -14,7 +14,7 @@
 // With equal_epochs (default) every rank's epoch is cut to the smallest rank's sample count,
 // so all workers run the same number of steps (needed for synchronous training).
 //
-// Batch layout (row-major, plain vectors; B = batch size, n = max_seq_len, T = max_tags):
+// SampleBatch layout (row-major, plain vectors; B = batch size, n = max_seq_len, T = max_tags):
 //   history positions [0, history_len) hold the behaviours before the target, oldest first;
 //   positions [history_len, n) are padding (id 0, tag count 0, time 0, lag 0).
 //   The current session is positions [session_begin, history_len); the rest is the history.
@@ -32,7 +32,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "configs/job_config.pb.h"
 #include "data/dataset.pb.h"
 #include "data/sample_file.h"
 
@@ -52,7 +51,7 @@ struct ReaderOptions {
   bool drop_last = false;   // drop an epoch's last partial batch
 };
 
-struct Batch {
+struct SampleBatch {
   int size = 0;         // B: samples in this batch (the last of an epoch may be short)
   int max_seq_len = 0;  // n
   int max_tags = 0;     // T
@@ -70,32 +69,13 @@ struct Batch {
   std::vector<int32_t> target_tag_count;   // [B]
 };
 
-// Options of a job's reader: n, shuffle buffer and seed from job.data(), batch size and epochs
-// from job.training(). "train" shuffles, runs training.epochs epochs and equalises ranks; the
-// evaluation splits are read once, in file order, each rank its own shards completely.
-ReaderOptions MakeReaderOptions(const config::JobConfig& job, const std::string& split, int rank, int world_size);
-
-// Where a reader stands. Serialize() is a single printable line that also names the
-// configuration it belongs to, so that a cursor cannot be restored into a different order.
-struct ReaderCursor {
-  int64_t epoch = 0;
-  int64_t position = 0;  // samples of `epoch` already produced
-  uint64_t dataset_id = 0;
-  std::string split;
-  int rank = 0, world_size = 1, shuffle_buffer = 0;
-  uint64_t seed = 0;
-
-  std::string Serialize() const;
-  static absl::StatusOr<ReaderCursor> Parse(const std::string& text);
-};
-
 class SampleReader {
  public:
   static absl::StatusOr<std::unique_ptr<SampleReader>> Open(const std::string& dataset_dir, const ReaderOptions& options);
   ~SampleReader();
 
   // Fills `batch` with the next samples and returns true; false once all epochs are done.
-  absl::StatusOr<bool> Next(Batch* batch);
+  absl::StatusOr<bool> Next(SampleBatch* batch);
 
   ReaderCursor cursor() const;
   absl::Status Restore(const ReaderCursor& cursor);
@@ -120,7 +100,7 @@ class SampleReader {
   SampleReader() = default;
   void StartEpoch(int64_t epoch);
   absl::Status LoadWindow(int64_t window);
-  void FillSample(const DecodedChunk& chunk, const DecodedChunk::Sample& s, int b, Batch* batch) const;
+  void FillSample(const DecodedChunk& chunk, const DecodedChunk::Sample& s, int b, SampleBatch* batch) const;
 
   ReaderOptions options_;
   DatasetManifest manifest_;

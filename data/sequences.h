@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "configs/job_config.pb.h"
+#include "data/data_config.pb.h"
 #include "data/dataset.pb.h"
 #include "data/sample_file.h"
 #include "data/sources.h"

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "configs/job_config.pb.h"
+#include "data/data_config.pb.h"
 #include "data/dataset.pb.h"
 #include "data/sample_file.h"
 #include "data/sequences.h"

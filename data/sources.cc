@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -102,76 +103,81 @@ struct Context {
   }
 };
 
-absl::StatusOr<std::unique_ptr<LineReader>> OpenInput(const std::string& path) {
+// What a line parser makes of one line: the empty string when the line is good, what is wrong
+// with it when it is malformed, or an error status for a problem with the file itself (one that
+// skip_bad_lines does not excuse, such as an unknown column).
+using ParseResult = absl::StatusOr<std::string>;
+
+// Hands every non-blank line of `path` to `parse`, which maps its fields into the log. Malformed
+// lines are reported here, as "FILE:LINE: what", through `bad` (an error or, with
+// skip_bad_lines, a counted example); without a handler (files that skip_bad_lines does not
+// cover) every malformed line is an error. An error status from `parse` ends the read.
+absl::Status ForEachLine(const std::string& path, BadLineHandler* bad,
+                         absl::FunctionRef<ParseResult(absl::string_view line)> parse) {
   if (path.empty()) return absl::InvalidArgumentError("data: empty input path");
-  return LineReader::Open(path);
+  T2D_ASSIGN_OR_RETURN(auto r, LineReader::Open(path));
+  absl::string_view line;
+  while (true) {
+    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
+    if (!more) return absl::OkStatus();
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    T2D_ASSIGN_OR_RETURN(std::string what, parse(line));
+    if (what.empty()) continue;
+    if (bad == nullptr) return absl::InvalidArgumentError(absl::StrCat(r->Where(), ": ", what));
+    T2D_RETURN_IF_ERROR(bad->Report(*r, what));
+  }
+}
+
+std::string Expected(absl::string_view format, absl::string_view line) {
+  return absl::StrCat("expected ", format, ", got ", Quote(line));
 }
 
 // "user::item::rating::time" (MovieLens ratings.dat, MovieTweetings ratings.dat).
 absl::Status ReadColonRatings(const std::string& path, Context* ctx) {
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
-  absl::string_view line;
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
+  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
     std::vector<absl::string_view> f = absl::StrSplit(line, "::");
     int64_t user, item, time;
     double rating;
     if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseDouble(f[2], &rating) ||
         !ParseInt(f[3], &time)) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected user::item::rating::timestamp, got ", Quote(line))));
-      continue;
+      return Expected("user::item::rating::timestamp", line);
     }
     ctx->AddRow(user, item, time, rating >= ctx->config.min_rating());
-  }
-  return absl::OkStatus();
+    return std::string();
+  });
 }
 
 // "id::title::genre|genre" (movies.dat of MovieLens and MovieTweetings).
 absl::Status ReadMoviesDat(const std::string& path, Context* ctx) {
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
-  absl::string_view line;
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
+  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
     const size_t first = line.find("::");
     const size_t last = line.rfind("::");
     int64_t item;
     if (first == absl::string_view::npos || first == last || !ParseInt(line.substr(0, first), &item)) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected id::title::genres, got ", Quote(line))));
-      continue;
+      return Expected("id::title::genres", line);
     }
     std::vector<int64_t> tags;
     for (absl::string_view g : absl::StrSplit(line.substr(last + 2), '|', absl::SkipWhitespace())) {
       tags.push_back(ctx->vocab.Add(absl::StripAsciiWhitespace(g)));
     }
     ctx->SetTags(item, std::move(tags));
-  }
-  return absl::OkStatus();
+    return std::string();
+  });
 }
 
 // u.data: "user<TAB>item<TAB>rating<TAB>time".
 absl::Status ReadUData(const std::string& path, Context* ctx) {
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
-  absl::string_view line;
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
+  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
     std::vector<absl::string_view> f = absl::StrSplit(line, '\t');
     int64_t user, item, time;
     double rating;
     if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseDouble(f[2], &rating) ||
         !ParseInt(f[3], &time)) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected user<TAB>item<TAB>rating<TAB>timestamp, got ",
-                                                            Quote(line))));
-      continue;
+      return Expected("user<TAB>item<TAB>rating<TAB>timestamp", line);
     }
     ctx->AddRow(user, item, time, rating >= ctx->config.min_rating());
-  }
-  return absl::OkStatus();
+    return std::string();
+  });
 }
 
 // u.item: "id|title|release|video release|url|19 genre flags"; genre names from u.genre next
@@ -182,72 +188,49 @@ absl::Status ReadUItem(const std::string& path, Context* ctx) {
   for (int i = 0; i < kGenres; ++i) names[i] = absl::StrCat("genre", i);
   const std::string genre_path = (std::filesystem::path(path).parent_path() / "u.genre").string();
   if (std::filesystem::exists(genre_path)) {
-    T2D_ASSIGN_OR_RETURN(auto g, LineReader::Open(genre_path));
-    absl::string_view line;
-    while (true) {
-      T2D_ASSIGN_OR_RETURN(bool more, g->Next(&line));
-      if (!more) break;
-      if (absl::StripAsciiWhitespace(line).empty()) continue;
+    // A bad u.genre line is always an error: skip_bad_lines covers records, not this mapping.
+    T2D_RETURN_IF_ERROR(ForEachLine(genre_path, nullptr, [&](absl::string_view line) -> ParseResult {
       const size_t bar = line.rfind('|');
       int64_t index;
       if (bar == absl::string_view::npos || !ParseInt(line.substr(bar + 1), &index) || index < 0 || index >= kGenres) {
-        return absl::InvalidArgumentError(absl::StrCat(g->Where(), ": expected name|index (0..18), got ", Quote(line)));
+        return Expected("name|index (0..18)", line);
       }
       names[index] = std::string(line.substr(0, bar));
-    }
+      return std::string();
+    }));
   }
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
-  absl::string_view line;
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
+  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
     std::vector<absl::string_view> f = absl::StrSplit(line, '|');
     int64_t item;
-    bool ok = f.size() >= 5 + kGenres && ParseInt(f[0], &item);
+    if (f.size() < 5 + kGenres || !ParseInt(f[0], &item)) return Expected("id|title|...|19 genre flags", line);
     std::vector<int64_t> tags;
-    for (int g = 0; ok && g < kGenres; ++g) {
+    for (int g = 0; g < kGenres; ++g) {
       const absl::string_view flag = f[f.size() - kGenres + g];
       if (flag == "1") {
         tags.push_back(ctx->vocab.Add(names[g]));
       } else if (flag != "0") {
-        ok = false;
+        return Expected("id|title|...|19 genre flags", line);
       }
     }
-    if (!ok) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected id|title|...|19 genre flags, got ", Quote(line))));
-      continue;
-    }
     ctx->SetTags(item, std::move(tags));
-  }
-  return absl::OkStatus();
+    return std::string();
+  });
 }
 
 // "user item item ..." per line, in time order; times become positions.
 absl::Status ReadSequenceFile(const std::string& path, Context* ctx) {
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
-  absl::string_view line;
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
+  std::vector<int64_t> items;
+  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
     std::vector<absl::string_view> f = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     int64_t user;
+    items.resize(f.size() < 2 ? 0 : f.size() - 1);
     bool ok = f.size() >= 2 && ParseInt(f[0], &user);
-    const size_t begin = ctx->log->interactions.size();
-    for (size_t i = 1; ok && i < f.size(); ++i) {
-      int64_t item;
-      ok = ParseInt(f[i], &item);
-      if (ok) ctx->AddRow(user, item, static_cast<int64_t>(i - 1), true);
-    }
-    if (!ok) {
-      ctx->log->rows_read -= static_cast<int64_t>(ctx->log->interactions.size() - begin);
-      ctx->log->interactions.resize(begin);
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected \"user item item ...\" (integers), got ",
-                                                            Quote(line))));
-    }
-  }
-  return absl::OkStatus();
+    for (size_t i = 0; ok && i < items.size(); ++i) ok = ParseInt(f[i + 1], &items[i]);
+    // A line is added whole or not at all.
+    if (!ok) return Expected("\"user item item ...\" (integers)", line);
+    for (size_t i = 0; i < items.size(); ++i) ctx->AddRow(user, items[i], static_cast<int64_t>(i), true);
+    return std::string();
+  });
 }
 
 // Finds `name` in `header` (or, without header, reads it as a 0-based index).
@@ -299,24 +282,16 @@ absl::Status ParseTags(absl::string_view field, const CsvFormat& csv, Context* c
 // A delimited file with a header (or index-named columns).
 absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx) {
   T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
   std::vector<absl::string_view> f;
   std::vector<std::string> storage;
-  absl::string_view line;
   std::vector<std::string> header;
   int num_fields = -1;
   int user_col = -1, item_col = -1, time_col = -1, label_col = -1, tags_col = -1;
   std::vector<std::pair<int, std::string>> filters;
   std::vector<int64_t> tags;
   absl::flat_hash_map<int64_t, int64_t> position;  // no time column: per-user running position
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
-    if (!SplitCsvLine(line, delim, &f, &storage)) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, "unterminated quote"));
-      continue;
-    }
+  T2D_RETURN_IF_ERROR(ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
+    if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
     if (num_fields < 0) {
       num_fields = static_cast<int>(f.size());
       if (csv.has_header()) {
@@ -334,12 +309,9 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
         T2D_ASSIGN_OR_RETURN(int c, col("a filter", flt.column()));
         filters.emplace_back(c, flt.value());
       }
-      if (csv.has_header()) continue;
+      if (csv.has_header()) return std::string();
     }
-    if (static_cast<int>(f.size()) != num_fields) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected ", num_fields, " fields, got ", f.size())));
-      continue;
-    }
+    if (static_cast<int>(f.size()) != num_fields) return absl::StrCat("expected ", num_fields, " fields, got ", f.size());
     int64_t user, item, time = 0;
     double label = 1;
     bool ok = ParseInt(f[user_col], &user) && ParseInt(f[item_col], &item);
@@ -350,23 +322,17 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
       time = static_cast<int64_t>(t);
     }
     if (ok && label_col >= 0) ok = ParseDouble(f[label_col], &label);
-    if (!ok) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("bad user/item/time/label value in ", Quote(line))));
-      continue;
-    }
+    if (!ok) return absl::StrCat("bad user/item/time/label value in ", Quote(line));
     if (tags_col >= 0) {
-      absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags);
-      if (!s.ok()) {
-        T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, std::string(s.message())));
-        continue;
-      }
+      if (absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags); !s.ok()) return std::string(s.message());
       ctx->SetTags(item, tags);
     }
     bool keep = label >= ctx->config.min_rating();
     for (const auto& [c, value] : filters) keep = keep && absl::StripAsciiWhitespace(f[c]) == value;
     if (time_col < 0) time = position[user]++;
     ctx->AddRow(user, item, time, keep);
-  }
+    return std::string();
+  }));
   if (num_fields < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
   if (time_col < 0) ctx->log->has_timestamps = false;
   return absl::OkStatus();
@@ -375,21 +341,13 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
 // Item file of a CSV source: item id column and tags column.
 absl::Status ReadCsvItems(const std::string& path, const CsvFormat& csv, Context* ctx) {
   T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
-  T2D_ASSIGN_OR_RETURN(auto r, OpenInput(path));
   std::vector<absl::string_view> f;
   std::vector<std::string> storage;
   std::vector<std::string> header;
-  absl::string_view line;
   int num_fields = -1, id_col = -1, tags_col = -1;
   std::vector<int64_t> tags;
-  while (true) {
-    T2D_ASSIGN_OR_RETURN(bool more, r->Next(&line));
-    if (!more) break;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
-    if (!SplitCsvLine(line, delim, &f, &storage)) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, "unterminated quote"));
-      continue;
-    }
+  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
+    if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
     if (num_fields < 0) {
       num_fields = static_cast<int>(f.size());
       if (csv.has_header()) {
@@ -398,22 +356,16 @@ absl::Status ReadCsvItems(const std::string& path, const CsvFormat& csv, Context
       T2D_ASSIGN_OR_RETURN(id_col, ColumnIndex(path, header, csv.has_header(), "the item id", csv.item_id_column(), num_fields));
       T2D_ASSIGN_OR_RETURN(tags_col,
                            ColumnIndex(path, header, csv.has_header(), "the item tags", csv.item_tags_column(), num_fields));
-      if (csv.has_header()) continue;
+      if (csv.has_header()) return std::string();
     }
     int64_t item;
     if (static_cast<int>(f.size()) != num_fields || !ParseInt(f[id_col], &item)) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, absl::StrCat("expected ", num_fields, " fields with an integer item id, got ",
-                                                            Quote(line))));
-      continue;
+      return Expected(absl::StrCat(num_fields, " fields with an integer item id"), line);
     }
-    absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags);
-    if (!s.ok()) {
-      T2D_RETURN_IF_ERROR(ctx->bad.Report(*r, std::string(s.message())));
-      continue;
-    }
+    if (absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags); !s.ok()) return std::string(s.message());
     ctx->SetTags(item, tags);
-  }
-  return absl::OkStatus();
+    return std::string();
+  });
 }
 
 // KuaiRand's published column names, filled in where the config left them unset.

@@ -17,7 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "configs/job_config.pb.h"
+#include "data/data_config.pb.h"
 
 namespace t2d::data {
 

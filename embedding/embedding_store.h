@@ -5,8 +5,8 @@
 // by single-process runs and tests) and ps::RemoteEmbeddingStore (worker side, talks to the
 // parameter servers). The trainer and the tests do not care which one they hold.
 //
-// Id contract: ids are any int64 values, may repeat and come in any order. Lookup returns one
-// row per input position, in the caller's order. ApplyGradients sums the gradients of repeated
+// Id contract: ids are any int64 values, may repeat and come in any order. Lookup (and Pull then
+// Wait) returns one row per input position, in the caller's order. ApplyGradients sums the gradients of repeated
 // ids before one optimizer update per distinct id, and counts as one step of the table.
 // Callers that want to save bandwidth deduplicate first; correctness does not depend on it.
 //
@@ -21,8 +21,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
-#include "configs/job_config.pb.h"
+#include "embedding/table_config.pb.h"
 
 namespace t2d::embedding {
 
@@ -44,10 +45,54 @@ class EmbeddingStore {
   virtual const config::TableConfig& table_config(int table) const = 0;
   int dim(int table) const { return table_config(table).dim(); }
 
-  // Writes ids.size() rows of dim(table) floats, row-major, into `out`.
-  // Errors: InvalidArgument (bad table index, out.size() != ids.size() * dim); Unavailable /
-  // DeadlineExceeded for remote stores whose servers do not answer. On error `out` is unspecified.
-  virtual absl::Status Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) = 0;
+  // Reading rows comes in two halves so that a caller can overlap a read with other work, such
+  // as prefetching the next batch while the current one trains:
+  //   EmbeddingStore::Ticket next = *store.Pull(table, next_ids);   // the read starts now
+  //   ... compute and push the current step ...
+  //   store.Wait(next, rows);                                       // rows of next_ids
+  //
+  // What a pull observes: the table after every ApplyGradients of it that this caller made
+  // before the Pull() call, however late Wait comes. LocalEmbeddingStore reads the rows during
+  // Pull (so it also sees other threads' calls that returned before it, and none after);
+  // RemoteEmbeddingStore in sync mode is served after every round this worker has pushed (with
+  // the other workers' pushes of those rounds, none of later rounds). The two therefore return
+  // the same rows for the same gradients. Async remote stores relax this to the staleness bound
+  // (ps/remote_embedding_store.h).
+  //
+  // Tickets: never 0 (callers may use 0 for "none"). Several may be outstanding and they may be
+  // waited for in any order, each exactly once: Wait consumes its ticket whatever it returns. A
+  // ticket never waited for holds its rows until the store goes away (RemoteEmbeddingStore
+  // drains it in Shutdown).
+  using Ticket = uint64_t;
+
+  // Starts reading the rows of `ids` (the id contract above). Errors: InvalidArgument (bad table
+  // index, more ids than one request can carry); remote stores: the transport's error. On error
+  // there is no ticket.
+  virtual absl::StatusOr<Ticket> Pull(int table, absl::Span<const int64_t> ids) = 0;
+
+  // Writes the rows of `ticket`, one row of dim(table) floats per id given to Pull, row-major,
+  // into `out`. Errors: InvalidArgument (unknown or already waited ticket, out.size() !=
+  // ids.size() * dim); remote stores: a server's error reply, DataLoss for a malformed reply,
+  // DeadlineExceeded when servers do not answer. On error `out` is unspecified.
+  virtual absl::Status Wait(Ticket ticket, absl::Span<float> out) = 0;
+
+  // Pull, then Wait. The arguments are checked first, so a bad table or buffer reads nothing.
+  // Errors: those of Pull and Wait. An implementation may override it only with a faster path
+  // that gives the same rows and error codes (LocalEmbeddingStore does, so that a server writes
+  // pulled rows straight into its reply without a per-ticket buffer).
+  virtual absl::Status Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) {
+    if (table < 0 || table >= num_tables()) {
+      return absl::InvalidArgumentError(absl::StrCat("no table with index ", table, " (", num_tables(), " tables)"));
+    }
+    const size_t need = ids.size() * static_cast<size_t>(dim(table));
+    if (out.size() != need) {
+      return absl::InvalidArgumentError(absl::StrCat("table \"", table_config(table).name(), "\": lookup of ", ids.size(),
+                                                     " ids needs ", need, " floats, buffer has ", out.size()));
+    }
+    absl::StatusOr<Ticket> ticket = Pull(table, ids);
+    if (!ticket.ok()) return ticket.status();
+    return Wait(*ticket, out);
+  }
 
   // Applies `grads` (same layout as Lookup's output) with the table's optimizer.
   // Errors: InvalidArgument (bad table, size mismatch, non-finite gradient: nothing applied).

@@ -36,7 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "configs/job_config.pb.h"
+#include "embedding/table_config.pb.h"
 #include "embedding/initializer.h"
 #include "embedding/sparse_optimizer.h"
 

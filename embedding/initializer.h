@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "absl/types/span.h"
-#include "configs/job_config.pb.h"
+#include "embedding/table_config.pb.h"
 
 namespace t2d::embedding {
 

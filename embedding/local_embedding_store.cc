@@ -1,5 +1,7 @@
 #include "embedding/local_embedding_store.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "embedding/shard_file.h"
 
@@ -33,6 +35,32 @@ absl::Status LocalEmbeddingStore::Lookup(int table, absl::Span<const int64_t> id
   Entry& e = *tables_[static_cast<size_t>(table)];
   absl::ReaderMutexLock lock(&e.mu);
   return e.table->Lookup(ids, out);
+}
+
+absl::StatusOr<EmbeddingStore::Ticket> LocalEmbeddingStore::Pull(int table, absl::Span<const int64_t> ids) {
+  if (auto s = CheckTable(table); !s.ok()) return s;
+  std::vector<float> rows(ids.size() * static_cast<size_t>(dim(table)));
+  if (auto s = LocalEmbeddingStore::Lookup(table, ids, absl::MakeSpan(rows)); !s.ok()) return s;
+  absl::MutexLock lock(&tickets_mu_);
+  const Ticket ticket = next_ticket_++;
+  pulled_.emplace(ticket, std::move(rows));
+  return ticket;
+}
+
+absl::Status LocalEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
+  std::vector<float> rows;
+  {
+    absl::MutexLock lock(&tickets_mu_);
+    auto it = pulled_.find(ticket);
+    if (it == pulled_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown or already waited ticket ", ticket));
+    rows = std::move(it->second);
+    pulled_.erase(it);
+  }
+  if (out.size() != rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("ticket ", ticket, " holds ", rows.size(), " floats, buffer has ", out.size()));
+  }
+  std::copy(rows.begin(), rows.end(), out.begin());
+  return absl::OkStatus();
 }
 
 absl::Status LocalEmbeddingStore::ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) {

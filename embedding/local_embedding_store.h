@@ -2,13 +2,20 @@
 // LocalEmbeddingStore: the in-process EmbeddingStore, holding shard `shard_index` of
 // `num_shards` of every table (0 of 1 for a single-process run).
 //
+// Pull reads the rows at once into a buffer held for its ticket, and Wait copies them out: a
+// pull observes the table at the Pull() call, which is what RemoteEmbeddingStore gives in sync
+// mode, so the in-process twin runs the trainer's prefetch path with the same values. Lookup
+// skips the buffer (the shard server's pull path writes rows straight into its reply).
+//
 // Thread-safety: thread-safe. Each table has its own reader/writer lock: lookups of a table run
 // concurrently, gradient applications to it are exclusive, and different tables never block
-// each other.
+// each other. Tickets are shared by all threads: any thread may wait for any ticket.
 
 #include <memory>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "embedding/embedding_store.h"
 #include "embedding/embedding_table.h"
@@ -23,6 +30,8 @@ class LocalEmbeddingStore : public EmbeddingStore {
 
   int num_tables() const override { return static_cast<int>(tables_.size()); }
   const config::TableConfig& table_config(int table) const override { return tables_[static_cast<size_t>(table)]->table->spec(); }
+  absl::StatusOr<Ticket> Pull(int table, absl::Span<const int64_t> ids) override;
+  absl::Status Wait(Ticket ticket, absl::Span<float> out) override;
   absl::Status Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) override;
   absl::Status ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) override;
   absl::StatusOr<std::vector<TableStats>> Stats() override;
@@ -44,6 +53,9 @@ class LocalEmbeddingStore : public EmbeddingStore {
   const int shard_index_;
   const int num_shards_;
   std::vector<std::unique_ptr<Entry>> tables_;
+  absl::Mutex tickets_mu_;
+  Ticket next_ticket_ ABSL_GUARDED_BY(tickets_mu_) = 1;
+  absl::flat_hash_map<Ticket, std::vector<float>> pulled_ ABSL_GUARDED_BY(tickets_mu_);  // rows of each ticket
 };
 
 }  // namespace t2d::embedding

@@ -1,113 +1,31 @@
 #include "embedding/shard_file.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/checksum.h"
+#include "common/chunk_file.h"
+#include "common/status_macros.h"
 #include "embedding/sharding.h"
 
 namespace t2d::embedding {
 namespace {
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "shard files are little-endian; add byte swapping");
-
-constexpr char kMagic[8] = {'T', '2', 'D', 'S', 'H', 'A', 'R', 'D'};
-constexpr uint32_t kChunkMagic = 0x4b4e4843;  // "CHNK"
-constexpr uint32_t kRowsChunk = 1, kPendingChunk = 2, kEndChunk = 3;
+// Rows chunks carry counts = {rows}, pending chunks {ids}; the end chunk's totals are
+// {rows, pending}.
+constexpr ChunkFileFormat kFormat = {"T2DSHARD", kShardFormatVersion, 1, 2, "an embedding shard file"};
+constexpr uint32_t kRowsChunk = 1, kPendingChunk = 2;
 constexpr size_t kRowsPerChunk = 4096;
-constexpr uint32_t kMaxHeaderBytes = 1u << 20;
-constexpr uint32_t kMaxPayloadBytes = 1u << 30;
 
-struct FileCloser {
-  void operator()(FILE* f) const { std::fclose(f); }
-};
-using File = std::unique_ptr<FILE, FileCloser>;
-
-void Put32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
-void Put64(std::string* s, uint64_t v) { s->append(reinterpret_cast<const char*>(&v), 8); }
-
-class Writer {
- public:
-  Writer(FILE* f, std::string path) : f_(f), path_(std::move(path)) {}
-  absl::Status Write(const std::string& bytes) {
-    if (std::fwrite(bytes.data(), 1, bytes.size(), f_) != bytes.size()) {
-      return absl::InternalError(absl::StrCat(path_, ": write failed: ", std::strerror(errno)));
-    }
-    return absl::OkStatus();
-  }
-  absl::Status Chunk(uint32_t kind, uint32_t count, const std::string& payload) {
-    std::string head;
-    Put32(&head, kChunkMagic);
-    Put32(&head, kind);
-    Put32(&head, count);
-    Put32(&head, static_cast<uint32_t>(payload.size()));
-    Put32(&head, Crc32(payload.data(), payload.size()));
-    auto s = Write(head);
-    if (!s.ok()) return s;
-    return Write(payload);
-  }
-
- private:
-  FILE* f_;
-  std::string path_;
-};
-
-// Reads exact byte counts; running out of file is reported as truncation.
-class Reader {
- public:
-  Reader(FILE* f, std::string path) : f_(f), path_(std::move(path)) {}
-  absl::Status Read(void* dst, size_t n, const char* what) {
-    if (std::fread(dst, 1, n, f_) != n) {
-      return absl::DataLossError(absl::StrCat(path_, ": truncated while reading ", what, " at byte ", offset_));
-    }
-    offset_ += n;
-    return absl::OkStatus();
-  }
-  uint64_t offset() const { return offset_; }
-  bool AtEof() {
-    const int c = std::fgetc(f_);
-    if (c == EOF) return true;
-    std::ungetc(c, f_);
-    return false;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  FILE* f_;
-  std::string path_;
-  uint64_t offset_ = 0;
-};
-
-absl::StatusOr<ShardHeader> ReadHeader(Reader* r) {
-  char magic[8];
-  auto s = r->Read(magic, 8, "magic");
-  if (!s.ok()) return s;
-  if (std::memcmp(magic, kMagic, 8) != 0) return absl::DataLossError(absl::StrCat(r->path(), ": not an embedding shard file (bad magic)"));
-  uint32_t version = 0, bytes = 0, crc = 0;
-  if (!(s = r->Read(&version, 4, "format version")).ok()) return s;
-  if (version != kShardFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(r->path(), ": unsupported format version ", version,
-                                                      " (this build reads ", kShardFormatVersion, ")"));
-  }
-  if (!(s = r->Read(&bytes, 4, "header size")).ok()) return s;
-  if (bytes > kMaxHeaderBytes) return absl::DataLossError(absl::StrCat(r->path(), ": header size ", bytes, " is implausible"));
-  std::string buf(bytes, '\0');
-  if (!(s = r->Read(buf.data(), bytes, "header")).ok()) return s;
-  if (!(s = r->Read(&crc, 4, "header checksum")).ok()) return s;
-  if (crc != Crc32(buf.data(), buf.size())) return absl::DataLossError(absl::StrCat(r->path(), ": header checksum mismatch"));
+// Parses and checks the header of an open shard file.
+absl::StatusOr<ShardHeader> ParseHeader(const ChunkFileReader& r) {
   ShardHeader h;
-  if (!h.ParseFromString(buf)) return absl::DataLossError(absl::StrCat(r->path(), ": header does not parse"));
+  if (!h.ParseFromString(r.header())) return absl::DataLossError(absl::StrCat(r.path(), ": header does not parse"));
   if (h.num_shards() < 1 || h.shard_index() < 0 || h.shard_index() >= h.num_shards() || h.table().dim() <= 0 ||
       h.num_rows() < 0 || h.num_pending() < 0 || h.state_floats() < 0) {
-    return absl::DataLossError(absl::StrCat(r->path(), ": header fields out of range: ", h.ShortDebugString()));
+    return absl::DataLossError(absl::StrCat(r.path(), ": header fields out of range: ", h.ShortDebugString()));
   }
   return h;
 }
@@ -119,11 +37,6 @@ std::string ShardFileName(const std::string& table, int shard_index, int num_sha
 }
 
 absl::Status WriteShardFile(const std::string& path, const EmbeddingTable& table, int shard_index, int num_shards) {
-  const std::string tmp = path + ".tmp";
-  File f(std::fopen(tmp.c_str(), "wb"));
-  if (!f) return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
-  Writer w(f.get(), tmp);
-
   ShardHeader h;
   h.set_format_version(kShardFormatVersion);
   *h.mutable_table() = table.spec();
@@ -138,85 +51,57 @@ absl::Status WriteShardFile(const std::string& path, const EmbeddingTable& table
   table.ForEachPending([&](int64_t, uint32_t) { ++pending; });
   h.set_num_pending(pending);
   h.set_state_floats(table.state_floats());
-  std::string head(kMagic, 8), body = h.SerializeAsString();
-  Put32(&head, kShardFormatVersion);
-  Put32(&head, static_cast<uint32_t>(body.size()));
-  head += body;
-  Put32(&head, Crc32(body.data(), body.size()));
-  absl::Status status = w.Write(head);
+  T2D_ASSIGN_OR_RETURN(auto w, ChunkFileWriter::Create(path, kFormat, h.SerializeAsString()));
 
   const size_t floats = static_cast<size_t>(table.dim() + table.state_floats());
+  absl::Status status;  // the first error; the table is walked with callbacks that cannot return it
   std::string payload;
   uint32_t count = 0;
   auto flush = [&](uint32_t kind) {
     if (count == 0 || !status.ok()) return;
-    status = w.Chunk(kind, count, payload);
+    status = w->WriteChunk(kind, {count}, payload);
     payload.clear();
     count = 0;
   };
   table.ForEachRow([&](const EmbeddingTable::RowView& row) {
-    Put64(&payload, static_cast<uint64_t>(row.id));
-    Put32(&payload, row.last_update);
-    Put32(&payload, row.aux);
-    payload.append(reinterpret_cast<const char*>(row.values), floats * sizeof(float));
+    PutLe<int64_t>(&payload, row.id);
+    PutLe<uint32_t>(&payload, row.last_update);
+    PutLe<uint32_t>(&payload, row.aux);
+    PutLeArray(&payload, row.values, floats);
     if (++count == kRowsPerChunk) flush(kRowsChunk);
   });
   flush(kRowsChunk);
   table.ForEachPending([&](int64_t id, uint32_t c) {
-    Put64(&payload, static_cast<uint64_t>(id));
-    Put32(&payload, c);
+    PutLe<int64_t>(&payload, id);
+    PutLe<uint32_t>(&payload, c);
     if (++count == kRowsPerChunk) flush(kPendingChunk);
   });
   flush(kPendingChunk);
-  if (status.ok()) {
-    std::string end;
-    Put64(&end, static_cast<uint64_t>(table.size()));
-    Put64(&end, static_cast<uint64_t>(pending));
-    status = w.Chunk(kEndChunk, 0, end);
-  }
-  if (status.ok() && (std::fflush(f.get()) != 0 || ::fsync(fileno(f.get())) != 0)) {
-    status = absl::InternalError(absl::StrCat(tmp, ": flush failed: ", std::strerror(errno)));
-  }
-  f.reset();
-  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::InternalError(absl::StrCat(path, ": rename failed: ", std::strerror(errno)));
-  }
-  if (!status.ok()) std::remove(tmp.c_str());
-  return status;
+  T2D_RETURN_IF_ERROR(status);
+  return w->Finish({table.size(), pending});
 }
 
 absl::StatusOr<ShardHeader> ReadShardHeader(const std::string& path) {
-  File f(std::fopen(path.c_str(), "rb"));
-  if (!f) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
-  Reader r(f.get(), path);
-  return ReadHeader(&r);
+  T2D_ASSIGN_OR_RETURN(auto r, ChunkFileReader::Open(path, kFormat));
+  return ParseHeader(*r);
 }
 
 namespace {
 
 absl::Status LoadOne(const std::string& path, int shard_index, int num_shards, EmbeddingTable* table) {
-  File f(std::fopen(path.c_str(), "rb"));
-  if (!f) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
-  Reader r(f.get(), path);
-  auto header = ReadHeader(&r);
-  if (!header.ok()) return header.status();
-  const size_t floats = static_cast<size_t>(header->table().dim() + header->state_floats());
+  T2D_ASSIGN_OR_RETURN(auto r, ChunkFileReader::Open(path, kFormat));
+  T2D_ASSIGN_OR_RETURN(const ShardHeader header, ParseHeader(*r));
+  const size_t floats = static_cast<size_t>(header.table().dim() + header.state_floats());
   const size_t row_bytes = 16 + floats * sizeof(float);
   int64_t rows = 0, pending = 0;
   std::string payload;
+  ChunkInfo chunk;
   while (true) {
-    uint32_t head[5];
-    auto s = r.Read(head, sizeof(head), "chunk header");
-    if (!s.ok()) return absl::DataLossError(absl::StrCat(s.message(), " (the end chunk is missing)"));
-    const uint64_t at = r.offset() - sizeof(head);
-    if (head[0] != kChunkMagic) return absl::DataLossError(absl::StrCat(path, ": bad chunk marker at byte ", at));
-    const uint32_t kind = head[1], count = head[2], bytes = head[3], crc = head[4];
-    if (bytes > kMaxPayloadBytes) return absl::DataLossError(absl::StrCat(path, ": chunk at byte ", at, " claims ", bytes, " bytes"));
-    payload.resize(bytes);
-    if (!(s = r.Read(payload.data(), bytes, "chunk payload")).ok()) return s;
-    if (crc != Crc32(payload.data(), payload.size())) {
-      return absl::DataLossError(absl::StrCat(path, ": checksum mismatch in chunk at byte ", at));
-    }
+    T2D_ASSIGN_OR_RETURN(bool more, r->NextChunk(&chunk));
+    if (!more) break;
+    T2D_RETURN_IF_ERROR(r->ReadPayload(chunk, &payload));
+    const uint32_t kind = chunk.kind, count = chunk.counts[0], bytes = chunk.payload_bytes;
+    const int64_t at = chunk.offset;
     const char* p = payload.data();
     if (kind == kRowsChunk) {
       if (static_cast<size_t>(count) * row_bytes != bytes) {
@@ -244,21 +129,17 @@ absl::Status LoadOne(const std::string& path, int shard_index, int num_shards, E
         if (ShardOf(id, num_shards) == shard_index) table->PutPending(id, c);
       }
       pending += count;
-    } else if (kind == kEndChunk) {
-      int64_t totals[2];
-      if (bytes != sizeof(totals)) return absl::DataLossError(absl::StrCat(path, ": malformed end chunk"));
-      std::memcpy(totals, p, sizeof(totals));
-      if (totals[0] != rows || totals[1] != pending || rows != header->num_rows() || pending != header->num_pending()) {
-        return absl::DataLossError(absl::StrCat(path, ": row counts disagree (header ", header->num_rows(), "/",
-                                                header->num_pending(), ", end chunk ", totals[0], "/", totals[1],
-                                                ", chunks ", rows, "/", pending, ")"));
-      }
-      if (!r.AtEof()) return absl::DataLossError(absl::StrCat(path, ": unexpected bytes after the end chunk"));
-      return absl::OkStatus();
     } else {
       return absl::DataLossError(absl::StrCat(path, ": unknown chunk kind ", kind, " at byte ", at));
     }
   }
+  const std::vector<int64_t>& totals = r->end_totals();
+  if (totals[0] != rows || totals[1] != pending || rows != header.num_rows() || pending != header.num_pending()) {
+    return absl::DataLossError(absl::StrCat(path, ": row counts disagree (header ", header.num_rows(), "/",
+                                            header.num_pending(), ", end chunk ", totals[0], "/", totals[1],
+                                            ", chunks ", rows, "/", pending, ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace

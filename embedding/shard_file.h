@@ -2,7 +2,8 @@
 // Embedding shard files: one file per (table, shard), written by servers at checkpoints and
 // read back into any number of shards.
 //
-// Layout (all integers little-endian; full description in docs/formats.md):
+// Layout (all integers little-endian; the framing is common/chunk_file.h, the full description
+// docs/formats.md):
 //   "T2DSHARD" | u32 format_version | u32 header_bytes | ShardHeader (protobuf) | u32 crc32(header)
 //   chunk* :   u32 'CHNK' | u32 kind | u32 count | u32 payload_bytes | u32 crc32(payload) | payload
 //              kind 1 (rows):    count x { i64 id | u32 last_update | u32 aux | f32 values[dim + state] }

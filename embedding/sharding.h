@@ -20,12 +20,21 @@ inline int ShardOf(int64_t id, int num_shards) {
   return static_cast<int>(absl::Uint128High64(absl::uint128(h) * static_cast<uint64_t>(num_shards)));
 }
 
-// Ids grouped by owner. For shard s, ids[s][j] came from position positions[s][j] of the input,
-// so results gathered per shard can be scattered back into the caller's order.
+// The distinct ids of a batch grouped by owner, and where each input position went.
+//
+// ids[s] holds the distinct ids that shard s owns, in order of first occurrence in the input.
+// This order is on the wire (ps/remote_embedding_store.h sends ids[s] as is), so never change it.
+// Input position i is row row_of_position[i] of ids[shard_of_position[i]]: repeated ids share one
+// row, so rows gathered per shard scatter back to every position that asked for them, and
+// gradients of repeated ids sum into one row. Because rows are numbered in order of first
+// occurrence, position i is the first occurrence of its id exactly when its row equals the
+// number of distinct ids of that shard seen before i.
 struct Partition {
   std::vector<std::vector<int64_t>> ids;
-  std::vector<std::vector<uint32_t>> positions;
+  std::vector<int> shard_of_position;
+  std::vector<uint32_t> row_of_position;
 };
+// REQUIRES num_shards >= 1 and ids.size() <= UINT32_MAX.
 Partition PartitionByShard(absl::Span<const int64_t> ids, int num_shards);
 
 }  // namespace t2d::embedding

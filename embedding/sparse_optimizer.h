@@ -14,7 +14,7 @@
 
 #include <cstdint>
 
-#include "configs/job_config.pb.h"
+#include "embedding/table_config.pb.h"
 
 namespace t2d::embedding {
 

@@ -3,6 +3,7 @@
 // every error to a message and a non-zero exit status. Nothing below launcher/ reads flags or
 // environment variables.
 #include <CLI/CLI.hpp>
+#include <google/protobuf/util/json_util.h>
 #include <glog/logging.h>
 #include <unistd.h>
 
@@ -17,7 +18,8 @@
 #include "configs/config_loader.h"
 #include "data/prepare.h"
 #include "launcher/launch.h"
-#include "launcher/roles_main.h"
+#include "launcher/retrieve_main.h"
+#include "launcher/run_job.h"
 #include "model/malloc_tuning.h"
 
 namespace t2d::launcher {
@@ -64,17 +66,21 @@ int Main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");
 
+  // --json on every subcommand: the result as one JSON object on stdout (for scripts).
+  bool json = false;
   Common prep_c;
   bool force = false;
   auto* prepare = app.add_subcommand("prepare", "turn raw interaction logs (or the synthetic generator) into sample shards");
   AddConfigOptions(prepare, &prep_c);
   prepare->add_flag("--force", force, "overwrite an existing data set in data.dataset_dir");
+  prepare->add_flag("--json", json, "print the preparation summary as JSON");
 
   Common gen_c;
   bool gen_force = false;
   auto* generate = app.add_subcommand("generate", "write the synthetic data set of data.generator (prepare with source = SYNTHETIC)");
   AddConfigOptions(generate, &gen_c);
   generate->add_flag("--force", gen_force, "overwrite an existing data set in data.dataset_dir");
+  generate->add_flag("--json", json, "print the preparation summary as JSON");
 
   RunOptions run;
   Common train_c;
@@ -82,16 +88,19 @@ int Main(int argc, char** argv) {
   AddConfigOptions(train, &train_c);
   train->add_flag("--resume", run.resume, "continue from the newest complete checkpoint in checkpoint.dir");
   train->add_option("--export", run.export_dir, "after training, write the serving bundle to this folder");
+  train->add_flag("--json", run.json, "print the run summary as JSON (worker 0)");
 
   Common eval_c;
   auto* eval = app.add_subcommand("eval", "evaluate the newest checkpoint on the validation and test splits");
   AddConfigOptions(eval, &eval_c);
   eval->add_option("--dump-ranks", run.dump_ranks, "write \"user target rank | history\" per sample to FILE.<split>");
+  eval->add_flag("--json", run.json, "print the metrics of both splits as JSON");
 
   Common export_c;
   auto* exp = app.add_subcommand("export", "write a serving bundle from the newest checkpoint");
   AddConfigOptions(exp, &export_c);
   exp->add_option("--out", run.export_dir, "bundle folder")->required();
+  exp->add_flag("--json", run.json, "print what was exported as JSON");
 
   RetrieveOptions ret;
   auto* retrieve = app.add_subcommand("retrieve", "top-k items for a behaviour history, from a serving bundle");
@@ -100,6 +109,7 @@ int Main(int argc, char** argv) {
   retrieve->add_option("--k", ret.k, "items to return")->capture_default_str();
   retrieve->add_option("--seed", ret.seed, "seed of the reverse diffusion process")->capture_default_str();
   retrieve->add_option("--user", ret.user, "reproduce evaluation: use the reverse-process seed evaluation used for this user id");
+  retrieve->add_flag("--json", ret.json, "print the result as JSON");
 
   Common launch_c;
   bool dry_run = false;
@@ -107,6 +117,8 @@ int Main(int argc, char** argv) {
   auto* launch = app.add_subcommand("launch", "print and run the mpirun command of a job: t2diff launch -c job.textproto [-- train options]");
   AddConfigOptions(launch, &launch_c);
   launch->add_flag("--dry-run", dry_run, "only print the command");
+  bool launch_json = false;
+  launch->add_flag("--json", launch_json, "run `t2diff train --json`: the run summary as JSON on stdout");
   launch->add_option("args", launch_args, "arguments after --, passed to `t2diff train`");
 
   CLI11_PARSE(app, argc, argv);
@@ -120,9 +132,19 @@ int Main(int argc, char** argv) {
     if (generate->parsed()) c.overrides.push_back("data.source=SYNTHETIC");
     auto cfg = LoadConfig(c);
     if (!cfg.ok()) return Fail(cfg.status());
-    auto summary = data::Prepare(*cfg, prepare->parsed() ? force : gen_force);
+    auto summary = data::Prepare(cfg->data(), prepare->parsed() ? force : gen_force);
     if (!summary.ok()) return Fail(summary.status());
-    std::cout << data::FormatSummary(*summary) << std::flush;
+    if (json) {
+      std::string out;
+      google::protobuf::util::JsonPrintOptions jo;
+      jo.preserve_proto_field_names = true;
+      if (!google::protobuf::util::MessageToJsonString(*summary, &out, jo).ok()) {
+        return Fail(absl::InternalError("cannot print the summary as JSON"));
+      }
+      std::cout << out << std::endl;
+    } else {
+      std::cout << data::FormatSummary(*summary) << std::flush;
+    }
     return 0;
   }
   if (launch->parsed()) {
@@ -132,10 +154,16 @@ int Main(int argc, char** argv) {
     o.binary = SelfPath(argv[0]);
     o.args = {"train", "--config", launch_c.config_path};
     for (const auto& s : launch_c.overrides) o.args.insert(o.args.end(), {"--set", s});
+    if (launch_json) o.args.push_back("--json");
     o.args.insert(o.args.end(), launch_args.begin(), launch_args.end());
     o.as_root = ::geteuid() == 0;
     const auto cmd = BuildMpirunCommand(*cfg, o);
-    std::cout << ShellJoin(cmd) << std::endl;
+    // With --json, stdout carries only the job's JSON: the command goes to the log.
+    if (launch_json) {
+      LOG(INFO) << "running: " << ShellJoin(cmd);
+    } else {
+      std::cout << ShellJoin(cmd) << std::endl;
+    }
     if (dry_run) return 0;
     std::vector<char*> cargv;
     for (const auto& a : cmd) cargv.push_back(const_cast<char*>(a.c_str()));

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/checksum.h"
+#include "common/chunk_file.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 
@@ -16,59 +17,25 @@ constexpr char kMagic[8] = {'T', '2', 'D', 'D', 'E', 'N', 'S', 'E'};
 constexpr uint32_t kVersion = 1;
 constexpr uint32_t kFloat32 = 1, kInt64 = 2;
 
-template <typename T>
-void Put(std::string* out, T v) {  // little-endian hosts only (x86-64, aarch64)
-  out->append(reinterpret_cast<const char*>(&v), sizeof(T));
-}
-
-class Reader {
- public:
-  Reader(const std::string& bytes, size_t end, const std::string& what) : bytes_(bytes), end_(end), what_(what) {}
-  template <typename T>
-  absl::Status Get(T* v, const char* field) {
-    if (end_ - pos_ < sizeof(T)) return Truncated(field);
-    std::memcpy(v, bytes_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return absl::OkStatus();
-  }
-  absl::Status GetBytes(void* dst, size_t n, const char* field) {
-    if (end_ - pos_ < n) return Truncated(field);
-    std::memcpy(dst, bytes_.data() + pos_, n);
-    pos_ += n;
-    return absl::OkStatus();
-  }
-  size_t pos() const { return pos_; }
-  size_t left() const { return end_ - pos_; }
-
- private:
-  absl::Status Truncated(const char* field) const {
-    return absl::DataLossError(absl::StrCat(what_, ": truncated while reading ", field, " at byte ", pos_));
-  }
-  const std::string& bytes_;
-  size_t end_;
-  const std::string& what_;
-  size_t pos_ = 0;
-};
-
 }  // namespace
 
 std::string EncodeDenseState(const std::vector<DenseArray>& arrays) {
   std::string out(kMagic, sizeof(kMagic));
-  Put<uint32_t>(&out, kVersion);
-  Put<uint32_t>(&out, static_cast<uint32_t>(arrays.size()));
+  PutLe<uint32_t>(&out, kVersion);
+  PutLe<uint32_t>(&out, static_cast<uint32_t>(arrays.size()));
   for (const DenseArray& a : arrays) {
-    Put<uint32_t>(&out, static_cast<uint32_t>(a.name.size()));
+    PutLe<uint32_t>(&out, static_cast<uint32_t>(a.name.size()));
     out.append(a.name);
-    Put<uint32_t>(&out, a.is_int ? kInt64 : kFloat32);
-    Put<uint32_t>(&out, static_cast<uint32_t>(a.shape.size()));
-    for (int64_t s : a.shape) Put<int64_t>(&out, s);
+    PutLe<uint32_t>(&out, a.is_int ? kInt64 : kFloat32);
+    PutLe<uint32_t>(&out, static_cast<uint32_t>(a.shape.size()));
+    PutLeArray(&out, a.shape.data(), a.shape.size());
     if (a.is_int) {
-      out.append(reinterpret_cast<const char*>(a.i64.data()), a.i64.size() * sizeof(int64_t));
+      PutLeArray(&out, a.i64.data(), a.i64.size());
     } else {
-      out.append(reinterpret_cast<const char*>(a.f32.data()), a.f32.size() * sizeof(float));
+      PutLeArray(&out, a.f32.data(), a.f32.size());
     }
   }
-  Put<uint32_t>(&out, Crc32(out.data(), out.size()));
+  PutLe<uint32_t>(&out, Crc32(out.data(), out.size()));
   return out;
 }
 
@@ -84,51 +51,46 @@ absl::StatusOr<std::vector<DenseArray>> DecodeDenseState(const std::string& byte
     return absl::DataLossError(absl::StrCat(what, ": checksum mismatch (stored ", stored_crc, ", computed ", crc,
                                             "); the file is corrupt or truncated"));
   }
-  Reader r(bytes, body, what);
+  ByteReader r(absl::string_view(bytes.data(), body));
+  auto truncated = [&](const char* field) {
+    return absl::DataLossError(absl::StrCat(what, ": truncated while reading ", field, " at byte ", r.pos()));
+  };
   char magic[8];
-  T2D_RETURN_IF_ERROR(r.GetBytes(magic, 8, "magic"));
   uint32_t version = 0, count = 0;
-  T2D_RETURN_IF_ERROR(r.Get(&version, "version"));
+  if (!r.GetBytes(magic, 8)) return truncated("magic");
+  if (!r.Get(&version)) return truncated("version");
   if (version != kVersion) {
     return absl::DataLossError(absl::StrCat(what, ": format version ", version, " is not supported (expected ",
                                             kVersion, ")"));
   }
-  T2D_RETURN_IF_ERROR(r.Get(&count, "array count"));
+  if (!r.Get(&count)) return truncated("array count");
   std::vector<DenseArray> arrays;
   for (uint32_t i = 0; i < count; ++i) {
     DenseArray a;
     uint32_t name_len = 0, dtype = 0, rank = 0;
-    T2D_RETURN_IF_ERROR(r.Get(&name_len, "name length"));
+    if (!r.Get(&name_len)) return truncated("name length");
     if (name_len > r.left()) return absl::DataLossError(absl::StrCat(what, ": array ", i, " name length too large"));
     a.name.resize(name_len);
-    T2D_RETURN_IF_ERROR(r.GetBytes(a.name.data(), name_len, "name"));
-    T2D_RETURN_IF_ERROR(r.Get(&dtype, "dtype"));
+    r.GetBytes(a.name.data(), name_len);  // fits: checked above
+    if (!r.Get(&dtype)) return truncated("dtype");
     if (dtype != kFloat32 && dtype != kInt64) {
       return absl::DataLossError(absl::StrCat(what, ": array \"", a.name, "\" has unknown dtype ", dtype));
     }
     a.is_int = dtype == kInt64;
-    T2D_RETURN_IF_ERROR(r.Get(&rank, "rank"));
+    if (!r.Get(&rank)) return truncated("rank");
     if (rank > 16) return absl::DataLossError(absl::StrCat(what, ": array \"", a.name, "\" has rank ", rank));
     uint64_t numel = 1;
     for (uint32_t k = 0; k < rank; ++k) {
       int64_t s = 0;
-      T2D_RETURN_IF_ERROR(r.Get(&s, "shape"));
+      if (!r.Get(&s)) return truncated("shape");
       if (s < 0 || (s > 0 && numel > (uint64_t{1} << 40) / static_cast<uint64_t>(s))) {
         return absl::DataLossError(absl::StrCat(what, ": array \"", a.name, "\" has a bad shape"));
       }
       a.shape.push_back(s);
       numel *= static_cast<uint64_t>(s);
     }
-    const size_t elem = a.is_int ? sizeof(int64_t) : sizeof(float);
-    if (numel * elem > r.left()) {
+    if (!(a.is_int ? r.GetArray(numel, &a.i64) : r.GetArray(numel, &a.f32))) {
       return absl::DataLossError(absl::StrCat(what, ": array \"", a.name, "\" is truncated"));
-    }
-    if (a.is_int) {
-      a.i64.resize(numel);
-      T2D_RETURN_IF_ERROR(r.GetBytes(a.i64.data(), numel * elem, "values"));
-    } else {
-      a.f32.resize(numel);
-      T2D_RETURN_IF_ERROR(r.GetBytes(a.f32.data(), numel * elem, "values"));
     }
     arrays.push_back(std::move(a));
   }

@@ -15,7 +15,8 @@
 //     from L_tower only.
 //
 // Only the translation units that build or read tensors need torch; this header pulls in
-// <ATen/core/Tensor.h> alone (the tensor type), the model's torch code stays in model.cc.
+// <ATen/core/Tensor.h> alone (the tensor type); the model's torch code is in model.cc and the
+// modules it composes (parameters.h, layers.h, diffusion.h, user_tower.h), all internal to model/.
 //
 // Thread-safety: Forward/ForwardBackward/ZeroGradients mutate gradients and must not run
 // concurrently with each other. UserVectors/ItemVectors are const, use InferenceMode and may run
@@ -33,24 +34,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "configs/job_config.pb.h"
+#include "model/model_config.pb.h"
+#include "model/model_options.h"
 #include "model/batch.h"
 
 namespace t2d::model {
-
-// Sizes the model needs that the ModelConfig does not hold.
-struct ModelDims {
-  int64_t id_dim = 0;       // D_id, width of the item-id table
-  int64_t tag_dim = 0;      // D_tag, width of the tag table; 0: no tag feature
-  int64_t session_len = 10; // k, the current session's length cap
-};
-
-// Reads the dims from a validated job config (tables named by model.item_id_table /
-// item_tag_table, data.session_len).
-absl::StatusOr<ModelDims> DimsFromJobConfig(const config::JobConfig& job);
-
-// Cross-field checks of a ModelConfig with its dims (heads divide D, schedule valid, ...).
-absl::Status ValidateModelConfig(const config::ModelConfig& config, const ModelDims& dims);
 
 // The batch's embedding rows: leaf float tensors, one row per unique id of the batch.
 struct Rows {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "configs/job_config.pb.h"
+#include "model/model_config.pb.h"
 
 namespace t2d::model {
 

@@ -1,6 +1,6 @@
 #pragma once
 // A plain-C++ evaluation of the model's U-Net (the same function as the tensor version in
-// model.cc, docs/model.md), used by the reverse process at serving time. One request runs the
+// diffusion.cc, docs/model.md), used by the reverse process at serving time. One request runs the
 // U-Net T times on a [n, 2D] input; with tensor ops that is ~90 tiny ops per step, whose
 // per-op overhead dominates (several ms per request). Plain loops over channel-last arrays
 // cost a fraction of that.

@@ -1,13 +1,12 @@
 #pragma once
-// Options shared by the shard server and the worker-side client (plain struct; built from the
-// job config's ClusterConfig by PsOptionsFromConfig so that ps/ code does not read configs).
+// Options shared by the shard server and the worker-side client (plain struct; filled from the
+// job config's ClusterConfig by configs/job_options.h, so that ps/ code does not read configs).
 
 #include <cstdint>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "comm/roles.h"
-#include "configs/job_config.pb.h"
 
 namespace t2d::ps {
 
@@ -28,8 +27,5 @@ struct PsOptions {
   // Largest message either side accepts or sends, in bytes.
   int64_t max_message_bytes = int64_t{1} << 30;
 };
-
-// Errors: InvalidArgument when the config's server/worker counts disagree with `roles`.
-absl::StatusOr<PsOptions> PsOptionsFromConfig(const config::ClusterConfig& cluster, const comm::RoleAssignment& roles);
 
 }  // namespace t2d::ps

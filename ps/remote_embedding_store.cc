@@ -116,49 +116,33 @@ absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int tabl
   T2D_RETURN_IF_ERROR(broken_);
   if (ids.size() > UINT32_MAX) return absl::InvalidArgumentError("too many ids in one pull");
   const int num_servers = options_.roles.num_servers;
+  const int dim = tables_[static_cast<size_t>(table)].dim();
+  embedding::Partition partition = embedding::PartitionByShard(ids, num_servers);
+  // Check every part before sending any, so that a rejected pull leaves no request outstanding.
+  for (const auto& sids : partition.ids) {
+    if (static_cast<int64_t>(sids.size()) * dim * 4 + 1024 > options_.max_message_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("pull of ", sids.size(), " rows from one server exceeds max_message_bytes ",
+                                                     options_.max_message_bytes, "; use smaller batches"));
+    }
+  }
   PendingPull p;
   p.table = table;
-  p.num_positions = ids.size();
-  p.unique_of_position.resize(ids.size());
-  // Deduplicate, then bucket the unique ids by server.
-  absl::flat_hash_map<int64_t, uint32_t> unique;
-  unique.reserve(ids.size());
-  std::vector<std::vector<int64_t>> per_server(static_cast<size_t>(num_servers));
-  std::vector<int> server_of_unique;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    auto [it, inserted] = unique.try_emplace(ids[i], static_cast<uint32_t>(server_of_unique.size()));
-    if (inserted) {
-      const int s = embedding::ShardOf(ids[i], num_servers);
-      server_of_unique.push_back(s);
-      p.index_in_part.push_back(static_cast<uint32_t>(per_server[static_cast<size_t>(s)].size()));
-      per_server[static_cast<size_t>(s)].push_back(ids[i]);
-    }
-    p.unique_of_position[i] = it->second;
-  }
-  std::vector<int> part_of_server(static_cast<size_t>(num_servers), -1);
-  const int dim = tables_[static_cast<size_t>(table)].dim();
+  p.parts.resize(static_cast<size_t>(num_servers));
   for (int s = 0; s < num_servers; ++s) {
-    const auto& sids = per_server[static_cast<size_t>(s)];
+    const auto& sids = partition.ids[static_cast<size_t>(s)];
     if (sids.empty()) continue;
     Header h = NewRequest(Header::PULL);
     h.set_table(table);
     h.set_num_ids(static_cast<int64_t>(sids.size()));
     h.set_dim(dim);
     h.set_round(pushes_sent_[static_cast<size_t>(table)]);
-    if (static_cast<int64_t>(sids.size()) * dim * 4 + 1024 > options_.max_message_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("pull of ", sids.size(), " rows from one server exceeds max_message_bytes ",
-                                                     options_.max_message_bytes, "; use smaller batches"));
-    }
-    part_of_server[static_cast<size_t>(s)] = static_cast<int>(p.parts.size());
-    p.parts.push_back(PullPart{options_.roles.ServerRank(s), h.request_id(), sids.size()});
+    p.parts[static_cast<size_t>(s)] = PullPart{h.request_id(), sids.size()};
     std::string bytes = EncodeFrame(
         h, absl::string_view(reinterpret_cast<const char*>(sids.data()), sids.size() * sizeof(int64_t)));
     T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, std::move(bytes)));
   }
-  p.part_of_unique.resize(server_of_unique.size());
-  for (size_t u = 0; u < server_of_unique.size(); ++u) {
-    p.part_of_unique[u] = static_cast<uint32_t>(part_of_server[static_cast<size_t>(server_of_unique[u])]);
-  }
+  p.shard_of_position = std::move(partition.shard_of_position);
+  p.row_of_position = std::move(partition.row_of_position);
   const Ticket ticket = next_ticket_++;
   pulls_.emplace(ticket, std::move(p));
   return ticket;
@@ -171,51 +155,42 @@ absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
   pulls_.erase(it);
   const size_t dim = static_cast<size_t>(tables_[static_cast<size_t>(p.table)].dim());
   std::vector<uint64_t> ids;
-  for (const auto& part : p.parts) ids.push_back(part.request_id);
+  for (const auto& part : p.parts) {
+    if (part.num_ids > 0) ids.push_back(part.request_id);
+  }
   T2D_RETURN_IF_ERROR(AwaitReplies(ids));
   // Take every reply even when one failed, so none is left behind in replies_.
-  std::vector<Reply> replies;
+  std::vector<Reply> replies(p.parts.size());  // per server
   absl::Status first_error;
-  for (const auto& part : p.parts) {
+  for (size_t s = 0; s < p.parts.size(); ++s) {
+    const PullPart& part = p.parts[s];
+    if (part.num_ids == 0) continue;
     auto r = TakeReply(part.request_id);
     if (!r.ok()) {
       if (first_error.ok()) first_error = r.status();
-      replies.emplace_back();
       continue;
     }
     const size_t want = part.num_ids * dim * sizeof(float);
     if (r->header.num_ids() != static_cast<int64_t>(part.num_ids) || r->bytes.size() - r->payload_offset != want) {
       if (first_error.ok()) {
-        first_error = absl::DataLossError(absl::StrCat("server rank ", part.server, " answered a pull of ", part.num_ids,
+        first_error = absl::DataLossError(absl::StrCat("server rank ", r->source, " answered a pull of ", part.num_ids,
                                                        " rows with ", r->bytes.size() - r->payload_offset, " bytes"));
       }
     }
-    replies.push_back(*std::move(r));
+    replies[s] = *std::move(r);
   }
   T2D_RETURN_IF_ERROR(first_error);
-  if (out.size() != p.num_positions * dim) {
-    return absl::InvalidArgumentError(absl::StrCat("pull of ", p.num_positions, " ids needs ", p.num_positions * dim,
+  const size_t num_positions = p.shard_of_position.size();
+  if (out.size() != num_positions * dim) {
+    return absl::InvalidArgumentError(absl::StrCat("pull of ", num_positions, " ids needs ", num_positions * dim,
                                                    " floats, buffer has ", out.size()));
   }
-  for (size_t i = 0; i < p.num_positions; ++i) {
-    const uint32_t u = p.unique_of_position[i];
-    const Reply& r = replies[p.part_of_unique[u]];
-    std::memcpy(out.data() + i * dim, r.bytes.data() + r.payload_offset + static_cast<size_t>(p.index_in_part[u]) * dim * 4,
+  for (size_t i = 0; i < num_positions; ++i) {
+    const Reply& r = replies[static_cast<size_t>(p.shard_of_position[i])];
+    std::memcpy(out.data() + i * dim, r.bytes.data() + r.payload_offset + static_cast<size_t>(p.row_of_position[i]) * dim * 4,
                 dim * sizeof(float));
   }
   return absl::OkStatus();
-}
-
-absl::Status RemoteEmbeddingStore::Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) {
-  T2D_RETURN_IF_ERROR(CheckTable(table));
-  const size_t dim = static_cast<size_t>(tables_[static_cast<size_t>(table)].dim());
-  if (out.size() != ids.size() * dim) {
-    return absl::InvalidArgumentError(absl::StrCat("table \"", tables_[static_cast<size_t>(table)].name(), "\": lookup of ",
-                                                   ids.size(), " ids needs ", ids.size() * dim, " floats, buffer has ",
-                                                   out.size()));
-  }
-  T2D_ASSIGN_OR_RETURN(const Ticket ticket, Pull(table, ids));
-  return Wait(ticket, out);
 }
 
 absl::Status RemoteEmbeddingStore::WaitOldestPushRound() {
@@ -245,32 +220,18 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
                                                      " is not finite (", grads[i], "); nothing applied"));
     }
   }
+  if (ids.size() > UINT32_MAX) return absl::InvalidArgumentError("too many ids in one push");
   const int num_servers = options_.roles.num_servers;
-  // Pass 1: the unique ids, their server and their row in that server's message.
-  absl::flat_hash_map<int64_t, uint32_t> unique;  // id -> unique index
-  unique.reserve(ids.size());
-  std::vector<uint32_t> unique_of_position(ids.size());
-  std::vector<int> server_of_unique;
-  std::vector<uint32_t> row_of_unique;
-  std::vector<size_t> rows_per_server(static_cast<size_t>(num_servers), 0);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    auto [it, inserted] = unique.try_emplace(ids[i], static_cast<uint32_t>(server_of_unique.size()));
-    if (inserted) {
-      const int s = embedding::ShardOf(ids[i], num_servers);
-      server_of_unique.push_back(s);
-      row_of_unique.push_back(static_cast<uint32_t>(rows_per_server[static_cast<size_t>(s)]++));
-    }
-    unique_of_position[i] = it->second;
-  }
-  // Pass 2: write ids and gradients straight into the messages, summing repeated ids in input
-  // order (as EmbeddingTable::ApplyGradients would).
+  const embedding::Partition partition = embedding::PartitionByShard(ids, num_servers);
+  // Write ids and gradients straight into the messages, summing repeated ids in input order (as
+  // EmbeddingTable::ApplyGradients would).
   const int64_t round = pushes_sent_[static_cast<size_t>(table)] + 1;
   std::vector<std::string> messages(static_cast<size_t>(num_servers));
   std::vector<Header> headers(static_cast<size_t>(num_servers));
-  std::vector<int64_t*> id_out(static_cast<size_t>(num_servers));
   std::vector<float*> grad_out(static_cast<size_t>(num_servers));
   for (int s = 0; s < num_servers; ++s) {
-    const size_t n = rows_per_server[static_cast<size_t>(s)];
+    const std::vector<int64_t>& sids = partition.ids[static_cast<size_t>(s)];
+    const size_t n = sids.size();
     Header& h = headers[static_cast<size_t>(s)];
     h = NewRequest(Header::PUSH);
     h.set_table(table);
@@ -280,18 +241,19 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
     size_t offset = 0;
     std::string& m = messages[static_cast<size_t>(s)];
     m = EncodeFrame(h, n * (sizeof(int64_t) + dim * sizeof(float)), &offset);
-    id_out[static_cast<size_t>(s)] = reinterpret_cast<int64_t*>(m.data() + offset);  // 8-aligned
-    grad_out[static_cast<size_t>(s)] = reinterpret_cast<float*>(m.data() + offset + n * sizeof(int64_t));
+    if (n > 0) std::memcpy(m.data() + offset, sids.data(), n * sizeof(int64_t));
+    grad_out[static_cast<size_t>(s)] = reinterpret_cast<float*>(m.data() + offset + n * sizeof(int64_t));  // 8-aligned
   }
-  std::vector<bool> written(server_of_unique.size(), false);
+  // Rows are numbered in order of first occurrence, so a position whose row is the next one
+  // unwritten of its server is its id's first occurrence.
+  std::vector<uint32_t> rows_written(static_cast<size_t>(num_servers), 0);
   for (size_t i = 0; i < ids.size(); ++i) {
-    const uint32_t u = unique_of_position[i];
-    const size_t s = static_cast<size_t>(server_of_unique[u]);
-    float* dst = grad_out[s] + static_cast<size_t>(row_of_unique[u]) * dim;
+    const size_t s = static_cast<size_t>(partition.shard_of_position[i]);
+    const uint32_t row = partition.row_of_position[i];
+    float* dst = grad_out[s] + static_cast<size_t>(row) * dim;
     const float* g = grads.data() + i * dim;
-    if (!written[u]) {
-      written[u] = true;
-      id_out[s][row_of_unique[u]] = ids[i];
+    if (row == rows_written[s]) {
+      ++rows_written[s];
       std::memcpy(dst, g, dim * sizeof(float));
     } else {
       for (size_t j = 0; j < dim; ++j) dst[j] += g[j];
@@ -399,7 +361,9 @@ absl::Status RemoteEmbeddingStore::Shutdown() {
     LOG(WARNING) << pulls_.size() << " prefetched pull(s) were never waited for";
     std::vector<uint64_t> ids;
     for (const auto& [ticket, p] : pulls_) {
-      for (const auto& part : p.parts) ids.push_back(part.request_id);
+      for (const auto& part : p.parts) {
+        if (part.num_ids > 0) ids.push_back(part.request_id);
+      }
     }
     T2D_RETURN_IF_ERROR(AwaitReplies(ids));
     for (uint64_t id : ids) replies_.erase(id);

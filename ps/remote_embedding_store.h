@@ -3,14 +3,14 @@
 // EmbeddingStore interface as the in-process table (embedding/embedding_store.h).
 //
 // Protocol (full text: docs/ps-protocol.md):
-//   Pull (Lookup): 1. deduplicate the ids (first occurrence wins the slot); 2. partition the
-//   unique ids by embedding::ShardOf(id, S); 3. send one PULL per server that owns any of them,
-//   all at once; 4. Wait() receives the replies (in any order) and scatters each row to every
-//   position of the caller's ids that asked for it.
-//   Push (ApplyGradients): 1. sum the gradients of repeated ids in input order; 2. partition
-//   as for pulls; 3. send one PUSH to EVERY server (an empty one where the worker has no rows
-//   for it: each push is one round of the table on every server, which is what lets sync
-//   servers know a round is complete); 4. sync mode: wait for every acknowledgement;
+//   Pull (Pull, or Lookup = Pull + Wait): 1.-2. embedding::PartitionByShard: the distinct ids,
+//   grouped by owner in order of first occurrence (that order is on the wire); 3. send one PULL
+//   per server that owns any of them, all at once; 4. Wait() receives the replies (in any
+//   order) and scatters each row to every position of the caller's ids that asked for it.
+//   Push (ApplyGradients): 1.-2. the same partition, summing the gradients of repeated ids in
+//   input order into their row; 3. send one PUSH to EVERY server (an empty one where the
+//   worker has no rows for it: each push is one round of the table on every server, which is
+//   what lets sync servers know a round is complete); 4. sync mode: wait for every acknowledgement;
 //   async mode: return at once, keeping at most `staleness` rounds unacknowledged (waiting for
 //   the oldest when over).
 //   Every request carries this worker's count of pushes of the table, which the servers use to
@@ -27,7 +27,9 @@
 //   ... compute and push the current step ...
 //   store.Wait(*next, rows);                     // rows of next_ids
 // In sync mode a prefetched pull reads the state after this worker's pushes made before the
-// Pull() call (the servers hold it until those rounds are complete).
+// Pull() call (the servers hold it until those rounds are complete), the same rows as
+// embedding::LocalEmbeddingStore. In async mode a pull that the servers hold back for the
+// staleness bound may also see this worker's pushes made after the Pull() call.
 //
 // Errors: InvalidArgument for bad arguments (nothing sent); a server's error reply is returned
 // as that status with the server rank added; no reply within 2 x options.timeout is
@@ -51,8 +53,6 @@ namespace t2d::ps {
 
 class RemoteEmbeddingStore : public embedding::EmbeddingStore {
  public:
-  using Ticket = uint64_t;
-
   // transport: not owned, must outlive the store; its rank must be a worker of options.roles.
   // tables: the job's table list (the servers have the same one).
   RemoteEmbeddingStore(comm::Transport* transport, std::vector<config::TableConfig> tables, PsOptions options);
@@ -62,17 +62,15 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   int num_tables() const override { return static_cast<int>(tables_.size()); }
   const config::TableConfig& table_config(int table) const override { return tables_[static_cast<size_t>(table)]; }
 
-  absl::Status Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) override;
+  // Pull sends the requests and returns at once; Wait receives. Lookup is the base class's
+  // Pull + Wait. Errors beyond the base contract: InvalidArgument when one server's part of a
+  // pull would exceed options.max_message_bytes (nothing sent).
+  absl::StatusOr<Ticket> Pull(int table, absl::Span<const int64_t> ids) override;
+  absl::Status Wait(Ticket ticket, absl::Span<float> out) override;
   absl::Status ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) override;
   absl::StatusOr<std::vector<embedding::TableStats>> Stats() override;
   absl::Status Save(const std::string& dir) override;
   absl::Status Load(const std::string& dir) override;
-
-  // Sends the pull requests for `ids` and returns a ticket for Wait. Errors: InvalidArgument.
-  absl::StatusOr<Ticket> Pull(int table, absl::Span<const int64_t> ids);
-  // Receives the rows of `ticket` into `out` (ids.size() * dim floats). Each ticket is waited
-  // for once; tickets may be waited for in any order.
-  absl::Status Wait(Ticket ticket, absl::Span<float> out);
 
   // Waits for every outstanding push acknowledgement (async mode keeps some).
   absl::Status Flush();
@@ -91,18 +89,16 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
     std::string bytes;
     size_t payload_offset = 0;
   };
-  struct PullPart {
-    int server;
-    uint64_t request_id;
-    size_t num_ids;
+  struct PullPart {  // what one pull asked of one server
+    uint64_t request_id = 0;
+    size_t num_ids = 0;  // 0: nothing was asked of it
   };
   struct PendingPull {
     int table;
-    size_t num_positions;
-    std::vector<PullPart> parts;
-    std::vector<uint32_t> part_of_unique;   // per unique id: index into parts
-    std::vector<uint32_t> index_in_part;    // per unique id: row within that part's reply
-    std::vector<uint32_t> unique_of_position;
+    std::vector<PullPart> parts;  // per server
+    // Per position of the caller's ids: the server and the row in its reply (the Partition's).
+    std::vector<int> shard_of_position;
+    std::vector<uint32_t> row_of_position;
   };
 
   Header NewRequest(Header::Type type);

@@ -14,14 +14,17 @@ command -v gnuplot > /dev/null || { echo "plot_metrics: gnuplot not found (apt-g
 mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# value KEY LINE: the number after "KEY": in a JSON line.
+# extract KIND SPLIT "KEYS" FILE: for each record of KIND (and SPLIT), the numbers of KEYS. The
+# records are one JSON object per line; spaces after ':' and ',' are dropped first so that both
+# compact and spaced writers parse.
 extract() {
   awk -v kind="$1" -v want="$2" -v keys="$3" '
-    index($0, "\"kind\": \"" kind "\"") && (want == "" || index($0, "\"split\": \"" want "\"")) {
+    { s = $0; gsub(/":[ ]+/, "\":", s); gsub(/,[ ]+"/, ",\"", s) }
+    index(s, "\"kind\":\"" kind "\"") && (want == "" || index(s, "\"split\":\"" want "\"")) {
       n = split(keys, ks, " "); line = "";
       for (i = 1; i <= n; i++) {
-        p = index($0, "\"" ks[i] "\": "); if (p == 0) { line = ""; break; }
-        v = substr($0, p + length(ks[i]) + 4); sub(/[,}].*/, "", v); line = line (i > 1 ? " " : "") v;
+        p = index(s, "\"" ks[i] "\":"); if (p == 0) { line = ""; break; }
+        v = substr(s, p + length(ks[i]) + 3); sub(/[,}].*/, "", v); line = line (i > 1 ? " " : "") v;
       }
       if (line != "") print line;
     }' "$4"

@@ -12,7 +12,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp
   libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   # plots: training curves (scripts/plot_metrics.sh, bench/quality/run_study.py)
   gnuplot-nox
 )

@@ -4,7 +4,7 @@
 //
 // Layout under the job's checkpoint dir:
 //   ckpt-000000001200/            a complete checkpoint of step 1200
-//     MANIFEST                    CheckpointManifest (text format): every file, its size and CRC
+//     MANIFEST                    FolderManifest (common/sealed_folder.h): every file, size, CRC
 //     ...                         files written by the ranks (shards, dense weights, cursors)
 //   tmp-ckpt-000000001300/        a checkpoint being written (ignored by readers, removed later)
 // Protocol: every rank writes its files into StagingDir(step); once all have finished (the
@@ -19,7 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "trainer/checkpoint.pb.h"
+#include "common/sealed_folder.h"
 
 namespace t2d::trainer {
 
@@ -29,15 +29,7 @@ absl::Status PrepareStaging(const std::string& dir, int64_t step);
 
 // Seals the staging folder of `step` into "<dir>/ckpt-<step>" with `manifest` (files are listed
 // and checksummed here) and keeps the newest `keep_last` complete checkpoints.
-absl::StatusOr<std::string> Commit(const std::string& dir, int64_t step, CheckpointManifest manifest, int keep_last);
-
-// Lists and checksums every file under `folder` into `manifest` and writes it as MANIFEST
-// (last, atomically). Used for checkpoints and export bundles alike.
-absl::Status SealFolder(const std::string& folder, CheckpointManifest manifest);
-
-// Reads and checks a checkpoint folder: the manifest parses, and every listed file exists with
-// the recorded size and CRC. DataLoss naming the file otherwise.
-absl::StatusOr<CheckpointManifest> VerifyCheckpoint(const std::string& folder);
+absl::StatusOr<std::string> Commit(const std::string& dir, int64_t step, FolderManifest manifest, int keep_last);
 
 // The newest complete and intact checkpoint folder in `dir`. Damaged ones are skipped with a
 // warning naming the file; NotFound if none is usable.

@@ -7,7 +7,7 @@
 
 namespace t2d::trainer {
 
-StepBuilder::StepBuilder(const Catalogue* catalogue, const Options& options)
+StepBuilder::StepBuilder(const data::Catalogue* catalogue, const Options& options)
     : catalogue_(catalogue), options_(options) {}
 
 void StepBuilder::AddItem(model::ItemSlots* slots, int64_t id, const int64_t* tags, int count) {
@@ -29,7 +29,7 @@ void StepBuilder::SeedCatalogue(int64_t begin, int64_t end, StepInput* out) {
   }
 }
 
-absl::Status StepBuilder::FillHistory(const data::Batch& in, StepInput* out) {
+absl::Status StepBuilder::FillHistory(const data::SampleBatch& in, StepInput* out) {
   const int n = in.max_seq_len, t = in.max_tags;
   model::Batch& b = out->batch;
   b = model::Batch();
@@ -65,7 +65,7 @@ absl::Status StepBuilder::FillHistory(const data::Batch& in, StepInput* out) {
   return absl::OkStatus();
 }
 
-absl::Status StepBuilder::BuildTraining(const data::Batch& in, uint64_t seed, StepInput* out) {
+absl::Status StepBuilder::BuildTraining(const data::SampleBatch& in, uint64_t seed, StepInput* out) {
   if (options_.full_softmax) {
     SeedCatalogue(0, catalogue_->size(), out);
   } else {
@@ -104,7 +104,7 @@ absl::Status StepBuilder::BuildTraining(const data::Batch& in, uint64_t seed, St
   return absl::OkStatus();
 }
 
-absl::Status StepBuilder::BuildUsers(const data::Batch& in, StepInput* out) {
+absl::Status StepBuilder::BuildUsers(const data::SampleBatch& in, StepInput* out) {
   id_rows_.Reset(&out->id_keys);
   tag_rows_.Reset(&out->tag_keys);
   out->candidates = model::Candidates();

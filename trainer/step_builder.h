@@ -2,8 +2,8 @@
 // Turns a batch of samples (data/sample_reader.h: raw ids, left-aligned) into what one model
 // call needs (model/batch.h: row indices, right-aligned), plus the unique ids whose embedding
 // rows must be pulled, in row order:
-//   id_keys[r]  is the item id whose row is row r of Rows::id_rows,
-//   tag_keys[r] is the tag id whose row is row r of Rows::tag_rows.
+//   id_keys[r]  is the item id whose row is row r of model::Rows::id_rows,
+//   tag_keys[r] is the tag id whose row is row r of model::Rows::tag_rows.
 // FULL_SOFTMAX steps put the whole catalogue first (rows 0..N-1 in catalogue order, so
 // candidates are the catalogue and a target's candidate index is its catalogue index);
 // SAMPLED_SOFTMAX steps pull the batch's items plus `num_negatives` shared negatives drawn by
@@ -19,7 +19,7 @@
 #include "absl/status/status.h"
 #include "data/sample_reader.h"
 #include "model/batch.h"
-#include "trainer/catalogue.h"
+#include "data/catalogue.h"
 
 namespace t2d::trainer {
 
@@ -38,21 +38,22 @@ class StepBuilder {
     bool use_tags = true;   // false: no tag table
     bool time_lags = false; // fill Batch::time_lags
     // Sessions were cut by time gaps (data.session_mode = TIME_GAP): pass each sample's
-    // session length (from data::Batch::session_begin) instead of the fixed last k.
+    // session length (from data::SampleBatch::session_begin) instead of the fixed last k.
     bool time_gap_sessions = false;
   };
   // `catalogue` is not owned and must outlive the builder.
-  StepBuilder(const Catalogue* catalogue, const Options& options);
+  StepBuilder(const data::Catalogue* catalogue, const Options& options);
 
   // A training step; `seed` draws the shared negatives.
-  absl::Status BuildTraining(const data::Batch& in, uint64_t seed, StepInput* out);
+  absl::Status BuildTraining(const data::SampleBatch& in, uint64_t seed, StepInput* out);
   // User-tower input only (evaluation, serving): no targets, no candidates.
-  absl::Status BuildUsers(const data::Batch& in, StepInput* out);
+  absl::Status BuildUsers(const data::SampleBatch& in, StepInput* out);
   // Catalogue items [begin, end) as candidate slots (for item vectors), with their rows.
   void BuildCatalogue(int64_t begin, int64_t end, StepInput* out);
 
  private:
-  class Rows {
+  // Numbers the distinct keys of one step in first-seen order (the row order of the pull).
+  class RowIndex {
    public:
     void Reset(std::vector<int64_t>* keys) {
       map_.clear();
@@ -70,13 +71,13 @@ class StepBuilder {
     std::vector<int64_t>* keys_ = nullptr;
   };
 
-  absl::Status FillHistory(const data::Batch& in, StepInput* out);
+  absl::Status FillHistory(const data::SampleBatch& in, StepInput* out);
   void AddItem(model::ItemSlots* slots, int64_t id, const int64_t* tags, int count);
   void SeedCatalogue(int64_t begin, int64_t end, StepInput* out);
 
-  const Catalogue* catalogue_;
+  const data::Catalogue* catalogue_;
   Options options_;
-  Rows id_rows_, tag_rows_;
+  RowIndex id_rows_, tag_rows_;
   std::vector<int64_t> scratch_tags_;
 };
 

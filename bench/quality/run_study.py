@@ -207,24 +207,32 @@ def seed_overrides(seed):
             "tables[item_id].initializer.seed=%d" % seed, "tables[item_tag].initializer.seed=%d" % seed]
 
 
+def prepare_summary_lines(summary):
+    """The "kept:" and "samples:" lines of a `t2diff prepare --json` summary (PrepareSummary)."""
+    n = lambda key: int(summary.get(key, 0))  # proto3 JSON prints int64 fields as strings
+    kept = "kept: %d users, %d items, %d interactions; length min %d / mean %.1f / max %d" % (
+        n("users"), n("items"), n("interactions"), n("min_seq_len"), float(summary.get("mean_seq_len", 0)),
+        n("max_seq_len"))
+    samples = "samples: train %d (%d users), valid %d (%d users), test %d (%d users)" % (
+        n("train_samples"), n("train_users"), n("valid_samples"), n("valid_users"), n("test_samples"),
+        n("test_users"))
+    return [kept, samples], n("train_samples")
+
+
 def prepare(binary, suite, work):
     dataset = os.path.join(work, "data", suite.name)
-    cmd = ["nice", "-n", "19", binary, "prepare", "-c", suite.config, "--set", "data.dataset_dir=" + dataset, "--force"]
+    cmd = ["nice", "-n", "19", binary, "prepare", "-c", suite.config, "--set", "data.dataset_dir=" + dataset, "--force",
+           "--json"]
     logpath = os.path.join(work, "data", suite.name + ".prepare.log")
     os.makedirs(os.path.dirname(logpath), exist_ok=True)
     with open(logpath, "w") as f:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if rc != 0:
-        die("prepare of %s failed (exit %d), see %s" % (suite.name, rc, logpath))
-    with open(logpath) as f:
-        summary = [l.strip() for l in f if l.startswith(("kept:", "samples:"))]
-    train_samples = 0
-    for line in summary:
-        if line.startswith("samples:"):
-            try:
-                train_samples = int(line.split("train", 1)[1].split()[0])
-            except (IndexError, ValueError):
-                pass
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
+    if proc.returncode != 0:
+        die("prepare of %s failed (exit %d), see %s" % (suite.name, proc.returncode, logpath))
+    try:
+        summary, train_samples = prepare_summary_lines(json.loads(proc.stdout))
+    except ValueError:
+        die("prepare of %s printed no JSON summary, see %s" % (suite.name, logpath))
     return dataset, summary, train_samples
 
 
@@ -325,32 +333,28 @@ INFERENCE_VARIANTS = [
 ]
 
 
-def parse_metric_line(line):
-    out = {}
-    for tok in line.split():
-        if "@" in tok and "=" in tok:
-            name, value = tok.split("=", 1)
-            try:
-                out[name.lower()] = float(value)
-            except ValueError:
-                pass
-    return out
+def eval_metrics(result, split="test"):
+    """The model's metrics of `split` from a `t2diff eval --json` result, or None."""
+    try:
+        model = result[split]["model"]
+    except (KeyError, TypeError):
+        return None
+    return {k: v for k, v in model.items() if "@" in k}
 
 
 def run_eval(binary, config, sets, logpath):
-    cmd = ["nice", "-n", "19", binary, "eval", "-c", config]
+    cmd = ["nice", "-n", "19", binary, "eval", "-c", config, "--json"]
     for s in sets:
         cmd += ["--set", s]
     start = time.time()
     with open(logpath, "w") as f:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
     wall = time.time() - start
-    test = None
-    with open(logpath) as f:
-        for line in f:
-            if line.startswith("test ("):
-                test = parse_metric_line(line)
-    return rc, wall, test
+    try:
+        test = eval_metrics(json.loads(proc.stdout))
+    except ValueError:
+        test = None
+    return proc.returncode, wall, test
 
 
 def user_tower_latency(binary, config, sets, rundir, steps, history):
@@ -365,10 +369,12 @@ def user_tower_latency(binary, config, sets, rundir, steps, history):
     times = []
     for i in range(7):
         out = subprocess.run(["nice", "-n", "19", binary, "retrieve", "--bundle", bundle, "--history", history,
-                              "--k", "20", "--seed", str(i + 1)], cwd=ROOT, capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("latency: user tower"):
-                times.append(float(line.split()[3]))
+                              "--k", "20", "--seed", str(i + 1), "--json"], cwd=ROOT, capture_output=True,
+                             text=True).stdout
+        try:
+            times.append(float(json.loads(out)["user_tower_ms"]))
+        except (ValueError, KeyError):
+            pass
     return statistics.median(times) if times else None
 
 

@@ -9,7 +9,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "data/generator.h"
 #include "data/prepare.h"
-#include "configs/config_loader.h"
 #include "data/sample_reader.h"
 #include "tests/data/test_util.h"
 
@@ -17,15 +16,14 @@ namespace t2d::data {
 namespace {
 
 using config::DataConfig;
-using config::JobConfig;
 using testing::TempDir;
 using testing::WriteText;
 
 // user 1: six items an hour apart (times 100..600 s); user 2: two sessions; user 3: one item;
 // user 4: two items.
-JobConfig FixtureConfig(const TempDir& dir) {
-  JobConfig job;
-  DataConfig* c = job.mutable_data();
+DataConfig FixtureConfig(const TempDir& dir) {
+  DataConfig job;
+  DataConfig* c = &job;
   c->set_source(DataConfig::MOVIELENS_DAT);
   c->add_input_paths(WriteText(dir.File("ratings.dat"),
                                "1::16::5::600\n1::11::5::100\n1::12::4::200\n1::13::4::300\n1::14::3::400\n1::15::3::500\n"
@@ -49,7 +47,7 @@ struct Sample {
   bool operator<(const Sample& o) const { return std::tie(user, target) < std::tie(o.user, o.target); }
 };
 
-std::vector<Sample> Unpack(const Batch& b) {
+std::vector<Sample> Unpack(const SampleBatch& b) {
   std::vector<Sample> out;
   for (int i = 0; i < b.size; ++i) {
     Sample s;
@@ -78,7 +76,7 @@ std::vector<Sample> ReadAll(const std::string& dir, ReaderOptions o) {
   EXPECT_TRUE(r.ok()) << r.status();
   if (!r.ok()) return {};
   std::vector<Sample> all;
-  Batch b;
+  SampleBatch b;
   while (true) {
     auto more = (*r)->Next(&b);
     EXPECT_TRUE(more.ok()) << more.status();
@@ -90,7 +88,7 @@ std::vector<Sample> ReadAll(const std::string& dir, ReaderOptions o) {
 
 TEST(PrepareTest, FixtureSummaryAndSamples) {
   TempDir dir;
-  JobConfig job = FixtureConfig(dir);
+  DataConfig job = FixtureConfig(dir);
   auto summary = Prepare(job, false);
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_EQ(summary->input_users(), 4);
@@ -106,7 +104,7 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
   EXPECT_EQ(summary->test_samples(), 2);
   EXPECT_FALSE(FormatSummary(*summary).empty());
 
-  auto manifest = ReadManifest(job.data().dataset_dir());
+  auto manifest = ReadManifest(job.dataset_dir());
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   EXPECT_EQ(manifest->max_tags_per_item(), 3);
   EXPECT_EQ(manifest->tag_names_size(), 3);  // Comedy, Drama, War
@@ -115,7 +113,7 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
   ReaderOptions o;
   o.split = "test";
   o.batch_size = 4;
-  auto test = ReadAll(job.data().dataset_dir(), o);
+  auto test = ReadAll(job.dataset_dir(), o);
   std::sort(test.begin(), test.end());
   ASSERT_EQ(test.size(), 2u);
   // User 1's last item: history = the 3 before it, session = the last 2 of them.
@@ -130,7 +128,7 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
   EXPECT_EQ(test[1].history, (std::vector<int64_t>{21, 22, 23}));
 
   o.split = "train";
-  auto train = ReadAll(job.data().dataset_dir(), o);
+  auto train = ReadAll(job.dataset_dir(), o);
   std::sort(train.begin(), train.end());
   ASSERT_EQ(train.size(), 4u);
   EXPECT_EQ(train[0].target, 12);
@@ -140,7 +138,7 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
   EXPECT_EQ(train[3].target, 22);
 
   // The items file: the kept catalogue with counts and tags.
-  auto items_file = SampleFileReader::Open(job.data().dataset_dir() + "/" + kItemsFile);
+  auto items_file = SampleFileReader::Open(job.dataset_dir() + "/" + kItemsFile);
   ASSERT_TRUE(items_file.ok());
   auto items = (*items_file)->ReadAllItems();
   ASSERT_TRUE(items.ok());
@@ -152,13 +150,13 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
 
 TEST(PrepareTest, TimeGapSessionsAndOtherSplits) {
   TempDir dir;
-  JobConfig job = FixtureConfig(dir);
-  job.mutable_data()->set_session_mode(DataConfig::TIME_GAP);
-  job.mutable_data()->set_session_gap_s(1800);
+  DataConfig job = FixtureConfig(dir);
+  job.set_session_mode(DataConfig::TIME_GAP);
+  job.set_session_gap_s(1800);
   ASSERT_TRUE(Prepare(job, false).ok());
   ReaderOptions o;
   o.split = "test";
-  auto test = ReadAll(job.data().dataset_dir(), o);
+  auto test = ReadAll(job.dataset_dir(), o);
   std::sort(test.begin(), test.end());
   ASSERT_EQ(test.size(), 2u);
   // User 2: history 21(10) 22(20) 23(5000); the gap before 23 starts the session.
@@ -166,16 +164,16 @@ TEST(PrepareTest, TimeGapSessionsAndOtherSplits) {
   // User 1: gaps of 100 s, so the session is capped at k = 2.
   EXPECT_EQ(test[0].session_begin, 1);
 
-  job.mutable_data()->set_split(DataConfig::GLOBAL_TIME);
-  job.mutable_data()->set_valid_time_fraction(0.25);
-  job.mutable_data()->set_test_time_fraction(0.25);
+  job.set_split(DataConfig::GLOBAL_TIME);
+  job.set_valid_time_fraction(0.25);
+  job.set_test_time_fraction(0.25);
   auto s = Prepare(job, true);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->train_samples() + s->valid_samples() + s->test_samples(), 5 + 3 + 1);
   EXPECT_GT(s->test_samples(), 0);
 
-  job.mutable_data()->set_split(DataConfig::PAPER);
-  job.mutable_data()->set_train_user_fraction(0.5);
+  job.set_split(DataConfig::PAPER);
+  job.set_train_user_fraction(0.5);
   s = Prepare(job, true);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->train_users() + s->test_users(), 3);
@@ -183,50 +181,50 @@ TEST(PrepareTest, TimeGapSessionsAndOtherSplits) {
 
 TEST(PrepareTest, RefusesToOverwriteWithoutForce) {
   TempDir dir;
-  JobConfig job = FixtureConfig(dir);
+  DataConfig job = FixtureConfig(dir);
   ASSERT_TRUE(Prepare(job, false).ok());
-  WriteText(job.data().dataset_dir() + "/notes.txt", "keep me");
+  WriteText(job.dataset_dir() + "/notes.txt", "keep me");
   auto again = Prepare(job, false);
   ASSERT_FALSE(again.ok());
   EXPECT_TRUE(absl::IsAlreadyExists(again.status()));
   EXPECT_NE(again.status().message().find("--force"), std::string::npos);
-  job.mutable_data()->set_num_shards(1);
+  job.set_num_shards(1);
   ASSERT_TRUE(Prepare(job, true).ok());
   // Old shards are gone, foreign files are kept.
-  EXPECT_FALSE(std::filesystem::exists(job.data().dataset_dir() + "/train-00001-of-00002.t2ds"));
-  EXPECT_TRUE(std::filesystem::exists(job.data().dataset_dir() + "/train-00000-of-00001.t2ds"));
-  EXPECT_TRUE(std::filesystem::exists(job.data().dataset_dir() + "/notes.txt"));
+  EXPECT_FALSE(std::filesystem::exists(job.dataset_dir() + "/train-00001-of-00002.t2ds"));
+  EXPECT_TRUE(std::filesystem::exists(job.dataset_dir() + "/train-00000-of-00001.t2ds"));
+  EXPECT_TRUE(std::filesystem::exists(job.dataset_dir() + "/notes.txt"));
 }
 
 TEST(PrepareTest, FileOrderIsKeptAndLabelled) {
   TempDir dir;
-  JobConfig job = FixtureConfig(dir);
-  job.mutable_data()->set_sequence_order(DataConfig::FILE);
+  DataConfig job = FixtureConfig(dir);
+  job.set_sequence_order(DataConfig::FILE);
   ASSERT_TRUE(Prepare(job, false).ok());
-  auto m = ReadManifest(job.data().dataset_dir());
+  auto m = ReadManifest(job.dataset_dir());
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->sequence_order(), "FILE");
   ReaderOptions o;
   o.split = "test";
-  auto test = ReadAll(job.data().dataset_dir(), o);
+  auto test = ReadAll(job.dataset_dir(), o);
   std::sort(test.begin(), test.end());
   ASSERT_EQ(test.size(), 2u);
   // User 1 in file order: 16 11 12 13 14 15 -> the last item is 15.
   EXPECT_EQ(test[0].target, 15);
   EXPECT_EQ(test[0].history, (std::vector<int64_t>{12, 13, 14}));
-  job.mutable_data()->set_session_mode(DataConfig::TIME_GAP);
+  job.set_session_mode(DataConfig::TIME_GAP);
   EXPECT_FALSE(Prepare(job, true).ok());
 }
 
 TEST(PrepareTest, SkippedBadLinesAreReportedInTheSummary) {
   TempDir dir;
-  JobConfig job = FixtureConfig(dir);
-  job.mutable_data()->set_input_paths(
+  DataConfig job = FixtureConfig(dir);
+  job.set_input_paths(
       0, WriteText(dir.File("bad.dat"), "1::11::5::100\n1::12::5::200\nbroken line\n1::13::5::300\n1::14::five::400\n"));
   auto s = Prepare(job, false);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find("bad.dat:3:"), std::string::npos) << s.status();
-  job.mutable_data()->set_skip_bad_lines(true);
+  job.set_skip_bad_lines(true);
   s = Prepare(job, true);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->bad_lines(), 2);
@@ -238,27 +236,27 @@ TEST(PrepareTest, SkippedBadLinesAreReportedInTheSummary) {
 
 TEST(PrepareTest, ConfigErrors) {
   TempDir dir;
-  JobConfig job = FixtureConfig(dir);
-  job.mutable_data()->set_source(DataConfig::SOURCE_UNSET);
+  DataConfig job = FixtureConfig(dir);
+  job.set_source(DataConfig::SOURCE_UNSET);
   EXPECT_FALSE(Prepare(job, false).ok());
   job = FixtureConfig(dir);
-  job.mutable_data()->clear_dataset_dir();
+  job.clear_dataset_dir();
   EXPECT_FALSE(Prepare(job, false).ok());
   // Sequence files have no timestamps: TIME_GAP and GLOBAL_TIME are refused.
   job = FixtureConfig(dir);
-  job.mutable_data()->set_source(DataConfig::ML1M_SEQUENCES);
-  job.mutable_data()->set_input_paths(0, WriteText(dir.File("seq.txt"), "1 5 6 7\n"));
-  job.mutable_data()->clear_item_path();
-  job.mutable_data()->set_session_mode(DataConfig::TIME_GAP);
+  job.set_source(DataConfig::ML1M_SEQUENCES);
+  job.set_input_paths(0, WriteText(dir.File("seq.txt"), "1 5 6 7\n"));
+  job.clear_item_path();
+  job.set_session_mode(DataConfig::TIME_GAP);
   auto s = Prepare(job, true);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find("TIME_GAP"), std::string::npos);
 }
 
 // A small synthetic data set for the reader tests.
-JobConfig SyntheticConfig(const TempDir& dir, int64_t users) {
-  JobConfig job;
-  DataConfig* c = job.mutable_data();
+DataConfig SyntheticConfig(const TempDir& dir, int64_t users) {
+  DataConfig job;
+  DataConfig* c = &job;
   c->set_source(DataConfig::SYNTHETIC);
   c->set_dataset_dir(dir.File("syn"));
   c->set_num_shards(4);
@@ -281,10 +279,10 @@ std::vector<std::pair<int64_t, int64_t>> Keys(const std::vector<Sample>& v) {
 
 TEST(SampleReaderTest, DeterministicShuffledAndCursorRoundTrip) {
   TempDir dir;
-  JobConfig job = SyntheticConfig(dir, 300);
+  DataConfig job = SyntheticConfig(dir, 300);
   auto summary = Prepare(job, false);
   ASSERT_TRUE(summary.ok()) << summary.status();
-  const std::string ds = job.data().dataset_dir();
+  const std::string ds = job.dataset_dir();
   ReaderOptions o;
   o.batch_size = 7;
   o.shuffle_buffer = 50;
@@ -309,38 +307,40 @@ TEST(SampleReaderTest, DeterministicShuffledAndCursorRoundTrip) {
   for (int k : {0, 3, 20, static_cast<int>(summary->train_samples() / 7) + 1}) {
     auto r = SampleReader::Open(ds, o);
     ASSERT_TRUE(r.ok());
-    Batch b;
+    SampleBatch b;
     std::vector<Sample> seen;
     for (int i = 0; i < k; ++i) {
       ASSERT_TRUE(*(*r)->Next(&b));
       for (auto& s : Unpack(b)) seen.push_back(std::move(s));
     }
-    const std::string saved = (*r)->cursor().Serialize();
+    const std::string saved = (*r)->cursor().SerializeAsString();
     auto r2 = SampleReader::Open(ds, o);
     ASSERT_TRUE(r2.ok());
-    auto cursor = ReaderCursor::Parse(saved);
-    ASSERT_TRUE(cursor.ok()) << cursor.status();
-    ASSERT_TRUE((*r2)->Restore(*cursor).ok());
+    ReaderCursor cursor;
+    ASSERT_TRUE(cursor.ParseFromString(saved));
+    ASSERT_TRUE((*r2)->Restore(cursor).ok());
     while (*(*r2)->Next(&b)) {
       for (auto& s : Unpack(b)) seen.push_back(std::move(s));
     }
-    EXPECT_EQ(Keys(seen), full) << "resumed after " << k << " batches (" << saved << ")";
+    EXPECT_EQ(Keys(seen), full) << "resumed after " << k << " batches (" << cursor.ShortDebugString() << ")";
   }
 
   // A cursor from another configuration is refused.
   auto r = SampleReader::Open(ds, o);
   ASSERT_TRUE(r.ok());
   ReaderCursor c = (*r)->cursor();
-  c.seed = 99;
+  c.set_seed(99);
   EXPECT_TRUE(absl::IsFailedPrecondition((*r)->Restore(c)));
-  EXPECT_FALSE(ReaderCursor::Parse("garbage").ok());
+  c = (*r)->cursor();
+  c.set_position(-1);
+  EXPECT_TRUE(absl::IsInvalidArgument((*r)->Restore(c)));
 }
 
 TEST(SampleReaderTest, RanksPartitionTheSplit) {
   TempDir dir;
-  JobConfig job = SyntheticConfig(dir, 300);
+  DataConfig job = SyntheticConfig(dir, 300);
   ASSERT_TRUE(Prepare(job, false).ok());
-  const std::string ds = job.data().dataset_dir();
+  const std::string ds = job.dataset_dir();
   ReaderOptions o;
   o.batch_size = 16;
   o.shuffle_buffer = 0;
@@ -374,30 +374,12 @@ TEST(SampleReaderTest, RanksPartitionTheSplit) {
   EXPECT_NE(r.status().message().find("num_shards"), std::string::npos);
 }
 
-TEST(SampleReaderTest, OptionsFromTheJobConfig) {
-  JobConfig job;
-  job.mutable_data()->set_max_seq_len(20);
-  job.mutable_data()->set_shuffle_buffer(77);
-  job.mutable_training()->set_batch_size(64);
-  job.mutable_training()->set_epochs(3);
-  ReaderOptions train = MakeReaderOptions(job, "train", 1, 2);
-  EXPECT_EQ(train.max_seq_len, 20);
-  EXPECT_EQ(train.shuffle_buffer, 77);
-  EXPECT_EQ(train.batch_size, 64);
-  EXPECT_EQ(train.epochs, 3);
-  EXPECT_EQ(train.rank, 1);
-  EXPECT_TRUE(train.equal_epochs);
-  ReaderOptions test = MakeReaderOptions(job, "test", 0, 2);
-  EXPECT_EQ(test.epochs, 1);
-  EXPECT_EQ(test.shuffle_buffer, 0);
-  EXPECT_FALSE(test.equal_epochs);
-}
 
 TEST(SampleReaderTest, MissingOrDamagedShardNamesTheFile) {
   TempDir dir;
-  JobConfig job = SyntheticConfig(dir, 100);
+  DataConfig job = SyntheticConfig(dir, 100);
   ASSERT_TRUE(Prepare(job, false).ok());
-  const std::string ds = job.data().dataset_dir();
+  const std::string ds = job.dataset_dir();
   ReaderOptions o;
   std::filesystem::remove(ds + "/train-00002-of-00004.t2ds");
   auto r = SampleReader::Open(ds, o);
@@ -414,9 +396,9 @@ TEST(SampleReaderTest, MissingOrDamagedShardNamesTheFile) {
 
 TEST(SampleReaderTest, ChecksumMismatchSurfacesFromNext) {
   TempDir dir;
-  JobConfig job = SyntheticConfig(dir, 200);
+  DataConfig job = SyntheticConfig(dir, 200);
   ASSERT_TRUE(Prepare(job, false).ok());
-  const std::string shard = job.data().dataset_dir() + "/train-00001-of-00004.t2ds";
+  const std::string shard = job.dataset_dir() + "/train-00001-of-00004.t2ds";
   {
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(200);  // inside the first chunk's payload
@@ -425,9 +407,9 @@ TEST(SampleReaderTest, ChecksumMismatchSurfacesFromNext) {
   }
   ReaderOptions o;
   o.shuffle_buffer = 0;
-  auto r = SampleReader::Open(job.data().dataset_dir(), o);
+  auto r = SampleReader::Open(job.dataset_dir(), o);
   ASSERT_TRUE(r.ok()) << r.status();
-  Batch b;
+  SampleBatch b;
   absl::Status status;
   while (true) {
     auto more = (*r)->Next(&b);
@@ -444,9 +426,9 @@ TEST(SampleReaderTest, ChecksumMismatchSurfacesFromNext) {
 
 TEST(GeneratorTest, OtherSplitProtocolsAndSessions) {
   TempDir dir;
-  JobConfig job = SyntheticConfig(dir, 400);
-  job.mutable_data()->set_split(DataConfig::GLOBAL_TIME);
-  job.mutable_data()->set_session_mode(DataConfig::TIME_GAP);
+  DataConfig job = SyntheticConfig(dir, 400);
+  job.set_split(DataConfig::GLOBAL_TIME);
+  job.set_session_mode(DataConfig::TIME_GAP);
   auto s = Prepare(job, false);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_GT(s->train_samples(), s->test_samples());
@@ -455,7 +437,7 @@ TEST(GeneratorTest, OtherSplitProtocolsAndSessions) {
   ReaderOptions o;
   o.shuffle_buffer = 0;
   int cut_by_gap = 0;
-  for (const auto& x : ReadAll(job.data().dataset_dir(), o)) {
+  for (const auto& x : ReadAll(job.dataset_dir(), o)) {
     ASSERT_LE(static_cast<int>(x.history.size()) - x.session_begin, 3);  // capped at k
     if (x.session_begin > 0 && static_cast<int>(x.history.size()) - x.session_begin < 3) {
       ++cut_by_gap;
@@ -463,7 +445,7 @@ TEST(GeneratorTest, OtherSplitProtocolsAndSessions) {
     }
   }
   EXPECT_GT(cut_by_gap, 0);
-  job.mutable_data()->set_split(DataConfig::PAPER);
+  job.set_split(DataConfig::PAPER);
   s = Prepare(job, true);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_NEAR(static_cast<double>(s->train_users()) / 400, 0.8, 0.08);
@@ -520,8 +502,8 @@ TEST(GeneratorTest, UsersAreDeterministicWithSessionsAndCorrelatedTags) {
 // the training split beats popularity clearly on the test split.
 TEST(GeneratorTest, DefaultSetIsLearnableBeyondPopularity) {
   TempDir dir;
-  JobConfig job;
-  DataConfig* c = job.mutable_data();
+  DataConfig job;
+  DataConfig* c = &job;
   c->set_source(DataConfig::SYNTHETIC);
   c->set_dataset_dir(dir.File("syn"));
   c->set_num_shards(2);
@@ -570,8 +552,8 @@ TEST(RealDataTest, MovieLens100kCounts) {
   const std::string root = testing::SharedDataDir();
   if (root.empty()) GTEST_SKIP() << "../shared/data is absent";
   TempDir dir;
-  JobConfig job;
-  DataConfig* c = job.mutable_data();
+  DataConfig job;
+  DataConfig* c = &job;
   c->set_source(DataConfig::MOVIELENS_100K);
   c->add_input_paths(root + "/ml-100k/u.data");
   c->set_item_path(root + "/ml-100k/u.item");
@@ -593,8 +575,8 @@ TEST(RealDataTest, MovieLens1mSequenceCounts) {
   const std::string root = testing::SharedDataDir();
   if (root.empty()) GTEST_SKIP() << "../shared/data is absent";
   TempDir dir;
-  JobConfig job;
-  DataConfig* c = job.mutable_data();
+  DataConfig job;
+  DataConfig* c = &job;
   c->set_source(DataConfig::ML1M_SEQUENCES);
   c->add_input_paths(root + "/ml-1m/ml-1m_sequences.txt.gz");
   c->set_item_path(root + "/ml-1m/movies.dat");
@@ -621,28 +603,6 @@ TEST(RealDataTest, MovieLens1mRatingsWithTimestamps) {
   auto log = ReadSource(c);
   ASSERT_TRUE(log.ok()) << log.status();
   EXPECT_EQ(log->interactions.size(), 487650u);
-}
-
-}  // namespace
-}  // namespace t2d::data
-
-namespace t2d::data {
-namespace {
-
-// The example configs parse and validate with the data fields.
-TEST(ExampleConfigTest, DataExamplesLoad) {
-  const char* src = std::getenv("T2D_SOURCE_DIR");
-  const std::string root = src != nullptr ? src : ".";
-  for (const char* name : {"ml1m.textproto", "synthetic.textproto"}) {
-    auto c = config::LoadJobConfig(root + "/configs/examples/" + name);
-    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
-    EXPECT_NE(c->data().source(), config::DataConfig::SOURCE_UNSET);
-  }
-  // Range options on the new fields are enforced by the loader.
-  auto bad = config::ParseJobConfig(
-      "tables { name: \"item_id\" dim: 2 } tables { name: \"item_tag\" dim: 2 } data { num_shards: 0 }", "x.textproto");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("data.num_shards"), std::string::npos) << bad.status();
 }
 
 }  // namespace

@@ -72,17 +72,17 @@ check "training reduces the loss ($first -> $last)" awk -v a="$first" -v b="$las
 model_r=$(sed -n 's/^test .*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 pop_r=$(sed -n 's/^popularity baseline:.*Recall@10=\([0-9.]*\).*/\1/p' "$W/train.log")
 check "model beats popularity on test ($model_r vs $pop_r)" awk -v m="$model_r" -v p="$pop_r" 'BEGIN { exit !(m != "" && p != "" && m > p + 0.05) }'
-check "metrics file written" contains "$W/out/metrics.jsonl" '"kind": "summary"'
+check "metrics file written" contains "$W/out/metrics.jsonl" '"kind":"summary"'
 # Training throughput counts the time of the training steps alone: samples/s x step seconds =
 # steps x batch 64 x 2 workers (to the rounding of the printed seconds).
-summary=$(grep '"kind": "summary"' "$W/out/metrics.jsonl")
-field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p" <<< "$summary"; }
+summary=$(grep '"kind":"summary"' "$W/out/metrics.jsonl")
+field() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p" <<< "$summary"; }
 check "summary separates evaluation time ($(field eval_seconds) s of $(field train_seconds) s)" \
   awk -v e="$(field eval_seconds)" -v t="$(field train_seconds)" 'BEGIN { exit !(e > 0 && e < t) }'
 check "samples/s counts training steps only ($(field samples_per_s))" \
   awk -v r="$(field samples_per_s)" -v t="$(field step_seconds)" -v s="$(field steps)" \
   'BEGIN { n = s * 64 * 2; d = r * t - n; if (d < 0) d = -d; exit !(d <= 0.02 * n) }'
-check "summary written" contains "$W/out/summary.json" '"best_epoch": 2'
+check "summary written" contains "$W/out/summary.json" '"best_epoch":2'
 SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
 bash "$SCRIPTS/plot_metrics.sh" "$W/plots" 10 "$W/out/metrics.jsonl" > /dev/null 2>&1
 check "metrics plots" test -s "$W/plots/loss.png" -a -s "$W/plots/eval.png"
@@ -96,7 +96,7 @@ check "a NaN loss stops the run (nonfinite_policy STOP)" test $rc -ne 0
 check "and says so" contains "$W/nan.log" "non-finite loss or dense gradient on 1 worker(s) at step"
 "$T2DIFF" train -c "$W/job.textproto" "${blowup[@]}" --set training.nonfinite_policy=SKIP > "$W/nan_skip.log" 2>&1
 check "with SKIP the run completes" test $? -eq 0
-check "and counts the skipped steps" grep -qE '"skipped_steps": [1-5],' "$W/out_nan/summary.json"
+check "and counts the skipped steps" grep -qE '"skipped_steps":[1-5],' "$W/out_nan/summary.json"
 
 # --- Resume equals uninterrupted --------------------------------------------------------------
 "${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/resume.textproto" --set training.max_steps=17 > "$W/part1.log" 2>&1
@@ -143,6 +143,15 @@ for line in 1 2 3; do
 done
 check "retrieve's ranking equals evaluation's for 3 test users" test $agree -eq 1
 check "retrieve prints latency" contains "$W/retrieve.log" "latency: user tower"
+
+# --- Results as JSON (--json), for scripts --------------------------------------------------
+"$T2DIFF" eval -c "$W/job.textproto" --json > "$W/eval.json" 2> /dev/null
+check "eval --json prints one JSON line with both splits" \
+  test "$(wc -l < "$W/eval.json")" -eq 1 -a -n "$(grep -F '"valid":{"split":"valid"' "$W/eval.json" | grep -F '"test":{"split":"test"')"
+"$T2DIFF" retrieve --bundle "$W/bundle" --history "3 5 7" --k 4 --json > "$W/retrieve.json" 2> /dev/null
+check "retrieve --json prints the items and scores" grep -qE '^\{"items":\[[0-9]+,[0-9]+,[0-9]+,[0-9]+\],"scores":\[' "$W/retrieve.json"
+"$T2DIFF" prepare -c "$W/job.textproto" --set "data.dataset_dir=$W/data_json" --json > "$W/prepare.json" 2> /dev/null
+check "prepare --json prints the summary" grep -qF '"users":"400"' "$W/prepare.json"
 
 # --- Corrupt checkpoint ---------------------------------------------------------------------
 newest=$(ls -d "$W"/ckpt/ckpt-* | tail -1)

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "tests/embedding/test_tables.h"
+#include "tests/testutil/embedding_store_cases.h"
 
 namespace t2d::embedding {
 namespace {
@@ -75,8 +76,12 @@ TEST(LocalEmbeddingStore, ConcurrentReadersAndWriters) {
       for (int it = 0; it < 200; ++it) {
         if (w % 2 == 0) {
           ASSERT_TRUE(store->ApplyGradients(0, ids, g).ok());
-        } else {
+        } else if (w == 1) {
           ASSERT_TRUE(store->Lookup(0, ids, absl::MakeSpan(out)).ok());
+        } else {
+          auto ticket = store->Pull(0, ids);
+          ASSERT_TRUE(ticket.ok());
+          ASSERT_TRUE(store->Wait(*ticket, absl::MakeSpan(out)).ok());
         }
       }
     });
@@ -86,6 +91,18 @@ TEST(LocalEmbeddingStore, ConcurrentReadersAndWriters) {
   ASSERT_TRUE(store->Lookup(0, {5}, absl::MakeSpan(out)).ok());
   EXPECT_FLOAT_EQ(out[0], -400.0f);  // 2 writers x 200 SGD steps of lr 1, grad 1
 }
+
+// The EmbeddingStore conformance cases (shared with RemoteEmbeddingStore in ps_test).
+class LocalStoreConformance : public ::testing::TestWithParam<t2d::testutil::NamedStoreCase> {};
+
+TEST_P(LocalStoreConformance, Case) {
+  auto store = LocalEmbeddingStore::Create(t2d::testutil::Tables());
+  ASSERT_TRUE(store.ok()) << store.status();
+  GetParam().run(**store);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, LocalStoreConformance, ::testing::ValuesIn(t2d::testutil::EmbeddingStoreCases()),
+                         [](const auto& param_info) { return param_info.param.name; });
 
 }  // namespace
 }  // namespace t2d::embedding

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace t2d::embedding {
@@ -32,19 +33,37 @@ TEST(Sharding, SequentialIdsSpreadEvenly) {
   for (int c : count) EXPECT_NEAR(c, 10000, 400);
 }
 
-TEST(Sharding, PartitionKeepsPositions) {
-  const std::vector<int64_t> ids = {5, 9, 5, -3, 100, 7, 8};
-  const Partition p = PartitionByShard(ids, 3);
-  size_t total = 0;
-  for (int s = 0; s < 3; ++s) {
-    ASSERT_EQ(p.ids[static_cast<size_t>(s)].size(), p.positions[static_cast<size_t>(s)].size());
-    for (size_t j = 0; j < p.ids[static_cast<size_t>(s)].size(); ++j) {
-      EXPECT_EQ(ShardOf(p.ids[static_cast<size_t>(s)][j], 3), s);
-      EXPECT_EQ(ids[p.positions[static_cast<size_t>(s)][j]], p.ids[static_cast<size_t>(s)][j]);
+TEST(Sharding, PartitionDedupesInFirstOccurrenceOrder) {
+  const std::vector<int64_t> ids = {5, 9, 5, -3, 100, 7, 8, 9, -3, 5};
+  // One shard: the distinct ids in order of first occurrence (the order on the wire).
+  const Partition one = PartitionByShard(ids, 1);
+  ASSERT_EQ(one.ids.size(), 1u);
+  EXPECT_EQ(one.ids[0], (std::vector<int64_t>{5, 9, -3, 100, 7, 8}));
+  EXPECT_EQ(one.row_of_position, (std::vector<uint32_t>{0, 1, 0, 2, 3, 4, 5, 1, 2, 0}));
+  for (int n : {2, 3, 7}) {
+    const Partition p = PartitionByShard(ids, n);
+    ASSERT_EQ(p.ids.size(), static_cast<size_t>(n));
+    ASSERT_EQ(p.shard_of_position.size(), ids.size());
+    ASSERT_EQ(p.row_of_position.size(), ids.size());
+    // Every position points at its own id, in the shard that owns it.
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const int s = p.shard_of_position[i];
+      EXPECT_EQ(s, ShardOf(ids[i], n));
+      ASSERT_LT(p.row_of_position[i], p.ids[static_cast<size_t>(s)].size());
+      EXPECT_EQ(p.ids[static_cast<size_t>(s)][p.row_of_position[i]], ids[i]) << "n=" << n << " position " << i;
     }
-    total += p.ids[static_cast<size_t>(s)].size();
+    // Each shard holds its distinct ids in order of first occurrence.
+    for (int s = 0; s < n; ++s) {
+      std::vector<int64_t> want;
+      for (int64_t id : ids) {
+        if (ShardOf(id, n) == s && std::find(want.begin(), want.end(), id) == want.end()) want.push_back(id);
+      }
+      EXPECT_EQ(p.ids[static_cast<size_t>(s)], want) << "n=" << n << " shard " << s;
+    }
   }
-  EXPECT_EQ(total, ids.size());
+  const Partition empty = PartitionByShard({}, 3);
+  EXPECT_EQ(empty.ids, std::vector<std::vector<int64_t>>(3));
+  EXPECT_TRUE(empty.shard_of_position.empty() && empty.row_of_position.empty());
 }
 
 }  // namespace

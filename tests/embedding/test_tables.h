@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "configs/job_config.pb.h"
+#include "embedding/table_config.pb.h"
 
 namespace t2d::embedding::testing {
 

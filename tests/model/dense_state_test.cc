@@ -143,22 +143,6 @@ TEST(DenseStateTest, AdamMatchesHandComputation) {
   EXPECT_NEAR(clipped.first_moment()[0], 0.1f * 0.6f, 1e-7);  // (1 - beta1) * 3 / 5
 }
 
-TEST(DenseStateTest, DimsFromJobConfig) {
-  auto job = config::ParseJobConfig(
-      "tables { name: \"item_id\" dim: 6 } tables { name: \"item_tag\" dim: 2 } data { session_len: 4 }", "mem");
-  ASSERT_TRUE(job.ok()) << job.status();
-  auto dims = DimsFromJobConfig(*job);
-  ASSERT_TRUE(dims.ok()) << dims.status();
-  EXPECT_EQ(dims->id_dim, 6);
-  EXPECT_EQ(dims->tag_dim, 2);
-  EXPECT_EQ(dims->session_len, 4);
-  job->mutable_model()->set_attention_heads(3);
-  EXPECT_FALSE(DimsFromJobConfig(*job).ok());
-  job->mutable_model()->set_item_tag_table("");
-  dims = DimsFromJobConfig(*job);
-  ASSERT_TRUE(dims.ok()) << dims.status();  // D = 6, divisible by 3
-  EXPECT_EQ(dims->tag_dim, 0);
-}
 
 }  // namespace
 }  // namespace t2d::model

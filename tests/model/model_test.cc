@@ -1,5 +1,6 @@
 // Tests of the model library's tensor side: stop-gradient, padding invariance, reverse-process
-// determinism, shapes, noising statistics, losses, learning smoke tests, error paths.
+// determinism, shapes, noising statistics, losses, learning smoke tests, error paths, and the
+// dense parameter registry.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -10,6 +11,7 @@
 #include "model/dense_optimizer.h"
 #include "model/fused_ops.h"
 #include "model/model.h"
+#include "model/parameters.h"
 
 namespace t2d::model {
 namespace {
@@ -633,6 +635,46 @@ TEST(ModelTest, ForwardBackwardAccumulatesIntoFlatGradients) {
   const ParameterInfo& p0 = model->Parameters()[0];
   model->DenseParameters()[static_cast<size_t>(p0.offset)] = 42.f;
   EXPECT_EQ(model->ParameterTensor(0).flatten()[0].item<float>(), 42.f);
+}
+
+// The registry lays parameters out in registration order, draws initial values in that order
+// from one seed, and hands out leaf views whose gradients are views of the gradient buffer.
+TEST(ParameterRegistryTest, LaysOutInitialisesAndViewsInRegistrationOrder) {
+  auto build = [](uint64_t seed, std::vector<ParameterRef>* refs) {
+    auto reg = std::make_unique<ParameterRegistry>();
+    refs->push_back(reg->Add("a.weight", {3, 4}, Init::kUniformFanIn, 4, false));
+    refs->push_back(reg->Add("a.gain", {3}, Init::kOnes, 0, true));
+    refs->push_back(reg->Add("a.bias", {3}, Init::kZeros, 0, true));
+    refs->push_back(reg->Add("emb", {50, 2}, Init::kNormal, 0.1, false));
+    reg->Allocate(seed);
+    return reg;
+  };
+  std::vector<ParameterRef> refs;
+  auto reg = build(7, &refs);
+  const std::vector<ParameterInfo>& infos = reg->infos();
+  ASSERT_EQ(infos.size(), 4u);
+  EXPECT_EQ(infos[1].name, "a.gain");
+  EXPECT_EQ(infos[3].offset, 18);
+  EXPECT_EQ(infos[3].numel, 100);
+  EXPECT_TRUE(infos[2].diffusion);
+  EXPECT_FALSE(infos[3].diffusion);
+  EXPECT_EQ(reg->values().numel(), 118);
+  EXPECT_LE(MaxAbs(refs[0].tensor()), 0.5);
+  EXPECT_EQ(refs[1].tensor().sum().item<float>(), 3.f);
+  EXPECT_EQ(MaxAbs(refs[2].tensor()), 0.0);
+  const double sd = refs[3].tensor().std().item<double>();
+  EXPECT_GT(sd, 0.07);
+  EXPECT_LT(sd, 0.13);
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const at::Tensor& t = reg->tensor(i);
+    EXPECT_TRUE(t.is_leaf() && t.requires_grad()) << infos[i].name;
+    EXPECT_EQ(t.data_ptr<float>(), reg->values().data_ptr<float>() + infos[i].offset) << infos[i].name;
+    EXPECT_EQ(t.grad().data_ptr<float>(), reg->gradients().data_ptr<float>() + infos[i].offset) << infos[i].name;
+  }
+  // The same seed gives the same values; another seed other values.
+  std::vector<ParameterRef> refs2, refs3;
+  EXPECT_TRUE(build(7, &refs2)->values().equal(reg->values()));
+  EXPECT_FALSE(build(8, &refs3)->values().equal(reg->values()));
 }
 
 TEST(ModelTest, RejectsBadInputs) {

@@ -1,7 +1,8 @@
 // ps/: wire framing, server validation of malformed requests, and whole jobs as threads
 // (servers + RemoteEmbeddingStore workers over the in-process transport): sync results equal
-// an in-process LocalEmbeddingStore bit for bit, the async staleness bound holds, prefetch
-// tickets, save/load across server counts, and stalls/dead peers end in named errors.
+// an in-process LocalEmbeddingStore bit for bit, the async staleness bound holds, the shared
+// EmbeddingStore conformance cases (prefetch tickets), save/load across server counts, and
+// stalls/dead peers end in named errors.
 
 #include <gtest/gtest.h>
 
@@ -17,6 +18,7 @@
 #include "ps/messages.h"
 #include "ps/remote_embedding_store.h"
 #include "ps/shard_server.h"
+#include "tests/testutil/embedding_store_cases.h"
 #include "tests/testutil/ps_batches.h"
 #include "tests/testutil/ps_job.h"
 
@@ -90,25 +92,6 @@ TEST(Messages, ReplyStatusMapsCodes) {
   EXPECT_TRUE(ReplyStatus(h).ok());
 }
 
-TEST(PsOptions, FromClusterConfig) {
-  config::ClusterConfig c;
-  c.set_num_servers(2);
-  c.set_num_workers(3);
-  c.set_consistency(config::ClusterConfig::ASYNC);
-  c.set_staleness(4);
-  c.set_timeout_s(2.5);
-  c.set_server_idle_timeout_s(0);
-  auto o = PsOptionsFromConfig(c, comm::RoleAssignment{5, 2, 3});
-  ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(o->consistency, Consistency::kAsync);
-  EXPECT_EQ(o->staleness, 4);
-  EXPECT_EQ(o->timeout, absl::Milliseconds(2500));
-  EXPECT_EQ(o->idle_timeout, absl::InfiniteDuration());
-  EXPECT_EQ(o->max_message_bytes, int64_t{1} << 30);
-  auto bad = PsOptionsFromConfig(c, comm::RoleAssignment{4, 2, 2});
-  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
-  EXPECT_NE(std::string(bad.status().message()).find("mpirun -np 5"), std::string::npos) << bad.status();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Server validation: every malformed request gets an error reply, and the server keeps serving.
@@ -360,34 +343,26 @@ TEST_P(AsyncJob, StalenessBoundHolds) {
 
 INSTANTIATE_TEST_SUITE_P(Tau, AsyncJob, ::testing::Values(0, 1, 3));
 
-TEST(RemoteEmbeddingStore, PrefetchTicketsInAnyOrder) {
-  const auto tables = Tables();
-  auto result = testutil::RunPsJob(2, 1, tables, TestOptions(), [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
-    const std::vector<int64_t> a = {1, 2, 3, 1}, b = {40, 41};
-    auto before = store.Pull(0, a);  // issued before the push: sees the state before it
-    ASSERT_TRUE(before.ok());
-    std::vector<float> g(4 * 8, 1.0f);
-    ASSERT_TRUE(store.ApplyGradients(0, a, g).ok());
-    auto tb = store.Pull(0, b);
-    auto after = store.Pull(0, a);
-    ASSERT_TRUE(tb.ok() && after.ok());
-    std::vector<float> rows_after(32), rows_b(16), rows_before(32);
-    ASSERT_TRUE(store.Wait(*after, absl::MakeSpan(rows_after)).ok());
-    ASSERT_TRUE(store.Wait(*tb, absl::MakeSpan(rows_b)).ok());
-    ASSERT_TRUE(store.Wait(*before, absl::MakeSpan(rows_before)).ok());
-    EXPECT_TRUE(absl::IsInvalidArgument(store.Wait(*before, absl::MakeSpan(rows_before))));  // once only
-    auto ref = *embedding::LocalEmbeddingStore::Create(tables);
-    std::vector<float> want(32);
-    ASSERT_TRUE(ref->Lookup(0, a, absl::MakeSpan(want)).ok());
-    EXPECT_EQ(std::memcmp(rows_before.data(), want.data(), 128), 0);
-    ASSERT_TRUE(ref->ApplyGradients(0, a, g).ok());
-    ASSERT_TRUE(ref->Lookup(0, a, absl::MakeSpan(want)).ok());
-    EXPECT_EQ(std::memcmp(rows_after.data(), want.data(), 128), 0);
-    EXPECT_EQ(std::memcmp(rows_after.data(), rows_after.data() + 24, 32), 0);  // repeated id 1
-    ASSERT_TRUE(store.Shutdown().ok());
+// The EmbeddingStore conformance cases (shared with LocalEmbeddingStore in embedding_test) on
+// one sync worker: Pull/Wait with several tickets outstanding and waited out of order, a pull
+// issued before a push reading the state before it (prefetch), ticket errors.
+class RemoteStoreConformance : public ::testing::TestWithParam<std::tuple<testutil::NamedStoreCase, int>> {};
+
+TEST_P(RemoteStoreConformance, Case) {
+  const testutil::StoreCase run = std::get<0>(GetParam()).run;
+  const int num_servers = std::get<1>(GetParam());
+  auto result = testutil::RunPsJob(num_servers, 1, Tables(), TestOptions(), [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
+    run(store);
+    EXPECT_TRUE(store.Shutdown().ok());
   });
   for (const auto& s : result.server_status) EXPECT_TRUE(s.ok()) << s;
 }
+
+INSTANTIATE_TEST_SUITE_P(All, RemoteStoreConformance,
+                         ::testing::Combine(::testing::ValuesIn(testutil::EmbeddingStoreCases()), ::testing::Values(1, 3)),
+                         [](const auto& param_info) {
+                           return absl::StrCat(std::get<0>(param_info.param).name, "_", std::get<1>(param_info.param), "s");
+                         });
 
 TEST(RemoteEmbeddingStore, CallerErrorsSendNothing) {
   const auto tables = Tables();

@@ -38,9 +38,23 @@ def run(r20, test_r20_by_epoch, rc=0, wall=12.0):
 
 
 class Parsing(unittest.TestCase):
-    def test_metric_line(self):
-        got = rs.parse_metric_line("test (600 users): Recall@2=0.2167 MRR@2=0.2033 NDCG@20=0.5 bogus=1 X@3=nan?")
-        self.assertEqual(got, {"recall@2": 0.2167, "mrr@2": 0.2033, "ndcg@20": 0.5})
+    def test_eval_json(self):
+        # What `t2diff eval --json` prints: both splits, each with the model's and the baseline's metrics.
+        out = json.loads('{"step":9,"valid":{"split":"valid","seconds":1.0,"model":{"users":5,"recall@2":0.1},'
+                         '"popularity":{"users":5,"recall@2":0.0}},"test":{"split":"test","seconds":1.0,'
+                         '"model":{"users":600,"recall@2":0.2167,"mrr@2":0.2033,"ndcg@20":0.5},'
+                         '"popularity":{"users":600,"recall@2":0.01}}}')
+        self.assertEqual(rs.eval_metrics(out), {"recall@2": 0.2167, "mrr@2": 0.2033, "ndcg@20": 0.5})
+        self.assertEqual(rs.eval_metrics(out, "valid"), {"recall@2": 0.1})
+        self.assertIsNone(rs.eval_metrics({}))
+
+    def test_prepare_summary(self):
+        lines, train = rs.prepare_summary_lines({"users": "400", "items": "200", "interactions": "10752",
+                                                 "min_seq_len": "20", "mean_seq_len": 26.88, "max_seq_len": "40",
+                                                 "train_samples": "9552", "train_users": "400"})
+        self.assertEqual(train, 9552)
+        self.assertEqual(lines[0], "kept: 400 users, 200 items, 10752 interactions; length min 20 / mean 26.9 / max 40")
+        self.assertTrue(lines[1].startswith("samples: train 9552 (400 users), valid 0 (0 users)"))
 
     def test_read_metrics(self):
         with tempfile.TemporaryDirectory() as d:

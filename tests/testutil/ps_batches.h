@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "configs/job_config.pb.h"
+#include "embedding/table_config.pb.h"
 
 namespace t2d::testutil {
 

@@ -23,7 +23,7 @@ class CheckpointTest : public ::testing::Test {
     std::ofstream(fs::path(StagingDir(dir_, step)) / "dense.bin") << payload;
     fs::create_directories(fs::path(StagingDir(dir_, step)) / "shards");
     std::ofstream(fs::path(StagingDir(dir_, step)) / "shards" / "a.t2demb") << payload << payload;
-    CheckpointManifest m;
+    FolderManifest m;
     m.set_num_workers(2);
     auto path = Commit(dir_, step, m, 2);
     EXPECT_TRUE(path.ok()) << path.status();
@@ -37,7 +37,7 @@ TEST_F(CheckpointTest, CommitVerifyAndKeepLast) {
   const std::string a = Write(100, "one");
   EXPECT_EQ(fs::path(a).filename(), "ckpt-000000000100");
   EXPECT_FALSE(fs::exists(StagingDir(dir_, 100)));
-  auto m = VerifyCheckpoint(a);
+  auto m = VerifyFolder(a);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->step(), 100);
   EXPECT_EQ(m->num_workers(), 2);
@@ -55,17 +55,17 @@ TEST_F(CheckpointTest, DamagedNewestFallsBackToPrevious) {
   Write(1, "first");
   const std::string b = Write(2, "second");
   std::ofstream(fs::path(b) / "dense.bin", std::ios::trunc) << "SECOND";  // same size, other bytes
-  auto v = VerifyCheckpoint(b);
+  auto v = VerifyFolder(b);
   EXPECT_EQ(v.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(v.status().message().find("dense.bin: checksum differs"), std::string::npos) << v.status();
   EXPECT_EQ(fs::path(*FindLatestCheckpoint(dir_)).filename(), "ckpt-000000000001");
 
   std::ofstream(fs::path(b) / "dense.bin", std::ios::trunc) << "second";
-  EXPECT_TRUE(VerifyCheckpoint(b).ok());
+  EXPECT_TRUE(VerifyFolder(b).ok());
   fs::resize_file(fs::path(b) / "shards" / "a.t2demb", 1);
-  EXPECT_NE(VerifyCheckpoint(b).status().message().find("a.t2demb: size 1 differs"), std::string::npos);
+  EXPECT_NE(VerifyFolder(b).status().message().find("a.t2demb: size 1 differs"), std::string::npos);
   fs::remove(fs::path(b) / "MANIFEST");
-  EXPECT_NE(VerifyCheckpoint(b).status().message().find("MANIFEST: missing"), std::string::npos);
+  EXPECT_NE(VerifyFolder(b).status().message().find("MANIFEST: missing"), std::string::npos);
   // A staging folder (crash during a write) is never taken for a checkpoint.
   ASSERT_TRUE(PrepareStaging(dir_, 5).ok());
   EXPECT_EQ(fs::path(*FindLatestCheckpoint(dir_)).filename(), "ckpt-000000000001");

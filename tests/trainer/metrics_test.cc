@@ -47,29 +47,3 @@ TEST(Metrics, SumsRoundTripAndMerge) {
 
 }  // namespace
 }  // namespace t2d::trainer
-
-#include "trainer/trainer.h"
-
-namespace t2d::trainer {
-namespace {
-
-TEST(LearningRate, Schedules) {
-  config::TrainingConfig t;
-  t.set_learning_rate(0.1f);
-  EXPECT_NEAR(LearningRateAt(t, 0, 100), 0.1, 1e-7);
-  EXPECT_NEAR(LearningRateAt(t, 99, 100), 0.1, 1e-7);
-  t.set_lr_warmup_steps(10);
-  EXPECT_NEAR(LearningRateAt(t, 0, 100), 0.01, 1e-7);  // (0 + 1) / 10 of the rate
-  EXPECT_NEAR(LearningRateAt(t, 9, 100), 0.1, 1e-7);
-  t.set_lr_schedule(config::TrainingConfig::LINEAR);
-  t.set_lr_final_fraction(0.2f);
-  EXPECT_NEAR(LearningRateAt(t, 10, 100), 0.1, 1e-7);
-  EXPECT_NEAR(LearningRateAt(t, 99, 100), 0.02, 1e-7);  // steps 10..99: 89 steps of decay
-  EXPECT_NEAR(LearningRateAt(t, 10 + 89 / 2.0, 100), 0.1 * (1 - 0.8 * 44.0 / 89.0), 1e-6);
-  t.set_lr_schedule(config::TrainingConfig::COSINE);
-  EXPECT_NEAR(LearningRateAt(t, 99, 100), 0.02, 1e-7);
-  EXPECT_NEAR(LearningRateAt(t, 10, 100), 0.1, 1e-7);
-}
-
-}  // namespace
-}  // namespace t2d::trainer

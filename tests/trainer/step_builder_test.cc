@@ -8,13 +8,13 @@ namespace t2d::trainer {
 namespace {
 
 // Catalogue: items 100, 200, 300 with tags {7}, {8, 9}, {} and counts 5, 3, 2.
-std::unique_ptr<Catalogue> MakeCatalogue() {
-  return Catalogue::FromItems({100, 200, 300}, {{7}, {8, 9}, {}}, {5, 3, 2});
+std::unique_ptr<data::Catalogue> MakeCatalogue() {
+  return data::Catalogue::FromItems({100, 200, 300}, {{7}, {8, 9}, {}}, {5, 3, 2});
 }
 
 // Two samples, n = 3, T = 2: sample 0 has history [200] -> 100, sample 1 [100, 300, 200] -> 300.
-data::Batch MakeBatch() {
-  data::Batch b;
+data::SampleBatch MakeBatch() {
+  data::SampleBatch b;
   b.size = 2;
   b.max_seq_len = 3;
   b.max_tags = 2;

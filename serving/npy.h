@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace t2d::trainer {
+namespace t2d::serving {
 
 absl::Status WriteNpy(const std::string& path, absl::Span<const float> data, const std::vector<int64_t>& shape);
 absl::Status WriteNpy(const std::string& path, absl::Span<const int64_t> data, const std::vector<int64_t>& shape);
@@ -25,4 +25,4 @@ struct NpyArray {
 absl::StatusOr<NpyArray<float>> ReadNpyFloat(const std::string& path);
 absl::StatusOr<NpyArray<int64_t>> ReadNpyInt64(const std::string& path);
 
-}  // namespace t2d::trainer
+}  // namespace t2d::serving

@@ -1,14 +1,12 @@
-#include "launcher/roles_main.h"
+#include "launcher/run_job.h"
 
 #include <glog/logging.h>
 
 #include <iostream>
 #include <memory>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "comm/communicator_factory.h"
 #include "comm/inproc_communicator.h"
 #include "comm/mpi_session.h"
@@ -17,16 +15,14 @@
 #include "common/status_macros.h"
 #include "embedding/local_embedding_store.h"
 #include "comm/mpi_transport.h"
-#include "ps/ps_options.h"
+#include "configs/job_options.h"
 #include "ps/remote_embedding_store.h"
 #include "ps/shard_server.h"
-#include "trainer/serving.h"
+#include "trainer/run_report.h"
 #include "trainer/trainer.h"
 
 namespace t2d::launcher {
 namespace {
-
-std::vector<config::TableConfig> Tables(const config::JobConfig& c) { return {c.tables().begin(), c.tables().end()}; }
 
 // What a worker does once its store and communicator exist: the same for a single-process run
 // and for a worker rank of a distributed job.
@@ -44,7 +40,9 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
   switch (options.mode) {
     case RunOptions::kTrain: {
       T2D_ASSIGN_OR_RETURN(trainer::TrainResult r, t->Train());
-      if (workers->rank() == 0) {
+      if (workers->rank() == 0 && options.json) {
+        std::cout << trainer::SummaryJson(r, config.eval()).dump() << std::endl;
+      } else if (workers->rank() == 0) {
         std::cout << absl::StrFormat(
                          "trained %d steps in %.1fs (%.1fs of it evaluation and checkpoints; %.0f samples/s "
                          "training); first loss %.4f, last loss %.4f\n",
@@ -57,26 +55,38 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
       break;
     }
     case RunOptions::kEval: {
+      trainer::Json out;
+      out["step"] = t->step();
       for (const char* split : {"valid", "test"}) {
         const std::string dump = options.dump_ranks.empty() ? "" : absl::StrCat(options.dump_ranks, ".", split);
         T2D_ASSIGN_OR_RETURN(trainer::EvalResult r, t->Evaluate(split, dump));
-        if (workers->rank() == 0) {
+        out[split] = trainer::EvalJson(r);
+        if (workers->rank() == 0 && !options.json) {
           std::cout << split << " (" << r.model.count() << " users): " << r.model.ToString() << "\n"
                     << split << " popularity baseline: " << r.popularity.ToString() << std::endl;
         }
       }
+      if (workers->rank() == 0 && options.json) std::cout << out.dump() << std::endl;
       break;
     }
     case RunOptions::kExport:
       break;
   }
-  if (!options.export_dir.empty()) T2D_RETURN_IF_ERROR(t->Export(options.export_dir));
+  if (!options.export_dir.empty()) {
+    T2D_RETURN_IF_ERROR(t->Export(options.export_dir));
+    if (workers->rank() == 0 && options.json && options.mode == RunOptions::kExport) {
+      trainer::Json out;
+      out["bundle"] = options.export_dir;
+      out["step"] = t->step();
+      std::cout << out.dump() << std::endl;
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status RunSingleProcess(const config::JobConfig& config, const RunOptions& options) {
   LOG(INFO) << "single-process run: in-process embedding tables, 1 worker";
-  T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(Tables(config)));
+  T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(config::TablesOf(config)));
   comm::InProcGroup group(1);
   auto workers = group.Member(0);
   return RunWorker(config, options, store.get(), workers.get());
@@ -85,13 +95,13 @@ absl::Status RunSingleProcess(const config::JobConfig& config, const RunOptions&
 // One rank of a distributed job: a shard server, or a worker talking to the servers.
 absl::Status RunRank(const config::JobConfig& config, const RunOptions& options, comm::MpiSession& mpi,
                      const comm::RoleAssignment& roles) {
-  T2D_ASSIGN_OR_RETURN(ps::PsOptions po, ps::PsOptionsFromConfig(config.cluster(), roles));
+  T2D_ASSIGN_OR_RETURN(ps::PsOptions po, config::PsOptionsOf(config, roles));
   T2D_ASSIGN_OR_RETURN(auto transport, comm::MpiTransport::Create(mpi.world()));
   // Collective over the world: servers take part and get MPI_COMM_NULL.
   T2D_ASSIGN_OR_RETURN(MPI_Comm worker_comm, mpi.SplitWorkers(roles));
   if (roles.IsServer(mpi.rank())) {
     const int shard = roles.ShardOfServer(mpi.rank());
-    T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(Tables(config), shard, roles.num_servers));
+    T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(config::TablesOf(config), shard, roles.num_servers));
     ps::ShardServer server(transport.get(), store.get(), po);
     LOG(INFO) << "serving shard " << shard << " of " << roles.num_servers << " for " << roles.num_workers << " workers";
     T2D_RETURN_IF_ERROR(server.Run());
@@ -100,7 +110,7 @@ absl::Status RunRank(const config::JobConfig& config, const RunOptions& options,
   }
   const absl::Time deadline = absl::Now() + absl::Seconds(config.cluster().timeout_s());
   T2D_ASSIGN_OR_RETURN(auto workers, comm::MakeCommunicator(config.cluster().allreduce_backend(), worker_comm, deadline));
-  ps::RemoteEmbeddingStore store(transport.get(), Tables(config), po);
+  ps::RemoteEmbeddingStore store(transport.get(), config::TablesOf(config), po);
   absl::Status s = RunWorker(config, options, &store, workers.get());
   if (!s.ok()) return s;
   return store.Shutdown();
@@ -149,41 +159,6 @@ int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc
                << "; ending the whole job";
     comm::MpiSession::Abort(1);
   }
-  return 0;
-}
-
-int RunRetrieve(const RetrieveOptions& options) {
-  auto bundle = trainer::ServingBundle::Load(options.bundle);
-  if (!bundle.ok()) {
-    LOG(ERROR) << bundle.status().message();
-    return 1;
-  }
-  std::vector<int64_t> history;
-  for (absl::string_view tok : absl::StrSplit(options.history, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
-    int64_t id;
-    if (!absl::SimpleAtoi(tok, &id)) {
-      LOG(ERROR) << "--history: \"" << tok << "\" is not an item id";
-      return 1;
-    }
-    history.push_back(id);
-  }
-  if (history.empty()) {
-    LOG(ERROR) << "--history is empty";
-    return 1;
-  }
-  const uint64_t seed =
-      options.user >= 0 ? trainer::EvalSampleSeed((*bundle)->eval_seed(), options.user) : options.seed;
-  auto r = (*bundle)->TopK(history, options.k, seed);
-  if (!r.ok()) {
-    LOG(ERROR) << r.status().message();
-    return 1;
-  }
-  std::cout << "top " << r->items.size() << " of " << (*bundle)->num_items() << " items for a history of "
-            << history.size() << ":\n";
-  for (size_t i = 0; i < r->items.size(); ++i) {
-    std::cout << absl::StrFormat("%3d  item %-12d score %.5f\n", i + 1, r->items[i], r->scores[i]);
-  }
-  std::cout << absl::StrFormat("latency: user tower %.2f ms, search %.2f ms\n", r->user_tower_ms, r->search_ms);
   return 0;
 }
 

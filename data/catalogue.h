@@ -13,7 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 
-namespace t2d::trainer {
+namespace t2d::data {
 
 class Catalogue {
  public:
@@ -43,6 +43,9 @@ class Catalogue {
   std::vector<int64_t> ByPopularity() const;
   // Replaces the counts (e.g. counted from the training split when the items file has none).
   void SetCounts(std::vector<int64_t> counts);
+  // Sets the counts to the training targets of the data set in `dataset_dir` (one pass over the
+  // "train" split). Errors: the reader's, naming the shard file.
+  absl::Status CountTrainingTargets(const std::string& dataset_dir);
   bool has_counts() const;
 
  private:
@@ -58,4 +61,4 @@ class Catalogue {
   absl::flat_hash_map<int64_t, int64_t> index_;
 };
 
-}  // namespace t2d::trainer
+}  // namespace t2d::data

@@ -1,5 +1,5 @@
 #pragma once
-// A loaded serving bundle (written by Trainer::Export; layout in docs/export.md): the user tower,
+// A loaded serving bundle (serving/bundle_writer.h; layout in docs/export.md): the user tower,
 // the embedding rows it reads, and the precomputed item vectors. Answers top-k queries for a
 // behaviour history, the way `t2diff retrieve` and an online service would.
 //
@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace t2d::trainer {
+namespace t2d::serving {
 
 struct Retrieved {
   std::vector<int64_t> items;
@@ -26,10 +26,10 @@ struct Retrieved {
   double search_ms = 0;      // scoring the catalogue and taking the top k
 };
 
-class ServingBundle {
+class Bundle {
  public:
-  static absl::StatusOr<std::unique_ptr<ServingBundle>> Load(const std::string& dir);
-  ~ServingBundle();
+  static absl::StatusOr<std::unique_ptr<Bundle>> Load(const std::string& dir);
+  ~Bundle();
 
   // The k best items for `history` (item ids, oldest first; the newest max_seq_len are used).
   // `seed` seeds the reverse diffusion process, so a request is reproducible.
@@ -41,8 +41,8 @@ class ServingBundle {
 
  private:
   struct Impl;
-  explicit ServingBundle(std::unique_ptr<Impl> impl);
+  explicit Bundle(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace t2d::trainer
+}  // namespace t2d::serving

@@ -1,32 +1,11 @@
-// Torch-free parts of model/model.h: dims from the job config and config validation.
+// Validation of a ModelConfig with its dims (model/model_options.h); torch-free.
+#include "model/model_options.h"
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "configs/config_loader.h"
-#include "model/model.h"
 #include "model/schedule.h"
 
 namespace t2d::model {
-
-absl::StatusOr<ModelDims> DimsFromJobConfig(const config::JobConfig& job) {
-  ModelDims dims;
-  const int id = config::FindTable(job, job.model().item_id_table());
-  if (id < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model.item_id_table: no table named \"", job.model().item_id_table(), "\""));
-  }
-  dims.id_dim = job.tables(id).dim();
-  if (!job.model().item_tag_table().empty()) {
-    const int tag = config::FindTable(job, job.model().item_tag_table());
-    if (tag < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model.item_tag_table: no table named \"", job.model().item_tag_table(), "\""));
-    }
-    dims.tag_dim = job.tables(tag).dim();
-  }
-  dims.session_len = job.data().session_len();
-  T2D_RETURN_IF_ERROR(ValidateModelConfig(job.model(), dims));
-  return dims;
-}
 
 absl::Status ValidateModelConfig(const config::ModelConfig& c, const ModelDims& dims) {
   if (dims.id_dim < 1 || dims.tag_dim < 0) {

@@ -1,4 +1,4 @@
-#include "trainer/serving.h"
+#include "serving/bundle.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -11,15 +11,16 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "configs/config_loader.h"
+#include "configs/job_options.h"
 #include "embedding/initializer.h"
 #include "model/dense_state.h"
 #include "model/model.h"
-#include "trainer/checkpoint.h"
-#include "trainer/npy.h"
+#include "common/sealed_folder.h"
+#include "serving/npy.h"
 
-namespace t2d::trainer {
+namespace t2d::serving {
 
-struct ServingBundle::Impl {
+struct Bundle::Impl {
   config::JobConfig config;
   std::unique_ptr<model::Model> model;
   NpyArray<int64_t> item_ids, id_keys, tag_keys, tag_offsets, tags;
@@ -30,17 +31,17 @@ struct ServingBundle::Impl {
   int64_t id_dim = 0, tag_dim = 0;
 };
 
-ServingBundle::ServingBundle(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-ServingBundle::~ServingBundle() = default;
-uint64_t ServingBundle::eval_seed() const { return impl_->config.eval().seed(); }
-int64_t ServingBundle::num_items() const { return static_cast<int64_t>(impl_->item_ids.data.size()); }
+Bundle::Bundle(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Bundle::~Bundle() = default;
+uint64_t Bundle::eval_seed() const { return impl_->config.eval().seed(); }
+int64_t Bundle::num_items() const { return static_cast<int64_t>(impl_->item_ids.data.size()); }
 
-absl::StatusOr<std::unique_ptr<ServingBundle>> ServingBundle::Load(const std::string& dir) {
-  T2D_RETURN_IF_ERROR(VerifyCheckpoint(dir).status());
+absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
+  T2D_RETURN_IF_ERROR(VerifyFolder(dir).status());
   auto impl = std::make_unique<Impl>();
   Impl& b = *impl;
   T2D_ASSIGN_OR_RETURN(b.config, config::LoadJobConfig(dir + "/job.textproto"));
-  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, model::DimsFromJobConfig(b.config));
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(b.config));
   T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(b.config.model(), dims));
   T2D_RETURN_IF_ERROR(model::LoadDenseState(dir + "/dense.t2dd", b.model.get(), nullptr));
   T2D_ASSIGN_OR_RETURN(b.item_ids, ReadNpyInt64(dir + "/item_ids.npy"));
@@ -70,10 +71,10 @@ absl::StatusOr<std::unique_ptr<ServingBundle>> ServingBundle::Load(const std::st
   for (size_t i = 0; i < b.tag_keys.data.size(); ++i) b.tag_row[b.tag_keys.data[i]] = static_cast<int64_t>(i);
   for (int64_t i = 0; i < n; ++i) b.item_index[b.item_ids.data[static_cast<size_t>(i)]] = i;
   b.items = at::from_blob(b.item_vectors.data.data(), {n, b.model->output_dim()}, at::kFloat);
-  return std::unique_ptr<ServingBundle>(new ServingBundle(std::move(impl)));
+  return std::unique_ptr<Bundle>(new Bundle(std::move(impl)));
 }
 
-absl::StatusOr<Retrieved> ServingBundle::TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const {
+absl::StatusOr<Retrieved> Bundle::TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const {
   const Impl& b = *impl_;
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
@@ -141,4 +142,4 @@ absl::StatusOr<Retrieved> ServingBundle::TopK(absl::Span<const int64_t> history,
   return r;
 }
 
-}  // namespace t2d::trainer
+}  // namespace t2d::serving

@@ -1,4 +1,4 @@
-#include "trainer/npy.h"
+#include "serving/npy.h"
 
 #include <cstring>
 
@@ -9,7 +9,7 @@
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
 
-namespace t2d::trainer {
+namespace t2d::serving {
 namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
@@ -92,4 +92,4 @@ absl::Status WriteNpy(const std::string& path, absl::Span<const int64_t> data, c
 absl::StatusOr<NpyArray<float>> ReadNpyFloat(const std::string& path) { return Read<float>(path, "<f4"); }
 absl::StatusOr<NpyArray<int64_t>> ReadNpyInt64(const std::string& path) { return Read<int64_t>(path, "<i8"); }
 
-}  // namespace t2d::trainer
+}  // namespace t2d::serving

@@ -1,6 +1,7 @@
 #pragma once
-// The role runners of the t2diff executable: what a server rank and a worker rank do in a job,
-// and the serving-side retrieve command. Called from launcher/main.cc only.
+// The job runner of the t2diff executable (train, eval, export): what a server rank and a
+// worker rank do in a job, or a single process alone. Called from launcher/main.cc only.
+// Errors: reported on the log and as the exit status; a failing rank ends the whole job.
 
 #include <string>
 
@@ -13,21 +14,14 @@ struct RunOptions {
   bool resume = false;
   std::string export_dir;  // train: export after training when set; export: the bundle folder
   std::string dump_ranks;  // eval: write per-sample ranks to <this>.<split>
+  // Print the result on stdout as one JSON object (worker 0) instead of human-readable lines:
+  // train: the run summary; eval: {"valid": ..., "test": ...}; export: the bundle written.
+  bool json = false;
 };
 
 // Runs `config` as this process's part of the job: under mpirun with
 // cluster.num_servers + cluster.num_workers ranks (servers first), or alone (one process with
 // in-process tables). Returns the process exit status; a failing rank ends the whole job.
 int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc, char*** argv);
-
-struct RetrieveOptions {
-  std::string bundle;
-  std::string history;
-  int k = 10;
-  uint64_t seed = 1;
-  // When set: use the reverse-process seed that evaluation used for this user id.
-  int64_t user = -1;
-};
-int RunRetrieve(const RetrieveOptions& options);
 
 }  // namespace t2d::launcher

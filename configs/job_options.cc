@@ -1,0 +1,66 @@
+#include "configs/job_options.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "configs/config_loader.h"
+
+namespace t2d::config {
+
+absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
+  model::ModelDims dims;
+  const int id = FindTable(job, job.model().item_id_table());
+  if (id < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.item_id_table: no table named \"", job.model().item_id_table(), "\""));
+  }
+  dims.id_dim = job.tables(id).dim();
+  if (!job.model().item_tag_table().empty()) {
+    const int tag = FindTable(job, job.model().item_tag_table());
+    if (tag < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model.item_tag_table: no table named \"", job.model().item_tag_table(), "\""));
+    }
+    dims.tag_dim = job.tables(tag).dim();
+  }
+  dims.session_len = job.data().session_len();
+  T2D_RETURN_IF_ERROR(model::ValidateModelConfig(job.model(), dims));
+  return dims;
+}
+
+data::ReaderOptions ReaderOptionsOf(const JobConfig& job, const std::string& split, int rank, int world_size) {
+  data::ReaderOptions o;
+  const bool train = split == "train";
+  o.split = split;
+  o.rank = rank;
+  o.world_size = world_size;
+  o.batch_size = train ? job.training().batch_size() : job.eval().batch_size();
+  o.max_seq_len = job.data().max_seq_len();
+  o.seed = job.data().seed();
+  o.shuffle_buffer = train ? job.data().shuffle_buffer() : 0;
+  o.epochs = train ? job.training().epochs() : 1;
+  o.equal_epochs = train;
+  return o;
+}
+
+absl::StatusOr<ps::PsOptions> PsOptionsOf(const JobConfig& job, const comm::RoleAssignment& roles) {
+  const ClusterConfig& cluster = job.cluster();
+  if (cluster.num_servers() != roles.num_servers || cluster.num_workers() != roles.num_workers) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster config asks for ", cluster.num_servers(), " servers + ",
+                                                   cluster.num_workers(), " workers but the job has ", roles.num_servers,
+                                                   " + ", roles.num_workers, " ranks (mpirun -np ",
+                                                   cluster.num_servers() + cluster.num_workers(), ")"));
+  }
+  ps::PsOptions o;
+  o.roles = roles;
+  o.consistency = cluster.consistency() == ClusterConfig::ASYNC ? ps::Consistency::kAsync : ps::Consistency::kSync;
+  o.staleness = cluster.staleness();
+  o.timeout = absl::Seconds(cluster.timeout_s());
+  o.idle_timeout = cluster.server_idle_timeout_s() > 0 ? absl::Seconds(cluster.server_idle_timeout_s())
+                                                       : absl::InfiniteDuration();
+  o.max_message_bytes = cluster.max_message_bytes();
+  return o;
+}
+
+std::vector<TableConfig> TablesOf(const JobConfig& job) { return {job.tables().begin(), job.tables().end()}; }
+
+}  // namespace t2d::config

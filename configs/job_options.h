@@ -1,0 +1,42 @@
+#pragma once
+// The one place where a job config becomes the options of the folders below it.
+//
+// The lower floors (embedding/, data/, model/, ps/) never see the job schema: each owns its
+// options (embedding/table_config.proto, data/data_config.proto, model/model_config.proto and
+// the plain structs data::ReaderOptions, model::ModelDims, ps::PsOptions), and the job config
+// (configs/job_config.proto) composes the protos. What needs more than one section of the job
+// (a table's width for the model, the training batch size for a reader, the cluster's process
+// counts against the MPI world) is worked out here.
+//
+// Thread-safety: pure functions.
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/roles.h"
+#include "configs/job_config.pb.h"
+#include "data/sample_reader.h"
+#include "model/model_options.h"
+#include "ps/ps_options.h"
+
+namespace t2d::config {
+
+// The sizes of the model (model.item_id_table / item_tag_table widths, data.session_len), after
+// model::ValidateModelConfig. Errors: InvalidArgument naming the field.
+absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job);
+
+// Options of a job's reader for `split`: n, shuffle buffer and seed from job.data(), batch size
+// and epochs from job.training() ("train"; eval.batch_size for the evaluation splits). "train"
+// shuffles, runs training.epochs epochs and equalises ranks; the evaluation splits are read
+// once, in file order, each rank its own shards completely.
+data::ReaderOptions ReaderOptionsOf(const JobConfig& job, const std::string& split, int rank, int world_size);
+
+// Options of the servers and the worker-side client. Errors: InvalidArgument when the config's
+// server/worker counts disagree with `roles` (the mpirun world).
+absl::StatusOr<ps::PsOptions> PsOptionsOf(const JobConfig& job, const comm::RoleAssignment& roles);
+
+// The job's tables, in config order (a table's index is its id everywhere).
+std::vector<TableConfig> TablesOf(const JobConfig& job);
+
+}  // namespace t2d::config

@@ -1,0 +1,225 @@
+#include "model/diffusion.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "model/fused_ops.h"
+
+namespace t2d::model {
+namespace {
+
+using at::Tensor;
+using config::ModelConfig;
+
+constexpr int64_t kKernelMaxDim = 16;  // largest D for which one request uses the plain-C++ U-Net
+
+}  // namespace
+
+NoisingProcess::NoisingProcess(const NoiseSchedule& schedule) {
+  const int64_t t = schedule.steps();
+  std::vector<float> sab(static_cast<size_t>(t) + 1), s1(static_cast<size_t>(t) + 1);
+  for (int64_t r = 0; r <= t; ++r) {
+    const double ab = schedule.alpha_bar(static_cast<int>(r));
+    sab[static_cast<size_t>(r)] = static_cast<float>(std::sqrt(ab));
+    s1[static_cast<size_t>(r)] = static_cast<float>(std::sqrt(1.0 - ab));
+  }
+  sqrt_ab_ = FloatTensor(sab, {t + 1});
+  sqrt_1m_ab_ = FloatTensor(s1, {t + 1});
+}
+
+Tensor NoisingProcess::Apply(const Tensor& z0, const Tensor& r, const Tensor& eps) const {
+  std::vector<int64_t> shape(static_cast<size_t>(z0.dim()), 1);
+  shape[0] = z0.size(0);
+  return z0 * sqrt_ab_.index_select(0, r).view(shape) + eps * sqrt_1m_ab_.index_select(0, r).view(shape);
+}
+
+std::unique_ptr<Diffusion> Diffusion::Create(const ModelConfig& config, int64_t d, const NoiseSchedule& schedule,
+                                             ParameterRegistry& params) {
+  if (config.kind() != ModelConfig::T2DIFF && config.kind() != ModelConfig::T2DIFF_NO_DRIFT) return nullptr;
+  return std::unique_ptr<Diffusion>(new Diffusion(config, d, schedule, params));
+}
+
+Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& schedule, ParameterRegistry& params)
+    : config_(config),
+      d_(d),
+      drift_(config.kind() == ModelConfig::T2DIFF),
+      schedule_(schedule),
+      noising_(schedule),
+      params_(params) {
+  const int64_t t = schedule.steps(), d2 = 2 * d;
+  std::vector<float> emb(static_cast<size_t>((t + 1) * d2));
+  for (int64_t r = 0; r <= t; ++r) {
+    for (int64_t f = 0; f < d2; ++f) {
+      emb[static_cast<size_t>(r * d2 + f)] = static_cast<float>(
+          config.step_embedding_weight() * std::sin(static_cast<double>(r) / std::ldexp(1.0, static_cast<int>(f))));
+    }
+  }
+  step_emb_ = FloatTensor(emb, {t + 1, d2});
+
+  // Registration order: the down path, the up path from the deepest level, the output layer.
+  const int levels = config.unet_levels();
+  int64_t in = 2 * d;
+  for (int l = 0; l < levels; ++l) {
+    const int64_t c = d << l;
+    ConvBlock b;
+    b.conv = Linear::Register(params, absl::StrCat("unet.down", l, ".conv"), 3 * in, c, true, true);
+    b.norm = Norm::Register(params, absl::StrCat("unet.down", l, ".norm"), c, true);
+    down_.push_back(b);
+    in = c;
+  }
+  up_.resize(static_cast<size_t>(levels - 1));
+  for (int l = levels - 2; l >= 0; --l) {
+    const int64_t c = d << l;
+    UpLevel& u = up_[static_cast<size_t>(l)];
+    u.proj = Linear::Register(params, absl::StrCat("unet.up", l, ".proj"), 2 * c, c, true, true);
+    u.block.conv = Linear::Register(params, absl::StrCat("unet.up", l, ".conv"), 3 * 2 * c, c, true, true);
+    u.block.norm = Norm::Register(params, absl::StrCat("unet.up", l, ".norm"), c, true);
+  }
+  out_ = Linear::Register(params, "unet.out", d, d, true, true);
+
+  // Offsets are fixed at registration: the plain-C++ kernel's layout is known now.
+  kernel_layout_.d = d;
+  kernel_layout_.levels = levels;
+  for (const ConvBlock& b : down_) {
+    kernel_layout_.down.push_back({b.conv.w.offset(), b.conv.b.offset(), b.norm.g.offset(), b.norm.b.offset()});
+  }
+  for (const UpLevel& u : up_) {
+    kernel_layout_.up.push_back({u.proj.w.offset(), u.proj.b.offset(), u.block.conv.w.offset(),
+                                 u.block.conv.b.offset(), u.block.norm.g.offset(), u.block.norm.b.offset()});
+  }
+  kernel_layout_.out_w = out_.w.offset();
+  kernel_layout_.out_b = out_.b.offset();
+}
+
+absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const Tensor& targets,
+                                                        const SequenceMask& mask, uint64_t noise_seed,
+                                                        const TrainNoise* noise) const {
+  const int64_t b = x.size(0), n = x.size(1);
+  // Stop-gradient at the module's inputs (spec section 6).
+  const Tensor xd = x.detach();
+  const Tensor td = targets.detach();
+  const Tensor mk = mask.mask.unsqueeze(2);
+  const Tensor next = at::cat({xd.narrow(1, 1, n - 1), td.unsqueeze(1)}, 1);
+  const Tensor z0 = (drift_ ? next - xd : next) * mk;
+  Tensor r, eps;
+  if (noise != nullptr) {
+    r = noise->steps.to(at::kLong).view({b});
+    eps = noise->eps.to(at::kFloat);
+    if (r.min().item<int64_t>() < 1 || r.max().item<int64_t>() > schedule_.steps()) {
+      return absl::InvalidArgumentError(absl::StrCat("TrainNoise.steps must lie in 1..", schedule_.steps()));
+    }
+  } else {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(noise_seed);
+    r = at::randint(1, schedule_.steps() + 1, {b}, gen, at::kLong);
+    eps = at::randn({b, n, d_}, gen, at::kFloat);
+  }
+  const Tensor zr = noising_.Apply(z0, r, eps);
+  const Tensor z0_hat = Unet(UnetInput(zr, xd, step_emb_.index_select(0, r).unsqueeze(1)), mask.mask);
+  const Tensor diff = z0_hat - z0;
+  TrainOutput out;
+  if (config_.diffusion_loss() == ModelConfig::SQUARED) {
+    out.loss = diff.pow(2).sum() / static_cast<double>(b);
+  } else {
+    out.loss = at::linalg_vector_norm(diff, 2, {2}).sum() / static_cast<double>(std::max<int64_t>(1, mask.valid));
+  }
+  // Stop-gradient at the output: x_hat is a constant for the towers.
+  out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_hat.select(1, n - 1) : z0_hat.select(1, n - 1)).detach();
+  return out;
+}
+
+Tensor Diffusion::UnetInput(const Tensor& z, const Tensor& cond, const Tensor& emb) const {
+  return at::cat({z, cond}, 2) + emb;
+}
+
+// Every convolution's input is zero at masked positions (zero padding inside the batch and at
+// the edges): the input is masked once, block outputs are masked by SwishNormMask, pooling keeps
+// zeros, and the up path masks the upsampled half.
+Tensor Diffusion::Unet(Tensor x, Tensor m) const {
+  const int64_t bsz = x.size(0), n = x.size(1);
+  const int levels = config_.unet_levels();
+  const int64_t p = int64_t{1} << (levels - 1);
+  const int64_t padded = (n + p - 1) / p * p;
+  const int64_t left = padded - n;
+  if (left > 0) {
+    x = at::constant_pad_nd(x, {0, 0, left, 0});
+    m = at::constant_pad_nd(m, {left, 0});
+  }
+  std::vector<Tensor> masks{m.unsqueeze(2)};
+  for (int l = 1; l < levels; ++l) {
+    const Tensor& prev = masks.back();
+    masks.push_back(std::get<0>(prev.view({bsz, prev.size(1) / 2, 2, 1}).max(2)));
+  }
+  std::vector<Tensor> skips;
+  Tensor h = x * masks[0];
+  for (int l = 0; l < levels; ++l) {
+    // Max-pool 2 (l > 0) fused with the convolution's columns. A pooled position is masked only
+    // if both inputs were, and those are zero: no re-masking.
+    const ConvBlock& blk = down_[static_cast<size_t>(l)];
+    const Tensor cols = l > 0 ? PoolConv3Columns(h) : Conv3Columns(h);
+    h = SwishNormMask(blk.conv(cols), blk.norm.g.tensor(), blk.norm.b.tensor(), masks[static_cast<size_t>(l)]);
+    if (l + 1 < levels) skips.push_back(h);
+  }
+  for (int l = levels - 2; l >= 0; --l) {
+    const UpLevel& u = up_[static_cast<size_t>(l)];
+    const Tensor& mk = masks[static_cast<size_t>(l)];
+    const Tensor cols = UpsampleConcatColumns(u.proj(h), skips[static_cast<size_t>(l)], mk);
+    h = SwishNormMask(u.block.conv(cols), u.block.norm.g.tensor(), u.block.norm.b.tensor(), mk);
+  }
+  h = out_(h) * masks[0];
+  return left > 0 ? h.narrow(1, left, n) : h;
+}
+
+Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const InferenceOptions& opt) const {
+  const int samples = opt.num_samples > 0 ? opt.num_samples : config_.inference_samples();
+  const int rsteps = opt.reverse_steps >= 0 ? opt.reverse_steps : config_.inference_reverse_steps();
+  const std::vector<ReverseStep> plan = schedule_.ReverseSteps(rsteps, config_.reverse_update());
+  const int64_t b = x.size(0), n = x.size(1), bs = b * samples, d = d_;
+  Tensor z, noise;
+  if (opt.sample_seeds.empty()) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed);
+    z = at::randn({bs, n, d}, gen, at::kFloat);
+    noise = at::randn({static_cast<int64_t>(plan.size()), bs, n, d}, gen, at::kFloat);
+  } else {
+    // One generator per sample: a sample's output does not depend on the batch it is in.
+    std::vector<Tensor> zs, noises;
+    for (int64_t i = 0; i < b; ++i) {
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.sample_seeds[static_cast<size_t>(i)]);
+      zs.push_back(at::randn({samples, n, d}, gen, at::kFloat));
+      noises.push_back(at::randn({static_cast<int64_t>(plan.size()), samples, n, d}, gen, at::kFloat));
+    }
+    z = at::cat(zs, 0);
+    noise = at::cat(noises, 1);
+  }
+  Tensor cond = samples > 1 ? x.repeat_interleave(samples, 0) : x;
+  Tensor mask = samples > 1 ? mask_in.repeat_interleave(samples, 0) : mask_in;
+  if (b == 1 && d <= kKernelMaxDim && !opt.force_tensor_ops) {
+    // Serving path (one request, small D): the plain-C++ U-Net avoids ~90 tensor ops per step.
+    // At larger D the convolutions are big enough for BLAS to win.
+    z = z.contiguous();
+    cond = cond.contiguous();
+    mask = mask.contiguous();
+    UnetKernel kernel(kernel_layout_, params_.values().data_ptr<float>());
+    kernel.Reverse(plan, step_emb_.data_ptr<float>(), samples, n, mask.data_ptr<float>(), cond.data_ptr<float>(),
+                   noise.data_ptr<float>(), z.data_ptr<float>());
+  } else {
+    for (size_t i = 0; i < plan.size(); ++i) {
+      const ReverseStep& st = plan[i];
+      Tensor z0 = Unet(UnetInput(z, cond, step_emb_[st.step].view({1, 1, 2 * d})), mask);
+      if (st.prev == 0) {
+        z = z0;
+      } else {
+        z = z0 * st.c0 + z * st.c1 + noise[static_cast<int64_t>(i)] * st.sigma;
+      }
+    }
+  }
+  Tensor last = z.select(1, n - 1);
+  if (drift_) last = last + cond.select(1, n - 1);
+  return samples > 1 ? last.view({b, samples, d}).mean(1) : last;
+}
+
+}  // namespace t2d::model

@@ -1,0 +1,91 @@
+// The translation of a job config into the lower folders' options (configs/job_options.h).
+#include "configs/job_options.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "configs/config_loader.h"
+
+namespace t2d::config {
+namespace {
+
+TEST(JobOptionsTest, ModelDimsFromTheTables) {
+  auto job = ParseJobConfig(
+      "tables { name: \"item_id\" dim: 6 } tables { name: \"item_tag\" dim: 2 } data { session_len: 4 }", "mem");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto dims = ModelDimsOf(*job);
+  ASSERT_TRUE(dims.ok()) << dims.status();
+  EXPECT_EQ(dims->id_dim, 6);
+  EXPECT_EQ(dims->tag_dim, 2);
+  EXPECT_EQ(dims->session_len, 4);
+  job->mutable_model()->set_attention_heads(3);
+  EXPECT_FALSE(ModelDimsOf(*job).ok());
+  job->mutable_model()->set_item_tag_table("");
+  dims = ModelDimsOf(*job);
+  ASSERT_TRUE(dims.ok()) << dims.status();  // D = 6, divisible by 3
+  EXPECT_EQ(dims->tag_dim, 0);
+}
+
+TEST(JobOptionsTest, ReaderOptionsFromTheJob) {
+  JobConfig job;
+  job.mutable_data()->set_max_seq_len(20);
+  job.mutable_data()->set_shuffle_buffer(77);
+  job.mutable_training()->set_batch_size(64);
+  job.mutable_training()->set_epochs(3);
+  data::ReaderOptions train = ReaderOptionsOf(job, "train", 1, 2);
+  EXPECT_EQ(train.max_seq_len, 20);
+  EXPECT_EQ(train.shuffle_buffer, 77);
+  EXPECT_EQ(train.batch_size, 64);
+  EXPECT_EQ(train.epochs, 3);
+  EXPECT_EQ(train.rank, 1);
+  EXPECT_TRUE(train.equal_epochs);
+  data::ReaderOptions test = ReaderOptionsOf(job, "test", 0, 2);
+  EXPECT_EQ(test.epochs, 1);
+  EXPECT_EQ(test.shuffle_buffer, 0);
+  EXPECT_FALSE(test.equal_epochs);
+  job.mutable_eval()->set_batch_size(333);
+  EXPECT_EQ(ReaderOptionsOf(job, "valid", 0, 1).batch_size, 333);  // evaluation reads in eval batches
+  EXPECT_EQ(ReaderOptionsOf(job, "train", 0, 1).batch_size, 64);
+}
+
+TEST(JobOptionsTest, PsOptionsFromTheClusterSection) {
+  JobConfig job;
+  ClusterConfig& c = *job.mutable_cluster();
+  c.set_num_servers(2);
+  c.set_num_workers(3);
+  c.set_consistency(ClusterConfig::ASYNC);
+  c.set_staleness(4);
+  c.set_timeout_s(2.5);
+  c.set_server_idle_timeout_s(0);
+  auto o = PsOptionsOf(job, comm::RoleAssignment{5, 2, 3});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->consistency, ps::Consistency::kAsync);
+  EXPECT_EQ(o->staleness, 4);
+  EXPECT_EQ(o->timeout, absl::Milliseconds(2500));
+  EXPECT_EQ(o->idle_timeout, absl::InfiniteDuration());
+  EXPECT_EQ(o->max_message_bytes, int64_t{1} << 30);
+  auto bad = PsOptionsOf(job, comm::RoleAssignment{4, 2, 2});
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_NE(std::string(bad.status().message()).find("mpirun -np 5"), std::string::npos) << bad.status();
+}
+
+// The example configs parse and validate with the data fields.
+TEST(JobOptionsTest, DataExamplesLoad) {
+  const char* src = std::getenv("T2D_SOURCE_DIR");
+  const std::string root = src != nullptr ? src : ".";
+  for (const char* name : {"ml1m.textproto", "synthetic.textproto"}) {
+    auto c = LoadJobConfig(root + "/configs/examples/" + name);
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    EXPECT_NE(c->data().source(), DataConfig::SOURCE_UNSET);
+  }
+  // Range options on the new fields are enforced by the loader.
+  auto bad = ParseJobConfig(
+      "tables { name: \"item_id\" dim: 2 } tables { name: \"item_tag\" dim: 2 } data { num_shards: 0 }", "x.textproto");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("data.num_shards"), std::string::npos) << bad.status();
+}
+
+}  // namespace
+}  // namespace t2d::config

@@ -1,0 +1,197 @@
+// The trainer's parts over in-process twins (LocalEmbeddingStore, InProcGroup): the learning-rate
+// schedule by hand, the evaluation history and worker-state files (round trip and damage), and
+// whole runs of the Trainer: the prefetch path on the in-process store, resume equal to an
+// uninterrupted run, and a damaged checkpoint file refused with its name.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "comm/inproc_communicator.h"
+#include "common/sealed_folder.h"
+#include "configs/config_loader.h"
+#include "configs/job_options.h"
+#include "data/prepare.h"
+#include "embedding/local_embedding_store.h"
+#include "trainer/run_report.h"
+#include "trainer/run_state.h"
+#include "trainer/train_step.h"
+#include "trainer/trainer.h"
+
+namespace t2d::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(LearningRateAt, WarmupThenScheduleByHand) {
+  config::TrainingConfig t;
+  t.set_learning_rate(0.1);
+  t.set_lr_warmup_steps(4);
+  t.set_lr_final_fraction(0.2);
+  t.set_lr_schedule(config::TrainingConfig::LINEAR);
+  // The config fields are float: compare to 1e-7.
+  EXPECT_NEAR(LearningRateAt(t, 0, 14), 0.1 * 1 / 4, 1e-7);  // warm-up: (step + 1) / warmup
+  EXPECT_NEAR(LearningRateAt(t, 3, 14), 0.1, 1e-7);
+  // After warm-up: progress (step - 4) / (14 - 4 - 1), so step 13 is the end of the decay.
+  EXPECT_NEAR(LearningRateAt(t, 13, 14), 0.1 * 0.2, 1e-7);
+  EXPECT_NEAR(LearningRateAt(t, 7, 14), 0.1 * (1 - 0.8 * 3.0 / 9.0), 1e-7);
+  t.set_lr_schedule(config::TrainingConfig::COSINE);
+  EXPECT_NEAR(LearningRateAt(t, 13, 14), 0.1 * 0.2, 1e-7);
+  EXPECT_NEAR(LearningRateAt(t, 4, 14), 0.1, 1e-7);
+  EXPECT_NEAR(LearningRateAt(t, 7, 14), 0.1 * (0.2 + 0.8 * 0.5 * (1 + std::cos(M_PI * 3.0 / 9.0))), 1e-7);
+  t.set_lr_schedule(config::TrainingConfig::CONSTANT);
+  EXPECT_NEAR(LearningRateAt(t, 10, 14), 0.1, 1e-7);
+}
+
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = (fs::path(::testing::TempDir()) / (std::string("t2d_trainer_") + info->name() + "_" +
+                                              std::to_string(::getpid()))).string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string dir_;
+};
+
+using TextProtoTest = TempDirTest;
+
+TEST_F(TextProtoTest, DamagedFilesAreDataLossNamingThem) {
+  WorkerState ws;
+  ws.set_step(12);
+  ws.mutable_cursor()->set_position(7);
+  const std::string path = dir_ + "/worker-0.textproto";
+  ASSERT_TRUE(WriteTextProto(path, ws).ok());
+  WorkerState back;
+  ASSERT_TRUE(ReadTextProto(path, &back).ok());
+  EXPECT_EQ(back.step(), 12);
+  EXPECT_EQ(back.cursor().position(), 7);
+  std::ofstream(path) << "step: 12 cursor { position: nonsense }";
+  auto s = ReadTextProto(path, &back);
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+  EXPECT_NE(s.message().find(path), std::string::npos) << s;
+  s = ReadTextProto(dir_ + "/missing.textproto", &back);
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+  EXPECT_NE(s.message().find("missing.textproto"), std::string::npos) << s;
+}
+
+// A tiny synthetic job run in process.
+class InProcessJobTest : public TempDirTest {
+ protected:
+  config::JobConfig Job(const std::vector<std::string>& overrides = {}) {
+    const std::string text = absl::StrCat(R"(
+      cluster { num_servers: 1 num_workers: 1 timeout_s: 30 }
+      tables { name: "item_id" dim: 4 optimizer { kind: ADAGRAD learning_rate: 0.05 } }
+      tables { name: "item_tag" dim: 4 optimizer { kind: ADAGRAD learning_rate: 0.05 } }
+      data { source: SYNTHETIC dataset_dir: ")", dir_, R"(/data" max_seq_len: 12 session_len: 4 split: LAST_ITEM
+             num_shards: 2 generator { num_users: 120 num_items: 60 mean_seq_len: 15 } }
+      model { diffusion_steps: 5 }
+      training { batch_size: 32 epochs: 2 log_every_steps: 100 replica_check_steps: 2 }
+      eval { k: [5, 10] main_k: 10 batch_size: 64 }
+    )");
+    auto job = config::ParseJobConfig(text, "test.textproto", overrides);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return *job;
+  }
+  void PrepareData(const config::JobConfig& job) {
+    auto s = data::Prepare(job.data(), false);
+    ASSERT_TRUE(s.ok()) << s.status();
+  }
+  // Runs Train (and returns its result) with a fresh in-process store; `final_metrics` gets the
+  // test Recall@10 and MRR@10 of the newest checkpoint, loaded back by a second trainer.
+  absl::StatusOr<TrainResult> Run(const config::JobConfig& job, bool resume, std::vector<float>* final_metrics = nullptr) {
+    auto store = embedding::LocalEmbeddingStore::Create(config::TablesOf(job));
+    if (!store.ok()) return store.status();
+    comm::InProcGroup group(1);
+    auto workers = group.Member(0);
+    TrainerContext ctx;
+    ctx.config = job;
+    ctx.store = store->get();
+    ctx.workers = workers.get();
+    ctx.resume = resume;
+    auto t = Trainer::Create(ctx);
+    if (!t.ok()) return t.status();
+    auto r = (*t)->Train();
+    if (r.ok() && final_metrics != nullptr) {
+      // The newest checkpoint holds the final state; load it back through a second trainer.
+      auto u = Trainer::Create(ctx);
+      if (!u.ok()) return u.status();
+      if (auto s = (*u)->LoadLatestModel(); !s.ok()) return s;
+      auto e = (*u)->Evaluate("test");
+      if (!e.ok()) return e.status();
+      final_metrics->assign({static_cast<float>(e->model.Recall(10)), static_cast<float>(e->model.Mrr(10))});
+    }
+    return r;
+  }
+};
+
+TEST_F(InProcessJobTest, PrefetchRunsOnTheInProcessStore) {
+  // Async with a staleness bound: the trainer requests the next batch's rows before the current
+  // step, through the same EmbeddingStore::Pull/Wait path as with parameter servers.
+  config::JobConfig job = Job({"cluster.consistency=ASYNC", "cluster.staleness=1"});
+  PrepareData(job);
+  auto r = Run(job, false);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT(r->steps, 2);
+  EXPECT_LT(r->last_loss, r->first_loss);
+  EXPECT_EQ(r->validation.size(), 2u);
+  EXPECT_GT(r->test.model.count(), 0);
+}
+
+TEST_F(InProcessJobTest, ResumeEqualsAnUninterruptedRun) {
+  config::JobConfig full = Job({"checkpoint.dir=" + dir_ + "/full"});
+  PrepareData(full);
+  std::vector<float> want, got;
+  auto a = Run(full, false, &want);
+  ASSERT_TRUE(a.ok()) << a.status();
+  config::JobConfig cut = Job({"checkpoint.dir=" + dir_ + "/cut", "training.max_steps=5"});
+  ASSERT_TRUE(Run(cut, false).ok());
+  cut.mutable_training()->clear_max_steps();
+  auto b = Run(cut, true, &got);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->steps, a->steps);
+  EXPECT_EQ(got, want);  // test Recall@10 and MRR@10 of the final checkpoints, exactly
+  ASSERT_EQ(a->validation.size(), b->validation.size());
+  for (size_t i = 0; i < a->validation.size(); ++i) {
+    EXPECT_EQ(a->validation[i].model.Sums(), b->validation[i].model.Sums()) << "evaluation " << i;
+  }
+  // The summary JSON carries the selected evaluation and its metrics.
+  const Json s = SummaryJson(*b, cut.eval());
+  EXPECT_EQ(s["steps"], b->steps);
+  EXPECT_EQ(s["best_epoch"], b->best_epoch + 1);
+  EXPECT_DOUBLE_EQ(s["recall@10"].get<double>(), b->test.model.Recall(10));
+}
+
+TEST_F(InProcessJobTest, DamagedRunStateIsRefusedNamingTheFile) {
+  config::JobConfig job = Job({"checkpoint.dir=" + dir_ + "/ckpt", "training.max_steps=3"});
+  PrepareData(job);
+  ASSERT_TRUE(Run(job, false).ok());
+  // Corrupt the evaluation history of the only checkpoint, and reseal it so that the manifest
+  // agrees: the content itself must be refused (it used to abort the process).
+  std::string folder;
+  for (const auto& e : fs::directory_iterator(dir_ + "/ckpt")) folder = e.path().string();
+  std::ofstream(folder + "/evals.textproto") << "evaluations { split: \"valid\" model_sums: 1e }";
+  t2d::FolderManifest m;
+  m.set_step(3);
+  m.set_num_workers(1);
+  ASSERT_TRUE(t2d::SealFolder(folder, m).ok());
+  job.mutable_training()->clear_max_steps();
+  auto r = Run(job, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("evals.textproto"), std::string::npos) << r.status();
+  // History that does not match eval.k is refused too.
+  std::ofstream(folder + "/evals.textproto") << "evaluations { split: \"valid\" model_sums: [1, 2] popularity_sums: [1, 2] }";
+  ASSERT_TRUE(t2d::SealFolder(folder, m).ok());
+  r = Run(job, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("eval.k"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace t2d::trainer

@@ -1,0 +1,62 @@
+#include "trainer/row_fetcher.h"
+
+#include <ATen/ATen.h>
+
+#include "common/status_macros.h"
+
+namespace t2d::trainer {
+namespace {
+
+absl::Span<float> Floats(at::Tensor& t) { return absl::MakeSpan(t.data_ptr<float>(), static_cast<size_t>(t.numel())); }
+
+}  // namespace
+
+RowFetcher::RowFetcher(const RunContext* context)
+    : ctx_(*context),
+      id_dim_(context->store->dim(context->id_table)),
+      tag_dim_(context->tag_table >= 0 ? context->store->dim(context->tag_table) : 0) {}
+
+absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const StepInput& in) {
+  Pending p;
+  T2D_ASSIGN_OR_RETURN(p.id_ticket, ctx_.store->Pull(ctx_.id_table, in.id_keys));
+  if (ctx_.tag_table >= 0) {
+    T2D_ASSIGN_OR_RETURN(p.tag_ticket, ctx_.store->Pull(ctx_.tag_table, in.tag_keys));
+  }
+  p.active = true;
+  return p;
+}
+
+absl::StatusOr<model::Rows> RowFetcher::Take(const StepInput& in, Pending* pending, bool requires_grad) {
+  if (!pending->active) return absl::FailedPreconditionError("row fetcher: rows taken twice or never requested");
+  pending->active = false;
+  model::Rows rows;
+  rows.id_rows = at::empty({static_cast<int64_t>(in.id_keys.size()), id_dim_}, at::kFloat);
+  T2D_RETURN_IF_ERROR(ctx_.store->Wait(pending->id_ticket, Floats(rows.id_rows)));
+  rows.id_rows.set_requires_grad(requires_grad);
+  if (ctx_.tag_table >= 0) {
+    rows.tag_rows = at::empty({static_cast<int64_t>(in.tag_keys.size()), tag_dim_}, at::kFloat);
+    T2D_RETURN_IF_ERROR(ctx_.store->Wait(pending->tag_ticket, Floats(rows.tag_rows)));
+    rows.tag_rows.set_requires_grad(requires_grad);
+  }
+  return rows;
+}
+
+absl::StatusOr<model::Rows> RowFetcher::Fetch(const StepInput& in, bool requires_grad) {
+  T2D_ASSIGN_OR_RETURN(Pending p, Request(in));
+  return Take(in, &p, requires_grad);
+}
+
+absl::Status RowFetcher::Push(const StepInput& in, const model::Rows& rows, bool skip) {
+  T2D_RETURN_IF_ERROR(PushTable(ctx_.id_table, in.id_keys, rows.id_rows, skip));
+  if (ctx_.tag_table >= 0) T2D_RETURN_IF_ERROR(PushTable(ctx_.tag_table, in.tag_keys, rows.tag_rows, skip));
+  return absl::OkStatus();
+}
+
+absl::Status RowFetcher::PushTable(int table, const std::vector<int64_t>& keys, const at::Tensor& rows, bool skip) {
+  if (skip || !rows.grad().defined()) return ctx_.store->ApplyGradients(table, {}, {});
+  at::Tensor g = rows.grad().mul(1.0 / ctx_.world).contiguous();
+  return ctx_.store->ApplyGradients(table, keys,
+                                    absl::MakeConstSpan(g.data_ptr<float>(), static_cast<size_t>(g.numel())));
+}
+
+}  // namespace t2d::trainer
