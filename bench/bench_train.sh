@@ -21,7 +21,7 @@ common=(--set "data.dataset_dir=$work/data" --set "training.max_steps=$steps" --
         --set "training.output_dir=$work/out" --set training.epochs=1)
 "$t2diff" prepare -c "$cfg" "${common[@]:0:2}" > /dev/null
 
-rate() { sed -n 's/.*"samples_per_s": \([0-9.]*\).*/\1/p' "$work/out/metrics.jsonl" | tail -1; }
+rate() { sed -n 's/.*"samples_per_s": *\([0-9.e+]*\).*/\1/p' "$work/out/metrics.jsonl" | tail -1; }
 run() {  # run NAME WORKERS [mpirun]
   rm -rf "$work/out"
   if [ "$2" = 0 ]; then
