@@ -11,6 +11,22 @@
 #include "common/status_macros.h"
 
 namespace t2d::comm {
+namespace {
+
+// The MPI_COMM_WORLD ranks of `ranks` of `comm`: messages name the job's ranks, which a
+// communicator over a subset (the workers) numbers differently.
+std::vector<int> WorldRanks(MPI_Comm comm, const std::vector<int>& ranks) {
+  std::vector<int> world(ranks.size(), MPI_UNDEFINED);
+  MPI_Group group = MPI_GROUP_NULL, world_group = MPI_GROUP_NULL;
+  if (MPI_Comm_group(comm, &group) == MPI_SUCCESS && MPI_Comm_group(MPI_COMM_WORLD, &world_group) == MPI_SUCCESS) {
+    MPI_Group_translate_ranks(group, static_cast<int>(ranks.size()), ranks.data(), world_group, world.data());
+  }
+  if (group != MPI_GROUP_NULL) MPI_Group_free(&group);
+  if (world_group != MPI_GROUP_NULL) MPI_Group_free(&world_group);
+  return world;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Comm comm) {
   MPI_Comm data = MPI_COMM_NULL, tokens = MPI_COMM_NULL;
@@ -82,7 +98,8 @@ absl::Status MpiCommunicator::Collective(const char* name, Start start, absl::Ti
       return absl::DeadlineExceededError(absl::StrCat(
           name, " (collective ", seq, ", rank ", rank_, " of ", size_, ") did not complete before the deadline; ",
           missing.empty() ? std::string("every rank had joined (slow network?)")
-                          : absl::StrCat("rank(s) ", absl::StrJoin(missing, ", "), " did not join")));
+                          : absl::StrCat("rank(s) ", absl::StrJoin(missing, ", "), " did not join (world rank(s) ",
+                                         absl::StrJoin(WorldRanks(data_, missing), ", "), ")")));
     }
     backoff.Pause();
   }

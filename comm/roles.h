@@ -3,6 +3,9 @@
 // ranks S..S+W-1 are workers (worker index w = rank - S). Servers come first, so server rank
 // s always owns shard s whatever the number of workers. Pure functions; thread-safe.
 
+#include <string>
+#include <vector>
+
 #include "absl/status/statusor.h"
 
 namespace t2d::comm {
@@ -18,6 +21,11 @@ struct RoleAssignment {
   int ShardOfServer(int rank) const { return rank; }
   int WorkerRank(int worker_index) const { return num_servers + worker_index; }
   int WorkerIndex(int rank) const { return rank - num_servers; }
+
+  // How messages name ranks: the world rank with the role beside it, "world rank 2 (worker 1)";
+  // several as "world ranks 2 (worker 1), 3 (worker 2)".
+  std::string Describe(int rank) const;
+  std::string DescribeRanks(const std::vector<int>& ranks) const;
 };
 
 // Errors: InvalidArgument unless num_servers >= 1 and world_size >= num_servers + 1 (at least

@@ -178,6 +178,14 @@ absl::StatusOr<bool> ChunkFileReader::NextChunk(ChunkInfo* chunk) {
     ++num_chunks_;
     return true;
   }
+  // The writer puts zeros in the end chunk's counts; they are outside every checksum, so a
+  // flipped bit there is only found by looking.
+  for (int i = 0; i < format_.num_counts; ++i) {
+    if (chunk->counts[i] == 0) continue;
+    std::string counts;
+    for (int j = 0; j < format_.num_counts; ++j) absl::StrAppend(&counts, j == 0 ? "" : " ", chunk->counts[j]);
+    return absl::DataLossError(absl::StrCat(path_, ": malformed end chunk (counts ", counts, ", not zero)"));
+  }
   std::string payload;
   T2D_RETURN_IF_ERROR(ReadPayload(*chunk, &payload));
   if (payload.size() != sizeof(int64_t) * static_cast<size_t>(format_.num_totals)) {

@@ -7,8 +7,8 @@
 //   magic[8] | u32 version | u32 header_bytes (<= 1 MiB) | header | u32 crc32(header)
 //   chunk*:  u32 0x4b4e4843 ("CHNK") | u32 kind | u32 counts[num_counts] | u32 payload_bytes |
 //            u32 crc32(payload) | payload
-//   end:     a chunk of kind kEndChunkKind, counts 0, payload i64 totals[num_totals]; it must be
-//            the last bytes of the file.
+//   end:     a chunk of kind kEndChunkKind, counts 0 (checked: they are outside the checksums),
+//            payload i64 totals[num_totals]; it must be the last bytes of the file.
 // What the header, the other chunk kinds, the counts and the totals mean is up to the format;
 // this layer writes them and checks the framing (the formats check the meaning).
 //
@@ -19,7 +19,8 @@
 // helpers are pure.
 // Errors name the file. Readers: NotFound (no file), PermissionDenied (cannot open), DataLoss
 // (bad magic, implausible header size, checksum mismatch, a chunk that runs past the end of the
-// file or a missing end chunk, both "truncated file", a malformed end chunk, bytes after it),
+// file or a missing end chunk, both "truncated file", a malformed end chunk (non-zero counts, a
+// payload of the wrong size), bytes after it),
 // FailedPrecondition (another format version). Writers: InvalidArgument (a payload of 2 GiB or
 // more, a count or total list of the wrong length), FailedPrecondition (a chunk after Finish),
 // Internal (I/O failures).
@@ -59,6 +60,7 @@ class ByteReader {
 
   bool GetBytes(void* dst, size_t n) {
     if (left() < n) return false;
+    if (n == 0) return true;  // dst may be null (an empty vector's data()): memcpy must not see it
     std::memcpy(dst, bytes_.data() + pos_, n);
     pos_ += n;
     return true;

@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include <cstdlib>
 #include <iomanip>
 #include <ostream>
 
@@ -22,6 +23,15 @@ void PrefixWithTag(std::ostream& s, const google::LogMessageInfo& l, void* data)
     << " [" << *tag << "] " << l.filename << ':' << l.line_number << ']';
 }
 
+// glog's failure function has a noreturn function type; clang (unlike gcc) will not convert a
+// plain function pointer to it, so glog gets this trampoline, which also keeps a handler that
+// does return from returning into glog.
+FatalHandler g_on_fatal = nullptr;
+__attribute__((noreturn)) void OnFatal() {
+  g_on_fatal();
+  std::abort();
+}
+
 }  // namespace
 
 void InitLogging(const char* argv0, const LoggingOptions& options) {
@@ -30,7 +40,10 @@ void InitLogging(const char* argv0, const LoggingOptions& options) {
   if (!google::IsGoogleLoggingInitialized()) {
     google::InitGoogleLogging(argv0, &PrefixWithTag, &Tag());
   }
-  if (options.on_fatal != nullptr) google::InstallFailureFunction(options.on_fatal);
+  if (options.on_fatal != nullptr) {
+    g_on_fatal = options.on_fatal;
+    google::InstallFailureFunction(&OnFatal);
+  }
 }
 
 std::string LogTag() { return Tag(); }

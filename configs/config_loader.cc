@@ -5,6 +5,8 @@
 #include <google/protobuf/reflection.h>
 #include <google/protobuf/text_format.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <map>
 #include <set>
@@ -18,6 +20,7 @@
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/field_options.pb.h"
+#include "configs/job_options.h"
 
 namespace t2d::config {
 namespace {
@@ -58,7 +61,8 @@ class CollectErrors : public pb::io::ErrorCollector {
   std::vector<std::string> errors_;
 };
 
-// Where each field path was set: "FILE:LINE" from the parse tree, or "--set ..." for overrides.
+// Where each field path was set: "FILE:LINE" from the parse tree, or "--set ..." for overrides;
+// under the key "" the file itself, for problems with no field set anywhere (an empty file).
 using Locations = std::map<std::string, std::string>;
 
 void RecordLocations(const pb::Message& m, const pb::TextFormat::ParseInfoTree* tree,
@@ -94,7 +98,8 @@ std::string Where(const Locations& locations, const std::string& path) {
     if (cut == std::string::npos) break;
     p = p.substr(0, cut);
   }
-  return "";
+  auto file = locations.find("");
+  return file != locations.end() ? file->second + ": " : "";
 }
 
 double NumericValue(const pb::Message& m, const pb::FieldDescriptor* f, int i) {
@@ -158,16 +163,20 @@ void CheckFieldOptions(const pb::Message& m, const std::string& prefix, const Lo
     if (!IsNumeric(f)) continue;
     const bool has_min = opts.HasExtension(min);
     const bool has_max = opts.HasExtension(max);
-    if (!has_min && !has_max) continue;
     const bool exclusive = opts.GetExtension(min_exclusive);
     const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
     for (int i = 0; i < n; ++i) {
       const double v = NumericValue(m, f, i);
       const std::string path = f->is_repeated() ? absl::StrCat(base, "[", i, "]") : base;
+      // NaN or an infinity is never a setting; a range alone lets inf through ([0, inf)).
+      if (!std::isfinite(v)) {
+        errors->push_back(absl::StrCat(Where(where, path), path, ": value ", v, " is not a finite number"));
+        continue;
+      }
       const double lo = opts.GetExtension(min), hi = opts.GetExtension(max);
       const bool bad_lo = has_min && (exclusive ? !(v > lo) : !(v >= lo));
       const bool bad_hi = has_max && !(v <= hi);
-      if (std::isnan(v) || bad_lo || bad_hi) {
+      if (bad_lo || bad_hi) {
         std::string range = absl::StrCat(has_min ? (exclusive ? "(" : "[") : "(", has_min ? absl::StrCat(lo) : "-inf",
                                          ", ", has_max ? absl::StrCat(hi) : "inf", has_max ? "]" : ")");
         errors->push_back(absl::StrCat(Where(where, path), path, ": value ", v, " is out of range ", range));
@@ -215,10 +224,31 @@ void CheckCrossField(const JobConfig& c, const Locations& where, std::vector<std
   }
 }
 
+// This machine's physical memory in bytes; 0 if unknown (then nothing is compared with it).
+int64_t PhysicalMemoryBytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
+
+// The model's own checks (model::ValidateModelConfig, through ModelDimsOf) and whether its
+// dense state fits this machine, located at the field they name ("model.attention_heads: ..."),
+// the memory estimate at the item-id table's width.
+void CheckModel(const JobConfig& c, const Locations& where, std::vector<std::string>* errors) {
+  const int64_t memory = PhysicalMemoryBytes();
+  const absl::Status s = memory > 0 ? CheckDenseModelFits(c, memory) : ModelDimsOf(c).status();
+  if (s.ok()) return;
+  const std::string message(s.message());
+  std::string path = message.substr(0, message.find(": "));
+  if (absl::IsResourceExhausted(s)) path = absl::StrCat("tables[", FindTable(c, c.model().item_id_table()), "].dim");
+  errors->push_back(Where(where, path) + message);
+}
+
 absl::Status ValidateWithLocations(const JobConfig& config, const Locations& where) {
   std::vector<std::string> errors;
   CheckFieldOptions(config, "", where, &errors);
   CheckCrossField(config, where, &errors);
+  // The model's checks assume the fields they read are in range and its tables exist.
+  if (errors.empty()) CheckModel(config, where, &errors);
   if (errors.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
 }
@@ -254,7 +284,11 @@ int FindTable(const JobConfig& config, const std::string& name) {
   return -1;
 }
 
-absl::Status ApplyOverride(const std::string& assignment, JobConfig* config) {
+namespace {
+
+// ApplyOverride, also setting `*path` to the field's path as validation names it: elements of
+// repeated messages by index ("tables[0].dim" for "tables[item_id].dim").
+absl::Status ApplyOverrideAt(const std::string& assignment, JobConfig* config, std::string* path_out) {
   const size_t eq = assignment.find('=');
   auto fail = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat("--set ", assignment, ": ", why));
@@ -279,6 +313,7 @@ absl::Status ApplyOverride(const std::string& assignment, JobConfig* config) {
       if (!f->is_repeated()) {
         if (seg->has_index) return fail(absl::StrCat("\"", seg->field, "\" is not repeated"));
         msg = r->MutableMessage(msg, f);
+        absl::StrAppend(path_out, seg->field, ".");
         continue;
       }
       if (!seg->has_index) return fail(absl::StrCat("\"", seg->field, "\" is repeated; add [index] or [name]"));
@@ -301,6 +336,7 @@ absl::Status ApplyOverride(const std::string& assignment, JobConfig* config) {
         return fail(absl::StrCat("index ", seg->index, " out of range for \"", seg->field, "\" (", size, " elements)"));
       }
       msg = r->MutableRepeatedMessage(msg, f, index);
+      absl::StrAppend(path_out, seg->field, "[", index, "].");
       continue;
     }
     if (!last) return fail(absl::StrCat("\"", seg->field, "\" is not a message"));
@@ -329,8 +365,16 @@ absl::Status ApplyOverride(const std::string& assignment, JobConfig* config) {
     }
     r->ClearField(msg, f);
     msg->MergeFrom(*scratch);
+    absl::StrAppend(path_out, seg->field);
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ApplyOverride(const std::string& assignment, JobConfig* config) {
+  std::string path;
+  return ApplyOverrideAt(assignment, config, &path);
 }
 
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text, const std::string& filename,
@@ -346,11 +390,12 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text, const std::str
                                                               : absl::StrJoin(errors.errors(), "\n"));
   }
   Locations where;
+  where[""] = filename;
   RecordLocations(config, &tree, filename, "", &where);
   for (const auto& o : overrides) {
-    auto s = ApplyOverride(o, &config);
+    std::string path;
+    auto s = ApplyOverrideAt(o, &config, &path);
     if (!s.ok()) return s;
-    const std::string path = o.substr(0, o.find('='));
     where[path] = "--set " + o;
   }
   auto s = ValidateWithLocations(config, where);

@@ -1,8 +1,10 @@
 #include "configs/job_options.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "configs/config_loader.h"
+#include "model/model.h"
 
 namespace t2d::config {
 
@@ -25,6 +27,34 @@ absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
   dims.session_len = job.data().session_len();
   T2D_RETURN_IF_ERROR(model::ValidateModelConfig(job.model(), dims));
   return dims;
+}
+
+namespace {
+// Values, gradients and Adam's first and second moments, one float each.
+constexpr int64_t kBytesPerDenseParameter = 4 * sizeof(float);
+}  // namespace
+
+absl::StatusOr<int64_t> DenseModelBytesOf(const JobConfig& job) {
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, ModelDimsOf(job));
+  T2D_ASSIGN_OR_RETURN(int64_t params, model::Model::DenseParameterCount(job.model(), dims));
+  return kBytesPerDenseParameter * params;
+}
+
+absl::Status CheckDenseModelFits(const JobConfig& job, int64_t memory_bytes) {
+  T2D_ASSIGN_OR_RETURN(int64_t bytes, DenseModelBytesOf(job));
+  const int workers = job.cluster().hostfile().empty() ? job.cluster().num_workers() : 1;
+  // In double: one model's bytes times 65536 workers may not fit an int64.
+  const double need = static_cast<double>(bytes) * workers;
+  if (need <= static_cast<double>(memory_bytes)) return absl::OkStatus();
+  const model::ModelDims dims = *ModelDimsOf(job);
+  auto gb = [](double b) { return absl::StrFormat("%.3g GB", b / 1e9); };
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "model: the dense model (D = ", dims.id_dim + dims.tag_dim, ", model.unet_levels = ", job.model().unet_levels(),
+      ") has ", absl::StrFormat("%.3g", static_cast<double>(bytes / kBytesPerDenseParameter)),
+      " parameters; a worker needs at least ", gb(static_cast<double>(bytes)),
+      " for them (values, gradients, Adam moments), ", workers, workers == 1 ? " worker" : " workers",
+      " on this machine ", gb(need), ", but it has ", gb(static_cast<double>(memory_bytes)),
+      " of memory; lower the tables' dim or model.unet_levels"));
 }
 
 data::ReaderOptions ReaderOptionsOf(const JobConfig& job, const std::string& split, int rank, int world_size) {

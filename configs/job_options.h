@@ -26,6 +26,16 @@ namespace t2d::config {
 // model::ValidateModelConfig. Errors: InvalidArgument naming the field.
 absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job);
 
+// Memory one worker's dense model needs at least, in bytes: 16 a dense parameter (values,
+// gradients and Adam's two moments), counted as model::Model::Create would lay them out.
+// Errors: as ModelDimsOf.
+absl::StatusOr<int64_t> DenseModelBytesOf(const JobConfig& job);
+
+// Whether the workers that share one machine fit their dense models into `memory_bytes`: all
+// cluster.num_workers without a hostfile, at least one with. Errors: ResourceExhausted saying
+// what the model needs, what the machine has and which fields to lower; as ModelDimsOf.
+absl::Status CheckDenseModelFits(const JobConfig& job, int64_t memory_bytes);
+
 // Options of a job's reader for `split`: n, shuffle buffer and seed from job.data(), batch size
 // and epochs from job.training() ("train"; eval.batch_size for the evaluation splits). "train"
 // shuffles, runs training.epochs epochs and equalises ranks; the evaluation splits are read

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
@@ -199,6 +200,13 @@ absl::Status CheckDataConfig(const DataConfig& c) {
 
 absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::chrono::steady_clock::time_point t0) {
   T2D_ASSIGN_OR_RETURN(InteractionLog log, ReadSource(c));
+  // An input without a usable row, or whose users are all filtered out, would make a data set
+  // of 0 users that only fails later, in training; say so here, naming the input.
+  const std::string inputs = absl::StrJoin(c.input_paths(), ", ");
+  if (log.rows_read == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(inputs, ": nothing usable was read (no data rows; ",
+                                                   log.bad_lines.count, " bad lines skipped)"));
+  }
   if (!log.has_timestamps && c.session_mode() == DataConfig::TIME_GAP) {
     return absl::FailedPreconditionError(absl::StrCat("data.session_mode: TIME_GAP needs timestamps; source ",
                                                       SourceName(c.source()), " has none (use LAST_K)"));
@@ -216,12 +224,19 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   std::vector<UserSequence> seqs = BuildSequences(log, c.min_seq_len(), &summary, c.sequence_order() == DataConfig::TIME);
   log.interactions.clear();
   log.interactions.shrink_to_fit();
+  auto no_user_left = [&](int64_t too_short) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        inputs, ": no user is left to prepare (", summary.input_users() + log.empty_users, " users read: ",
+        log.empty_users, " without positives (", log.rows_filtered, " rows filtered by min_rating and the filters), ",
+        summary.short_users_dropped(), " with fewer than min_seq_len ", c.min_seq_len(), " positives, ", too_short,
+        " too short for the ", DataConfig::SplitProtocol_Name(c.split()), " split)"));
+  };
+  if (seqs.empty()) return no_user_left(0);
 
   SplitOptions options = MakeSplitOptions(c);
   if (c.split() == DataConfig::GLOBAL_TIME) {
-    std::vector<int64_t> times;
+    std::vector<int64_t> times;  // not empty: every kept user has at least one behaviour
     for (const auto& s : seqs) times.insert(times.end(), s.times.begin(), s.times.end());
-    if (times.empty()) return absl::FailedPreconditionError("data: no interactions left to split");
     auto quantile = [&](double q) {
       size_t k = std::min(times.size() - 1, static_cast<size_t>(q * static_cast<double>(times.size())));
       std::nth_element(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(k), times.end());
@@ -263,6 +278,8 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
       T2D_RETURN_IF_ERROR(WriteUserTargets(w, s.user, s.items, s.times, tags, targets[sp], c.max_seq_len()));
     }
   }
+  // Nothing has been written yet but the .tmp files that `out` removes.
+  if (users_in[kTrain] + users_in[kValid] + users_in[kTest] == 0) return no_user_left(too_short);
   std::vector<int64_t> ids;
   ids.reserve(item_counts.size());
   for (const auto& [id, count] : item_counts) ids.push_back(id);

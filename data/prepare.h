@@ -9,7 +9,9 @@
 //
 // Errors: a folder that already holds a data set (manifest or .t2ds files) is AlreadyExists
 // unless `force`; with `force` only this layout's files are removed. Config problems are
-// InvalidArgument naming the field; input problems come from the readers (sources.h).
+// InvalidArgument naming the field; input problems come from the readers (sources.h). An input
+// without a data row, or whose users are all filtered out (no positives, min_seq_len, too short
+// for the split), is InvalidArgument naming the input files, and nothing is written.
 // Thread-safety: free functions; do not prepare into the same folder concurrently.
 
 #include <string>

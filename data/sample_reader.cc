@@ -145,12 +145,16 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
   std::memcpy(ids, c.items.data() + wb, sizeof(int64_t) * len);
   std::memcpy(times, c.times.data() + wb, sizeof(int64_t) * len);
   for (int j = 0; j < len; ++j) {
-    lag[j] = static_cast<float>(target_time - times[j]);
+    // A lag that does not fit an int64 (times at the ends of its range) is taken as a double.
+    int64_t d;
+    lag[j] = __builtin_sub_overflow(target_time, times[j], &d)
+                 ? static_cast<float>(static_cast<double>(target_time) - static_cast<double>(times[j]))
+                 : static_cast<float>(d);
     const uint32_t tb = c.tag_begin[wb + j];
     const int cnt = std::min<int>(static_cast<int>(c.tag_begin[wb + j + 1] - tb), T);
     counts[j] = cnt;
     int64_t* dst = tags + static_cast<size_t>(j) * T;
-    std::memcpy(dst, c.tags.data() + tb, sizeof(int64_t) * cnt);
+    std::copy_n(c.tags.data() + tb, cnt, dst);  // not memcpy: tags may be empty, data() null
     std::fill(dst + cnt, dst + T, 0);
   }
   std::fill(ids + len, ids + n, 0);
@@ -162,7 +166,7 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
   const int cnt = std::min<int>(static_cast<int>(c.tag_begin[s.target + 1] - tb), T);
   batch->target_tag_count[b] = cnt;
   int64_t* tt = batch->target_tag.data() + static_cast<size_t>(b) * T;
-  std::memcpy(tt, c.tags.data() + tb, sizeof(int64_t) * cnt);
+  std::copy_n(c.tags.data() + tb, cnt, tt);
   std::fill(tt + cnt, tt + T, 0);
 }
 

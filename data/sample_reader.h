@@ -19,7 +19,8 @@
 //   positions [history_len, n) are padding (id 0, tag count 0, time 0, lag 0).
 //   The current session is positions [session_begin, history_len); the rest is the history.
 //   time_lag = target_time - history_time in seconds (in positions when the data set has no
-//   timestamps, see DatasetManifest.has_timestamps).
+//   timestamps, see DatasetManifest.has_timestamps); a difference that does not fit an int64
+//   is taken in double precision.
 //
 // Ownership: the reader owns its open files and decoded chunks. Thread-compatible.
 // Errors: missing/damaged files are NotFound/DataLoss naming the file; a cursor from another

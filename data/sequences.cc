@@ -99,9 +99,17 @@ uint32_t SessionBegin(absl::Span<const int64_t> times, uint32_t window_begin, ui
   const uint32_t cap = static_cast<uint32_t>(k);
   const uint32_t last_k = target - window_begin > cap ? target - cap : window_begin;
   if (mode == DataConfig::LAST_K || target == window_begin) return last_k;
-  // Walk back from the newest behaviour while the gap to the previous one is small.
+  // Walk back from the newest behaviour while the gap to the previous one is small. A gap that
+  // does not fit an int64 (times at the ends of its range) is taken as a double instead.
   uint32_t begin = target - 1;
-  while (begin > last_k && static_cast<double>(times[begin] - times[begin - 1]) <= gap_s) --begin;
+  while (begin > last_k) {
+    int64_t gap;
+    const double seconds = __builtin_sub_overflow(times[begin], times[begin - 1], &gap)
+                               ? static_cast<double>(times[begin]) - static_cast<double>(times[begin - 1])
+                               : static_cast<double>(gap);
+    if (seconds > gap_s) break;
+    --begin;
+  }
   return begin;
 }
 

@@ -40,8 +40,8 @@ std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len,
 
 // Start of the current session for a target at index `target` whose history window starts at
 // `window_begin` (so the history is times[window_begin, target)). LAST_K: the last k
-// behaviours. TIME_GAP: the behaviours after the last gap > gap_s, at most k. Returns an index
-// in [window_begin, target].
+// behaviours. TIME_GAP: the behaviours after the last gap > gap_s, at most k (a gap that does
+// not fit an int64 is compared as a double). Returns an index in [window_begin, target].
 uint32_t SessionBegin(absl::Span<const int64_t> times, uint32_t window_begin, uint32_t target,
                       config::DataConfig::SessionMode mode, double gap_s, int k);
 

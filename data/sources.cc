@@ -1,6 +1,7 @@
 #include "data/sources.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <memory>
 
@@ -66,7 +67,23 @@ class BadLineHandler {
 };
 
 bool ParseInt(absl::string_view s, int64_t* v) { return absl::SimpleAtoi(absl::StripAsciiWhitespace(s), v); }
-bool ParseDouble(absl::string_view s, double* v) { return absl::SimpleAtod(absl::StripAsciiWhitespace(s), v); }
+// Ratings and labels: SimpleAtod also takes "nan" and "inf", which no threshold sorts sensibly
+// ("nan" >= min_rating is false, so a "nan" would read as a negative).
+bool ParseFinite(absl::string_view s, double* v) {
+  return absl::SimpleAtod(absl::StripAsciiWhitespace(s), v) && std::isfinite(*v);
+}
+// A decimal time in seconds (or milliseconds), truncated to whole seconds. Values that are not
+// finite or do not fit an int64 are refused: the conversion of such a value is undefined (in
+// practice INT64_MIN, which moved the row to the front of its user's sequence).
+bool ParseTime(absl::string_view s, CsvFormat::TimeUnit unit, int64_t* time) {
+  double t;
+  if (!ParseFinite(s, &t)) return false;
+  if (unit == CsvFormat::MILLISECONDS) t /= 1000.0;
+  // [-2^63, 2^63) is exactly the doubles whose truncation fits an int64.
+  if (!(t >= -0x1p63 && t < 0x1p63)) return false;
+  *time = static_cast<int64_t>(t);
+  return true;
+}
 
 std::string Quote(absl::string_view line) {
   if (line.size() > 80) return absl::StrCat("\"", line.substr(0, 80), "...\"");
@@ -138,7 +155,7 @@ absl::Status ReadColonRatings(const std::string& path, Context* ctx) {
     std::vector<absl::string_view> f = absl::StrSplit(line, "::");
     int64_t user, item, time;
     double rating;
-    if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseDouble(f[2], &rating) ||
+    if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseFinite(f[2], &rating) ||
         !ParseInt(f[3], &time)) {
       return Expected("user::item::rating::timestamp", line);
     }
@@ -171,7 +188,7 @@ absl::Status ReadUData(const std::string& path, Context* ctx) {
     std::vector<absl::string_view> f = absl::StrSplit(line, '\t');
     int64_t user, item, time;
     double rating;
-    if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseDouble(f[2], &rating) ||
+    if (f.size() != 4 || !ParseInt(f[0], &user) || !ParseInt(f[1], &item) || !ParseFinite(f[2], &rating) ||
         !ParseInt(f[3], &time)) {
       return Expected("user<TAB>item<TAB>rating<TAB>timestamp", line);
     }
@@ -314,15 +331,15 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
     if (static_cast<int>(f.size()) != num_fields) return absl::StrCat("expected ", num_fields, " fields, got ", f.size());
     int64_t user, item, time = 0;
     double label = 1;
-    bool ok = ParseInt(f[user_col], &user) && ParseInt(f[item_col], &item);
-    if (ok && time_col >= 0) {
-      double t;
-      ok = ParseDouble(f[time_col], &t);
-      if (csv.time_unit() == CsvFormat::MILLISECONDS) t /= 1000.0;
-      time = static_cast<int64_t>(t);
+    if (!ParseInt(f[user_col], &user) || !ParseInt(f[item_col], &item)) {
+      return absl::StrCat("user and item must be integers in ", Quote(line));
     }
-    if (ok && label_col >= 0) ok = ParseDouble(f[label_col], &label);
-    if (!ok) return absl::StrCat("bad user/item/time/label value in ", Quote(line));
+    if (time_col >= 0 && !ParseTime(f[time_col], csv.time_unit(), &time)) {
+      return absl::StrCat("time must be a finite number, in seconds within the int64 range, in ", Quote(line));
+    }
+    if (label_col >= 0 && !ParseFinite(f[label_col], &label)) {
+      return absl::StrCat("label must be a finite number in ", Quote(line));
+    }
     if (tags_col >= 0) {
       if (absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags); !s.ok()) return std::string(s.message());
       ctx->SetTags(item, tags);

@@ -5,7 +5,9 @@
 // MovieTweetings, KuaiRand log CSVs (+ video_features_basic), and a generic CSV/TSV whose
 // columns are named in DataConfig.csv. Inputs may be gzip-compressed.
 //
-// Errors: a malformed line is InvalidArgument "FILE:LINE: what" unless skip_bad_lines is set,
+// Errors: a malformed line (among them a rating or label that is not a finite number, and a
+// decimal time that is not finite or, in seconds, outside the int64 range) is InvalidArgument
+// "FILE:LINE: what" unless skip_bad_lines is set,
 // in which case it is counted in InteractionLog::bad_lines (first examples kept). Missing or
 // unreadable files, unknown columns and damaged gzip streams are errors naming the file.
 // Thread-safety: pure functions.

@@ -20,8 +20,12 @@ EmbeddingTable::EmbeddingTable(const config::TableConfig& spec)
       dim_(spec.dim()),
       init_(spec.initializer()),
       optimizer_(spec.optimizer(), spec.dim()),
-      record_bytes_(sizeof(RecordHeader) +
-                    sizeof(float) * static_cast<size_t>(spec.dim() + SparseOptimizer::StateFloats(spec.optimizer().kind(), spec.dim()))) {}
+      // Rounded up to the header's alignment: with an odd number of floats every other record
+      // would start 4 bytes off, and its header reads would be misaligned.
+      record_bytes_((sizeof(RecordHeader) +
+                     sizeof(float) * static_cast<size_t>(spec.dim() + SparseOptimizer::StateFloats(spec.optimizer().kind(), spec.dim())) +
+                     alignof(RecordHeader) - 1) /
+                    alignof(RecordHeader) * alignof(RecordHeader)) {}
 
 absl::Status EmbeddingTable::Lookup(absl::Span<const int64_t> ids, absl::Span<float> out) const {
   const size_t d = static_cast<size_t>(dim_);

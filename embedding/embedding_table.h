@@ -9,8 +9,8 @@
 //
 // Memory: rows live in blocks of kBlockRows records, one allocation per block. A record is
 //   int64 id | uint32 last_update_step | uint32 aux (Adam's per-row step count) |
-//   float weights[dim] | float state[SparseOptimizer::StateFloats(dim)]
-// and an absl::flat_hash_map<int64, uint32> maps ids to record slots. Freed slots (evicted rows)
+//   float weights[dim] | float state[SparseOptimizer::StateFloats(dim)] | padding to 8 bytes
+// (so that every record's header is aligned for its int64), and an absl::flat_hash_map<int64, uint32> maps ids to record slots. Freed slots (evicted rows)
 // are reused before the block list grows.
 //
 // Steps: every ApplyGradients call is one step of this table (step() counts them, from 1).

@@ -7,19 +7,24 @@
 #include <glog/logging.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "comm/roles.h"
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "configs/config_loader.h"
 #include "data/prepare.h"
 #include "launcher/launch.h"
 #include "launcher/retrieve_main.h"
 #include "launcher/run_job.h"
+#include "launcher/supervise.h"
 #include "model/malloc_tuning.h"
 
 namespace t2d::launcher {
@@ -33,8 +38,11 @@ struct Common {
 void AddConfigOptions(CLI::App* cmd, Common* c, bool required = true) {
   auto* opt = cmd->add_option("--config,-c", c->config_path, "job config (protobuf text format, configs/job_config.proto)");
   if (required) opt->required();
+  // One value per --set: a list-taking option would swallow a following "--" (and with it the
+  // end of `launch`'s own options).
   cmd->add_option("--set", c->overrides, "override one config field: PATH=VALUE, e.g. training.batch_size=1024")
-      ->take_all();
+      ->take_all()
+      ->allow_extra_args(false);
 }
 
 absl::StatusOr<config::JobConfig> LoadConfig(const Common& c) { return config::LoadJobConfig(c.config_path, c.overrides); }
@@ -89,6 +97,8 @@ int Main(int argc, char** argv) {
   train->add_flag("--resume", run.resume, "continue from the newest complete checkpoint in checkpoint.dir");
   train->add_option("--export", run.export_dir, "after training, write the serving bundle to this folder");
   train->add_flag("--json", run.json, "print the run summary as JSON (worker 0)");
+  train->add_option("--heartbeat-dir", run.heartbeat_dir,
+                    "every rank touches DIR/rank-<world rank> every second (set by launch --supervise)");
 
   Common eval_c;
   auto* eval = app.add_subcommand("eval", "evaluate the newest checkpoint on the validation and test splits");
@@ -119,6 +129,12 @@ int Main(int argc, char** argv) {
   launch->add_flag("--dry-run", dry_run, "only print the command");
   bool launch_json = false;
   launch->add_flag("--json", launch_json, "run `t2diff train --json`: the run summary as JSON on stdout");
+  bool supervise = false;
+  launch->add_flag("--supervise", supervise,
+                   "restart the job with --resume when a rank dies or stalls (cluster.supervise; docs/cluster.md)");
+  bool many_ranks = false;
+  launch->add_flag("--many-ranks", many_ranks,
+                   absl::StrCat("start the job even with more than ", kMaxRanksPerSlot, " ranks per core or hostfile slot"));
   launch->add_option("args", launch_args, "arguments after --, passed to `t2diff train`");
 
   CLI11_PARSE(app, argc, argv);
@@ -150,11 +166,29 @@ int Main(int argc, char** argv) {
   if (launch->parsed()) {
     auto cfg = LoadConfig(launch_c);
     if (!cfg.ok()) return Fail(cfg.status());
+    const auto& cluster = cfg->cluster();
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    int slots = cores;
+    if (!cluster.hostfile().empty()) {
+      auto hosts = ReadFileToString(cluster.hostfile());
+      if (!hosts.ok()) return Fail(hosts.status());
+      slots = HostfileSlots(*hosts, cores);
+    }
+    if (auto s = CheckRankCount(*cfg, slots, many_ranks); !s.ok()) return Fail(s);
     LaunchOptions o;
     o.binary = SelfPath(argv[0]);
     o.args = {"train", "--config", launch_c.config_path};
     for (const auto& s : launch_c.overrides) o.args.insert(o.args.end(), {"--set", s});
     if (launch_json) o.args.push_back("--json");
+    SuperviseOptions so;
+    if (supervise) {
+      if (cfg->training().output_dir().empty()) {
+        return Fail(absl::FailedPreconditionError(
+            "--supervise needs training.output_dir: the ranks' heartbeats go to <training.output_dir>/heartbeat"));
+      }
+      so.heartbeat_dir = cfg->training().output_dir() + "/heartbeat";
+      o.args.insert(o.args.end(), {"--heartbeat-dir", so.heartbeat_dir});
+    }
     o.args.insert(o.args.end(), launch_args.begin(), launch_args.end());
     o.as_root = ::geteuid() == 0;
     const auto cmd = BuildMpirunCommand(*cfg, o);
@@ -165,6 +199,19 @@ int Main(int argc, char** argv) {
       std::cout << ShellJoin(cmd) << std::endl;
     }
     if (dry_run) return 0;
+    // A bad checkpoint folder is found now, not at the first checkpoint.
+    if (auto s = CheckCheckpointFolder(*cfg); !s.ok()) return Fail(s);
+    if (supervise) {
+      auto roles = comm::AssignRoles(cluster.num_servers() + cluster.num_workers(), cluster.num_servers());
+      if (!roles.ok()) return Fail(roles.status());
+      so.command = cmd;
+      so.roles = *roles;
+      so.checkpoint_dir = cfg->checkpoint().dir();
+      so.max_restarts = cluster.supervise().max_restarts();
+      so.heartbeat_timeout = absl::Seconds(cluster.supervise().heartbeat_s());
+      so.startup_timeout = absl::Seconds(cluster.timeout_s());
+      return Supervise(so);
+    }
     std::vector<char*> cargv;
     for (const auto& a : cmd) cargv.push_back(const_cast<char*>(a.c_str()));
     cargv.push_back(nullptr);

@@ -1,7 +1,9 @@
 #include "launcher/run_job.h"
 
 #include <glog/logging.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -11,11 +13,13 @@
 #include "comm/inproc_communicator.h"
 #include "comm/mpi_session.h"
 #include "comm/roles.h"
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "embedding/local_embedding_store.h"
 #include "comm/mpi_transport.h"
 #include "configs/job_options.h"
+#include "launcher/supervise.h"
 #include "ps/remote_embedding_store.h"
 #include "ps/shard_server.h"
 #include "trainer/run_report.h"
@@ -85,6 +89,7 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
 }
 
 absl::Status RunSingleProcess(const config::JobConfig& config, const RunOptions& options) {
+  if (options.mode == RunOptions::kTrain) T2D_RETURN_IF_ERROR(CheckCheckpointFolder(config));
   LOG(INFO) << "single-process run: in-process embedding tables, 1 worker";
   T2D_ASSIGN_OR_RETURN(auto store, embedding::LocalEmbeddingStore::Create(config::TablesOf(config)));
   comm::InProcGroup group(1);
@@ -95,6 +100,8 @@ absl::Status RunSingleProcess(const config::JobConfig& config, const RunOptions&
 // One rank of a distributed job: a shard server, or a worker talking to the servers.
 absl::Status RunRank(const config::JobConfig& config, const RunOptions& options, comm::MpiSession& mpi,
                      const comm::RoleAssignment& roles) {
+  // Every rank writes into checkpoint.dir (servers their shards, workers their cursors).
+  if (options.mode == RunOptions::kTrain) T2D_RETURN_IF_ERROR(CheckCheckpointFolder(config));
   T2D_ASSIGN_OR_RETURN(ps::PsOptions po, config::PsOptionsOf(config, roles));
   T2D_ASSIGN_OR_RETURN(auto transport, comm::MpiTransport::Create(mpi.world()));
   // Collective over the world: servers take part and get MPI_COMM_NULL.
@@ -118,6 +125,25 @@ absl::Status RunRank(const config::JobConfig& config, const RunOptions& options,
 
 }  // namespace
 
+absl::Status CheckCheckpointFolder(const config::JobConfig& config) {
+  const std::string& dir = config.checkpoint().dir();
+  if (dir.empty()) return absl::OkStatus();
+  auto fail = [&](const std::string& why) {
+    return absl::FailedPreconditionError(absl::StrCat("checkpoint.dir \"", dir, "\" ", why));
+  };
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return fail(absl::StrCat("cannot be created: ", ec.message()));
+  // Write a file the way checkpoints will (ranks of a job probe at once: names differ).
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string probe = absl::StrCat(dir, "/.write-test-", host, "-", ::getpid());
+  absl::Status s = WriteFileAtomic(probe, "t2diff\n");
+  std::filesystem::remove(probe, ec);
+  if (!s.ok()) return fail(absl::StrCat("is not writable: ", s.message()));
+  return absl::OkStatus();
+}
+
 int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc, char*** argv) {
   auto session = comm::MpiSession::Create(argc, argv);
   if (!session.ok()) {
@@ -125,12 +151,22 @@ int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc
     return 1;
   }
   comm::MpiSession& mpi = **session;
+  std::unique_ptr<HeartbeatWriter> heartbeat;
+  if (!options.heartbeat_dir.empty()) {
+    auto writer = HeartbeatWriter::Start(options.heartbeat_dir, mpi.rank());
+    if (!writer.ok()) {
+      LOG(ERROR) << writer.status().message();
+      return 1;
+    }
+    heartbeat = *std::move(writer);
+  }
   if (mpi.size() == 1) {
     auto s = RunSingleProcess(config, options);
     if (!s.ok()) {
       LOG(ERROR) << s.message();
       return 1;
     }
+    if (heartbeat) heartbeat->MarkDone();
     return 0;
   }
   const auto& cluster = config.cluster();
@@ -155,10 +191,11 @@ int RunJob(const config::JobConfig& config, const RunOptions& options, int* argc
   InitLogging("t2diff", log);
   absl::Status s = RunRank(config, options, mpi, *roles);
   if (!s.ok()) {
-    LOG(ERROR) << "rank " << mpi.rank() << " (" << LogTag() << ") failed: " << s.message()
-               << "; ending the whole job";
+    LOG(ERROR) << roles->Describe(mpi.rank()) << " failed: " << s.message() << "; ending the whole job";
     comm::MpiSession::Abort(1);
   }
+  // Its part is done; MPI_Finalize may still wait for the others, which are watched instead.
+  if (heartbeat) heartbeat->MarkDone();
   return 0;
 }
 

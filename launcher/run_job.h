@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "configs/job_config.pb.h"
 
 namespace t2d::launcher {
@@ -17,7 +18,14 @@ struct RunOptions {
   // Print the result on stdout as one JSON object (worker 0) instead of human-readable lines:
   // train: the run summary; eval: {"valid": ..., "test": ...}; export: the bundle written.
   bool json = false;
+  // Set by `t2diff launch --supervise`: every rank beats into this folder (launcher/supervise.h).
+  std::string heartbeat_dir;
 };
+
+// Creates checkpoint.dir (when set) and checks that files can be written there, so that a bad
+// folder stops a run before training rather than at its first checkpoint (with
+// checkpoint.every_steps: 0, after all of it). FailedPrecondition naming the field and folder.
+absl::Status CheckCheckpointFolder(const config::JobConfig& config);
 
 // Runs `config` as this process's part of the job: under mpirun with
 // cluster.num_servers + cluster.num_workers ranks (servers first), or alone (one process with

@@ -192,7 +192,7 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
 
 void GatherForward(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
                    const Tensor& tag_index, Tensor* out) {
-  const int64_t di = id_rows.size(1), dt = tag_rows.numel() > 0 ? tag_rows.size(1) : 0, d = di + dt;
+  const int64_t di = id_rows.size(1), dt = tag_rows.size(1), d = di + dt;
   const int64_t slots = id_index.numel();
   const float* ip = id_rows.data_ptr<float>();
   const float* tp = dt > 0 ? tag_rows.data_ptr<float>() : nullptr;
@@ -221,7 +221,7 @@ struct GatherFunction : public torch::autograd::Function<GatherFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& id_rows_in, const Tensor& tag_rows_in,
                         const Tensor& id_index, const Tensor& tag_offsets, const Tensor& tag_index) {
     const Tensor id_rows = id_rows_in.contiguous(), tag_rows = tag_rows_in.contiguous();
-    const int64_t dt = tag_rows.numel() > 0 ? tag_rows.size(1) : 0;
+    const int64_t dt = tag_rows.size(1);
     Tensor out = at::empty({id_index.numel(), id_rows.size(1) + dt}, id_rows.options());
     GatherForward(id_rows, tag_rows, id_index, tag_offsets, tag_index, &out);
     ctx->save_for_backward({id_index, tag_offsets, tag_index});
@@ -450,7 +450,7 @@ Tensor GatherItems(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& 
                    const Tensor& tag_index) {
   const Tensor tags = tag_rows.defined() ? tag_rows : at::empty({0, 0}, id_rows.options());
   if (!at::GradMode::is_enabled() || !(id_rows.requires_grad() || tags.requires_grad())) {
-    const int64_t dt = tags.numel() > 0 ? tags.size(1) : 0;
+    const int64_t dt = tags.size(1);
     Tensor out = at::empty({id_index.numel(), id_rows.size(1) + dt}, id_rows.options());
     GatherForward(id_rows.contiguous(), tags.contiguous(), id_index, tag_offsets, tag_index, &out);
     return out;

@@ -29,9 +29,10 @@ at::Tensor SoftmaxLoss(const at::Tensor& users, const at::Tensor& items, const a
 
 // Item embeddings of a list of slots: out[s] = concat(id_rows[id_index[s]], mean of
 // tag_rows[tag_index[tag_offsets[s] .. tag_offsets[s + 1])]) (zero when the bag is empty); a slot
-// with id_index -1 is padding and gets a zero row (and sends no gradient). tag_rows may be an
-// empty [0, 0] tensor (no tag feature). Backward scatters into dense row gradients in one pass
-// (embedding_bag's backward sorts the indices first, which costs more than the whole gather).
+// with id_index -1 is padding and gets a zero row (and sends no gradient). tag_rows is 2-D: an
+// empty [0, 0] tensor (no tag feature), or [U_tag, D_tag], where U_tag = 0 when no slot has a
+// tag (the output still has D_tag columns, zero). Backward scatters into dense row gradients in
+// one pass (embedding_bag's backward sorts the indices first, which costs more than the gather).
 // Indices must be in range (the model validates batches before calling this).
 at::Tensor GatherItems(const at::Tensor& id_rows, const at::Tensor& tag_rows, const at::Tensor& id_index,
                        const at::Tensor& tag_offsets, const at::Tensor& tag_index);

@@ -97,6 +97,23 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
   }
 }
 
+absl::StatusOr<int64_t> Model::DenseParameterCount(const ModelConfig& config, const ModelDims& dims) {
+  T2D_RETURN_IF_ERROR(ValidateModelConfig(config, dims));
+  T2D_ASSIGN_OR_RETURN(const NoiseSchedule schedule, NoiseSchedule::FromConfig(config));
+  try {
+    // The same registration as Create, without Allocate.
+    Impl impl(config, dims, schedule);
+    impl.diffusion = Diffusion::Create(config, impl.d, schedule, impl.params);
+    impl.user_tower = UserTower::Create(config, impl.d, dims.session_len, impl.params);
+    ItemTower::Register(impl.params, impl.d, impl.user_tower->output_dim());
+    int64_t total = 0;
+    for (const ParameterInfo& info : impl.params.infos()) total += info.numel;
+    return total;
+  } catch (const std::exception& ex) {
+    return absl::InternalError(absl::StrCat("model: registering the parameters failed: ", ex.what()));
+  }
+}
+
 const ModelConfig& Model::config() const { return impl_->config; }
 const ModelDims& Model::dims() const { return impl_->dims; }
 int64_t Model::input_dim() const { return impl_->d; }

@@ -87,6 +87,9 @@ struct ParameterInfo {
 class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Create(const config::ModelConfig& config, const ModelDims& dims);
+  // The number of dense parameters Create would allocate, without allocating them: the modules
+  // register their shapes only (memory estimates, configs/job_options.h). Errors: as Create.
+  static absl::StatusOr<int64_t> DenseParameterCount(const config::ModelConfig& config, const ModelDims& dims);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;

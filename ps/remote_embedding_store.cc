@@ -71,8 +71,8 @@ absl::Status RemoteEmbeddingStore::AwaitReplies(const std::vector<uint64_t>& req
       }
       std::sort(silent.begin(), silent.end());
       broken_ = absl::Status(m.status().code(),
-                             absl::StrCat("worker rank ", transport_->rank(), ": no reply from server rank(s) ",
-                                          absl::StrJoin(silent, ", "), " within ",
+                             absl::StrCat(options_.roles.Describe(transport_->rank()), ": no reply from ",
+                                          options_.roles.DescribeRanks(silent), " within ",
                                           absl::FormatDuration(2 * options_.timeout), " (", m.status().message(), ")"));
       return broken_;
     }

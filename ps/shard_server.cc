@@ -78,15 +78,16 @@ absl::Status ShardServer::CheckStalls(absl::Time now) {
     for (int w = 0; w < num_workers; ++w) {
       if (missing(w)) ranks.push_back(options_.roles.WorkerRank(w));
     }
-    return absl::StrJoin(ranks, ", ");
+    return options_.roles.DescribeRanks(ranks);
   };
+  const std::string self = options_.roles.Describe(transport_->rank());
   for (size_t t = 0; t < tables_.size(); ++t) {
     const TableState& ts = tables_[t];
     if (now >= ts.round_waiting_since + options_.timeout) {
       const int64_t round = ts.rounds_applied + 1;
       return absl::DeadlineExceededError(absl::StrCat(
-          "server rank ", transport_->rank(), ": sync round ", round, " of table \"", store_->table_config(static_cast<int>(t)).name(),
-          "\" incomplete after ", absl::FormatDuration(options_.timeout), ": no push from worker rank(s) ",
+          self, ": sync round ", round, " of table \"", store_->table_config(static_cast<int>(t)).name(),
+          "\" incomplete after ", absl::FormatDuration(options_.timeout), ": no push from ",
           names([&](int w) { return ts.received[static_cast<size_t>(w)] < round; })));
     }
   }
@@ -106,16 +107,16 @@ absl::Status ShardServer::CheckStalls(absl::Time now) {
         return false;
       });
     }
-    return absl::DeadlineExceededError(absl::StrCat("server rank ", transport_->rank(), ": ", TypeName(d.header.type()),
-                                                    " from worker rank ", d.src, " waited ",
-                                                    absl::FormatDuration(options_.timeout),
-                                                    " for pushes from worker rank(s) ", missing));
+    return absl::DeadlineExceededError(absl::StrCat(self, ": ", TypeName(d.header.type()), " from ",
+                                                    options_.roles.Describe(d.src), " waited ",
+                                                    absl::FormatDuration(options_.timeout), " for pushes from ",
+                                                    missing));
   }
   if (now >= last_request_ + options_.idle_timeout) {
     std::string running = names([&](int w) { return !shut_down_[static_cast<size_t>(w)]; });
-    return absl::DeadlineExceededError(absl::StrCat("server rank ", transport_->rank(), ": no request for ",
-                                                    absl::FormatDuration(options_.idle_timeout),
-                                                    "; worker rank(s) ", running, " never shut down"));
+    return absl::DeadlineExceededError(absl::StrCat(self, ": no request for ",
+                                                    absl::FormatDuration(options_.idle_timeout), "; ", running,
+                                                    " never shut down"));
   }
   return absl::OkStatus();
 }

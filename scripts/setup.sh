@@ -11,8 +11,10 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin openssh-client
   libtorch-dev libopenblas0-openmp
   libprotobuf-dev protobuf-compiler
-  libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev
+  libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
+  # the sanitizer build of the torch-free tests (scripts/sanitize.sh): clang and its runtimes
+  clang libclang-rt-dev
   # plots: training curves (scripts/plot_metrics.sh, bench/quality/run_study.py)
   gnuplot-nox
 )

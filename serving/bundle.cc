@@ -4,7 +4,11 @@
 #include <c10/core/InferenceMode.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +20,7 @@
 #include "model/dense_state.h"
 #include "model/model.h"
 #include "common/sealed_folder.h"
+#include "serving/bundle_writer.h"
 #include "serving/npy.h"
 
 namespace t2d::serving {
@@ -37,7 +42,13 @@ uint64_t Bundle::eval_seed() const { return impl_->config.eval().seed(); }
 int64_t Bundle::num_items() const { return static_cast<int64_t>(impl_->item_ids.data.size()); }
 
 absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
-  T2D_RETURN_IF_ERROR(VerifyFolder(dir).status());
+  // Whether the tag files belong to the bundle depends on its job, which is verified (with every
+  // listed file) by the time VerifyFolder asks for the expected set.
+  const ExpectedFiles files = [&](const FolderManifest&) -> absl::StatusOr<std::vector<std::string>> {
+    T2D_ASSIGN_OR_RETURN(config::JobConfig job, config::LoadJobConfig(dir + "/job.textproto"));
+    return BundleFiles(job);
+  };
+  T2D_RETURN_IF_ERROR(VerifyFolder(dir, FolderManifest::BUNDLE, files).status());
   auto impl = std::make_unique<Impl>();
   Impl& b = *impl;
   T2D_ASSIGN_OR_RETURN(b.config, config::LoadJobConfig(dir + "/job.textproto"));
@@ -67,6 +78,15 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
                           b.tag_offsets.data.size() == static_cast<size_t>(n + 1) &&
                           b.tag_rows.data.size() == b.tag_keys.data.size() * static_cast<size_t>(b.tag_dim);
   if (!consistent) return absl::DataLossError(absl::StrCat(dir, ": bundle arrays have inconsistent shapes"));
+  // A non-finite vector would rank as NaN against every request: refuse the bundle instead.
+  for (const auto& [array, name] :
+       {std::pair{&b.item_vectors, "item_vectors.npy"}, {&b.id_rows, "id_rows.npy"}, {&b.tag_rows, "tag_rows.npy"}}) {
+    const auto& v = array->data;
+    const auto bad = std::find_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); });
+    if (bad != v.end()) {
+      return absl::DataLossError(absl::StrCat(dir, "/", name, ": non-finite value ", *bad, " at element ", bad - v.begin()));
+    }
+  }
   for (size_t i = 0; i < b.id_keys.data.size(); ++i) b.id_row[b.id_keys.data[i]] = static_cast<int64_t>(i);
   for (size_t i = 0; i < b.tag_keys.data.size(); ++i) b.tag_row[b.tag_keys.data[i]] = static_cast<int64_t>(i);
   for (int64_t i = 0; i < n; ++i) b.item_index[b.item_ids.data[static_cast<size_t>(i)]] = i;
@@ -75,6 +95,9 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
 }
 
 absl::StatusOr<Retrieved> Bundle::TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const {
+  // Checked here: libtorch would throw (k < 0) or answer nothing (k = 0).
+  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("retrieve: k must be at least 1, got ", k));
+  if (history.empty()) return absl::InvalidArgumentError("retrieve: empty history (give at least one item id)");
   const Impl& b = *impl_;
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();

@@ -32,7 +32,8 @@ class Bundle {
   ~Bundle();
 
   // The k best items for `history` (item ids, oldest first; the newest max_seq_len are used).
-  // `seed` seeds the reverse diffusion process, so a request is reproducible.
+  // `seed` seeds the reverse diffusion process, so a request is reproducible. k < 1 and an
+  // empty history are InvalidArgument; k beyond the catalogue returns all of it.
   absl::StatusOr<Retrieved> TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const;
 
   int64_t num_items() const;

@@ -13,6 +13,13 @@
 
 namespace t2d::serving {
 
+std::vector<std::string> BundleFiles(const config::JobConfig& job) {
+  std::vector<std::string> files = {"dense.t2dd",    "id_keys.npy",      "id_rows.npy",  "item_ids.npy", "item_tag_offsets.npy",
+                                    "item_tags.npy", "item_vectors.npy", "job.textproto"};
+  if (!job.model().item_tag_table().empty()) files.insert(files.end(), {"tag_keys.npy", "tag_rows.npy"});
+  return files;
+}
+
 absl::Status WriteBundle(const std::string& dir, const BundleContents& c) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -36,9 +43,10 @@ absl::Status WriteBundle(const std::string& dir, const BundleContents& c) {
   google::protobuf::TextFormat::PrintToString(*c.job, &text);
   T2D_RETURN_IF_ERROR(WriteFileAtomic(dir + "/job.textproto", text));
   FolderManifest m;
+  m.set_kind(FolderManifest::BUNDLE);
   m.set_step(c.step);
   m.set_num_workers(c.num_workers);
-  return SealFolder(dir, m);
+  return SealFolder(dir, m, BundleFiles(*c.job));
 }
 
 }  // namespace t2d::serving

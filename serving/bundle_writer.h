@@ -1,8 +1,8 @@
 #pragma once
 // Writes a serving bundle (layout: docs/export.md): the item vectors with their raw ids, the
 // embedding rows the user tower reads, the item tags, the dense state of the model, the job
-// config it was trained with, and a MANIFEST (common/sealed_folder.h) written last. The trainer
-// computes the contents (Trainer::Export); serving/bundle.h reads them back.
+// config it was trained with, and a MANIFEST (common/sealed_folder.h, kind BUNDLE) written last.
+// The trainer computes the contents (Trainer::Export); serving/bundle.h reads them back.
 //
 // Thread-safety: free function. Errors: Internal naming the folder or file that could not be
 // written; an existing folder at `dir` is replaced.
@@ -37,5 +37,9 @@ struct BundleContents {
 };
 
 absl::Status WriteBundle(const std::string& dir, const BundleContents& contents);
+
+// The files of a bundle of `job`, sorted: the tag files only when its model has a tag table
+// (then contents.tag_dim > 0). What the writer seals and the reader verifies.
+std::vector<std::string> BundleFiles(const config::JobConfig& job);
 
 }  // namespace t2d::serving

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "embedding/local_embedding_store.h"
 #include "model/dense_state.h"
 #include "trainer/checkpoint.h"
 
@@ -20,6 +21,13 @@ namespace fs = std::filesystem;
 
 std::string WorkerFile(const std::string& folder, int rank) { return absl::StrCat(folder, "/worker-", rank, ".textproto"); }
 std::string EvalsFile(const std::string& folder) { return folder + "/evals.textproto"; }
+
+// Shard files per table that EmbeddingStore::Save writes: an in-process store its own (one in a
+// single-process run, whatever cluster.num_servers says), a remote store one per server.
+int ShardsPerTable(const RunContext& ctx) {
+  if (const auto* local = dynamic_cast<const embedding::LocalEmbeddingStore*>(ctx.store)) return local->num_shards();
+  return ctx.cfg().cluster().num_servers();
+}
 
 }  // namespace
 
@@ -94,6 +102,8 @@ absl::Status RunState::Save(int epoch, const data::ReaderCursor& cursor) {
     T2D_RETURN_IF_ERROR(ctx_.store->Save(staging + "/sparse"));
     T2D_RETURN_IF_ERROR(model::SaveDenseState(staging + "/dense.t2dd", *model_, optimizer_));
     T2D_RETURN_IF_ERROR(WriteTextProto(EvalsFile(staging), History()));
+    // The job itself, so that a refused --resume can name the fields that differ.
+    T2D_RETURN_IF_ERROR(WriteTextProto(staging + "/job.textproto", ctx_.cfg()));
   }
   WorkerState ws;
   *ws.mutable_cursor() = cursor;
@@ -105,8 +115,8 @@ absl::Status RunState::Save(int epoch, const data::ReaderCursor& cursor) {
     FolderManifest m;
     m.set_epoch(epoch);
     m.set_num_workers(ctx_.world);
-    m.set_num_servers(ctx_.cfg().cluster().num_servers());
-    T2D_ASSIGN_OR_RETURN(std::string path, Commit(dir, step, m, ctx_.cfg().checkpoint().keep_last()));
+    m.set_num_servers(ShardsPerTable(ctx_));
+    T2D_ASSIGN_OR_RETURN(std::string path, Commit(dir, step, m, ctx_.cfg()));
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     LOG(INFO) << "checkpoint written: path=" << path << " step=" << step << absl::StrFormat(" ms=%.0f", ms);
   }
@@ -121,45 +131,54 @@ absl::Status RunState::LoadFolder(const std::string& folder) {
 absl::Status RunState::LoadModel() {
   const std::string& dir = ctx_.cfg().checkpoint().dir();
   if (dir.empty()) return absl::FailedPreconditionError("no checkpoint.dir to load a checkpoint from");
-  T2D_ASSIGN_OR_RETURN(std::string folder, FindLatestCheckpoint(dir));
-  T2D_ASSIGN_OR_RETURN(FolderManifest m, VerifyFolder(folder));
-  T2D_RETURN_IF_ERROR(LoadFolder(folder));
-  step = m.step();
+  T2D_ASSIGN_OR_RETURN(VerifiedCheckpoint latest, FindLatestCheckpoint(dir, ctx_.cfg()));
+  T2D_RETURN_IF_ERROR(LoadFolder(latest.folder));
+  step = latest.manifest.step();
   T2D_RETURN_IF_ERROR(ctx_.workers->Barrier(ctx_.Deadline()));
-  if (ctx_.rank == 0) LOG(INFO) << "loaded model of step " << step << " from " << folder;
+  if (ctx_.rank == 0) LOG(INFO) << "loaded model of step " << step << " from " << latest.folder;
   return absl::OkStatus();
+}
+
+absl::Status RunState::CheckFreshStart() const {
+  const std::string& dir = ctx_.cfg().checkpoint().dir();
+  return dir.empty() ? absl::OkStatus() : CheckNoCheckpoints(dir);
 }
 
 absl::StatusOr<bool> RunState::Resume(data::SampleReader* reader) {
   const std::string& dir = ctx_.cfg().checkpoint().dir();
   if (dir.empty()) return absl::FailedPreconditionError("no checkpoint.dir to load a checkpoint from");
-  auto folder = FindLatestCheckpoint(dir);
-  if (!folder.ok()) {
+  auto latest = FindLatestCheckpoint(dir, ctx_.cfg());
+  if (absl::IsNotFound(latest.status())) {
     if (ctx_.rank == 0) LOG(INFO) << "no checkpoint to resume from in " << dir << "; starting fresh";
     return false;
   }
-  T2D_ASSIGN_OR_RETURN(FolderManifest m, VerifyFolder(*folder));
+  // Checkpoints that are all damaged, or of another run: never start fresh over them.
+  if (!latest.ok()) return latest.status();
+  const std::string& folder = latest->folder;
+  const FolderManifest& m = latest->manifest;
   if (m.num_workers() != ctx_.world) {
-    return absl::FailedPreconditionError(absl::StrCat(*folder, ": written by ", m.num_workers(),
+    return absl::FailedPreconditionError(absl::StrCat(folder, ": written by ", m.num_workers(),
                                                       " workers; resume with the same number (this job has ",
                                                       ctx_.world, ")"));
   }
   // Read and check this run's files before the model is touched.
   EvalHistory history;
-  T2D_RETURN_IF_ERROR(ReadTextProto(EvalsFile(*folder), &history));
+  T2D_RETURN_IF_ERROR(ReadTextProto(EvalsFile(folder), &history));
   WorkerState ws;
-  const std::string worker_file = WorkerFile(*folder, ctx_.rank);
+  const std::string worker_file = WorkerFile(folder, ctx_.rank);
   T2D_RETURN_IF_ERROR(ReadTextProto(worker_file, &ws));
-  if (!ws.has_cursor() || !ws.has_step() || ws.step() < 0 || ws.skipped_steps() < 0 || ws.skipped_steps() > ws.step()) {
-    return absl::DataLossError(absl::StrCat(worker_file, ": incomplete or inconsistent worker state"));
+  if (!ws.has_cursor() || !ws.has_step() || ws.step() != m.step() || ws.skipped_steps() < 0 ||
+      ws.skipped_steps() > ws.step()) {
+    return absl::DataLossError(absl::StrCat(worker_file, ": incomplete worker state, or inconsistent with the manifest's step ",
+                                            m.step()));
   }
-  T2D_RETURN_IF_ERROR(LoadFolder(*folder));
-  T2D_RETURN_IF_ERROR(SetHistory(history, EvalsFile(*folder)));
+  T2D_RETURN_IF_ERROR(LoadFolder(folder));
+  T2D_RETURN_IF_ERROR(SetHistory(history, EvalsFile(folder)));
   T2D_RETURN_IF_ERROR(reader->Restore(ws.cursor()));
   step = ws.step();
   skipped_steps = ws.skipped_steps();
   T2D_RETURN_IF_ERROR(ctx_.workers->Barrier(ctx_.Deadline()));
-  if (ctx_.rank == 0) LOG(INFO) << "resumed from " << *folder << " at step " << step;
+  if (ctx_.rank == 0) LOG(INFO) << "resumed from " << folder << " at step " << step;
   return true;
 }
 

@@ -5,13 +5,16 @@
 //   dense.t2dd           dense parameters and Adam state (model/dense_state.h, worker 0)
 //   evals.textproto      the evaluation history (EvalHistory, trainer/checkpoint.proto, worker 0)
 //   worker-<w>.textproto each worker's reader cursor and step counters (WorkerState)
+//   job.textproto        the job config that wrote it (worker 0), to name what differs when a
+//                        resume is refused as another run's (trainer/checkpoint.h)
 // Saving is collective: worker 0 stages the folder, everyone writes, worker 0 commits; loading
-// picks the newest verified checkpoint. The formats are documented in docs/formats.md.
+// picks the newest checkpoint that verifies as this run's. The formats are documented in
+// docs/formats.md.
 //
 // Ownership: every pointer passed in is not owned and must outlive the RunState.
 // Thread-safety: not thread-safe; one thread drives a worker.
-// Errors: a missing or damaged file is DataLoss naming it; a checkpoint of another number of
-// workers is FailedPrecondition (a resumed run needs the same world size).
+// Errors: a missing or damaged file is DataLoss naming it; a checkpoint of another run or of
+// another number of workers is FailedPrecondition (a resumed run needs the same world size).
 
 #include <cstdint>
 #include <optional>
@@ -46,8 +49,13 @@ class RunState {
 
   // Collective: loads the newest verified checkpoint for training (model, counters, evaluation
   // history) and restores `reader` to its cursor. Returns false, having changed nothing, when
-  // checkpoint.dir holds no checkpoint.
+  // checkpoint.dir holds no checkpoint; fails (never starts fresh) when it holds some but none
+  // verifies (DataLoss with every reason), or when the newest intact one is another run's.
   absl::StatusOr<bool> Resume(data::SampleReader* reader);
+
+  // For a run that does not resume: FailedPrecondition naming checkpoint.dir when it already
+  // holds checkpoints, so that a fresh run never overwrites or prunes another run's.
+  absl::Status CheckFreshStart() const;
 
   // The evaluation history as stored, and back (DataLoss when it does not match eval.k).
   EvalHistory History() const;

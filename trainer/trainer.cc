@@ -115,9 +115,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   // All workers start from worker 0's dense parameters (identical anyway for a fixed seed).
   auto params = t.model->DenseParameters();
   T2D_RETURN_IF_ERROR(ctx.workers->Broadcast(params.data(), params.size() * sizeof(float), 0, ctx.Deadline()));
-  if (ctx.rank == 0) {
-    T2D_ASSIGN_OR_RETURN(t.report, RunReport::Open(context.output_dir, context.resume));
-  }
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
@@ -132,7 +129,15 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   const auto& cfg = t.cfg();
   const RunContext& ctx = t.ctx;
   RunState& st = *t.state;
-  if (t.tc.resume) T2D_RETURN_IF_ERROR(st.Resume(t.reader.get()).status());
+  if (t.tc.resume) {
+    T2D_RETURN_IF_ERROR(st.Resume(t.reader.get()).status());
+  } else {
+    T2D_RETURN_IF_ERROR(st.CheckFreshStart());
+  }
+  // Opened only now, so that a refused start leaves the previous run's metrics as they were.
+  if (ctx.rank == 0) {
+    T2D_ASSIGN_OR_RETURN(t.report, RunReport::Open(t.tc.output_dir, t.tc.resume));
+  }
   const int64_t batch = cfg.training().batch_size();
   const int64_t steps_per_epoch = (t.reader->samples_per_epoch() + batch - 1) / batch;
   const int epochs = cfg.training().epochs();

@@ -37,7 +37,8 @@ struct TrainerContext {
   comm::Communicator* workers = nullptr;       // not owned; the group of all workers
   // Where metrics.jsonl and summary.json go (worker 0 writes them); "" for none.
   std::string output_dir;
-  // Train from the newest checkpoint in checkpoint.dir (fresh when there is none).
+  // Train from the newest checkpoint in checkpoint.dir (fresh when there is none). Without it,
+  // Train refuses a checkpoint.dir that already holds checkpoints (trainer/checkpoint.h).
   bool resume = false;
 };
 

@@ -163,6 +163,11 @@ TEST(Roles, ServersFirstThenWorkers) {
   EXPECT_EQ(r->WorkerIndex(4), 2);
   EXPECT_EQ(r->WorkerRank(0), 2);
   EXPECT_EQ(r->ServerRank(1), 1);
+  // Messages name world ranks with the role beside them.
+  EXPECT_EQ(r->Describe(3), "world rank 3 (worker 1)");
+  EXPECT_EQ(r->Describe(1), "world rank 1 (server 1)");
+  EXPECT_EQ(r->DescribeRanks({2, 4}), "world ranks 2 (worker 0), 4 (worker 2)");
+  EXPECT_EQ(r->DescribeRanks({0}), "world rank 0 (server 0)");
 }
 
 TEST(Roles, RejectsJobsWithoutWorkersOrServers) {

@@ -214,6 +214,9 @@ TEST_F(ChunkFileTest, EveryCorruptionIsRefused) {
   ExpectRefused(with(38, std::string("\xff\xff\xff\x7f", 4)), "truncated file (chunk 0 at byte 22 runs past the end)");
   ExpectRefused(with(38, "\x04"), "bad chunk magic at byte 50 (chunk 1)");
   ExpectRefused(with(80, "\x06"), "checksum mismatch in chunk 1 at byte 49");  // end total
+  // The end chunk's counts are not under its checksum; they are written as zeros and must read so.
+  ExpectRefused(with(57, "\x01"), "malformed end chunk (counts 1 0, not zero)");
+  ExpectRefused(with(64, "\x80"), "malformed end chunk (counts 0 2147483648, not zero)");
   ExpectRefused(TinyFile() + "junk", "trailing bytes after the end chunk");
   // An end chunk with another number of totals than the format has.
   constexpr ChunkFileFormat kTwoTotals = {"T2DTEST!", 7, 2, 2, "a test file"};

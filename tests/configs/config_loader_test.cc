@@ -69,6 +69,38 @@ TEST(ConfigLoader, OutOfRangeValuesNameFieldAndLine) {
   EXPECT_NE(e.find("training.learning_rate: value nan"), std::string::npos) << e;
 }
 
+TEST(ConfigLoader, NonFiniteValuesAreRefused) {
+  // Every float field, with or without a range: NaN and infinities are never a setting.
+  std::string e = Error(std::string(kBase) + "training { learning_rate: inf }\n");
+  EXPECT_NE(e.find("job.textproto:3: training.learning_rate: value inf is not a finite number"), std::string::npos) << e;
+  e = Error(std::string(kBase) + "data {\n  min_rating: -inf\n}\n");
+  EXPECT_NE(e.find("job.textproto:4: data.min_rating: value -inf is not a finite number"), std::string::npos) << e;
+  e = Error(kBase, {"model.schedule_b=nan"});
+  EXPECT_NE(e.find("--set model.schedule_b=nan: model.schedule_b: value nan is not a finite number"), std::string::npos)
+      << e;
+}
+
+TEST(ConfigLoader, ModelChecksNameFileLineAndField) {
+  std::string e = Error(std::string(kBase) + "model {\n  attention_heads: 3\n}\n");
+  EXPECT_NE(e.find("job.textproto:4: model.attention_heads: 3 does not divide the behaviour width D = 4"),
+            std::string::npos) << e;
+  e = Error(kBase, {"model.inference_reverse_steps=60"});
+  EXPECT_NE(e.find("--set model.inference_reverse_steps=60: model.inference_reverse_steps: 60 exceeds diffusion_steps 50"),
+            std::string::npos) << e;
+  // Nothing set at all: the file is still named.
+  e = Error("");
+  EXPECT_NE(e.find("job.textproto: model.item_id_table: no table named \"item_id\""), std::string::npos) << e;
+}
+
+TEST(ConfigLoader, DenseModelLargerThanThisMachineIsRefused) {
+  // D = 8192 with the default 4-level U-Net: about 2e10 dense parameters, hundreds of GB per
+  // worker (the exact figure is DenseModelBytesOf's, tests/configs/job_options_test.cc).
+  const std::string e = Error("tables { name: \"item_id\" dim: 4096 }\ntables {\n name: \"item_tag\"\n dim: 4096\n}\n");
+  EXPECT_NE(e.find("job.textproto:1: model: the dense model (D = 8192, model.unet_levels = 4) has "), std::string::npos)
+      << e;
+  EXPECT_NE(e.find("of memory; lower the tables' dim or model.unet_levels"), std::string::npos) << e;
+}
+
 TEST(ConfigLoader, RequiredFields) {
   std::string e = Error("tables { name: \"item_id\" }\ntables { dim: 3 name: \"\" }\nmodel { item_tag_table: \"\" }\n");
   EXPECT_NE(e.find("tables[0].dim: required field is missing"), std::string::npos) << e;
@@ -113,6 +145,10 @@ TEST(ConfigLoader, Overrides) {
   EXPECT_NE(Error(kBase, {"training=3"}).find("is a message"), std::string::npos);
   const std::string e = Error(kBase, {"training.batch_size=0"});
   EXPECT_NE(e.find("--set training.batch_size=0: training.batch_size: value 0 is out of range"), std::string::npos) << e;
+  // An element named by its name is located at the override too.
+  const std::string by_name = Error(kBase, {"tables[item_tag].dim=0"});
+  EXPECT_NE(by_name.find("--set tables[item_tag].dim=0: tables[1].dim: value 0 is out of range"), std::string::npos)
+      << by_name;
 }
 
 TEST(ConfigLoader, MissingFile) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "configs/config_loader.h"
+#include "model/model.h"
 
 namespace t2d::config {
 namespace {
@@ -26,6 +27,28 @@ TEST(JobOptionsTest, ModelDimsFromTheTables) {
   dims = ModelDimsOf(*job);
   ASSERT_TRUE(dims.ok()) << dims.status();  // D = 6, divisible by 3
   EXPECT_EQ(dims->tag_dim, 0);
+}
+
+TEST(JobOptionsTest, DenseModelMemory) {
+  auto job = ParseJobConfig("tables { name: \"item_id\" dim: 6 } tables { name: \"item_tag\" dim: 2 }", "mem");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto dims = ModelDimsOf(*job);
+  ASSERT_TRUE(dims.ok()) << dims.status();
+  auto model = model::Model::Create(job->model(), *dims);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto bytes = DenseModelBytesOf(*job);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  // Values, gradients and Adam's two moments: 4 floats a parameter.
+  EXPECT_EQ(*bytes, static_cast<int64_t>(16 * (*model)->DenseParameters().size()));
+  // Without a hostfile all workers (2 by default) share this machine.
+  EXPECT_TRUE(CheckDenseModelFits(*job, 2 * *bytes).ok());
+  absl::Status s = CheckDenseModelFits(*job, 2 * *bytes - 1);
+  EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
+  EXPECT_NE(std::string(s.message()).find("2 workers on this machine"), std::string::npos) << s;
+  // With a hostfile a machine holds at least one worker.
+  job->mutable_cluster()->set_hostfile("hosts.txt");
+  EXPECT_TRUE(CheckDenseModelFits(*job, *bytes).ok());
+  EXPECT_FALSE(CheckDenseModelFits(*job, *bytes - 1).ok());
 }
 
 TEST(JobOptionsTest, ReaderOptionsFromTheJob) {

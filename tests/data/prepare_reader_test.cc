@@ -234,6 +234,112 @@ TEST(PrepareTest, SkippedBadLinesAreReportedInTheSummary) {
   EXPECT_NE(FormatSummary(*s).find("bad line: "), std::string::npos);
 }
 
+// Nothing in the output folder that a later prepare (without --force) would take for a data set.
+bool LeftNoDataSet(const std::string& dir) {
+  if (!std::filesystem::exists(dir)) return true;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name == kManifestFile || name.find(".t2ds") != std::string::npos) return false;
+  }
+  return true;
+}
+
+// An input with no data rows used to prepare 0 users with success and fail later in training.
+TEST(PrepareTest, EmptyOrHeaderOnlyInputIsAnErrorNamingIt) {
+  TempDir dir;
+  DataConfig job = FixtureConfig(dir);
+  job.clear_item_path();
+  job.set_input_paths(0, WriteText(dir.File("empty.dat"), ""));
+  auto s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
+  EXPECT_NE(s.status().message().find("empty.dat"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("nothing usable was read"), std::string::npos) << s.status();
+  EXPECT_TRUE(LeftNoDataSet(job.dataset_dir()));
+
+  // Only bad lines, skipped: nothing usable either, and the message says how many were skipped.
+  job.set_skip_bad_lines(true);
+  job.set_input_paths(0, WriteText(dir.File("bad.dat"), "broken\nalso broken\n"));
+  s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("bad.dat"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("2 bad lines skipped"), std::string::npos) << s.status();
+
+  // A CSV with a header and no rows.
+  job.set_source(DataConfig::CSV);
+  job.mutable_csv()->set_user_column("u");
+  job.mutable_csv()->set_item_column("i");
+  job.mutable_csv()->set_time_column("t");
+  job.set_input_paths(0, WriteText(dir.File("header.csv"), "u,i,t\n"));
+  s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("header.csv"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("nothing usable was read"), std::string::npos) << s.status();
+  EXPECT_TRUE(LeftNoDataSet(job.dataset_dir()));
+}
+
+// Rows were read, but every user is filtered out (no positives, too short, too short for the
+// split): an error that names the input and says where the users went.
+TEST(PrepareTest, EveryUserFilteredOutIsAnErrorNamingTheInput) {
+  TempDir dir;
+  DataConfig job = FixtureConfig(dir);
+  job.set_min_rating(6);  // no positives
+  auto s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
+  EXPECT_NE(s.status().message().find("ratings.dat"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("no user is left"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("13 rows filtered"), std::string::npos) << s.status();
+  EXPECT_TRUE(LeftNoDataSet(job.dataset_dir()));
+
+  job = FixtureConfig(dir);
+  job.set_min_seq_len(7);  // longer than every user
+  s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("no user is left"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("4 with fewer than min_seq_len 7"), std::string::npos) << s.status();
+  EXPECT_TRUE(LeftNoDataSet(job.dataset_dir()));
+
+  // Users of two items pass min_seq_len 2 but are too short for LAST_ITEM's three.
+  job = FixtureConfig(dir);
+  job.set_input_paths(0, WriteText(dir.File("pairs.dat"), "1::11::5::1\n1::12::5::2\n2::11::5::1\n2::13::5::2\n"));
+  s = Prepare(job, false);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("pairs.dat"), std::string::npos) << s.status();
+  EXPECT_NE(s.status().message().find("2 too short for the LAST_ITEM split"), std::string::npos) << s.status();
+  EXPECT_TRUE(LeftNoDataSet(job.dataset_dir()));
+}
+
+// Timestamps at the ends of the int64 range: the session gap and the time lags used to overflow
+// (a wrapped gap kept the session together, a wrapped lag was negative). The data set has no
+// item file, so no item has tags (empty copies from an empty tag array).
+TEST(PrepareTest, ExtremeTimestampsAndDataWithoutTags) {
+  TempDir dir;
+  DataConfig job = FixtureConfig(dir);
+  job.clear_item_path();
+  job.set_session_mode(DataConfig::TIME_GAP);
+  job.set_session_gap_s(1800);
+  job.set_num_shards(1);
+  job.set_input_paths(0, WriteText(dir.File("extreme.dat"), "1::11::5::-9223372036854775808\n1::12::5::0\n"
+                                                            "1::13::5::9223372036854775807\n"));
+  auto s = Prepare(job, false);
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto manifest = ReadManifest(job.dataset_dir());
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  EXPECT_EQ(manifest->max_tags_per_item(), 0);
+  ReaderOptions o;
+  o.split = "test";
+  auto test = ReadAll(job.dataset_dir(), o);
+  ASSERT_EQ(test.size(), 1u);
+  EXPECT_EQ(test[0].target, 13);
+  EXPECT_EQ(test[0].history, (std::vector<int64_t>{11, 12}));
+  EXPECT_EQ(test[0].tag_counts, (std::vector<int64_t>{0, 0}));
+  // The gap of 2^63 s before item 12 starts the session.
+  EXPECT_EQ(test[0].session_begin, 1);
+  // Lags are the differences as floats: 2^64 - 1 and 2^63 - 1 s, positive.
+  EXPECT_EQ(test[0].lags, (std::vector<float>{18446744073709551615.0f, 9223372036854775807.0f}));
+}
+
 TEST(PrepareTest, ConfigErrors) {
   TempDir dir;
   DataConfig job = FixtureConfig(dir);

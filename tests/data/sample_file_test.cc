@@ -145,6 +145,53 @@ TEST(SampleFileTest, TruncatedAndForeignFilesAreErrors) {
   EXPECT_FALSE(SampleFileReader::Open(dir.File("missing.t2ds")).ok());
 }
 
+// Opens `path` and reads everything in it, as the reader and the catalogue do.
+absl::Status ReadWholeFile(const std::string& path) {
+  auto r = SampleFileReader::Open(path);
+  if (!r.ok()) return r.status();
+  if ((*r)->header().kind() == SampleFileHeader::ITEMS) return (*r)->ReadAllItems().status();
+  for (int c = 0; c < (*r)->num_chunks(); ++c) {
+    DecodedChunk d;
+    if (absl::Status s = (*r)->ReadChunk(c, &d); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// Every single-bit flip of a samples file and of an items file is refused, naming the file. The
+// end chunk's header counts used to be read without a look: a flip there went unnoticed.
+TEST(SampleFileTest, EveryBitFlipIsRefused) {
+  TempDir dir;
+  const std::string samples = WriteFile(dir.File("s.t2ds"), 3);
+  SampleFileHeader h;
+  h.set_kind(SampleFileHeader::ITEMS);
+  auto w = SampleFileWriter::Create(dir.File("i.t2ds"), h, 32);
+  ASSERT_TRUE(w.ok());
+  for (int i = 1; i <= 4; ++i) ASSERT_TRUE((*w)->AddItem(i, std::vector<int64_t>(static_cast<size_t>(i % 2), i), i).ok());
+  ASSERT_TRUE((*w)->Finish().ok());
+  for (const std::string& path : {samples, dir.File("i.t2ds")}) {
+    ASSERT_TRUE(ReadWholeFile(path).ok()) << ReadWholeFile(path);
+    std::ifstream in(path, std::ios::binary);
+    const std::string good((std::istreambuf_iterator<char>(in)), {});
+    const std::string flipped = dir.File("flipped.t2ds");
+    int accepted = 0;
+    for (size_t byte = 0; byte < good.size(); ++byte) {
+      for (int bit = 0; bit < 8; ++bit) {
+        std::string bad = good;
+        bad[byte] = static_cast<char>(bad[byte] ^ (1 << bit));
+        testing::WriteText(flipped, bad);
+        const absl::Status s = ReadWholeFile(flipped);
+        if (s.ok()) {
+          if (++accepted <= 5) ADD_FAILURE() << path << ": a flip of bit " << bit << " of byte " << byte << " of "
+                                             << good.size() << " was accepted";
+          continue;
+        }
+        EXPECT_NE(s.message().find("flipped.t2ds"), std::string::npos) << s;
+      }
+    }
+    EXPECT_EQ(accepted, 0) << path;
+  }
+}
+
 TEST(SampleFileTest, WriterRejectsBadTargets) {
   TempDir dir;
   auto w = SampleFileWriter::Create(dir.File("w.t2ds"), Header(), 1024);

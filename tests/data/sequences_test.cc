@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 namespace t2d::data {
@@ -69,6 +70,16 @@ TEST(SessionBeginTest, LastKAndTimeGap) {
   EXPECT_EQ(SessionBegin(times, 0, 0, DataConfig::TIME_GAP, 1800, 10), 0u);
   // The window start bounds the session.
   EXPECT_EQ(SessionBegin(times, 3, 5, DataConfig::TIME_GAP, 1800, 10), 3u);
+}
+
+// Times at the ends of the int64 range: the gap between them does not fit an int64 (signed
+// overflow, which wrapped to -1 and kept both in one session); it is compared as a double.
+TEST(SessionBeginTest, GapsBeyondTheInt64RangeCutTheSession) {
+  const int64_t lo = std::numeric_limits<int64_t>::min(), hi = std::numeric_limits<int64_t>::max();
+  const std::vector<int64_t> times{lo, hi, hi};
+  EXPECT_EQ(SessionBegin(times, 0, 3, DataConfig::TIME_GAP, 1800, 10), 1u);
+  EXPECT_EQ(SessionBegin(times, 0, 2, DataConfig::TIME_GAP, 1800, 10), 1u);
+  EXPECT_EQ(SessionBegin(times, 0, 2, DataConfig::TIME_GAP, 1e300, 10), 0u);
 }
 
 std::vector<uint32_t> Positions(const std::vector<TargetRef>& v) {

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "data/line_reader.h"
 #include "tests/data/test_util.h"
 
@@ -166,6 +167,64 @@ TEST(ReadSourceTest, MalformedLineNamesFileAndLineOrIsCountedWhenSkipping) {
   EXPECT_EQ(log->bad_lines.count, 2);
   ASSERT_EQ(log->bad_lines.examples.size(), 2u);
   EXPECT_NE(log->bad_lines.examples[1].find("ratings.dat:3:"), std::string::npos);
+}
+
+// Values that parse as numbers but are not usable: a time that is not finite or does not fit
+// an int64 (it used to become INT64_MIN, moving the row to the front of its user's sequence),
+// and a rating or label that is not finite ("nan" used to read as a negative). Each is a bad
+// line naming file and line, or counted with skip_bad_lines.
+TEST(ReadSourceTest, NonFiniteOrHugeTimesAndRatingsAreBadLines) {
+  TempDir dir;
+  DataConfig c;
+  c.set_source(DataConfig::CSV);
+  c.mutable_csv()->set_user_column("u");
+  c.mutable_csv()->set_item_column("i");
+  c.mutable_csv()->set_time_column("t");
+  c.mutable_csv()->set_label_column("r");
+  const std::vector<std::pair<std::string, std::string>> bad_fields = {
+      {"nan", "1"}, {"inf", "1"}, {"-inf", "1"}, {"1e30", "1"}, {"-1e30", "1"}, {"9.3e18", "1"}, {"5", "nan"},
+      {"5", "inf"}};
+  for (const auto& [time, label] : bad_fields) {
+    c.clear_input_paths();
+    c.add_input_paths(WriteText(dir.File("t.csv"), absl::StrCat("u,i,t,r\n1,10,100,1\n1,11,", time, ",", label, "\n")));
+    c.set_skip_bad_lines(false);
+    auto log = ReadSource(c);
+    ASSERT_FALSE(log.ok()) << time << " " << label;
+    EXPECT_TRUE(absl::IsInvalidArgument(log.status())) << log.status();
+    EXPECT_NE(log.status().message().find("t.csv:3:"), std::string::npos) << log.status();
+    c.set_skip_bad_lines(true);
+    log = ReadSource(c);
+    ASSERT_TRUE(log.ok()) << log.status();
+    EXPECT_EQ(log->interactions.size(), 1u) << time << " " << label;
+    EXPECT_EQ(log->bad_lines.count, 1) << time << " " << label;
+  }
+  // Milliseconds are range-checked after the division: 1e21 ms fits no int64 of seconds either.
+  c.mutable_csv()->set_time_unit(config::CsvFormat::MILLISECONDS);
+  c.set_skip_bad_lines(false);
+  c.set_input_paths(0, WriteText(dir.File("ms.csv"), "u,i,t,r\n1,10,1e25,1\n"));
+  auto log = ReadSource(c);
+  ASSERT_FALSE(log.ok());
+  EXPECT_NE(log.status().message().find("ms.csv:2:"), std::string::npos) << log.status();
+  // The largest times that do fit are kept as they are.
+  c.set_input_paths(0, WriteText(dir.File("ok.csv"), "u,i,t,r\n1,10,-9.2e21,1\n1,11,9.2e21,1\n"));
+  log = ReadSource(c);
+  ASSERT_TRUE(log.ok()) << log.status();
+  ASSERT_EQ(log->interactions.size(), 2u);
+  EXPECT_EQ(log->interactions[0].time, static_cast<int64_t>(-9.2e21 / 1000.0));
+  EXPECT_EQ(log->interactions[1].time, static_cast<int64_t>(9.2e21 / 1000.0));
+
+  // The colon and tab formats refuse a non-finite rating the same way.
+  DataConfig m;
+  m.set_source(DataConfig::MOVIELENS_DAT);
+  m.add_input_paths(WriteText(dir.File("ratings.dat"), "1::10::5::100\n1::11::nan::200\n"));
+  log = ReadSource(m);
+  ASSERT_FALSE(log.ok());
+  EXPECT_NE(log.status().message().find("ratings.dat:2:"), std::string::npos) << log.status();
+  m.set_source(DataConfig::MOVIELENS_100K);
+  m.set_input_paths(0, WriteText(dir.File("u.data"), "1\t10\tinf\t100\n"));
+  log = ReadSource(m);
+  ASSERT_FALSE(log.ok());
+  EXPECT_NE(log.status().message().find("u.data:1:"), std::string::npos) << log.status();
 }
 
 TEST(ReadSourceTest, MissingInputNamesTheFile) {

@@ -2,7 +2,9 @@
 # End-to-end tests of the t2diff executable on a tiny synthetic data set, through mpiexec:
 # bad configs and missing files, a 1 server + 2 worker run that must learn, resume equal to an
 # uninterrupted run (bit for bit), distributed evaluation equal to a single-process one,
-# export/retrieve agreeing with evaluation, and a corrupt checkpoint falling back to the previous.
+# export/retrieve agreeing with evaluation, a corrupt checkpoint falling back to the previous,
+# launch's checks before a job starts (rank count, checkpoint folder, the command line), and a
+# supervised job (launch --supervise) restarted after one of its ranks is stopped.
 #
 # usage: e2e_test.sh T2DIFF MPIEXEC [MPIEXEC FLAGS...]
 set -uo pipefail
@@ -87,6 +89,27 @@ SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
 bash "$SCRIPTS/plot_metrics.sh" "$W/plots" 10 "$W/out/metrics.jsonl" > /dev/null 2>&1
 check "metrics plots" test -s "$W/plots/loss.png" -a -s "$W/plots/eval.png"
 
+# --- Launch: the command line, and checks before anything starts ------------------------------
+"$T2DIFF" launch -c "$W/job.textproto" --dry-run --set training.max_steps=5 -- --resume > "$W/launch_set.log" 2>&1
+check "launch takes --set before -- and passes train options after it" \
+  contains "$W/launch_set.log" "--set training.max_steps=5 --resume"
+check "a single-machine job stays on shared memory and loopback" \
+  contains "$W/launch_set.log" "--mca btl self,vader --mca oob_tcp_if_include lo"
+many=(--set cluster.num_servers=4096 --set cluster.num_workers=1000)
+"$T2DIFF" launch -c "$W/job.textproto" "${many[@]}" --dry-run > "$W/many.log" 2>&1
+rc=$?
+check "launch refuses far more ranks than cores" test $rc -ne 0 -a -z "$(grep -F mpirun "$W/many.log")"
+check "and names the flag that allows them" contains "$W/many.log" "pass --many-ranks"
+"$T2DIFF" launch -c "$W/job.textproto" "${many[@]}" --many-ranks --dry-run > "$W/many2.log" 2>&1
+check "unless asked to" contains "$W/many2.log" "mpirun -n 5096"
+touch "$W/a_file"
+"$T2DIFF" train -c "$W/job.textproto" --set "checkpoint.dir=$W/a_file/ckpt" --set checkpoint.every_steps=0 \
+  --set "training.output_dir=$W/out_ckdir" > "$W/ckdir.log" 2>&1
+rc=$?
+check "an unwritable checkpoint.dir stops the run before training" \
+  test $rc -ne 0 -a -z "$(grep -F 'training: workers=' "$W/ckdir.log")"
+check "naming the folder" contains "$W/ckdir.log" "checkpoint.dir \"$W/a_file/ckpt\" cannot be created"
+
 # --- Non-finite losses --------------------------------------------------------------------
 blowup=(--set 'tables[item_id].optimizer.learning_rate=1e30' --set training.learning_rate=1e30 --set training.max_steps=5
         --set "training.output_dir=$W/out_nan" --set checkpoint.dir=)
@@ -110,6 +133,38 @@ check "same final step" test "$(basename "$final")" = "$(basename "$final2")"
 check "dense parameters and optimizer state bit-identical" cmp -s "$final/dense.t2dd" "$final2/dense.t2dd"
 check "sparse shards bit-identical" cmp -s "$final/sparse/item_id.shard-00000-of-00001.t2demb" "$final2/sparse/item_id.shard-00000-of-00001.t2demb"
 check "test metrics identical" test "$(grep '^test ' "$W/train.log")" = "$(grep '^test ' "$W/part2.log")"
+
+# --- Supervision: a stopped rank is found by its heartbeat within seconds, the job restarted -----
+sup=(--set "checkpoint.dir=$W/ckpt_sup" --set "training.output_dir=$W/out_sup" --set cluster.supervise.heartbeat_s=2)
+"$T2DIFF" launch -c "$W/job.textproto" "${sup[@]}" --supervise > "$W/sup.log" 2>&1 &
+sup_pid=$!
+beat="$W/out_sup/heartbeat/rank-2"  # world rank 2: worker 1
+for _ in $(seq 600); do
+  [ -s "$beat" ] && grep -q "step [2-9]0/" "$W/sup.log" && break
+  sleep 0.1
+done
+stopped=$(cut -d' ' -f1 "$beat" 2> /dev/null)
+listening=""
+if command -v ss > /dev/null && [ -n "$stopped" ]; then
+  listening=$(ss -ltnpH | grep -F "pid=$stopped," || true)
+fi
+check "a rank of a single-machine job listens on no TCP port" test -n "$stopped" -a -z "$listening"
+[ -n "$stopped" ] && kill -STOP "$stopped"
+wait $sup_pid
+rc=$?
+check "the supervised job completes after a stalled rank" test $rc -eq 0
+check "the stall is named by world rank and role" contains "$W/sup.log" "world rank 2 (worker 1) (pid $stopped"
+check "found by its heartbeat, well before cluster.timeout_s" grep -qE "stalled: no heartbeat for [2-5](\.[0-9]+)?s" "$W/sup.log"
+check "the restart resumes" contains "$W/sup.log" "supervise: restart 1 of 3"
+final_sup=$(ls -d "$W"/ckpt_sup/ckpt-* | tail -1)
+same_checkpoint() {  # same_checkpoint A B: dense state and every sparse shard bit-identical
+  [ "$(basename "$1")" = "$(basename "$2")" ] && cmp -s "$1/dense.t2dd" "$2/dense.t2dd" &&
+    diff -q <(cd "$1/sparse" && ls) <(cd "$2/sparse" && ls) > /dev/null &&
+    for f in "$1"/sparse/*; do cmp -s "$f" "$2/sparse/$(basename "$f")" || return 1; done
+}
+check "its final checkpoint equals the uninterrupted run's" same_checkpoint "$final" "$final_sup"
+check "and its test metrics" test "$(grep '^test ' "$W/train.log")" = "$(grep '^test ' "$W/sup.log")"
+kill -CONT "$stopped" 2> /dev/null  # gone already: the supervisor ended the job
 
 # --- Async mode: prefetching the next batch within the staleness bound ------------------------
 async=(--set cluster.consistency=ASYNC --set cluster.staleness=2 --set "checkpoint.dir=$W/ckpt_async"

@@ -551,6 +551,15 @@ TEST(ModelTest, FusedOpsMatchReference) {
     (expected * w).sum().backward();
     ExpectClose(a1.grad(), a2.grad(), 1e-6, "gather d id rows");
     ExpectClose(t1.grad(), t2.grad(), 1e-6, "gather d tag rows");
+    // No slot has a tag (a batch or a query of untagged items): tag rows [0, 3] still give 3
+    // zero tag columns (the width used to be taken from numel, giving a [5, 2] output that the
+    // next layer refused), and a [0, 3] gradient.
+    at::Tensor none = at::empty({0, 3}, at::kFloat).requires_grad_(true);
+    const at::Tensor untagged = GatherItems(a1, none, idx, at::zeros({6}, at::kLong), at::empty({0}, at::kLong));
+    ASSERT_EQ(untagged.sizes(), (std::vector<int64_t>{5, 5}));
+    ExpectClose(untagged.narrow(1, 2, 3), at::zeros({5, 3}), 0, "untagged gather");
+    untagged.sum().backward();
+    ASSERT_EQ(none.grad().sizes(), (std::vector<int64_t>{0, 3}));
   }
 
   // Conv3Columns against pad + shifted slices.

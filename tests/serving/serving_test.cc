@@ -6,12 +6,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "configs/config_loader.h"
 #include "configs/job_options.h"
+#include "embedding/initializer.h"
 #include "model/model.h"
 #include "serving/bundle.h"
 #include "serving/bundle_writer.h"
@@ -140,6 +143,146 @@ TEST_F(ServingTest, BundleTopKScoresTheCatalogueExactly) {
   auto damaged = Bundle::Load(dir);
   ASSERT_FALSE(damaged.ok());
   EXPECT_NE(damaged.status().message().find("item_vectors.npy"), std::string::npos) << damaged.status();
+}
+
+// A bundle of 3 items without a tag table; `vectors` replaces the item vectors when not empty.
+absl::Status WriteTinyBundle(const std::string& root, const std::string& dir, std::vector<float> vectors = {}) {
+  auto job = config::ParseJobConfig(absl::StrCat(R"(
+      tables { name: "item_id" dim: 2 }
+      data { dataset_dir: ")", root, R"(/data" max_seq_len: 4 session_len: 2 }
+      model { diffusion_steps: 2 item_tag_table: "" })"), "tiny.textproto");
+  if (!job.ok()) return job.status();
+  auto dims = config::ModelDimsOf(*job);
+  if (!dims.ok()) return dims.status();
+  auto model = model::Model::Create(job->model(), *dims);
+  if (!model.ok()) return model.status();
+  const int64_t e = (*model)->output_dim();
+  const std::vector<int64_t> ids = {1, 2, 3};
+  if (vectors.empty()) vectors.assign(ids.size() * static_cast<size_t>(e), 0.25f);
+  const std::vector<int64_t> id_keys = {1};
+  const std::vector<float> id_rows = {0.1f, 0.2f};
+  BundleContents c;
+  c.job = &*job;
+  c.model = model->get();
+  c.item_ids = ids;
+  c.item_vectors = vectors;
+  c.vector_dim = e;
+  c.id_keys = id_keys;
+  c.id_rows = id_rows;
+  c.id_dim = 2;
+  c.item_tag_offsets = {0, 0, 0, 0};
+  return WriteBundle(dir, c);
+}
+
+TEST_F(ServingTest, BundleManifestMustListEveryFile) {
+  const std::string dir = dir_ + "/bundle";
+  ASSERT_TRUE(WriteTinyBundle(dir_, dir).ok());
+  ASSERT_TRUE(Bundle::Load(dir).ok());
+  // The header alone (no `files` entries) must not verify a bundle.
+  std::string header;
+  const std::vector<std::string> lines = absl::StrSplit(Read(dir + "/MANIFEST"), '\n', absl::SkipEmpty());
+  for (const std::string& line : lines) {
+    if (line[0] != ' ' && line.rfind("files", 0) != 0 && line != "}") absl::StrAppend(&header, line, "\n");
+  }
+  std::ofstream(dir + "/MANIFEST", std::ios::trunc) << header;
+  auto loaded = Bundle::Load(dir);
+  ASSERT_FALSE(loaded.ok()) << "a bundle with a header-only manifest was loaded";
+  EXPECT_NE(loaded.status().message().find(dir), std::string::npos) << loaded.status();
+}
+
+TEST_F(ServingTest, BundleWithNonFiniteItemVectorsIsRefused) {
+  const std::string dir = dir_ + "/bundle";
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto probe = WriteTinyBundle(dir_, dir);
+    ASSERT_TRUE(probe.ok()) << probe;
+    std::vector<float> vectors(static_cast<size_t>(ReadNpyFloat(dir + "/item_vectors.npy")->data.size()), 0.5f);
+    vectors[vectors.size() / 2] = bad;
+    ASSERT_TRUE(WriteTinyBundle(dir_, dir, vectors).ok());
+    auto loaded = Bundle::Load(dir);
+    ASSERT_FALSE(loaded.ok()) << "item vectors holding " << bad << " were loaded";
+    EXPECT_NE(loaded.status().message().find(dir + "/item_vectors.npy"), std::string::npos) << loaded.status();
+  }
+}
+
+// A bundle of 3 items (10, 20, 30) with a tag table; only item 10 has a tag. `keys` are the
+// item ids with exported id rows: 10's row is chosen by hand, any other key gets its initial
+// value, the row an id outside the bundle reads as.
+absl::Status WriteTaggedBundle(const std::string& root, const std::string& dir, const std::vector<int64_t>& keys) {
+  auto job = config::ParseJobConfig(absl::StrCat(R"(
+      tables { name: "item_id" dim: 2 } tables { name: "item_tag" dim: 2 }
+      data { dataset_dir: ")", root, R"(/data" max_seq_len: 4 session_len: 2 }
+      model { diffusion_steps: 2 })"), "tagged.textproto");
+  if (!job.ok()) return job.status();
+  auto dims = config::ModelDimsOf(*job);
+  if (!dims.ok()) return dims.status();
+  auto model = model::Model::Create(job->model(), *dims);
+  if (!model.ok()) return model.status();
+  const int64_t e = (*model)->output_dim();
+  std::vector<float> vectors(3 * static_cast<size_t>(e));
+  for (size_t i = 0; i < vectors.size(); ++i) vectors[i] = static_cast<float>((i * 5) % 7) - 3.0f;
+  std::vector<float> id_rows(2 * keys.size());
+  const embedding::RowInitializer init(job->tables(0).initializer());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (keys[i] == 10) {
+      id_rows[2 * i] = 0.1f;
+      id_rows[2 * i + 1] = 0.2f;
+    } else {
+      init.Fill(keys[i], absl::MakeSpan(id_rows).subspan(2 * i, 2));
+    }
+  }
+  const std::vector<int64_t> item_ids = {10, 20, 30}, tag_keys = {1};
+  const std::vector<float> tag_rows = {0.5f, -0.5f};
+  BundleContents c;
+  c.job = &*job;
+  c.model = model->get();
+  c.item_ids = item_ids;
+  c.item_vectors = vectors;
+  c.vector_dim = e;
+  c.id_keys = keys;
+  c.id_rows = id_rows;
+  c.id_dim = 2;
+  c.tag_keys = tag_keys;
+  c.tag_rows = tag_rows;
+  c.tag_dim = 2;
+  c.item_tag_offsets = {0, 1, 1, 1};
+  c.item_tags = {1};
+  return WriteBundle(dir, c);
+}
+
+// k < 1 and an empty history are InvalidArgument (k < 1 used to abort in libtorch). A history
+// without any tag (unknown ids, or known items without tags) used to fail with a tensor shape
+// error; unknown ids read as their initial rows, exactly as if the bundle held those rows.
+TEST_F(ServingTest, BundleTopKRefusesBadRequestsAndReadsUnknownIds) {
+  const std::string dir = dir_ + "/bundle";
+  ASSERT_TRUE(WriteTaggedBundle(dir_, dir, {10}).ok());
+  auto bundle = Bundle::Load(dir);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  for (int k : {0, -1, std::numeric_limits<int>::min()}) {
+    auto r = (*bundle)->TopK({10}, k, 7);
+    ASSERT_FALSE(r.ok()) << "k = " << k;
+    EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+    EXPECT_NE(r.status().message().find("k"), std::string::npos) << r.status();
+  }
+  auto empty = (*bundle)->TopK({}, 3, 7);
+  ASSERT_FALSE(empty.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(empty.status())) << empty.status();
+  EXPECT_NE(empty.status().message().find("empty history"), std::string::npos) << empty.status();
+
+  auto untagged = (*bundle)->TopK({20, 30}, 3, 7);  // catalogue items without tags
+  ASSERT_TRUE(untagged.ok()) << untagged.status();
+  EXPECT_EQ(untagged->items.size(), 3u);
+  auto unknown = (*bundle)->TopK({99, 98}, 2, 7);
+  ASSERT_TRUE(unknown.ok()) << unknown.status();
+  ASSERT_EQ(unknown->items.size(), 2u);
+  // The same request against a bundle that exports 98's and 99's initial rows: the same answer.
+  const std::string with_rows = dir_ + "/with_rows";
+  ASSERT_TRUE(WriteTaggedBundle(dir_, with_rows, {10, 98, 99}).ok());
+  auto explicit_rows = Bundle::Load(with_rows);
+  ASSERT_TRUE(explicit_rows.ok()) << explicit_rows.status();
+  auto same = (*explicit_rows)->TopK({99, 98}, 2, 7);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->items, unknown->items);
+  EXPECT_EQ(same->scores, unknown->scores);
 }
 
 }  // namespace

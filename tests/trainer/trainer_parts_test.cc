@@ -16,6 +16,8 @@
 #include "configs/job_options.h"
 #include "data/prepare.h"
 #include "embedding/local_embedding_store.h"
+#include "tests/trainer/inproc_job.h"
+#include "trainer/checkpoint.h"
 #include "trainer/run_report.h"
 #include "trainer/run_state.h"
 #include "trainer/train_step.h"
@@ -176,10 +178,9 @@ TEST_F(InProcessJobTest, DamagedRunStateIsRefusedNamingTheFile) {
   std::string folder;
   for (const auto& e : fs::directory_iterator(dir_ + "/ckpt")) folder = e.path().string();
   std::ofstream(folder + "/evals.textproto") << "evaluations { split: \"valid\" model_sums: 1e }";
-  t2d::FolderManifest m;
-  m.set_step(3);
-  m.set_num_workers(1);
-  ASSERT_TRUE(t2d::SealFolder(folder, m).ok());
+  const auto manifest = test_util::ReadManifest(folder);
+  const auto files = CheckpointFiles(job, 1, 1);
+  ASSERT_TRUE(t2d::SealFolder(folder, manifest, files).ok());
   job.mutable_training()->clear_max_steps();
   auto r = Run(job, true);
   ASSERT_FALSE(r.ok());
@@ -187,7 +188,7 @@ TEST_F(InProcessJobTest, DamagedRunStateIsRefusedNamingTheFile) {
   EXPECT_NE(r.status().message().find("evals.textproto"), std::string::npos) << r.status();
   // History that does not match eval.k is refused too.
   std::ofstream(folder + "/evals.textproto") << "evaluations { split: \"valid\" model_sums: [1, 2] popularity_sums: [1, 2] }";
-  ASSERT_TRUE(t2d::SealFolder(folder, m).ok());
+  ASSERT_TRUE(t2d::SealFolder(folder, manifest, files).ok());
   r = Run(job, true);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("eval.k"), std::string::npos) << r.status();
