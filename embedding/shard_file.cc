@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/chunk_file.h"
@@ -163,21 +164,22 @@ absl::Status LoadShardFiles(const std::vector<std::string>& paths, int shard_ind
     headers.push_back(*std::move(h));
   }
   const int written_shards = headers[0].num_shards();
-  std::vector<int> seen(static_cast<size_t>(written_shards), -1);
+  // Keyed by shard index, not sized by num_shards: a damaged header may claim 2^31 shards.
+  absl::flat_hash_map<int, size_t> seen;
   for (size_t i = 0; i < headers.size(); ++i) {
     if (headers[i].num_shards() != written_shards) {
       return absl::InvalidArgumentError(absl::StrCat(paths[i], ": written as one of ", headers[i].num_shards(),
                                                      " shards, but ", paths[0], " as one of ", written_shards));
     }
-    int& slot = seen[static_cast<size_t>(headers[i].shard_index())];
-    if (slot >= 0) {
+    auto [slot, added] = seen.emplace(headers[i].shard_index(), i);
+    if (!added) {
       return absl::InvalidArgumentError(absl::StrCat(paths[i], ": shard ", headers[i].shard_index(), " given twice (also ",
-                                                     paths[static_cast<size_t>(slot)], ")"));
+                                                     paths[slot->second], ")"));
     }
-    slot = static_cast<int>(i);
   }
+  // Ends at the first missing index, which is at most paths.size().
   for (int s = 0; s < written_shards; ++s) {
-    if (seen[static_cast<size_t>(s)] < 0) {
+    if (!seen.contains(s)) {
       return absl::InvalidArgumentError(absl::StrCat("shard set of table \"", table->spec().name(), "\" is incomplete: ",
                                                      ShardFileName(table->spec().name(), s, written_shards), " is missing"));
     }

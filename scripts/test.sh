@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds t2diff and runs every test that needs no GPU (unit, MPI and end-to-end), two at a time,
-# then the torch-free unit tests under ASan + UBSan (scripts/sanitize.sh, into build-san/).
+# then the torch-free unit tests under ASan + UBSan and 10 s per fuzz target (scripts/sanitize.sh).
 # Ends with CTest's summaries; exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

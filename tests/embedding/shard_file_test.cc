@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include "common/file_util.h"
@@ -189,6 +190,18 @@ TEST_F(ShardFileTest, MismatchedSpecOrIncompleteSetIsRefused) {
   auto tsgd = *EmbeddingTable::Create(wrong);
   EXPECT_EQ(LoadShardFiles(paths, 0, 1, tsgd.get()).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(LoadShardFiles({(dir_ / "nope").string()}, 0, 1, t.get()).code(), absl::StatusCode::kNotFound);
+}
+
+// Found by tests/fuzz/shard_file_fuzz: a header claiming about 2^31 shards made the set check
+// allocate a slot per claimed shard (8 GiB) before finding the set incomplete.
+TEST_F(ShardFileTest, HugeShardCountInHeaderIsRefusedWithoutAllocating) {
+  const int huge = std::numeric_limits<int32_t>::max();
+  const std::string path = (dir_ / ShardFileName("item", 0, huge)).string();
+  ASSERT_TRUE(WriteShardFile(path, *EmbeddingTable::Create(spec_).value(), 0, huge).ok());
+  auto t = *EmbeddingTable::Create(spec_);
+  const absl::Status s = LoadShardFiles({path}, 0, 1, t.get());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("item.shard-00001-of-2147483647.t2demb is missing"), std::string::npos) << s;
 }
 
 TEST_F(ShardFileTest, FindShardFiles) {
