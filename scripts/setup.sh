@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   # toolchain
-  g++ cmake ninja-build ccache
+  g++ make cmake ninja-build ccache
   # libraries
   libopenmpi-dev openmpi-bin openssh-client
   libtorch-dev libopenblas0-openmp
