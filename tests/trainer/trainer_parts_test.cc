@@ -20,6 +20,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/run_report.h"
 #include "trainer/run_state.h"
+#include "tests/trainer/inproc_job.h"
 #include "trainer/train_step.h"
 #include "trainer/trainer.h"
 
@@ -82,52 +83,21 @@ TEST_F(TextProtoTest, DamagedFilesAreDataLossNamingThem) {
   EXPECT_NE(s.message().find("missing.textproto"), std::string::npos) << s;
 }
 
-// A tiny synthetic job run in process.
-class InProcessJobTest : public TempDirTest {
+// The tiny in-process job of tests/trainer/inproc_job.h.
+class InProcessJobTest : public test_util::InProcJobTest {
  protected:
-  config::JobConfig Job(const std::vector<std::string>& overrides = {}) {
-    const std::string text = absl::StrCat(R"(
-      cluster { num_servers: 1 num_workers: 1 timeout_s: 30 }
-      tables { name: "item_id" dim: 4 optimizer { kind: ADAGRAD learning_rate: 0.05 } }
-      tables { name: "item_tag" dim: 4 optimizer { kind: ADAGRAD learning_rate: 0.05 } }
-      data { source: SYNTHETIC dataset_dir: ")", dir_, R"(/data" max_seq_len: 12 session_len: 4 split: LAST_ITEM
-             num_shards: 2 generator { num_users: 120 num_items: 60 mean_seq_len: 15 } }
-      model { diffusion_steps: 5 }
-      training { batch_size: 32 epochs: 2 log_every_steps: 100 replica_check_steps: 2 }
-      eval { k: [5, 10] main_k: 10 batch_size: 64 }
-    )");
-    auto job = config::ParseJobConfig(text, "test.textproto", overrides);
-    EXPECT_TRUE(job.ok()) << job.status();
-    return *job;
-  }
-  void PrepareData(const config::JobConfig& job) {
-    auto s = data::Prepare(job.data(), false);
-    ASSERT_TRUE(s.ok()) << s.status();
-  }
-  // Runs Train (and returns its result) with a fresh in-process store; `final_metrics` gets the
-  // test Recall@10 and MRR@10 of the newest checkpoint, loaded back by a second trainer.
-  absl::StatusOr<TrainResult> Run(const config::JobConfig& job, bool resume, std::vector<float>* final_metrics = nullptr) {
-    auto store = embedding::LocalEmbeddingStore::Create(config::TablesOf(job));
-    if (!store.ok()) return store.status();
-    comm::InProcGroup group(1);
-    auto workers = group.Member(0);
-    TrainerContext ctx;
-    ctx.config = job;
-    ctx.store = store->get();
-    ctx.workers = workers.get();
-    ctx.resume = resume;
-    auto t = Trainer::Create(ctx);
-    if (!t.ok()) return t.status();
-    auto r = (*t)->Train();
-    if (r.ok() && final_metrics != nullptr) {
-      // The newest checkpoint holds the final state; load it back through a second trainer.
-      auto u = Trainer::Create(ctx);
-      if (!u.ok()) return u.status();
-      if (auto s = (*u)->LoadLatestModel(); !s.ok()) return s;
-      auto e = (*u)->Evaluate("test");
-      if (!e.ok()) return e.status();
-      final_metrics->assign({static_cast<float>(e->model.Recall(10)), static_cast<float>(e->model.Mrr(10))});
-    }
+  using test_util::InProcJobTest::Run;
+  // Run, and `final_metrics` gets the test Recall@10 and MRR@10 of the newest checkpoint, loaded
+  // back by a second trainer.
+  absl::StatusOr<TrainResult> Run(const config::JobConfig& job, bool resume, std::vector<float>* final_metrics) {
+    auto r = Run(job, resume);
+    if (!r.ok()) return r;
+    auto u = NewTrainer(job, false);
+    if (!u.ok()) return u.status();
+    if (auto s = (*u)->LoadLatestModel(); !s.ok()) return s;
+    auto e = (*u)->Evaluate("test");
+    if (!e.ok()) return e.status();
+    final_metrics->assign({static_cast<float>(e->model.Recall(10)), static_cast<float>(e->model.Mrr(10))});
     return r;
   }
 };
