@@ -8,6 +8,16 @@
 
 namespace t2d::config {
 
+model::StepBuilder::Options StepBuilderOptionsOf(const JobConfig& job) {
+  model::StepBuilder::Options o;
+  o.full_softmax = job.model().loss() == ModelConfig::FULL_SOFTMAX;
+  o.num_negatives = job.model().num_negatives();
+  o.use_tags = !job.model().item_tag_table().empty();
+  o.time_lags = job.model().time_lag_feature();
+  o.time_gap_sessions = job.data().session_mode() == DataConfig::TIME_GAP;
+  return o;
+}
+
 absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
   model::ModelDims dims;
   const int id = FindTable(job, job.model().item_id_table());

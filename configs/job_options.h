@@ -18,9 +18,14 @@
 #include "configs/job_config.pb.h"
 #include "data/sample_reader.h"
 #include "model/model_options.h"
+#include "model/step_builder.h"
 #include "ps/ps_options.h"
 
 namespace t2d::config {
+
+// How samples become model input for this job (loss, negatives, tag table, time lags, session
+// mode): one answer for training, evaluation and serving.
+model::StepBuilder::Options StepBuilderOptionsOf(const JobConfig& job);
 
 // The sizes of the model (model.item_id_table / item_tag_table widths, data.session_len), after
 // model::ValidateModelConfig. Errors: InvalidArgument naming the field.

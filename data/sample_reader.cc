@@ -125,36 +125,50 @@ absl::Status SampleReader::LoadWindow(int64_t w) {
   return absl::OkStatus();
 }
 
-void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample& s, int b, SampleBatch* batch) const {
-  const int n = n_, T = t_;
-  const uint32_t user_begin = c.user_begin[s.record];
-  const uint32_t wb = s.target - user_begin > static_cast<uint32_t>(n) ? s.target - static_cast<uint32_t>(n) : user_begin;
-  const int len = static_cast<int>(s.target - wb);
-  const int64_t target_time = c.times[s.target];
-  batch->user_id[b] = c.user_ids[s.record];
+void ResizeSampleBatch(int size, int n, int T, SampleBatch* batch) {
+  const size_t B = static_cast<size_t>(size), N = static_cast<size_t>(n), TT = static_cast<size_t>(T);
+  batch->size = size;
+  batch->max_seq_len = n;
+  batch->max_tags = T;
+  batch->user_id.resize(B);
+  batch->history_id.resize(B * N);
+  batch->history_len.resize(B);
+  batch->session_begin.resize(B);
+  batch->history_time.resize(B * N);
+  batch->time_lag.resize(B * N);
+  batch->history_tag.resize(B * N * TT);
+  batch->history_tag_count.resize(B * N);
+  batch->target_id.resize(B);
+  batch->target_time.resize(B);
+  batch->target_tag.resize(B * TT);
+  batch->target_tag_count.resize(B);
+}
+
+void FillHistory(const HistoryWindow& w, int b, SampleBatch* batch) {
+  const int n = batch->max_seq_len, T = batch->max_tags, len = w.len;
+  batch->user_id[b] = w.user;
   batch->history_len[b] = len;
-  batch->session_begin[b] = static_cast<int32_t>(std::max(s.session_begin, wb) - wb);
-  batch->target_id[b] = c.items[s.target];
-  batch->target_time[b] = target_time;
+  batch->session_begin[b] = w.session_begin;
+  batch->target_time[b] = w.target_time;
   const size_t row = static_cast<size_t>(b) * n;
   int64_t* ids = batch->history_id.data() + row;
   int64_t* times = batch->history_time.data() + row;
   float* lag = batch->time_lag.data() + row;
   int32_t* counts = batch->history_tag_count.data() + row;
   int64_t* tags = batch->history_tag.data() + row * T;
-  std::memcpy(ids, c.items.data() + wb, sizeof(int64_t) * len);
-  std::memcpy(times, c.times.data() + wb, sizeof(int64_t) * len);
+  std::copy_n(w.items, len, ids);
+  std::copy_n(w.times, len, times);
   for (int j = 0; j < len; ++j) {
     // A lag that does not fit an int64 (times at the ends of its range) is taken as a double.
     int64_t d;
-    lag[j] = __builtin_sub_overflow(target_time, times[j], &d)
-                 ? static_cast<float>(static_cast<double>(target_time) - static_cast<double>(times[j]))
+    lag[j] = __builtin_sub_overflow(w.target_time, times[j], &d)
+                 ? static_cast<float>(static_cast<double>(w.target_time) - static_cast<double>(times[j]))
                  : static_cast<float>(d);
-    const uint32_t tb = c.tag_begin[wb + j];
-    const int cnt = std::min<int>(static_cast<int>(c.tag_begin[wb + j + 1] - tb), T);
+    const uint32_t tb = w.tag_begin[j];
+    const int cnt = std::min<int>(static_cast<int>(w.tag_begin[j + 1] - tb), T);
     counts[j] = cnt;
     int64_t* dst = tags + static_cast<size_t>(j) * T;
-    std::copy_n(c.tags.data() + tb, cnt, dst);  // not memcpy: tags may be empty, data() null
+    std::copy_n(w.tags + tb, cnt, dst);  // not memcpy: tags may be empty, the pointer null
     std::fill(dst + cnt, dst + T, 0);
   }
   std::fill(ids + len, ids + n, 0);
@@ -162,6 +176,23 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
   std::fill(lag + len, lag + n, 0.0f);
   std::fill(counts + len, counts + n, 0);
   std::fill(tags + static_cast<size_t>(len) * T, tags + static_cast<size_t>(n) * T, 0);
+}
+
+void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample& s, int b, SampleBatch* batch) const {
+  const int n = n_, T = t_;
+  const uint32_t user_begin = c.user_begin[s.record];
+  const uint32_t wb = s.target - user_begin > static_cast<uint32_t>(n) ? s.target - static_cast<uint32_t>(n) : user_begin;
+  HistoryWindow w;
+  w.user = c.user_ids[s.record];
+  w.items = c.items.data() + wb;
+  w.times = c.times.data() + wb;
+  w.tag_begin = c.tag_begin.data() + wb;
+  w.tags = c.tags.data();
+  w.len = static_cast<int>(s.target - wb);
+  w.session_begin = static_cast<int32_t>(std::max(s.session_begin, wb) - wb);
+  w.target_time = c.times[s.target];
+  FillHistory(w, b, batch);
+  batch->target_id[b] = c.items[s.target];
   const uint32_t tb = c.tag_begin[s.target];
   const int cnt = std::min<int>(static_cast<int>(c.tag_begin[s.target + 1] - tb), T);
   batch->target_tag_count[b] = cnt;
@@ -172,21 +203,7 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
 
 absl::StatusOr<bool> SampleReader::Next(SampleBatch* batch) {
   const int B = options_.batch_size;
-  const size_t n = static_cast<size_t>(n_), T = static_cast<size_t>(t_);
-  batch->max_seq_len = n_;
-  batch->max_tags = t_;
-  batch->user_id.resize(B);
-  batch->history_id.resize(B * n);
-  batch->history_len.resize(B);
-  batch->session_begin.resize(B);
-  batch->history_time.resize(B * n);
-  batch->time_lag.resize(B * n);
-  batch->history_tag.resize(B * n * T);
-  batch->history_tag_count.resize(B * n);
-  batch->target_id.resize(B);
-  batch->target_time.resize(B);
-  batch->target_tag.resize(B * T);
-  batch->target_tag_count.resize(B);
+  ResizeSampleBatch(B, n_, t_, batch);
   int b = 0;
   while (true) {
     if (options_.epochs > 0 && epoch_ >= options_.epochs) break;
@@ -208,22 +225,9 @@ absl::StatusOr<bool> SampleReader::Next(SampleBatch* batch) {
     ++position_;
     if (++b == B) break;
   }
+  // Shrink the per-sample arrays to the real batch size.
+  if (b < B) ResizeSampleBatch(b, n_, t_, batch);
   batch->size = b;
-  if (b < B) {
-    // Shrink the per-sample arrays to the real batch size.
-    batch->user_id.resize(b);
-    batch->history_id.resize(b * n);
-    batch->history_len.resize(b);
-    batch->session_begin.resize(b);
-    batch->history_time.resize(b * n);
-    batch->time_lag.resize(b * n);
-    batch->history_tag.resize(b * n * T);
-    batch->history_tag_count.resize(b * n);
-    batch->target_id.resize(b);
-    batch->target_time.resize(b);
-    batch->target_tag.resize(b * T);
-    batch->target_tag_count.resize(b);
-  }
   return b > 0;
 }
 

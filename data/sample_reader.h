@@ -70,6 +70,27 @@ struct SampleBatch {
   std::vector<int32_t> target_tag_count;   // [B]
 };
 
+// Sizes every per-sample array of `batch` for `size` samples of n positions and T tags
+// (values of the new elements are unspecified until a row is filled).
+void ResizeSampleBatch(int size, int n, int T, SampleBatch* batch);
+
+// The history part of sample b: the behaviours of one window, oldest first. Shared by the
+// reader (prepared files) and by serving (data/live_sample.h), so that a live request and an
+// evaluation sample with the same behaviours become the same row.
+struct HistoryWindow {
+  int64_t user = 0;
+  const int64_t* items = nullptr;     // [len]
+  const int64_t* times = nullptr;     // [len]
+  const uint32_t* tag_begin = nullptr;  // [len + 1]: item j's tags are tags[tag_begin[j], tag_begin[j + 1])
+  const int64_t* tags = nullptr;
+  int len = 0;                        // <= batch->max_seq_len
+  int32_t session_begin = 0;          // in [0, len]
+  int64_t target_time = 0;            // time lags are taken from it
+};
+// Fills user_id, history_*, session_begin, time_lag and target_time of sample b (padding after
+// len); tags beyond batch->max_tags are dropped. The target id and tags are not touched.
+void FillHistory(const HistoryWindow& w, int b, SampleBatch* batch);
+
 class SampleReader {
  public:
   static absl::StatusOr<std::unique_ptr<SampleReader>> Open(const std::string& dataset_dir, const ReaderOptions& options);

@@ -22,7 +22,7 @@
 #include "configs/config_loader.h"
 #include "data/prepare.h"
 #include "launcher/launch.h"
-#include "launcher/retrieve_main.h"
+#include "launcher/serve_main.h"
 #include "launcher/run_job.h"
 #include "launcher/supervise.h"
 #include "model/malloc_tuning.h"
@@ -103,23 +103,40 @@ int Main(int argc, char** argv) {
   Common eval_c;
   auto* eval = app.add_subcommand("eval", "evaluate the newest checkpoint on the validation and test splits");
   AddConfigOptions(eval, &eval_c);
-  eval->add_option("--dump-ranks", run.dump_ranks, "write \"user target rank | history\" per sample to FILE.<split>");
+  eval->add_option("--dump-ranks", run.dump_ranks, "write per sample its target, rank and serving request (JSON lines) to FILE.<split>");
   eval->add_flag("--json", run.json, "print the metrics of both splits as JSON");
 
   Common export_c;
   auto* exp = app.add_subcommand("export", "write a serving bundle from the newest checkpoint");
   AddConfigOptions(exp, &export_c);
-  exp->add_option("--out", run.export_dir, "bundle folder")->required();
+  exp->add_option("--out", run.export_dir, "bundle (or, with --base, delta) folder")->required();
+  exp->add_option("--base", run.export_base, "write only what changed since this full bundle (a delta for `serve`)");
   exp->add_flag("--json", run.json, "print what was exported as JSON");
 
   RetrieveOptions ret;
-  auto* retrieve = app.add_subcommand("retrieve", "top-k items for a behaviour history, from a serving bundle");
+  auto* retrieve = app.add_subcommand("retrieve", "top-k items for a behaviour history, from a serving bundle (one request of `serve`)");
   retrieve->add_option("--bundle", ret.bundle, "bundle folder written by export")->required();
-  retrieve->add_option("--history", ret.history, "item ids, oldest first, separated by spaces")->required();
+  retrieve->add_option("--history", ret.history, "item ids, oldest first, separated by spaces or commas");
+  retrieve->add_option("--times", ret.times, "their timestamps (required when the data set has timestamps)");
+  retrieve->add_option("--time", ret.time, "request time (default: the newest behaviour's); time lags are taken from it");
+  retrieve->add_option("--user", ret.user, "user id: seeds the reverse diffusion as evaluation does for this user");
+  retrieve->add_option("--seed", ret.seed, "seed of the reverse diffusion process instead");
   retrieve->add_option("--k", ret.k, "items to return")->capture_default_str();
-  retrieve->add_option("--seed", ret.seed, "seed of the reverse diffusion process")->capture_default_str();
-  retrieve->add_option("--user", ret.user, "reproduce evaluation: use the reverse-process seed evaluation used for this user id");
-  retrieve->add_flag("--json", ret.json, "print the result as JSON");
+  retrieve->add_option("--request", ret.request, "the whole request as a JSON line (docs/serving.md) instead of the flags");
+  retrieve->add_flag("--json", ret.json, "print the reply line (JSON)");
+
+  ServeOptions srv;
+  auto* serve = app.add_subcommand("serve", "answer retrieval requests (JSON lines on stdin and TCP) until stopped");
+  serve->add_option("--bundle", srv.bundle, "bundle folder written by export")->required();
+  serve->add_option("--port", srv.port, "also listen on this TCP port (0: any free one, printed on stderr)");
+  serve->add_option("--host", srv.host, "address to listen on")->capture_default_str();
+  bool no_stdin = false, no_updates = false;
+  serve->add_flag("--no-stdin", no_stdin, "do not read requests from stdin (TCP only)");
+  serve->add_flag("--no-updates", no_updates, "refuse \"update\" requests");
+  serve->add_option("--max-request-bytes", srv.max_request_bytes, "longest request line")->capture_default_str();
+  serve->add_option("--max-batch", srv.max_batch, "queries per pass of the user tower")->capture_default_str();
+  serve->add_option("--max-connections", srv.max_connections, "TCP clients at once")->capture_default_str();
+  serve->add_option("--threads", srv.threads, "torch threads of the user tower")->capture_default_str();
 
   Common launch_c;
   bool dry_run = false;
@@ -218,7 +235,15 @@ int Main(int argc, char** argv) {
     ::execvp(cargv[0], cargv.data());
     return Fail(absl::InternalError(absl::StrCat("cannot run ", cmd[0], ": ", std::strerror(errno))));
   }
-  if (retrieve->parsed()) return RunRetrieve(ret);
+  if (retrieve->parsed()) {
+    if (ret.request.empty() && ret.history.empty()) return Fail(absl::InvalidArgumentError("retrieve: give --history or --request"));
+    return RunRetrieve(ret);
+  }
+  if (serve->parsed()) {
+    srv.read_stdin = !no_stdin;
+    srv.allow_updates = !no_updates;
+    return RunServe(srv);
+  }
 
   Common& c = train->parsed() ? train_c : eval->parsed() ? eval_c : export_c;
   auto cfg = LoadConfig(c);

@@ -77,11 +77,19 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
       break;
   }
   if (!options.export_dir.empty()) {
-    T2D_RETURN_IF_ERROR(t->Export(options.export_dir));
+    serving::DeltaStats delta;
+    T2D_RETURN_IF_ERROR(t->Export(options.export_dir, options.export_base, &delta));
     if (workers->rank() == 0 && options.json && options.mode == RunOptions::kExport) {
       trainer::Json out;
-      out["bundle"] = options.export_dir;
+      out[options.export_base.empty() ? "bundle" : "delta"] = options.export_dir;
       out["step"] = t->step();
+      if (!options.export_base.empty()) {
+        out["base"] = options.export_base;
+        out["items_changed"] = delta.items_changed;
+        out["items_total"] = delta.items_total;
+        out["id_rows_changed"] = delta.id_rows_changed;
+        out["tag_rows_changed"] = delta.tag_rows_changed;
+      }
       std::cout << out.dump() << std::endl;
     }
   }

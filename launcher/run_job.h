@@ -14,6 +14,7 @@ struct RunOptions {
   enum Mode { kTrain, kEval, kExport } mode = kTrain;
   bool resume = false;
   std::string export_dir;  // train: export after training when set; export: the bundle folder
+  std::string export_base;  // export: write a delta against this full bundle (serving/bundle_writer.h)
   std::string dump_ranks;  // eval: write per-sample ranks to <this>.<split>
   // Print the result on stdout as one JSON object (worker 0) instead of human-readable lines:
   // train: the run summary; eval: {"valid": ..., "test": ...}; export: the bundle written.

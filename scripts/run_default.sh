@@ -24,10 +24,15 @@ echo "== train: 1 server + 2 workers"
 echo "== evaluate the newest checkpoint (single process)"
 "$t2diff" eval -c "$config" --dump-ranks t2diff-run/ranks
 echo "== retrieve for the first test user"
-IFS='|' read -r head history < t2diff-run/ranks.test
-read -r user target rank <<< "$head"
-echo "user $user, history of $(wc -w <<< "$history") items, actual next item $target (ranked $rank by evaluation)"
-"$t2diff" retrieve --bundle t2diff-run/bundle --history "$history" --user "$user" --k 10
+# Each dumped sample is {"target":T,"rank":R, then the sample as a serving request}: the same
+# request, less target and rank, is what `t2diff serve` and `retrieve` answer.
+dumped=$(head -1 t2diff-run/ranks.test)
+target=$(sed -E 's/^\{"target":([0-9]+),.*/\1/' <<< "$dumped")
+rank=$(sed -E 's/^\{"target":[0-9]+,"rank":([0-9]+),.*/\1/' <<< "$dumped")
+request=$(sed -E 's/^\{"target":[0-9]+,"rank":[0-9]+,/{"k":10,/' <<< "$dumped")
+echo "request: $request"
+echo "actual next item $target (ranked $rank by evaluation)"
+"$t2diff" retrieve --bundle t2diff-run/bundle --request "$request"
 echo "== plots"
 bash scripts/plot_metrics.sh t2diff-run/plots 20 t2diff-run/out/metrics.jsonl
 echo "== done: metrics in t2diff-run/out/, plots in t2diff-run/plots/, checkpoints in t2diff-run/checkpoints/, bundle in t2diff-run/bundle/"

@@ -12,34 +12,125 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/checksum.h"
 #include "common/file_util.h"
+#include "common/sealed_folder.h"
 #include "common/status_macros.h"
 #include "configs/config_loader.h"
 #include "configs/job_options.h"
 #include "embedding/initializer.h"
 #include "model/dense_state.h"
 #include "model/model.h"
-#include "common/sealed_folder.h"
+#include "model/model_options.h"
+#include "model/step_builder.h"
 #include "serving/bundle_writer.h"
 #include "serving/npy.h"
 
 namespace t2d::serving {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+
+// Rows keyed by id, with the table's initializer for ids that have none (ids the trainer never
+// touched read as their initial values there too).
+struct RowTable {
+  std::vector<int64_t> keys;
+  std::vector<float> rows;
+  int64_t dim = 0;
+  absl::flat_hash_map<int64_t, int64_t> where;
+  std::unique_ptr<embedding::RowInitializer> init;
+
+  void Index() {
+    where.clear();
+    for (size_t i = 0; i < keys.size(); ++i) where[keys[i]] = static_cast<int64_t>(i);
+  }
+  at::Tensor Gather(const std::vector<int64_t>& ids) const {
+    at::Tensor t = at::empty({static_cast<int64_t>(ids.size()), dim}, at::kFloat);
+    float* out = t.data_ptr<float>();
+    for (size_t i = 0; i < ids.size(); ++i) {
+      float* dst = out + i * static_cast<size_t>(dim);
+      auto it = where.find(ids[i]);
+      if (it == where.end()) {
+        init->Fill(ids[i], absl::Span<float>(dst, static_cast<size_t>(dim)));
+      } else {
+        std::copy_n(rows.data() + static_cast<size_t>(it->second * dim), dim, dst);
+      }
+    }
+    return t;
+  }
+  // Replaces or adds the rows of `new_keys`.
+  void Update(const std::vector<int64_t>& new_keys, const std::vector<float>& new_rows) {
+    for (size_t i = 0; i < new_keys.size(); ++i) {
+      auto [it, fresh] = where.try_emplace(new_keys[i], static_cast<int64_t>(keys.size()));
+      if (fresh) {
+        keys.push_back(new_keys[i]);
+        rows.resize(rows.size() + static_cast<size_t>(dim));
+      }
+      std::copy_n(new_rows.data() + i * static_cast<size_t>(dim), dim, rows.data() + it->second * dim);
+    }
+  }
+};
+
+absl::Status CheckFinite(const std::vector<float>& v, const std::string& file) {
+  const auto bad = std::find_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); });
+  if (bad == v.end()) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(file, ": non-finite value ", *bad, " at element ", bad - v.begin()));
+}
+
+absl::StatusOr<RowTable> ReadRows(const std::string& dir, const std::string& name, int64_t dim,
+                                  const config::TableConfig& table) {
+  RowTable t;
+  t.dim = dim;
+  T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> keys, ReadNpyInt64(dir + "/" + name + "_keys.npy"));
+  T2D_ASSIGN_OR_RETURN(NpyArray<float> rows, ReadNpyFloat(dir + "/" + name + "_rows.npy"));
+  if (rows.data.size() != keys.data.size() * static_cast<size_t>(dim)) {
+    return absl::DataLossError(absl::StrCat(dir, "/", name, "_rows.npy: ", rows.data.size(), " values for ",
+                                            keys.data.size(), " keys of width ", dim));
+  }
+  T2D_RETURN_IF_ERROR(CheckFinite(rows.data, absl::StrCat(dir, "/", name, "_rows.npy")));
+  t.keys = std::move(keys.data);
+  t.rows = std::move(rows.data);
+  t.init = std::make_unique<embedding::RowInitializer>(table.initializer());
+  t.Index();
+  return t;
+}
+
+absl::StatusOr<std::string> FolderVersion(const std::string& dir) {
+  T2D_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(dir + "/MANIFEST"));
+  return Sha256Hex(manifest.data(), manifest.size());
+}
+
+}  // namespace
 
 struct Bundle::Impl {
-  config::JobConfig config;
+  // Shared between a bundle and the bundles derived from it by deltas (immutable).
+  std::shared_ptr<const config::JobConfig> config;
+  std::shared_ptr<const data::Catalogue> catalogue;
+  std::shared_ptr<const data::LiveSampleBuilder> live;
+  model::StepBuilder::Options builder_options;
+  uint64_t eval_seed = 0;
+  std::string version, delta_version;
+  int64_t step = 0;
+  // Replaced by deltas.
   std::unique_ptr<model::Model> model;
-  NpyArray<int64_t> item_ids, id_keys, tag_keys, tag_offsets, tags;
-  NpyArray<float> item_vectors, id_rows, tag_rows;
-  at::Tensor items;  // [N, E] view of item_vectors
-  absl::flat_hash_map<int64_t, int64_t> id_row, tag_row, item_index;
-  std::unique_ptr<embedding::RowInitializer> id_init, tag_init;
-  int64_t id_dim = 0, tag_dim = 0;
+  std::vector<float> item_vectors;  // [N, E]
+  int64_t dim = 0;                  // E
+  RowTable id_rows, tag_rows;
+  bool has_tags = false;
+
+  at::Tensor Items() const {
+    return at::from_blob(const_cast<float*>(item_vectors.data()), {catalogue->size(), dim}, at::kFloat);
+  }
 };
 
 Bundle::Bundle(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Bundle::~Bundle() = default;
-uint64_t Bundle::eval_seed() const { return impl_->config.eval().seed(); }
-int64_t Bundle::num_items() const { return static_cast<int64_t>(impl_->item_ids.data.size()); }
+int64_t Bundle::num_items() const { return impl_->catalogue->size(); }
+int64_t Bundle::step() const { return impl_->step; }
+const std::string& Bundle::version() const { return impl_->version; }
+const std::string& Bundle::delta_version() const { return impl_->delta_version; }
+std::string Bundle::search_kind() const { return "exact"; }
 
 absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
   // Whether the tag files belong to the bundle depends on its job, which is verified (with every
@@ -48,121 +139,201 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
     T2D_ASSIGN_OR_RETURN(config::JobConfig job, config::LoadJobConfig(dir + "/job.textproto"));
     return BundleFiles(job);
   };
-  T2D_RETURN_IF_ERROR(VerifyFolder(dir, FolderManifest::BUNDLE, files).status());
+  T2D_ASSIGN_OR_RETURN(FolderManifest header, VerifyFolder(dir, FolderManifest::BUNDLE, files));
   auto impl = std::make_unique<Impl>();
   Impl& b = *impl;
-  T2D_ASSIGN_OR_RETURN(b.config, config::LoadJobConfig(dir + "/job.textproto"));
-  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(b.config));
-  T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(b.config.model(), dims));
+  T2D_ASSIGN_OR_RETURN(b.version, FolderVersion(dir));
+  b.step = header.step();
+  T2D_ASSIGN_OR_RETURN(config::JobConfig job, config::LoadJobConfig(dir + "/job.textproto"));
+  b.config = std::make_shared<const config::JobConfig>(job);
+  b.eval_seed = job.eval().seed();
+  T2D_ASSIGN_OR_RETURN(std::string dataset_text, ReadFileToString(dir + "/dataset.textproto"));
+  data::DatasetManifest dataset;
+  if (!google::protobuf::TextFormat::ParseFromString(dataset_text, &dataset)) {
+    return absl::DataLossError(absl::StrCat(dir, "/dataset.textproto: not a data set manifest"));
+  }
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(job));
+  T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(job.model(), dims));
   T2D_RETURN_IF_ERROR(model::LoadDenseState(dir + "/dense.t2dd", b.model.get(), nullptr));
-  T2D_ASSIGN_OR_RETURN(b.item_ids, ReadNpyInt64(dir + "/item_ids.npy"));
-  T2D_ASSIGN_OR_RETURN(b.item_vectors, ReadNpyFloat(dir + "/item_vectors.npy"));
-  T2D_ASSIGN_OR_RETURN(b.id_keys, ReadNpyInt64(dir + "/id_keys.npy"));
-  T2D_ASSIGN_OR_RETURN(b.id_rows, ReadNpyFloat(dir + "/id_rows.npy"));
-  T2D_ASSIGN_OR_RETURN(b.tag_offsets, ReadNpyInt64(dir + "/item_tag_offsets.npy"));
-  T2D_ASSIGN_OR_RETURN(b.tags, ReadNpyInt64(dir + "/item_tags.npy"));
-  const int id_table = config::FindTable(b.config, b.config.model().item_id_table());
-  const int tag_table = b.config.model().item_tag_table().empty() ? -1 : config::FindTable(b.config, b.config.model().item_tag_table());
-  b.id_dim = dims.id_dim;
-  b.tag_dim = dims.tag_dim;
-  b.id_init = std::make_unique<embedding::RowInitializer>(b.config.tables(id_table).initializer());
-  if (tag_table >= 0) {
-    T2D_ASSIGN_OR_RETURN(b.tag_keys, ReadNpyInt64(dir + "/tag_keys.npy"));
-    T2D_ASSIGN_OR_RETURN(b.tag_rows, ReadNpyFloat(dir + "/tag_rows.npy"));
-    b.tag_init = std::make_unique<embedding::RowInitializer>(b.config.tables(tag_table).initializer());
+  T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> item_ids, ReadNpyInt64(dir + "/item_ids.npy"));
+  T2D_ASSIGN_OR_RETURN(NpyArray<float> vectors, ReadNpyFloat(dir + "/item_vectors.npy"));
+  T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> offsets, ReadNpyInt64(dir + "/item_tag_offsets.npy"));
+  T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> tags, ReadNpyInt64(dir + "/item_tags.npy"));
+  const int64_t n = static_cast<int64_t>(item_ids.data.size());
+  b.dim = b.model->output_dim();
+  if (vectors.shape.size() != 2 || vectors.shape[0] != n || vectors.shape[1] != b.dim) {
+    return absl::DataLossError(absl::StrCat(dir, "/item_vectors.npy: shape does not match ", n, " items of width ", b.dim));
   }
-  const int64_t n = static_cast<int64_t>(b.item_ids.data.size());
-  const bool consistent = b.item_vectors.shape.size() == 2 && b.item_vectors.shape[0] == n &&
-                          b.item_vectors.shape[1] == b.model->output_dim() &&
-                          b.id_rows.data.size() == b.id_keys.data.size() * static_cast<size_t>(b.id_dim) &&
-                          b.tag_offsets.data.size() == static_cast<size_t>(n + 1) &&
-                          b.tag_rows.data.size() == b.tag_keys.data.size() * static_cast<size_t>(b.tag_dim);
-  if (!consistent) return absl::DataLossError(absl::StrCat(dir, ": bundle arrays have inconsistent shapes"));
+  if (offsets.data.size() != static_cast<size_t>(n + 1) || offsets.data[0] != 0 ||
+      !std::is_sorted(offsets.data.begin(), offsets.data.end()) ||
+      offsets.data.back() != static_cast<int64_t>(tags.data.size())) {
+    return absl::DataLossError(absl::StrCat(dir, "/item_tag_offsets.npy: not ", n + 1, " ascending offsets into item_tags.npy"));
+  }
   // A non-finite vector would rank as NaN against every request: refuse the bundle instead.
-  for (const auto& [array, name] :
-       {std::pair{&b.item_vectors, "item_vectors.npy"}, {&b.id_rows, "id_rows.npy"}, {&b.tag_rows, "tag_rows.npy"}}) {
-    const auto& v = array->data;
-    const auto bad = std::find_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); });
-    if (bad != v.end()) {
-      return absl::DataLossError(absl::StrCat(dir, "/", name, ": non-finite value ", *bad, " at element ", bad - v.begin()));
-    }
+  T2D_RETURN_IF_ERROR(CheckFinite(vectors.data, dir + "/item_vectors.npy"));
+  std::vector<std::vector<int64_t>> item_tags(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    item_tags[static_cast<size_t>(i)].assign(tags.data.begin() + offsets.data[static_cast<size_t>(i)],
+                                             tags.data.begin() + offsets.data[static_cast<size_t>(i) + 1]);
   }
-  for (size_t i = 0; i < b.id_keys.data.size(); ++i) b.id_row[b.id_keys.data[i]] = static_cast<int64_t>(i);
-  for (size_t i = 0; i < b.tag_keys.data.size(); ++i) b.tag_row[b.tag_keys.data[i]] = static_cast<int64_t>(i);
-  for (int64_t i = 0; i < n; ++i) b.item_index[b.item_ids.data[static_cast<size_t>(i)]] = i;
-  b.items = at::from_blob(b.item_vectors.data.data(), {n, b.model->output_dim()}, at::kFloat);
+  b.catalogue = std::shared_ptr<const data::Catalogue>(data::Catalogue::FromItems(item_ids.data, std::move(item_tags), {}));
+  if (b.catalogue->size() != n) return absl::DataLossError(absl::StrCat(dir, "/item_ids.npy: duplicate item ids"));
+  const data::ReaderOptions reader = config::ReaderOptionsOf(job, "test", 0, 1);
+  b.live = std::make_shared<const data::LiveSampleBuilder>(dataset, b.catalogue.get(), reader.max_seq_len, reader.max_tags);
+  b.builder_options = config::StepBuilderOptionsOf(job);
+  b.item_vectors = std::move(vectors.data);
+  const int id_table = config::FindTable(job, job.model().item_id_table());
+  T2D_ASSIGN_OR_RETURN(b.id_rows, ReadRows(dir, "id", dims.id_dim, job.tables(id_table)));
+  b.has_tags = !job.model().item_tag_table().empty();
+  if (b.has_tags) {
+    const int tag_table = config::FindTable(job, job.model().item_tag_table());
+    T2D_ASSIGN_OR_RETURN(b.tag_rows, ReadRows(dir, "tag", dims.tag_dim, job.tables(tag_table)));
+  }
   return std::unique_ptr<Bundle>(new Bundle(std::move(impl)));
 }
 
-absl::StatusOr<Retrieved> Bundle::TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const {
-  // Checked here: libtorch would throw (k < 0) or answer nothing (k = 0).
-  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("retrieve: k must be at least 1, got ", k));
-  if (history.empty()) return absl::InvalidArgumentError("retrieve: empty history (give at least one item id)");
+absl::StatusOr<Retrieved> Bundle::TopK(const Query& query) const {
+  auto r = Search(absl::MakeConstSpan(&query, 1));
+  return std::move(r[0]);
+}
+
+std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> queries) const {
   const Impl& b = *impl_;
-  using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  const int64_t n = b.config.data().max_seq_len();
-  const size_t len = std::min<size_t>(history.size(), static_cast<size_t>(n));
-  const auto recent = history.subspan(history.size() - len);
-  // Rows of this request: the history items and their tags, in first-seen order.
-  std::vector<int64_t> ids, tag_ids;
-  absl::flat_hash_map<int64_t, int64_t> id_pos, tag_pos;
-  model::Batch batch;
-  batch.batch_size = 1;
-  batch.seq_len = n;
-  batch.lengths = {static_cast<int64_t>(len)};
-  for (int64_t j = 0; j < n - static_cast<int64_t>(len); ++j) batch.history.AddPadding();
-  for (int64_t id : recent) {
-    auto [it, fresh] = id_pos.try_emplace(id, static_cast<int64_t>(ids.size()));
-    if (fresh) ids.push_back(id);
-    std::vector<int64_t> slot_tags;
-    auto item = b.item_index.find(id);
-    if (b.tag_init && item != b.item_index.end()) {
-      for (int64_t t = b.tag_offsets.data[static_cast<size_t>(item->second)];
-           t < b.tag_offsets.data[static_cast<size_t>(item->second) + 1]; ++t) {
-        const int64_t tag = b.tags.data[static_cast<size_t>(t)];
-        auto [tt, tfresh] = tag_pos.try_emplace(tag, static_cast<int64_t>(tag_ids.size()));
-        if (tfresh) tag_ids.push_back(tag);
-        slot_tags.push_back(tt->second);
-      }
+  std::vector<absl::StatusOr<Retrieved>> out(queries.size(), absl::UnknownError("not answered"));
+  // The valid queries, in order, become samples 0..m-1.
+  std::vector<size_t> sample_of;
+  data::SampleBatch batch;
+  b.live->Reset(static_cast<int>(queries.size()), &batch);
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const Query& query = queries[q];
+    if (query.k < 1) {
+      out[q] = absl::InvalidArgumentError(absl::StrCat("k: must be at least 1, got ", query.k));
+      continue;
     }
-    batch.history.Add(it->second, slot_tags);
+    if (static_cast<int64_t>(query.request.items.size()) > kMaxQueryItems) {
+      out[q] = absl::InvalidArgumentError(absl::StrCat("items: ", query.request.items.size(),
+                                                       " behaviours, more than the limit of ", kMaxQueryItems));
+      continue;
+    }
+    absl::Status filled = b.live->Fill(query.request, static_cast<int>(sample_of.size()), &batch);
+    if (!filled.ok()) {
+      out[q] = filled;
+      continue;
+    }
+    sample_of.push_back(q);
   }
-  auto fill = [](const std::vector<int64_t>& keys, const absl::flat_hash_map<int64_t, int64_t>& where,
-                 const std::vector<float>& rows, int64_t dim, const embedding::RowInitializer& init) {
-    at::Tensor t = at::empty({static_cast<int64_t>(keys.size()), dim}, at::kFloat);
-    float* out = t.data_ptr<float>();
-    for (size_t i = 0; i < keys.size(); ++i) {
-      auto it = where.find(keys[i]);
-      float* dst = out + i * static_cast<size_t>(dim);
-      if (it == where.end()) {
-        init.Fill(keys[i], absl::Span<float>(dst, static_cast<size_t>(dim)));
-      } else {
-        std::copy_n(rows.data() + static_cast<size_t>(it->second * dim), dim, dst);
+  const int m = static_cast<int>(sample_of.size());
+  if (m == 0) return out;
+  if (m < static_cast<int>(queries.size())) ResizeSampleBatch(m, batch.max_seq_len, batch.max_tags, &batch);
+  auto fail_all = [&](const absl::Status& s) {
+    for (size_t q : sample_of) out[q] = s;
+    return out;
+  };
+  model::StepBuilder builder(b.catalogue.get(), b.builder_options);
+  model::StepInput in;
+  if (absl::Status s = builder.BuildUsers(batch, &in); !s.ok()) return fail_all(s);
+  model::Rows rows;
+  rows.id_rows = b.id_rows.Gather(in.id_keys);
+  if (b.has_tags) rows.tag_rows = b.tag_rows.Gather(in.tag_keys);
+  model::InferenceOptions io;
+  for (int i = 0; i < m; ++i) {
+    const Query& query = queries[sample_of[static_cast<size_t>(i)]];
+    io.sample_seeds.push_back(query.seed.has_value() ? *query.seed : model::EvalSampleSeed(b.eval_seed, query.request.user));
+  }
+  absl::StatusOr<at::Tensor> users = b.model->UserVectors(in.batch, rows, io);
+  if (!users.ok()) return fail_all(users.status());
+  const auto t1 = Clock::now();
+  int64_t k_max = 0;
+  for (size_t q : sample_of) k_max = std::max<int64_t>(k_max, queries[q].k);
+  k_max = std::min(k_max, b.catalogue->size());
+  std::vector<Retrieved> found(static_cast<size_t>(m));
+  {
+    c10::InferenceMode guard;
+    // Scores as evaluation computes them: one matmul of the user vectors with every item vector.
+    at::Tensor scores = at::matmul(*users, b.Items().t());
+    auto [top, index] = at::topk(scores, k_max, 1);
+    top = top.contiguous();
+    index = index.contiguous();
+    const float* ts = top.data_ptr<float>();
+    const int64_t* ix = index.data_ptr<int64_t>();
+    for (int i = 0; i < m; ++i) {
+      const int64_t k = std::min<int64_t>(queries[sample_of[static_cast<size_t>(i)]].k, k_max);
+      Retrieved& r = found[static_cast<size_t>(i)];
+      for (int64_t j = 0; j < k; ++j) {
+        r.items.push_back(b.catalogue->ids()[static_cast<size_t>(ix[i * k_max + j])]);
+        r.scores.push_back(ts[i * k_max + j]);
       }
     }
-    return t;
-  };
-  model::Rows rows;
-  rows.id_rows = fill(ids, b.id_row, b.id_rows.data, b.id_dim, *b.id_init);
-  if (b.tag_init) rows.tag_rows = fill(tag_ids, b.tag_row, b.tag_rows.data, b.tag_dim, *b.tag_init);
-  model::InferenceOptions io;
-  io.sample_seeds = {seed};
-  T2D_ASSIGN_OR_RETURN(at::Tensor user, b.model->UserVectors(batch, rows, io));
-  const auto t1 = Clock::now();
-  c10::InferenceMode guard;
-  at::Tensor scores = at::matmul(b.items, user.reshape({-1}));
-  const int64_t kk = std::min<int64_t>(k, scores.size(0));
-  auto [top, index] = at::topk(scores, kk);
-  Retrieved r;
-  for (int64_t i = 0; i < kk; ++i) {
-    r.items.push_back(b.item_ids.data[static_cast<size_t>(index[i].item<int64_t>())]);
-    r.scores.push_back(top[i].item<float>());
   }
   const auto t2 = Clock::now();
-  r.user_tower_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-  r.search_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
-  return r;
+  for (int i = 0; i < m; ++i) {
+    Retrieved& r = found[static_cast<size_t>(i)];
+    r.user_tower_ms = Ms(t0, t1);
+    r.search_ms = Ms(t1, t2);
+    out[sample_of[static_cast<size_t>(i)]] = std::move(r);
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir) const {
+  const Impl& base = *impl_;
+  T2D_ASSIGN_OR_RETURN(BundleDelta delta, ReadBundleDelta(dir));
+  if (delta.base_version != base.version) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, ": a delta of bundle ", delta.base_version.substr(0, 12),
+                                                      "..., not of the bundle being served (", base.version.substr(0, 12),
+                                                      "...)"));
+  }
+  const config::JobConfig& job = *base.config;
+  if (delta.job.model().SerializeAsString() != job.model().SerializeAsString()) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, "/job.textproto: the delta's model config differs from the bundle's"));
+  }
+  auto impl = std::make_unique<Impl>();
+  Impl& b = *impl;
+  b.config = base.config;
+  b.catalogue = base.catalogue;
+  b.live = base.live;
+  b.builder_options = base.builder_options;
+  b.eval_seed = base.eval_seed;
+  b.version = base.version;
+  T2D_ASSIGN_OR_RETURN(b.delta_version, FolderVersion(dir));
+  b.step = delta.step;
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(job));
+  T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(job.model(), dims));
+  T2D_RETURN_IF_ERROR(model::LoadDenseState(dir + "/dense.t2dd", b.model.get(), nullptr));
+  b.dim = base.dim;
+  b.item_vectors = base.item_vectors;
+  const int64_t n = base.catalogue->size();
+  if (delta.vector_dim != b.dim) {
+    return absl::DataLossError(absl::StrCat(dir, "/item_vectors.npy: width ", delta.vector_dim, ", the bundle's is ", b.dim));
+  }
+  for (size_t i = 0; i < delta.item_rows.size(); ++i) {
+    const int64_t row = delta.item_rows[i];
+    if (row < 0 || row >= n) {
+      return absl::DataLossError(absl::StrCat(dir, "/item_rows.npy: row ", row, " outside the catalogue of ", n));
+    }
+    std::copy_n(delta.item_vectors.data() + i * static_cast<size_t>(b.dim), b.dim,
+                b.item_vectors.data() + row * b.dim);
+  }
+  auto copy_rows = [](const RowTable& from, RowTable* to) {
+    to->keys = from.keys;
+    to->rows = from.rows;
+    to->dim = from.dim;
+    to->where = from.where;
+    to->init = from.init ? std::make_unique<embedding::RowInitializer>(*from.init) : nullptr;
+  };
+  if (delta.id_rows.size() != delta.id_keys.size() * static_cast<size_t>(base.id_rows.dim) ||
+      delta.tag_rows.size() != delta.tag_keys.size() * static_cast<size_t>(base.tag_rows.dim)) {
+    return absl::DataLossError(absl::StrCat(dir, ": embedding rows of another width than the bundle's"));
+  }
+  copy_rows(base.id_rows, &b.id_rows);
+  b.id_rows.Update(delta.id_keys, delta.id_rows);
+  b.has_tags = base.has_tags;
+  if (b.has_tags) {
+    copy_rows(base.tag_rows, &b.tag_rows);
+    b.tag_rows.Update(delta.tag_keys, delta.tag_rows);
+  }
+  return std::unique_ptr<Bundle>(new Bundle(std::move(impl)));
 }
 
 }  // namespace t2d::serving

@@ -1,29 +1,49 @@
 #pragma once
-// A loaded serving bundle (serving/bundle_writer.h; layout in docs/export.md): the user tower,
-// the embedding rows it reads, and the precomputed item vectors. Answers top-k queries for a
-// behaviour history, the way `t2diff retrieve` and an online service would.
+// A loaded serving bundle (serving/bundle_writer.h; layout in docs/serving.md): the user tower,
+// the embedding rows it reads, the catalogue with its item vectors, and the data set's options.
+// Answers top-k queries the way evaluation scores a sample:
+//   - a query carries what an evaluation sample carries (user id, behaviours with their times,
+//     the request time), and becomes model input through the same code as evaluation
+//     (data::LiveSampleBuilder -> model::StepBuilder -> Model::UserVectors), with the reverse
+//     diffusion seeded per user by EvalSampleSeed unless the query names a seed;
+//   - so a query with an evaluation sample's behaviours, user and target time gets the user
+//     vector evaluation computed, and every item evaluation ranked above the target.
 //
-// Ids outside the exported catalogue read as their tables' initial values (a pure function of
-// (seed, id), see embedding/initializer.h), exactly as the trainer saw unseen ids.
+// A delta (serving/bundle_writer.h, WriteBundleDelta) applies to the full bundle it was made
+// from: WithDelta returns a NEW bundle equal to the base with the delta's dense state and rows,
+// leaving this one untouched, so a server can keep answering from the old one while it is built.
 //
-// Thread-safety: Load once; TopK is const and may run concurrently.
-// Errors: a missing, damaged or incomplete bundle is an error naming the file.
+// Thread-safety: immutable after Load/WithDelta; Search and TopK are const and may run concurrently.
+// Errors: a missing, damaged or incomplete bundle or delta is an error naming the file; a
+// malformed query is InvalidArgument naming the field, for that query alone.
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "data/live_sample.h"
 
 namespace t2d::serving {
+
+// The most behaviours one query may carry (a request that long is a client bug, not a user).
+inline constexpr int64_t kMaxQueryItems = 100000;
+
+struct Query {
+  data::LiveRequest request;
+  int k = 10;
+  // Seed of the reverse diffusion process; unset: EvalSampleSeed(eval.seed, user), as evaluation.
+  std::optional<uint64_t> seed;
+};
 
 struct Retrieved {
   std::vector<int64_t> items;
   std::vector<float> scores;
-  double user_tower_ms = 0;  // building the input and running the user tower
-  double search_ms = 0;      // scoring the catalogue and taking the top k
+  double user_tower_ms = 0;  // building the input and running the user tower (the whole batch)
+  double search_ms = 0;      // scoring the catalogue and taking the top k (the whole batch)
 };
 
 class Bundle {
@@ -31,14 +51,27 @@ class Bundle {
   static absl::StatusOr<std::unique_ptr<Bundle>> Load(const std::string& dir);
   ~Bundle();
 
-  // The k best items for `history` (item ids, oldest first; the newest max_seq_len are used).
-  // `seed` seeds the reverse diffusion process, so a request is reproducible. k < 1 and an
-  // empty history are InvalidArgument; k beyond the catalogue returns all of it.
-  absl::StatusOr<Retrieved> TopK(absl::Span<const int64_t> history, int k, uint64_t seed) const;
+  // Answers `queries` with one pass of the user tower over all the valid ones; each answer is a
+  // result or the error of its own query (k < 1, an empty or over-long history, an unknown item,
+  // bad times). k beyond the catalogue returns all of it.
+  std::vector<absl::StatusOr<Retrieved>> Search(absl::Span<const Query> queries) const;
+  // One query.
+  absl::StatusOr<Retrieved> TopK(const Query& query) const;
+
+  // This bundle with the delta at `delta_dir` applied (see the file comment). Errors: the
+  // delta's own (damaged, missing files) and FailedPrecondition when it was made from another
+  // base bundle or another model.
+  absl::StatusOr<std::unique_ptr<Bundle>> WithDelta(const std::string& delta_dir) const;
 
   int64_t num_items() const;
-  // The evaluation seed of the bundle's job (eval.seed), for reproducing evaluation samples.
-  uint64_t eval_seed() const;
+  int64_t step() const;  // training step of the model answering
+  // The base bundle's identity (SHA-256 of its MANIFEST), which deltas name; and the applied
+  // delta's, empty when none.
+  const std::string& version() const;
+  const std::string& delta_version() const;
+  // What answers searches: "exact" (the whole catalogue, scored as evaluation scores it) or the
+  // approximate index kind.
+  std::string search_kind() const;
 
  private:
   struct Impl;

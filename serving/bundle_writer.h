@@ -1,26 +1,39 @@
 #pragma once
-// Writes a serving bundle (layout: docs/export.md): the item vectors with their raw ids, the
-// embedding rows the user tower reads, the item tags, the dense state of the model, the job
-// config it was trained with, and a MANIFEST (common/sealed_folder.h, kind BUNDLE) written last.
-// The trainer computes the contents (Trainer::Export); serving/bundle.h reads them back.
+// Writes serving bundles and bundle deltas (layout: docs/serving.md), each a sealed folder
+// (common/sealed_folder.h) whose MANIFEST is written last.
 //
-// Thread-safety: free function. Errors: Internal naming the folder or file that could not be
-// written; an existing folder at `dir` is replaced.
+// A bundle (kind BUNDLE): the item vectors with their raw ids, the embedding rows the user
+// tower reads, the item tags, the dense state of the model, the job config it was trained
+// with and the data set's manifest (the session and window options a request is cut with).
+//
+// A delta (kind BUNDLE_DELTA) holds what changed since a base bundle: the dense state (whole:
+// it is small), the item vectors that differ (with their catalogue rows), the embedding rows
+// that differ or are new; its MANIFEST names the base by version (the SHA-256 of the base's
+// MANIFEST). Deltas are cumulative: each is taken against a full bundle, so a server holding
+// that bundle can apply any newer delta of it directly. The catalogue must be the base's.
+//
+// The trainer computes the contents (Trainer::Export); serving/bundle.h reads them back.
+// Thread-safety: free functions. Errors: Internal naming the folder or file that could not be
+// written; FailedPrecondition when a delta cannot be taken against the base (another
+// catalogue or model); the base's own verification errors. An existing folder at `dir` is replaced.
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "configs/job_config.pb.h"
+#include "data/dataset.pb.h"
 #include "model/model.h"
 
 namespace t2d::serving {
 
 struct BundleContents {
-  const config::JobConfig* job = nullptr;   // not owned
-  const model::Model* model = nullptr;      // not owned; its dense parameters are written
+  const config::JobConfig* job = nullptr;          // not owned
+  const data::DatasetManifest* dataset = nullptr;  // not owned: the data set the job trained on
+  const model::Model* model = nullptr;             // not owned; its dense parameters are written
   int64_t step = 0;                         // training step of the exported model
   int num_workers = 1;
   absl::Span<const int64_t> item_ids;       // [N] catalogue order
@@ -38,8 +51,32 @@ struct BundleContents {
 
 absl::Status WriteBundle(const std::string& dir, const BundleContents& contents);
 
-// The files of a bundle of `job`, sorted: the tag files only when its model has a tag table
-// (then contents.tag_dim > 0). What the writer seals and the reader verifies.
+// What WriteBundleDelta wrote, as counts (for the export report).
+struct DeltaStats {
+  int64_t items_changed = 0, items_total = 0;
+  int64_t id_rows_changed = 0, tag_rows_changed = 0;
+};
+// Writes to `dir` a delta of `contents` against the full bundle at `base_dir` (verified first).
+absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const BundleContents& contents,
+                                            const std::string& base_dir);
+
+// A delta read back (verified).
+struct BundleDelta {
+  std::string base_version;
+  int64_t step = 0;
+  config::JobConfig job;
+  std::vector<int64_t> item_rows;    // catalogue rows whose vectors changed
+  std::vector<float> item_vectors;   // [rows, E]
+  int64_t vector_dim = 0;
+  std::vector<int64_t> id_keys, tag_keys;
+  std::vector<float> id_rows, tag_rows;
+};
+// Reads the delta at `dir` (the dense state stays in dir/dense.t2dd for the caller to load).
+absl::StatusOr<BundleDelta> ReadBundleDelta(const std::string& dir);
+
+// The files of a bundle (or delta) of `job`, sorted: the tag files only when its model has a
+// tag table. What the writer seals and the reader verifies.
 std::vector<std::string> BundleFiles(const config::JobConfig& job);
+std::vector<std::string> DeltaFiles(const config::JobConfig& job);
 
 }  // namespace t2d::serving

@@ -1,6 +1,7 @@
 #include "trainer/evaluator.h"
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -16,7 +17,7 @@
 
 namespace t2d::trainer {
 
-Evaluator::Evaluator(const RunContext* context, const model::Model* model, StepBuilder* builder, RowFetcher* fetcher,
+Evaluator::Evaluator(const RunContext* context, const model::Model* model, model::StepBuilder* builder, RowFetcher* fetcher,
                      const data::Catalogue* catalogue)
     : ctx_(*context), model_(model), builder_(builder), fetcher_(fetcher), catalogue_(catalogue),
       sorted_counts_(catalogue->counts()) {
@@ -37,7 +38,7 @@ absl::StatusOr<at::Tensor> Evaluator::CatalogueVectors() {
     const int64_t begin = n * ctx_.rank / ctx_.world, end = n * (ctx_.rank + 1) / ctx_.world;
     at::Tensor all = at::zeros({n, e}, at::kFloat);
     if (end > begin) {
-      StepInput in;
+      model::StepInput in;
       builder_->BuildCatalogue(begin, end, &in);
       T2D_ASSIGN_OR_RETURN(model::Rows rows, fetcher_->Fetch(in, false));
       T2D_ASSIGN_OR_RETURN(at::Tensor v, model_->ItemVectors(in.candidates.items, rows));
@@ -75,6 +76,7 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
   T2D_ASSIGN_OR_RETURN(at::Tensor items, CatalogueVectors());
   T2D_ASSIGN_OR_RETURN(auto reader, data::SampleReader::Open(cfg.data().dataset_dir(),
                                                              config::ReaderOptionsOf(cfg, split, ctx_.rank, ctx_.world)));
+  const bool has_timestamps = reader->manifest().has_timestamps();
   data::SampleBatch batch;
   model::InferenceOptions io;
   constexpr int64_t kItemBlock = 65536;
@@ -82,7 +84,7 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
     T2D_ASSIGN_OR_RETURN(bool more, reader->Next(&batch));
     if (!more) break;
     const auto b_size = static_cast<size_t>(batch.size);
-    StepInput in;
+    model::StepInput in;
     T2D_RETURN_IF_ERROR(builder_->BuildUsers(batch, &in));
     T2D_ASSIGN_OR_RETURN(model::Rows rows, fetcher_->Fetch(in, false));
     io.sample_seeds.resize(b_size);
@@ -119,12 +121,20 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
     for (size_t b = 0; b < b_size; ++b) {
       result.model.Add(1 + h[b]);
       if (dump.is_open()) {
-        // user target rank | history, oldest first
-        dump << batch.user_id[b] << ' ' << batch.target_id[b] << ' ' << 1 + h[b] << " |";
-        for (int j = 0; j < batch.history_len[b]; ++j) {
-          dump << ' ' << batch.history_id[b * static_cast<size_t>(batch.max_seq_len) + static_cast<size_t>(j)];
+        // A serving request with the sample's target and rank in front (docs/serving.md): the
+        // same line, less "target" and "rank", asks `t2diff serve` for this user's ranking.
+        const size_t row = b * static_cast<size_t>(batch.max_seq_len);
+        const auto len = static_cast<size_t>(batch.history_len[b]);
+        nlohmann::ordered_json line;
+        line["target"] = batch.target_id[b];
+        line["rank"] = 1 + h[b];
+        line["user"] = batch.user_id[b];
+        line["items"] = std::vector<int64_t>(batch.history_id.begin() + row, batch.history_id.begin() + row + len);
+        if (has_timestamps) {
+          line["times"] = std::vector<int64_t>(batch.history_time.begin() + row, batch.history_time.begin() + row + len);
+          line["time"] = batch.target_time[b];
         }
-        dump << '\n';
+        dump << line.dump() << '\n';
       }
       result.popularity.Add(PopularityRank(target_index[b]));
     }

@@ -26,17 +26,18 @@
 #include "model/model.h"
 #include "trainer/row_fetcher.h"
 #include "trainer/run_context.h"
-#include "trainer/step_builder.h"
+#include "model/step_builder.h"
 
 namespace t2d::trainer {
 
 class Evaluator {
  public:
-  Evaluator(const RunContext* context, const model::Model* model, StepBuilder* builder, RowFetcher* fetcher,
+  Evaluator(const RunContext* context, const model::Model* model, model::StepBuilder* builder, RowFetcher* fetcher,
             const data::Catalogue* catalogue);
 
   // Ranks every sample of `split` against the whole catalogue. With `dump_path`, every worker
-  // also writes "user target rank | history..." per sample to dump_path (".w<rank>" appended
+  // also writes per sample a JSON line: "target", "rank", then the sample as a serving request
+  // ("user", "items", "times", "time"; docs/serving.md) to dump_path (".w<rank>" appended
   // when there are several workers).
   absl::StatusOr<EvalResult> Evaluate(const std::string& split, const std::string& dump_path = "");
 
@@ -49,7 +50,7 @@ class Evaluator {
 
   const RunContext& ctx_;
   const model::Model* const model_;
-  StepBuilder* const builder_;
+  model::StepBuilder* const builder_;
   RowFetcher* const fetcher_;
   const data::Catalogue* const catalogue_;
   std::vector<int64_t> sorted_counts_;  // descending, for the popularity baseline

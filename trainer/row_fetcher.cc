@@ -16,7 +16,7 @@ RowFetcher::RowFetcher(const RunContext* context)
       id_dim_(context->store->dim(context->id_table)),
       tag_dim_(context->tag_table >= 0 ? context->store->dim(context->tag_table) : 0) {}
 
-absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const StepInput& in) {
+absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const model::StepInput& in) {
   Pending p;
   T2D_ASSIGN_OR_RETURN(p.id_ticket, ctx_.store->Pull(ctx_.id_table, in.id_keys));
   if (ctx_.tag_table >= 0) {
@@ -26,7 +26,7 @@ absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const StepInput& in) {
   return p;
 }
 
-absl::StatusOr<model::Rows> RowFetcher::Take(const StepInput& in, Pending* pending, bool requires_grad) {
+absl::StatusOr<model::Rows> RowFetcher::Take(const model::StepInput& in, Pending* pending, bool requires_grad) {
   if (!pending->active) return absl::FailedPreconditionError("row fetcher: rows taken twice or never requested");
   pending->active = false;
   model::Rows rows;
@@ -41,12 +41,12 @@ absl::StatusOr<model::Rows> RowFetcher::Take(const StepInput& in, Pending* pendi
   return rows;
 }
 
-absl::StatusOr<model::Rows> RowFetcher::Fetch(const StepInput& in, bool requires_grad) {
+absl::StatusOr<model::Rows> RowFetcher::Fetch(const model::StepInput& in, bool requires_grad) {
   T2D_ASSIGN_OR_RETURN(Pending p, Request(in));
   return Take(in, &p, requires_grad);
 }
 
-absl::Status RowFetcher::Push(const StepInput& in, const model::Rows& rows, bool skip) {
+absl::Status RowFetcher::Push(const model::StepInput& in, const model::Rows& rows, bool skip) {
   T2D_RETURN_IF_ERROR(PushTable(ctx_.id_table, in.id_keys, rows.id_rows, skip));
   if (ctx_.tag_table >= 0) T2D_RETURN_IF_ERROR(PushTable(ctx_.tag_table, in.tag_keys, rows.tag_rows, skip));
   return absl::OkStatus();

@@ -1,6 +1,6 @@
 #pragma once
 // Moves a step's embedding rows between the EmbeddingStore and the model: pulls the rows of a
-// StepInput's unique ids (as leaf tensors, model/model.h's Rows) and pushes their gradients.
+// model::StepInput's unique ids (as leaf tensors, model/model.h's Rows) and pushes their gradients.
 //
 // Pulls go through the store's asynchronous interface (EmbeddingStore::Pull / Wait): Request
 // sends them and returns at once, Take waits for the rows. The in-process store answers at
@@ -20,13 +20,13 @@
 #include "absl/status/statusor.h"
 #include "model/model.h"
 #include "trainer/run_context.h"
-#include "trainer/step_builder.h"
+#include "model/step_builder.h"
 
 namespace t2d::trainer {
 
 class RowFetcher {
  public:
-  // Requested rows of one StepInput, to be taken once.
+  // Requested rows of one model::StepInput, to be taken once.
   struct Pending {
     embedding::EmbeddingStore::Ticket id_ticket = 0, tag_ticket = 0;
     bool active = false;
@@ -38,16 +38,16 @@ class RowFetcher {
   RowFetcher& operator=(const RowFetcher&) = delete;
 
   // Sends the pulls of in.id_keys (and in.tag_keys when the job has a tag table).
-  absl::StatusOr<Pending> Request(const StepInput& in);
+  absl::StatusOr<Pending> Request(const model::StepInput& in);
   // Waits for the rows of `pending` (REQUIRES: requested for `in`) and marks it taken.
-  absl::StatusOr<model::Rows> Take(const StepInput& in, Pending* pending, bool requires_grad);
+  absl::StatusOr<model::Rows> Take(const model::StepInput& in, Pending* pending, bool requires_grad);
   // Request, then Take.
-  absl::StatusOr<model::Rows> Fetch(const StepInput& in, bool requires_grad);
+  absl::StatusOr<model::Rows> Fetch(const model::StepInput& in, bool requires_grad);
 
   // Pushes the row gradients of `rows` (scaled by 1 / number of workers, so that a step is the
   // average over workers as for the dense part), or an empty push when `skip` or the rows have
   // no gradient: every worker pushes every table every step, since sync servers count pushes.
-  absl::Status Push(const StepInput& in, const model::Rows& rows, bool skip);
+  absl::Status Push(const model::StepInput& in, const model::Rows& rows, bool skip);
 
  private:
   absl::Status PushTable(int table, const std::vector<int64_t>& keys, const at::Tensor& rows, bool skip);

@@ -29,7 +29,7 @@ double LearningRateAt(const config::TrainingConfig& training, int64_t step, int6
 }
 
 TrainStep::TrainStep(const RunContext* context, model::Model* model, model::DenseAdam* optimizer,
-                     StepBuilder* builder, RowFetcher* fetcher)
+                     model::StepBuilder* builder, RowFetcher* fetcher)
     : ctx_(*context), model_(model), optimizer_(optimizer), builder_(builder), fetcher_(fetcher) {}
 
 absl::Status TrainStep::Prepare(const data::SampleBatch& batch, int64_t at, Prepared* p) {
@@ -41,7 +41,7 @@ absl::Status TrainStep::Prepare(const data::SampleBatch& batch, int64_t at, Prep
 }
 
 absl::StatusOr<TrainStep::Result> TrainStep::Run(Prepared& p, int64_t step, int64_t total_steps) {
-  const StepInput& in = p.in;
+  const model::StepInput& in = p.in;
   T2D_ASSIGN_OR_RETURN(model::Rows rows, fetcher_->Take(in, &p.rows, /*requires_grad=*/true));
   model_->ZeroGradients();
   auto losses = model_->ForwardBackward(in.batch, rows, in.candidates, HashCombine(p.seed, 0x6e6f697365ULL));

@@ -1,6 +1,6 @@
 #pragma once
 // One synchronous training step of a worker, and what it needs around it:
-//   1. Prepare: the model input of global step `at` from a batch (trainer/step_builder.h) and
+//   1. Prepare: the model input of global step `at` from a batch (model/step_builder.h) and
 //      the pull of its rows (sent now when prefetching, so they arrive while the previous step
 //      computes);
 //   2. Run: take the rows, forward + backward (model/model.h), ONE allreduce over the workers of
@@ -28,7 +28,7 @@
 #include "model/model.h"
 #include "trainer/row_fetcher.h"
 #include "trainer/run_context.h"
-#include "trainer/step_builder.h"
+#include "model/step_builder.h"
 
 namespace t2d::trainer {
 
@@ -39,7 +39,7 @@ class TrainStep {
  public:
   // A step whose input is built and whose rows are requested.
   struct Prepared {
-    StepInput in;
+    model::StepInput in;
     uint64_t seed = 0;
     RowFetcher::Pending rows;
   };
@@ -48,7 +48,7 @@ class TrainStep {
     bool skipped = false;         // non-finite somewhere, nothing applied (nonfinite_policy = SKIP)
   };
 
-  TrainStep(const RunContext* context, model::Model* model, model::DenseAdam* optimizer, StepBuilder* builder,
+  TrainStep(const RunContext* context, model::Model* model, model::DenseAdam* optimizer, model::StepBuilder* builder,
             RowFetcher* fetcher);
 
   // Builds the input of global step `at` from `batch` and requests its rows.
@@ -64,7 +64,7 @@ class TrainStep {
   const RunContext& ctx_;
   model::Model* const model_;
   model::DenseAdam* const optimizer_;
-  StepBuilder* const builder_;
+  model::StepBuilder* const builder_;
   RowFetcher* const fetcher_;
   std::vector<float> sync_;  // the allreduce buffer, reused
 };

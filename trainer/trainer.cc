@@ -12,6 +12,7 @@
 #include "configs/config_loader.h"
 #include "configs/job_options.h"
 #include "data/catalogue.h"
+#include "data/prepare.h"
 #include "data/sample_reader.h"
 #include "model/dense_optimizer.h"
 #include "model/model.h"
@@ -20,7 +21,7 @@
 #include "trainer/row_fetcher.h"
 #include "trainer/run_report.h"
 #include "trainer/run_state.h"
-#include "trainer/step_builder.h"
+#include "model/step_builder.h"
 #include "trainer/train_step.h"
 
 namespace t2d::trainer {
@@ -52,7 +53,7 @@ struct Trainer::Impl {
   std::unique_ptr<model::Model> model;
   std::unique_ptr<model::DenseAdam> optimizer;
   std::unique_ptr<data::SampleReader> reader;
-  std::unique_ptr<StepBuilder> builder;
+  std::unique_ptr<model::StepBuilder> builder;
   std::unique_ptr<RowFetcher> fetcher;
   std::unique_ptr<TrainStep> stepper;
   std::unique_ptr<Evaluator> evaluator;
@@ -94,13 +95,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   opt.learning_rate = cfg.training().learning_rate();
   opt.clip_norm = cfg.training().grad_clip_norm();
   t.optimizer = std::make_unique<model::DenseAdam>(t.model->DenseParameters().size(), opt);
-  StepBuilder::Options so;
-  so.full_softmax = cfg.model().loss() == config::ModelConfig::FULL_SOFTMAX;
-  so.num_negatives = cfg.model().num_negatives();
-  so.use_tags = ctx.tag_table >= 0;
-  so.time_lags = cfg.model().time_lag_feature();
-  so.time_gap_sessions = cfg.data().session_mode() == config::DataConfig::TIME_GAP;
-  t.builder = std::make_unique<StepBuilder>(t.catalogue.get(), so);
+  t.builder = std::make_unique<model::StepBuilder>(t.catalogue.get(), config::StepBuilderOptionsOf(cfg));
   t.prefetch = cfg.cluster().consistency() == config::ClusterConfig::ASYNC && cfg.cluster().staleness() >= 1;
   t.fetcher = std::make_unique<RowFetcher>(&ctx);
   t.stepper = std::make_unique<TrainStep>(&ctx, t.model.get(), t.optimizer.get(), t.builder.get(), t.fetcher.get());
@@ -262,16 +257,18 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   return result;
 }
 
-absl::Status Trainer::Export(const std::string& dir) {
+absl::Status Trainer::Export(const std::string& dir, const std::string& base_dir, serving::DeltaStats* delta) {
   Impl& t = *impl_;
   const auto start = Clock::now();
   T2D_ASSIGN_OR_RETURN(at::Tensor vectors, t.evaluator->CatalogueVectors());
   if (t.ctx.rank == 0) {
-    StepInput in;
+    model::StepInput in;
     t.builder->BuildCatalogue(0, t.catalogue->size(), &in);
     T2D_ASSIGN_OR_RETURN(model::Rows rows, t.fetcher->Fetch(in, false));
+    T2D_ASSIGN_OR_RETURN(data::DatasetManifest dataset, data::ReadManifest(t.cfg().data().dataset_dir()));
     serving::BundleContents c;
     c.job = &t.cfg();
+    c.dataset = &dataset;
     c.model = t.model.get();
     c.step = t.state->step;
     c.num_workers = t.ctx.world;
@@ -292,7 +289,14 @@ absl::Status Trainer::Export(const std::string& dir) {
       c.item_tags.insert(c.item_tags.end(), tags.begin(), tags.end());
       c.item_tag_offsets.push_back(static_cast<int64_t>(c.item_tags.size()));
     }
-    T2D_RETURN_IF_ERROR(serving::WriteBundle(dir, c));
+    if (base_dir.empty()) {
+      T2D_RETURN_IF_ERROR(serving::WriteBundle(dir, c));
+    } else {
+      T2D_ASSIGN_OR_RETURN(serving::DeltaStats stats, serving::WriteBundleDelta(dir, c, base_dir));
+      LOG(INFO) << "delta of " << base_dir << ": items changed=" << stats.items_changed << "/" << stats.items_total
+                << " id rows=" << stats.id_rows_changed << " tag rows=" << stats.tag_rows_changed;
+      if (delta != nullptr) *delta = stats;
+    }
     LOG(INFO) << "export written: dir=" << dir << " items=" << t.catalogue->size() << " dim=" << c.vector_dim
               << " ms=" << static_cast<int64_t>(1000 * Seconds(start));
   }

@@ -27,6 +27,7 @@
 #include "comm/communicator.h"
 #include "configs/job_config.pb.h"
 #include "embedding/embedding_store.h"
+#include "serving/bundle_writer.h"
 #include "trainer/run_context.h"
 
 namespace t2d::trainer {
@@ -54,16 +55,19 @@ class Trainer {
   absl::StatusOr<TrainResult> Train();
 
   // Ranks every sample of `split` against the whole catalogue (collective over the workers).
-  // With `dump_path`, every worker also writes "user target rank | history..." per sample to
-  // dump_path (".w<rank>" appended when there are several workers).
+  // With `dump_path`, every worker also writes per sample a JSON line: "target", "rank", then
+  // the sample as a serving request (docs/serving.md), to dump_path (".w<rank>" appended when
+  // there are several workers).
   absl::StatusOr<EvalResult> Evaluate(const std::string& split, const std::string& dump_path = "");
 
   // Loads the model (sparse rows and dense parameters) of the newest intact checkpoint in
   // checkpoint.dir, for evaluation or export. Collective over the workers.
   absl::Status LoadLatestModel();
 
-  // Writes the serving bundle (collective; worker 0 writes): see docs/export.md.
-  absl::Status Export(const std::string& dir);
+  // Writes the serving bundle (collective; worker 0 writes): see docs/serving.md. With
+  // `base_dir`, a delta against that full bundle instead (serving/bundle_writer.h), and its
+  // counts in *delta when given.
+  absl::Status Export(const std::string& dir, const std::string& base_dir = "", serving::DeltaStats* delta = nullptr);
 
   int64_t step() const;
 

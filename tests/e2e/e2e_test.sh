@@ -189,12 +189,15 @@ check "eval printed metrics" contains "$W/eval_single.log" "Recall@10="
 n_items=200
 agree=1
 for line in 1 2 3; do
-  IFS='|' read -r head hist < <(sed -n "${line}p" "$W/ranks.test")
-  read -r user target rank <<< "$head"
-  "$T2DIFF" retrieve --bundle "$W/bundle" --history "$hist" --user "$user" --k "$n_items" > "$W/retrieve.log" 2>&1 || agree=0
+  # A dumped sample is {"target":T,"rank":R, then the sample as a serving request}.
+  dumped=$(sed -n "${line}p" "$W/ranks.test")
+  target=$(sed -E 's/^\{"target":([0-9]+),.*/\1/' <<< "$dumped")
+  rank=$(sed -E 's/^\{"target":[0-9]+,"rank":([0-9]+),.*/\1/' <<< "$dumped")
+  request=$(sed -E "s/^\\{\"target\":[0-9]+,\"rank\":[0-9]+,/{\"k\":$n_items,/" <<< "$dumped")
+  "$T2DIFF" retrieve --bundle "$W/bundle" --request "$request" > "$W/retrieve.log" 2>&1 || agree=0
   pos=$(awk -v t="$target" '$2 == "item" && $3 == t { print $1 }' "$W/retrieve.log")
   # Ties aside, the target's position in retrieve's full ranking is its evaluation rank.
-  if [ "$pos" != "$rank" ]; then echo "user $user target $target: eval rank $rank, retrieve position '$pos'"; agree=0; fi
+  if [ "$pos" != "$rank" ]; then echo "user line $line target $target: eval rank $rank, retrieve position '$pos'"; agree=0; fi
 done
 check "retrieve's ranking equals evaluation's for 3 test users" test $agree -eq 1
 check "retrieve prints latency" contains "$W/retrieve.log" "latency: user tower"
@@ -203,8 +206,8 @@ check "retrieve prints latency" contains "$W/retrieve.log" "latency: user tower"
 "$T2DIFF" eval -c "$W/job.textproto" --json > "$W/eval.json" 2> /dev/null
 check "eval --json prints one JSON line with both splits" \
   test "$(wc -l < "$W/eval.json")" -eq 1 -a -n "$(grep -F '"valid":{"split":"valid"' "$W/eval.json" | grep -F '"test":{"split":"test"')"
-"$T2DIFF" retrieve --bundle "$W/bundle" --history "3 5 7" --k 4 --json > "$W/retrieve.json" 2> /dev/null
-check "retrieve --json prints the items and scores" grep -qE '^\{"items":\[[0-9]+,[0-9]+,[0-9]+,[0-9]+\],"scores":\[' "$W/retrieve.json"
+"$T2DIFF" retrieve --bundle "$W/bundle" --history "3 5 7" --times "100 200 300" --k 4 --json > "$W/retrieve.json" 2> /dev/null
+check "retrieve --json prints the items and scores" grep -qE '^\{"id":null,"items":\[[0-9]+,[0-9]+,[0-9]+,[0-9]+\],"scores":\[' "$W/retrieve.json"
 "$T2DIFF" prepare -c "$W/job.textproto" --set "data.dataset_dir=$W/data_json" --json > "$W/prepare.json" 2> /dev/null
 check "prepare --json prints the summary" grep -qF '"users":"400"' "$W/prepare.json"
 

@@ -1,8 +1,12 @@
-// serving/: .npy files (exact bytes, round trip, damage), and a bundle written by WriteBundle
-// and read back by Bundle (top-k equal to scoring by hand, errors naming the file).
+// serving/: .npy files (exact bytes, round trip, damage); a bundle written by WriteBundle and
+// read back by Bundle (top-k, errors naming the file); deltas (WriteBundleDelta, WithDelta); the
+// request protocol; the batching Server; live samples cut as prepare and the reader cut them.
+// (Agreement of serving with evaluation on trained models: tests/trainer/serving_agreement_test.cc.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "configs/config_loader.h"
 #include "configs/job_options.h"
@@ -19,11 +24,36 @@
 #include "serving/bundle.h"
 #include "serving/bundle_writer.h"
 #include "serving/npy.h"
+#include "serving/protocol.h"
+#include "serving/server.h"
+#include "data/live_sample.h"
 
 namespace t2d::serving {
 namespace {
 
 namespace fs = std::filesystem;
+
+// The data set manifest a bundle carries: timestamps, LAST_K sessions of `session_len`.
+data::DatasetManifest Dataset(int window, int session_len) {
+  data::DatasetManifest m;
+  m.set_window(window);
+  m.set_session_len(session_len);
+  m.set_session_mode("LAST_K");
+  m.set_has_timestamps(true);
+  m.set_max_tags_per_item(1);
+  m.set_sequence_order("TIME");
+  return m;
+}
+
+// A query of `items` at times 100, 200, ... (owning its arrays).
+ParsedQuery Q(std::vector<int64_t> items, int k, uint64_t seed) {
+  ParsedQuery q;
+  q.items = std::move(items);
+  for (size_t i = 0; i < q.items.size(); ++i) q.times.push_back(100 * static_cast<int64_t>(i + 1));
+  q.k = k;
+  q.seed = seed;
+  return q;
+}
 
 class ServingTest : public ::testing::Test {
  protected:
@@ -103,8 +133,10 @@ TEST_F(ServingTest, BundleTopKScoresTheCatalogueExactly) {
   const std::vector<float> id_rows = {0.1f, 0.2f, 0.3f, 0.4f};
   const std::vector<int64_t> tag_keys = {1};
   const std::vector<float> tag_rows = {0.5f, -0.5f};
+  const data::DatasetManifest dataset = Dataset(6, 3);
   BundleContents c;
   c.job = &*job;
+  c.dataset = &dataset;
   c.model = model->get();
   c.step = 42;
   c.item_ids = ids;
@@ -124,17 +156,18 @@ TEST_F(ServingTest, BundleTopKScoresTheCatalogueExactly) {
   auto bundle = Bundle::Load(dir);
   ASSERT_TRUE(bundle.ok()) << bundle.status();
   EXPECT_EQ((*bundle)->num_items(), 5);
-  auto r = (*bundle)->TopK({10, 20, 99}, 3, 7);  // 99: unknown, reads its initial row
+  EXPECT_EQ((*bundle)->step(), 42);
+  auto r = (*bundle)->TopK(Q({10, 20, 30}, 3, 7).View());  // 30: no exported row, reads its initial row
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->items.size(), 3u);
   // The scores are the item vectors' dot products with one user vector: recover it from the
   // returned scores' consistency (descending, and each equal to a catalogue dot product).
   EXPECT_TRUE(std::is_sorted(r->scores.rbegin(), r->scores.rend()));
-  auto again = (*bundle)->TopK({10, 20, 99}, 3, 7);
+  auto again = (*bundle)->TopK(Q({10, 20, 30}, 3, 7).View());
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->items, r->items);  // same seed, same answer
   EXPECT_EQ(again->scores, r->scores);
-  auto all = (*bundle)->TopK({10}, 50, 7);  // k beyond the catalogue: all of it
+  auto all = (*bundle)->TopK(Q({10}, 50, 7).View());  // k beyond the catalogue: all of it
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(all->items.size(), 5u);
 
@@ -161,8 +194,10 @@ absl::Status WriteTinyBundle(const std::string& root, const std::string& dir, st
   if (vectors.empty()) vectors.assign(ids.size() * static_cast<size_t>(e), 0.25f);
   const std::vector<int64_t> id_keys = {1};
   const std::vector<float> id_rows = {0.1f, 0.2f};
+  const data::DatasetManifest dataset = Dataset(4, 2);
   BundleContents c;
   c.job = &*job;
+  c.dataset = &dataset;
   c.model = model->get();
   c.item_ids = ids;
   c.item_vectors = vectors;
@@ -232,8 +267,10 @@ absl::Status WriteTaggedBundle(const std::string& root, const std::string& dir, 
   }
   const std::vector<int64_t> item_ids = {10, 20, 30}, tag_keys = {1};
   const std::vector<float> tag_rows = {0.5f, -0.5f};
+  const data::DatasetManifest dataset = Dataset(4, 2);
   BundleContents c;
   c.job = &*job;
+  c.dataset = &dataset;
   c.model = model->get();
   c.item_ids = item_ids;
   c.item_vectors = vectors;
@@ -249,40 +286,259 @@ absl::Status WriteTaggedBundle(const std::string& root, const std::string& dir, 
   return WriteBundle(dir, c);
 }
 
-// k < 1 and an empty history are InvalidArgument (k < 1 used to abort in libtorch). A history
-// without any tag (unknown ids, or known items without tags) used to fail with a tensor shape
-// error; unknown ids read as their initial rows, exactly as if the bundle held those rows.
-TEST_F(ServingTest, BundleTopKRefusesBadRequestsAndReadsUnknownIds) {
+// k < 1, an empty history and an item outside the catalogue are InvalidArgument naming the
+// field, for that query alone. Catalogue items without exported rows (or tags) read as their
+// initial rows, exactly as if the bundle held those rows.
+TEST_F(ServingTest, BundleRefusesBadQueriesAndReadsMissingRowsAsInitial) {
   const std::string dir = dir_ + "/bundle";
   ASSERT_TRUE(WriteTaggedBundle(dir_, dir, {10}).ok());
   auto bundle = Bundle::Load(dir);
   ASSERT_TRUE(bundle.ok()) << bundle.status();
   for (int k : {0, -1, std::numeric_limits<int>::min()}) {
-    auto r = (*bundle)->TopK({10}, k, 7);
+    auto r = (*bundle)->TopK(Q({10}, k, 7).View());
     ASSERT_FALSE(r.ok()) << "k = " << k;
     EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
     EXPECT_NE(r.status().message().find("k"), std::string::npos) << r.status();
   }
-  auto empty = (*bundle)->TopK({}, 3, 7);
+  auto empty = (*bundle)->TopK(Q({}, 3, 7).View());
   ASSERT_FALSE(empty.ok());
-  EXPECT_TRUE(absl::IsInvalidArgument(empty.status())) << empty.status();
   EXPECT_NE(empty.status().message().find("empty history"), std::string::npos) << empty.status();
+  // One bad query among good ones fails alone.
+  const ParsedQuery good = Q({10, 20}, 2, 7), unknown = Q({20, 99}, 2, 7);
+  auto answers = (*bundle)->Search({good.View(), unknown.View(), good.View()});
+  ASSERT_EQ(answers.size(), 3u);
+  ASSERT_TRUE(answers[0].ok() && answers[2].ok());
+  EXPECT_EQ(answers[0]->items, answers[2]->items);
+  ASSERT_FALSE(answers[1].ok());
+  EXPECT_EQ(answers[1].status().message(), "items[1] = 99: not in the model's catalogue");
 
-  auto untagged = (*bundle)->TopK({20, 30}, 3, 7);  // catalogue items without tags
-  ASSERT_TRUE(untagged.ok()) << untagged.status();
-  EXPECT_EQ(untagged->items.size(), 3u);
-  auto unknown = (*bundle)->TopK({99, 98}, 2, 7);
-  ASSERT_TRUE(unknown.ok()) << unknown.status();
-  ASSERT_EQ(unknown->items.size(), 2u);
-  // The same request against a bundle that exports 98's and 99's initial rows: the same answer.
+  const ParsedQuery untagged = Q({20, 30}, 3, 7);  // catalogue items without tags or rows
+  auto initial = (*bundle)->TopK(untagged.View());
+  ASSERT_TRUE(initial.ok()) << initial.status();
+  EXPECT_EQ(initial->items.size(), 3u);
+  // The same query against a bundle that exports 20's and 30's initial rows: the same answer.
   const std::string with_rows = dir_ + "/with_rows";
-  ASSERT_TRUE(WriteTaggedBundle(dir_, with_rows, {10, 98, 99}).ok());
+  ASSERT_TRUE(WriteTaggedBundle(dir_, with_rows, {10, 20, 30}).ok());
   auto explicit_rows = Bundle::Load(with_rows);
   ASSERT_TRUE(explicit_rows.ok()) << explicit_rows.status();
-  auto same = (*explicit_rows)->TopK({99, 98}, 2, 7);
+  auto same = (*explicit_rows)->TopK(untagged.View());
   ASSERT_TRUE(same.ok()) << same.status();
-  EXPECT_EQ(same->items, unknown->items);
-  EXPECT_EQ(same->scores, unknown->scores);
+  EXPECT_EQ(same->items, initial->items);
+  EXPECT_EQ(same->scores, initial->scores);
+}
+
+// A delta carries exactly the rows that changed; applied to its base it answers as the full
+// bundle it was taken from; the base is left as it was; another base is refused.
+TEST_F(ServingTest, DeltaAppliesToItsBaseOnly) {
+  auto job = config::ParseJobConfig(absl::StrCat(R"(
+      tables { name: "item_id" dim: 2 } tables { name: "item_tag" dim: 2 }
+      data { dataset_dir: ")", dir_, R"(/data" max_seq_len: 4 session_len: 2 }
+      model { diffusion_steps: 2 })"), "delta.textproto");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto model = model::Model::Create(job->model(), *config::ModelDimsOf(*job));
+  ASSERT_TRUE(model.ok());
+  const int64_t e = (*model)->output_dim();
+  const std::vector<int64_t> item_ids = {10, 20, 30}, id_keys = {10, 20, 30}, tag_keys = {1};
+  std::vector<float> vectors(3 * static_cast<size_t>(e));
+  for (size_t i = 0; i < vectors.size(); ++i) vectors[i] = static_cast<float>((i * 5) % 7) - 3.0f;
+  std::vector<float> id_rows = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f}, tag_rows = {0.5f, -0.5f};
+  const data::DatasetManifest dataset = Dataset(4, 2);
+  BundleContents c;
+  c.job = &*job;
+  c.dataset = &dataset;
+  c.model = model->get();
+  c.step = 10;
+  c.item_ids = item_ids;
+  c.item_vectors = vectors;
+  c.vector_dim = e;
+  c.id_keys = id_keys;
+  c.id_rows = id_rows;
+  c.id_dim = 2;
+  c.tag_keys = tag_keys;
+  c.tag_rows = tag_rows;
+  c.tag_dim = 2;
+  c.item_tag_offsets = {0, 1, 1, 1};
+  c.item_tags = {1};
+  ASSERT_TRUE(WriteBundle(dir_ + "/base", c).ok());
+  // Training moves on: item 30's vector, item 20's row and a dense parameter change.
+  vectors[2 * static_cast<size_t>(e)] += 1.0f;
+  id_rows[2] = -0.9f;
+  (*model)->DenseParameters()[0] += 0.5f;
+  c.step = 20;
+  ASSERT_TRUE(WriteBundle(dir_ + "/full", c).ok());
+  auto stats = WriteBundleDelta(dir_ + "/delta", c, dir_ + "/base");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->items_changed, 1);
+  EXPECT_EQ(stats->items_total, 3);
+  EXPECT_EQ(stats->id_rows_changed, 1);
+  EXPECT_EQ(stats->tag_rows_changed, 0);
+  EXPECT_EQ(ReadNpyInt64(dir_ + "/delta/item_rows.npy")->data, std::vector<int64_t>{2});
+
+  auto base = Bundle::Load(dir_ + "/base");
+  auto full = Bundle::Load(dir_ + "/full");
+  ASSERT_TRUE(base.ok() && full.ok());
+  const ParsedQuery q = Q({20, 10, 30}, 3, 5);
+  auto before = (*base)->TopK(q.View());
+  auto updated = (*base)->WithDelta(dir_ + "/delta");
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ((*updated)->step(), 20);
+  EXPECT_EQ((*updated)->version(), (*base)->version());
+  EXPECT_FALSE((*updated)->delta_version().empty());
+  auto after = (*updated)->TopK(q.View());
+  auto expected = (*full)->TopK(q.View());
+  ASSERT_TRUE(before.ok() && after.ok() && expected.ok());
+  EXPECT_EQ(after->items, expected->items);
+  EXPECT_EQ(after->scores, expected->scores);
+  EXPECT_NE(after->scores, before->scores);
+  auto unchanged = (*base)->TopK(q.View());
+  EXPECT_EQ(unchanged->scores, before->scores);  // the base bundle is left as it was
+  // The delta names its base: the full bundle of step 20 is another base.
+  auto wrong = (*full)->WithDelta(dir_ + "/delta");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(wrong.status())) << wrong.status();
+  EXPECT_NE(wrong.status().message().find("not of the bundle being served"), std::string::npos) << wrong.status();
+  // A damaged delta is refused naming the file.
+  std::ofstream(dir_ + "/delta/id_rows.npy", std::ios::app) << "x";
+  auto damaged = (*base)->WithDelta(dir_ + "/delta");
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_NE(damaged.status().message().find("id_rows.npy"), std::string::npos) << damaged.status();
+}
+
+TEST(ProtocolTest, BadRequestsAreNamed) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{", "request: not valid JSON"},
+      {"[1, 2]", "request: not a JSON object"},
+      {R"({"items": [1], "colour": 3})", "colour: unknown field"},
+      {R"({"items": "1 2"})", "items: not an array of integers"},
+      {R"({"items": [1, 2.5]})", "items[1]: not an integer"},
+      {R"({"items": [1, 18446744073709551615]})", "items[1]: out of the int64 range"},
+      {R"({"items": []})", "items: empty history"},
+      {R"({"times": [1]})", "items: missing"},
+      {R"({"items": [1], "k": 0})", "k: 0 is outside 1..10000"},
+      {R"({"items": [1], "k": 10001})", "k: 10001 is outside 1..10000"},
+      {R"({"items": [1], "seed": -1})", "seed: not a non-negative integer"},
+      {R"({"items": [1], "user": "x"})", "user: not an integer"},
+      {R"({"queries": []})", "queries: not a non-empty array"},
+      {R"({"queries": [{"items": [1]}, {"items": [1], "x": 1}]})", "queries[1].x: unknown field"},
+      {R"({"queries": [{"items": [1]}], "k": 3})", "queries: a request with \"queries\" has no other fields"},
+      {R"({"update": 3})", "update: not a folder path"},
+      {R"({"update": "/x", "items": [1]})", "update: a request with \"update\" has no other fields"},
+  };
+  for (const auto& [line, message] : cases) {
+    auto r = ParseRequest(line);
+    ASSERT_FALSE(r.ok()) << line;
+    EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << line;
+    EXPECT_NE(r.status().message().find(message), std::string::npos) << line << " -> " << r.status();
+  }
+  std::string many = R"({"queries": [)";
+  for (int i = 0; i <= kMaxQueriesPerRequest; ++i) absl::StrAppend(&many, i ? "," : "", R"({"items": [1]})");
+  EXPECT_NE(ParseRequest(many + "]}").status().message().find("more than the limit of 1024"), std::string::npos);
+  auto ok = ParseRequest(R"({"id": {"a": 1}, "user": 7, "items": [3, 4], "times": [10, 20], "time": 30, "k": 5, "seed": 9})");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->id_json, R"({"a":1})");
+  ASSERT_EQ(ok->queries.size(), 1u);
+  const ParsedQuery& q = ok->queries[0];
+  EXPECT_EQ(q.user, 7);
+  EXPECT_EQ(q.items, (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(q.times, (std::vector<int64_t>{10, 20}));
+  EXPECT_EQ(*q.time, 30);
+  EXPECT_EQ(q.k, 5);
+  EXPECT_EQ(*q.seed, 9u);
+  EXPECT_EQ(RequestIdJson(R"({"id": "r7", "items": )"), "null");  // unparsable: no id
+  EXPECT_EQ(ErrorReply(R"("r7")", "bad"), R"({"error":"bad","id":"r7"})");
+}
+
+// Live samples are cut as prepare + the reader cut a user's sequence: the data set's window,
+// the TIME_GAP session, the history window of n, time lags from the request time.
+TEST(LiveSampleTest, CutsSessionsAndLagsAsTheReader) {
+  auto catalogue = data::Catalogue::FromItems({1, 2, 3, 4, 5, 6}, {{7}, {}, {7, 8}, {}, {}, {}}, {});
+  data::DatasetManifest m = Dataset(5, 3);
+  m.set_session_mode("TIME_GAP");
+  m.set_session_gap_s(100);
+  m.set_max_tags_per_item(2);
+  const data::LiveSampleBuilder live(m, catalogue.get(), 4, 1);  // n = 4, T = 1
+  data::SampleBatch batch;
+  live.Reset(2, &batch);
+  // 6 behaviours; gaps 10, 10, 500, 10, 20: the current session is the last 3 (times 600..630).
+  const std::vector<int64_t> items = {1, 2, 3, 4, 5, 6}, times = {0, 10, 20, 520, 530, 550};
+  data::LiveRequest r;
+  r.user = 42;
+  r.items = items;
+  r.times = times;
+  r.time = 600;
+  ASSERT_TRUE(live.Fill(r, 1, &batch).ok());
+  EXPECT_EQ(batch.user_id[1], 42);
+  EXPECT_EQ(batch.history_len[1], 4);  // n = 4 of the window of 5
+  EXPECT_EQ(std::vector<int64_t>(batch.history_id.begin() + 4, batch.history_id.end()), (std::vector<int64_t>{3, 4, 5, 6}));
+  EXPECT_EQ(batch.session_begin[1], 1);  // items 4, 5, 6 (times 520, 530, 550): after the gap of 500
+  EXPECT_EQ(std::vector<float>(batch.time_lag.begin() + 4, batch.time_lag.end()), (std::vector<float>{580, 80, 70, 50}));
+  EXPECT_EQ(batch.history_tag_count[4], 1);  // item 3 has 2 tags, capped at T = 1
+  EXPECT_EQ(batch.history_tag[4], 7);
+  EXPECT_EQ(batch.target_time[1], 600);
+  // Errors name the field and position.
+  const std::vector<int64_t> backwards = {0, 10, 5, 520, 530, 550};
+  r.times = backwards;
+  EXPECT_EQ(live.Fill(r, 0, &batch).message(), "times[2] = 5 is before times[1] = 10 (behaviours are oldest first, in time order)");
+  r.times = times;
+  r.time = 549;
+  EXPECT_EQ(live.Fill(r, 0, &batch).message(), "time 549 is before the newest behaviour's time 550");
+  r.time.reset();
+  const std::vector<int64_t> short_times = {1};
+  r.times = short_times;
+  EXPECT_EQ(live.Fill(r, 0, &batch).message(), "times: 1 values for 6 items");
+  r.times = {};
+  EXPECT_NE(live.Fill(r, 0, &batch).message().find("times: missing"), std::string::npos);
+  const std::vector<int64_t> unknown = {1, 77, 3, 4, 5, 6};
+  r.items = unknown;
+  r.times = times;
+  EXPECT_EQ(live.Fill(r, 0, &batch).message(), "items[1] = 77: not in the model's catalogue");
+  // Without timestamps, time is the position: lags n - j, and times are refused.
+  m.set_has_timestamps(false);
+  m.set_session_mode("LAST_K");
+  const data::LiveSampleBuilder positions(m, catalogue.get(), 4, 1);
+  r.items = items;
+  r.times = {};
+  ASSERT_TRUE(positions.Fill(r, 0, &batch).ok());
+  EXPECT_EQ(std::vector<float>(batch.time_lag.begin(), batch.time_lag.begin() + 4), (std::vector<float>{4, 3, 2, 1}));
+  EXPECT_EQ(batch.session_begin[0], 1);  // LAST_K with k = 3
+  r.times = times;
+  EXPECT_NE(positions.Fill(r, 0, &batch).message().find("has no timestamps"), std::string::npos);
+}
+
+// The Server batches concurrent callers' queries, answers each with its own result or error, and
+// swaps in an update without failing a request.
+TEST_F(ServingTest, ServerAnswersConcurrentCallersAndUpdates) {
+  ASSERT_TRUE(WriteTaggedBundle(dir_, dir_ + "/a", {10}).ok());
+  ASSERT_TRUE(WriteTaggedBundle(dir_, dir_ + "/b", {10, 20}).ok());
+  auto bundle = Bundle::Load(dir_ + "/a");
+  ASSERT_TRUE(bundle.ok());
+  Server server(std::move(*bundle), ServerOptions());
+  const std::string good = R"({"id": 1, "items": [10, 20], "times": [1, 2], "k": 2, "seed": 3})";
+  const std::string reply = server.Handle(good);
+  EXPECT_EQ(reply.rfind(R"({"id":1,"items":[)", 0), 0u) << reply;
+  EXPECT_NE(server.Handle("nonsense").find(R"("error":"request: not valid JSON")"), std::string::npos);
+  const std::string mixed = server.Handle(R"({"id": 2, "queries": [{"items": [10], "times": [1]}, {"items": [5], "times": [1]}]})");
+  EXPECT_NE(mixed.find(R"("results":[{"items":)"), std::string::npos) << mixed;
+  EXPECT_NE(mixed.find(R"({"error":"items[0] = 5: not in the model's catalogue"})"), std::string::npos) << mixed;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) {
+        if (server.Handle(good).find(R"("items":[)") == std::string::npos) ++failures;
+      }
+    });
+  }
+  const std::string update = server.Handle(absl::StrCat(R"({"id": "u", "update": ")", dir_, R"(/b"})"));
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_NE(update.find(R"("updates":1)"), std::string::npos) << update;
+  EXPECT_EQ(server.stats().queries, 1 + 2 + 100);
+  EXPECT_NE(server.Handle(R"({"update": "/nonexistent"})").find("error"), std::string::npos);
+  ServerOptions no_updates;
+  no_updates.allow_updates = false;
+  Server closed(*Bundle::Load(dir_ + "/a"), no_updates);
+  EXPECT_NE(closed.Handle(absl::StrCat(R"({"update": ")", dir_, R"(/b"})")).find("updates off"), std::string::npos);
 }
 
 }  // namespace

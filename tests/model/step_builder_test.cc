@@ -1,10 +1,10 @@
-#include "trainer/step_builder.h"
+#include "model/step_builder.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-namespace t2d::trainer {
+namespace t2d::model {
 namespace {
 
 // Catalogue: items 100, 200, 300 with tags {7}, {8, 9}, {} and counts 5, 3, 2.
@@ -108,9 +108,9 @@ TEST(StepBuilder, CatalogueSliceAndPopularity) {
 }
 
 }  // namespace
-}  // namespace t2d::trainer
+}  // namespace t2d::model
 
-namespace t2d::trainer {
+namespace t2d::model {
 namespace {
 
 TEST(StepBuilder, TimeGapSessionLengths) {
@@ -129,4 +129,4 @@ TEST(StepBuilder, TimeGapSessionLengths) {
 }
 
 }  // namespace
-}  // namespace t2d::trainer
+}  // namespace t2d::model

@@ -21,11 +21,11 @@
 #include "model/batch.h"
 #include "data/catalogue.h"
 
-namespace t2d::trainer {
+namespace t2d::model {
 
 struct StepInput {
-  model::Batch batch;
-  model::Candidates candidates;
+  Batch batch;
+  Candidates candidates;
   std::vector<int64_t> id_keys;
   std::vector<int64_t> tag_keys;
 };
@@ -72,7 +72,7 @@ class StepBuilder {
   };
 
   absl::Status FillHistory(const data::SampleBatch& in, StepInput* out);
-  void AddItem(model::ItemSlots* slots, int64_t id, const int64_t* tags, int count);
+  void AddItem(ItemSlots* slots, int64_t id, const int64_t* tags, int count);
   void SeedCatalogue(int64_t begin, int64_t end, StepInput* out);
 
   const data::Catalogue* catalogue_;
@@ -81,4 +81,4 @@ class StepBuilder {
   std::vector<int64_t> scratch_tags_;
 };
 
-}  // namespace t2d::trainer
+}  // namespace t2d::model

@@ -1,16 +1,16 @@
-#include "trainer/step_builder.h"
+#include "model/step_builder.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/hash.h"
 
-namespace t2d::trainer {
+namespace t2d::model {
 
 StepBuilder::StepBuilder(const data::Catalogue* catalogue, const Options& options)
     : catalogue_(catalogue), options_(options) {}
 
-void StepBuilder::AddItem(model::ItemSlots* slots, int64_t id, const int64_t* tags, int count) {
+void StepBuilder::AddItem(ItemSlots* slots, int64_t id, const int64_t* tags, int count) {
   scratch_tags_.clear();
   if (options_.use_tags) {
     for (int t = 0; t < count; ++t) scratch_tags_.push_back(tag_rows_.RowOf(tags[t]));
@@ -21,7 +21,7 @@ void StepBuilder::AddItem(model::ItemSlots* slots, int64_t id, const int64_t* ta
 void StepBuilder::SeedCatalogue(int64_t begin, int64_t end, StepInput* out) {
   id_rows_.Reset(&out->id_keys);
   tag_rows_.Reset(&out->tag_keys);
-  out->candidates = model::Candidates();
+  out->candidates = Candidates();
   for (int64_t i = begin; i < end; ++i) {
     const auto& tags = catalogue_->tags(i);
     AddItem(&out->candidates.items, catalogue_->ids()[static_cast<size_t>(i)], tags.data(),
@@ -31,8 +31,8 @@ void StepBuilder::SeedCatalogue(int64_t begin, int64_t end, StepInput* out) {
 
 absl::Status StepBuilder::FillHistory(const data::SampleBatch& in, StepInput* out) {
   const int n = in.max_seq_len, t = in.max_tags;
-  model::Batch& b = out->batch;
-  b = model::Batch();
+  Batch& b = out->batch;
+  b = Batch();
   b.batch_size = in.size;
   b.seq_len = n;
   b.lengths.resize(static_cast<size_t>(in.size));
@@ -71,10 +71,10 @@ absl::Status StepBuilder::BuildTraining(const data::SampleBatch& in, uint64_t se
   } else {
     id_rows_.Reset(&out->id_keys);
     tag_rows_.Reset(&out->tag_keys);
-    out->candidates = model::Candidates();
+    out->candidates = Candidates();
   }
   if (auto s = FillHistory(in, out); !s.ok()) return s;
-  model::Batch& b = out->batch;
+  Batch& b = out->batch;
   const int t = in.max_tags;
   for (int s = 0; s < in.size; ++s) {
     const int64_t id = in.target_id[static_cast<size_t>(s)];
@@ -107,13 +107,13 @@ absl::Status StepBuilder::BuildTraining(const data::SampleBatch& in, uint64_t se
 absl::Status StepBuilder::BuildUsers(const data::SampleBatch& in, StepInput* out) {
   id_rows_.Reset(&out->id_keys);
   tag_rows_.Reset(&out->tag_keys);
-  out->candidates = model::Candidates();
+  out->candidates = Candidates();
   return FillHistory(in, out);
 }
 
 void StepBuilder::BuildCatalogue(int64_t begin, int64_t end, StepInput* out) {
   SeedCatalogue(begin, end, out);
-  out->batch = model::Batch();
+  out->batch = Batch();
 }
 
-}  // namespace t2d::trainer
+}  // namespace t2d::model

@@ -1,0 +1,99 @@
+// Serving agrees with evaluation by construction: a job trained in process is exported, its test
+// split evaluated with a dump of every sample as a serving request, and every request answered
+// by the bundle (serving::Bundle, the code behind `t2diff serve`) must rank the sample's target
+// exactly where evaluation ranked it. For both session modes, with and without the diffusion
+// module, with the time-lag feature, and in batches of several sizes (a query's answer must not
+// depend on the batch it is in).
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "serving/bundle.h"
+#include "serving/protocol.h"
+#include "tests/trainer/inproc_job.h"
+
+namespace t2d::trainer {
+namespace {
+
+struct Case {
+  const char* name;
+  std::vector<std::string> overrides;
+};
+
+class ServingAgreementTest : public test_util::InProcJobTest, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(ServingAgreementTest, ServingRanksEveryTestTargetAsEvaluationDid) {
+  std::vector<std::string> overrides = GetParam().overrides;
+  overrides.push_back("training.epochs=1");
+  const config::JobConfig job = Job(overrides);
+  PrepareData(job);
+  auto t = NewTrainer(job, false);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE((*t)->Train().ok());
+  ASSERT_TRUE((*t)->Export(dir_ + "/bundle").ok());
+  auto eval = (*t)->Evaluate("test", dir_ + "/ranks");
+  ASSERT_TRUE(eval.ok()) << eval.status();
+
+  auto bundle = serving::Bundle::Load(dir_ + "/bundle");
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  std::vector<serving::ParsedQuery> parsed;
+  std::vector<int64_t> targets, ranks;
+  std::ifstream in(dir_ + "/ranks");
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    targets.push_back(j["target"].get<int64_t>());
+    ranks.push_back(j["rank"].get<int64_t>());
+    j.erase("target");
+    j.erase("rank");
+    j["k"] = (*bundle)->num_items();
+    auto request = serving::ParseRequest(j.dump());
+    ASSERT_TRUE(request.ok()) << request.status() << " for " << line;
+    parsed.push_back(request->queries[0]);
+  }
+  ASSERT_EQ(static_cast<int64_t>(parsed.size()), eval->model.count());
+  ASSERT_GE(parsed.size(), 50u);
+  for (size_t batch : {size_t{1}, size_t{7}, parsed.size()}) {
+    SCOPED_TRACE(::testing::Message() << "batches of " << batch);
+    int disagree = 0;
+    for (size_t lo = 0; lo < parsed.size(); lo += batch) {
+      std::vector<serving::Query> queries;
+      for (size_t i = lo; i < std::min(parsed.size(), lo + batch); ++i) queries.push_back(parsed[i].View());
+      auto answers = (*bundle)->Search(queries);
+      for (size_t q = 0; q < queries.size(); ++q) {
+        ASSERT_TRUE(answers[q].ok()) << answers[q].status();
+        const auto& items = answers[q]->items;
+        const auto& scores = answers[q]->scores;
+        const size_t i = lo + q;
+        const auto at = std::find(items.begin(), items.end(), targets[i]);
+        ASSERT_NE(at, items.end()) << "target " << targets[i] << " not ranked";
+        const float target_score = scores[static_cast<size_t>(at - items.begin())];
+        const int64_t rank = 1 + std::count_if(scores.begin(), scores.end(), [&](float s) { return s > target_score; });
+        if (rank != ranks[i]) {
+          ++disagree;
+          ADD_FAILURE() << "sample " << i << " (user " << parsed[i].user << ", target " << targets[i]
+                        << "): evaluation rank " << ranks[i] << ", serving rank " << rank;
+        }
+      }
+    }
+    EXPECT_EQ(disagree, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    SessionModesAndKinds, ServingAgreementTest,
+    ::testing::Values(Case{"LastK_T2Diff", {"data.session_mode=LAST_K", "model.kind=T2DIFF"}},
+                      Case{"TimeGap_T2Diff_TimeLags",
+                           {"data.session_mode=TIME_GAP", "model.kind=T2DIFF", "model.time_lag_feature=true"}},
+                      Case{"LastK_NoDiffusion", {"data.session_mode=LAST_K", "model.kind=T2DIFF_NO_DIFFUSION"}},
+                      Case{"TimeGap_NoDiffusion", {"data.session_mode=TIME_GAP", "model.kind=T2DIFF_NO_DIFFUSION"}}),
+    [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
+
+}  // namespace
+}  // namespace t2d::trainer
