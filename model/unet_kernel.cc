@@ -3,9 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-// The vector helpers below take and return 32-byte vectors; they are always inlined, so the
-// "ABI changed without AVX" note about passing them by value does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
 // GCC 12 reports the accumulators of ConvOut, set from a __builtin_shuffle, as maybe
 // uninitialised in the AVX2 clone (a false positive: every element is assigned first).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -94,9 +91,10 @@ struct NormRef {
 // Output channels o0 .. o0 + K - 1 of positions j0 .. j0 + 7:
 // y = b + sum over taps t and input channels c of w[t][c][o] h[c][j - taps / 2 + t], summed in
 // that order (the same order for every position, so the result of a position does not depend
-// on its place in the vector).
+// on its place in the vector). With `sum`, y = swish(y) and *sum += y in channel order.
 template <int K>
-T2D_INLINE void ConvOut(const float* h, int64_t hs, const ConvRef& cv, int64_t o0, float* y, int64_t ys, int64_t j0) {
+T2D_INLINE void ConvOut(const float* h, int64_t hs, const ConvRef& cv, int64_t o0, float* y, int64_t ys, int64_t j0,
+                        V* sum) {
   V acc[K];
   for (int k = 0; k < K; ++k) acc[k] = Splat(cv.b[o0 + k]);
   const int64_t half = cv.taps / 2;
@@ -109,32 +107,39 @@ T2D_INLINE void ConvOut(const float* h, int64_t hs, const ConvRef& cv, int64_t o
       for (int k = 0; k < K; ++k) acc[k] = acc[k] + Splat(wc[k]) * hv;
     }
   }
+  if (sum != nullptr) {
+    for (int k = 0; k < K; ++k) {
+      acc[k] = Swish(acc[k]);
+      *sum = *sum + acc[k];
+    }
+  }
   for (int k = 0; k < K; ++k) Store(y + (o0 + k) * ys + kPad + j0, acc[k]);
+}
+
+// Output channels of the block of positions j0 .. j0 + 7 (see ConvOut).
+T2D_INLINE void ConvBlock(const float* h, int64_t hs, const ConvRef& cv, float* y, int64_t ys, int64_t j0, V* sum) {
+  int64_t o = 0;
+  for (; o + 8 <= cv.out; o += 8) ConvOut<8>(h, hs, cv, o, y, ys, j0, sum);
+  for (; o + 4 <= cv.out; o += 4) ConvOut<4>(h, hs, cv, o, y, ys, j0, sum);
+  for (; o < cv.out; ++o) ConvOut<1>(h, hs, cv, o, y, ys, j0, sum);
 }
 
 // y [out planes, stride ys] = conv(h [in planes, stride hs]) at positions 0 .. RoundUp8(len) - 1.
 T2D_INLINE void Conv(const float* h, int64_t hs, const ConvRef& cv, float* y, int64_t ys, int64_t len) {
-  for (int64_t j0 = 0; j0 < len; j0 += kW) {
-    int64_t o = 0;
-    for (; o + 8 <= cv.out; o += 8) ConvOut<8>(h, hs, cv, o, y, ys, j0);
-    for (; o + 4 <= cv.out; o += 4) ConvOut<4>(h, hs, cv, o, y, ys, j0);
-    for (; o < cv.out; ++o) ConvOut<1>(h, hs, cv, o, y, ys, j0);
-  }
+  for (int64_t j0 = 0; j0 < len; j0 += kW) ConvBlock(h, hs, cv, y, ys, j0, nullptr);
 }
 
-// In place on y [c planes]: swish, LayerNorm over the channels (eps 1e-5), times the mask.
-// Positions >= len are masked (zero bits), which keeps the planes' tails zero.
-T2D_INLINE void SwishNormMask(float* y, int64_t ys, int64_t c, const NormRef& nm, const uint32_t* mask,
-                              int64_t len) {
+// A block of the U-Net: y [out planes] = mask * LayerNorm(swish(conv(h))) over the channels
+// (eps 1e-5), one block of 8 positions at a time while it is in L1. Positions >= len are masked
+// (zero bits), which keeps the planes' tails zero.
+T2D_INLINE void ConvSwishNormMask(const float* h, int64_t hs, const ConvRef& cv, const NormRef& nm,
+                                  const uint32_t* mask, float* y, int64_t ys, int64_t len) {
+  const int64_t c = cv.out;
   const V cf = Splat(static_cast<float>(c));
   for (int64_t j0 = 0; j0 < len; j0 += kW) {
-    float* yj = y + kPad + j0;
     V mean = Splat(0.f);
-    for (int64_t o = 0; o < c; ++o) {
-      const V v = Swish(Load(yj + o * ys));
-      Store(yj + o * ys, v);
-      mean = mean + v;
-    }
+    ConvBlock(h, hs, cv, y, ys, j0, &mean);
+    float* yj = y + kPad + j0;
     mean = mean / cf;
     V var = Splat(0.f);
     for (int64_t o = 0; o < c; ++o) {
@@ -212,8 +217,7 @@ __attribute__((target_clones("avx2", "default"))) void ReverseSequence(
         h = lv.pool;
         hs = lv.stride;
       }
-      Conv(h, hs, net.down_conv[l], lv.down, lv.stride, lv.len);
-      SwishNormMask(lv.down, lv.stride, lv.ch, net.down_norm[l], lv.mask, lv.len);
+      ConvSwishNormMask(h, hs, net.down_conv[l], net.down_norm[l], lv.mask, lv.down, lv.stride, lv.len);
       h = lv.down;
       hs = lv.stride;
     }
@@ -230,8 +234,7 @@ __attribute__((target_clones("avx2", "default"))) void ReverseSequence(
         for (int64_t j0 = 0; j0 < lv.len; j0 += kW) Store(dst + j0, Masked(Load(dst + j0), LoadBits(lv.mask + j0)));
       }
       std::memcpy(lv.cat + c * lv.stride, lv.down, static_cast<size_t>(c * lv.stride) * sizeof(float));
-      Conv(lv.cat, lv.stride, net.up_conv[l], lv.up, lv.stride, lv.len);
-      SwishNormMask(lv.up, lv.stride, c, net.up_norm[l], lv.mask, lv.len);
+      ConvSwishNormMask(lv.cat, lv.stride, net.up_conv[l], net.up_norm[l], lv.mask, lv.up, lv.stride, lv.len);
       h = lv.up;
       hs = lv.stride;
     }
