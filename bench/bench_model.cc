@@ -3,9 +3,13 @@
 //      batch 512, full softmax over 3,706 items) and at an industrial size (D = 64, n = 200,
 //      batch 1024, sampled softmax with 4,096 shared negatives), with 1 and 2 torch threads;
 //   2. user-tower inference latency per request (batch 1, T = 50 reverse steps) p50/p99 with
-//      1 and 2 threads, and the share of the reverse process in it.
+//      1 and 2 threads, and the share of the reverse process in it;
+//   3. with --latency-only, only the serving targets (issue 13, item 5) on one thread: batch-1
+//      p50/p99 (target p99 <= 1 ms) and batch-256 requests/s (target >= 2,000), for the
+//      plain-C++ U-Net kernel and for tensor ops in the same run, and batch 1024 (evaluation).
 // Synthetic data (random histories of full length); prints figures, asserts nothing.
-// Usage: OMP_WAIT_POLICY=PASSIVE bench_model [--quick] [--no-industrial] [--profile trace.json]
+// Usage: OMP_WAIT_POLICY=PASSIVE bench_model [--quick] [--no-industrial] [--latency-only]
+//        [--profile trace.json]
 // (libgomp's default spinning makes 2-thread runs 30x slower when the other core is busy.)
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -214,12 +218,95 @@ void Latency(const char* label, const Setup& s, const ModelConfig& c, int reques
               label, at::get_num_threads(), p50, p99, g50, r50, g50 / r50, requests);
 }
 
+// The serving targets (issue 13, item 5) on ONE thread: the user tower with all T reverse steps
+// at batch 1 (p50/p99 over `requests` requests) and at batch 256 (requests/s), for the plain-C++
+// kernel and for the tensor ops it replaced (force_tensor_ops), measured in the same run; batch
+// 1024 (evaluation) is timed too, as the kernel serves evaluation as well. Each request carries
+// its own sample seed, as in serving and evaluation.
+void ServingTargets(const Setup& s, const ModelConfig& c, int requests, int big_batches) {
+  at::set_num_threads(1);
+  Setup one = s;
+  one.batch = 1;
+  auto model = MakeModel(one, c);
+  std::vector<Workload> reqs;
+  for (int i = 0; i < 16; ++i) reqs.push_back(MakeWorkload(one, 100 + static_cast<uint64_t>(i)));
+  struct Result {
+    double p50 = 0, p99 = 0, gen50 = 0, rps256 = 0, rps1024 = 0;
+  } res[2];
+  for (int path = 0; path < 2; ++path) {
+    const bool tensor = path == 1;
+    const int count = tensor ? std::max(100, requests / 5) : requests;
+    std::vector<double> total, gen;
+    for (int i = 0; i < count + 20; ++i) {
+      const Workload& w = reqs[static_cast<size_t>(i) % reqs.size()];
+      InferenceOptions o;
+      o.sample_seeds = {static_cast<uint64_t>(i)};
+      o.force_tensor_ops = tensor;
+      const auto t0 = Clock::now();
+      auto e = model->UserVectors(w.batch, w.rows, o);
+      const auto t1 = Clock::now();
+      auto x = model->GenerateNextItem(w.batch, w.rows, o);
+      const auto t2 = Clock::now();
+      if (!e.ok() || !x.ok()) {
+        std::fprintf(stderr, "inference failed\n");
+        std::exit(1);
+      }
+      if (i >= 20) {
+        total.push_back(1e3 * Seconds(t0, t1));
+        gen.push_back(1e3 * Seconds(t1, t2));
+      }
+    }
+    Result& r = res[path];
+    r.p50 = Percentile(total, 0.5);
+    r.p99 = Percentile(total, 0.99);
+    r.gen50 = Percentile(gen, 0.5);
+    const char* name = tensor ? "tensor ops (force_tensor_ops)" : "plain-C++ kernel";
+    std::printf("T2Diff user tower, authors' size, T=50, %-30s threads=%d  batch 1: p50 %.3f ms  p99 %.3f ms "
+                "(reverse process p50 %.3f ms; %d requests)  target p99 <= 1 ms: %s\n",
+                name, at::get_num_threads(), r.p50, r.p99, r.gen50, count, r.p99 <= 1.0 ? "met" : "missed");
+    for (int64_t bsz : {int64_t{256}, int64_t{1024}}) {
+      Setup many = s;
+      many.batch = bsz;
+      const Workload w = MakeWorkload(many, 7);
+      InferenceOptions o;
+      for (int64_t i = 0; i < bsz; ++i) o.sample_seeds.push_back(static_cast<uint64_t>(i));
+      o.force_tensor_ops = tensor;
+      const int reps = bsz == 256 ? big_batches : 1;
+      double best = 1e9;
+      for (int i = 0; i < reps + 1; ++i) {
+        const auto t0 = Clock::now();
+        auto e = model->UserVectors(w.batch, w.rows, o);
+        const auto t1 = Clock::now();
+        if (!e.ok()) {
+          std::fprintf(stderr, "inference failed: %s\n", std::string(e.status().message()).c_str());
+          std::exit(1);
+        }
+        if (i > 0 || reps == 0) best = std::min(best, Seconds(t0, t1));
+      }
+      const double rps = static_cast<double>(bsz) / best;
+      if (bsz == 256) {
+        r.rps256 = rps;
+        std::printf("T2Diff user tower, authors' size, T=50, %-30s threads=%d  batch 256: %.0f requests/s "
+                    "(%.3f ms per request, best of %d batches)  target >= 2000 req/s: %s\n",
+                    name, at::get_num_threads(), rps, 1e3 / rps, reps, rps >= 2000 ? "met" : "missed");
+      } else {
+        r.rps1024 = rps;
+        std::printf("T2Diff user tower, authors' size, T=50, %-30s threads=%d  batch 1024 (evaluation): %.0f "
+                    "requests/s\n", name, at::get_num_threads(), rps);
+      }
+    }
+  }
+  std::printf("speed-up of the kernel over tensor ops (same run): batch 1 p50 %.1fx, p99 %.1fx; batch 256 %.1fx; "
+              "batch 1024 %.1fx\n", res[1].p50 / res[0].p50, res[1].p99 / res[0].p99, res[0].rps256 / res[1].rps256,
+              res[0].rps1024 / res[1].rps1024);
+}
+
 }  // namespace
 }  // namespace t2d::model
 
 int main(int argc, char** argv) {
   using namespace t2d::model;
-  bool quick = false, industrial = true;
+  bool quick = false, industrial = true, latency_only = false;
   const bool tuned = ConfigureMallocForTensors();
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
@@ -233,6 +320,7 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--no-industrial") == 0) industrial = false;
+    if (std::strcmp(argv[i], "--latency-only") == 0) latency_only = true;
   }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   std::printf("machine: %u hardware threads, %s; malloc tuned: %s; OMP_WAIT_POLICY=%s\n",
@@ -241,6 +329,10 @@ int main(int argc, char** argv) {
   const Setup authors{2, 2, 50, 10, 512, 3706, 0, 18, false};
   const Setup big{32, 32, 200, 10, 1024, 1000000, 4096, 1000, true};
   ModelConfig t2diff;  // defaults: T2DIFF, T = 50, 4 U-Net levels, 2 heads
+  if (latency_only) {
+    ServingTargets(authors, t2diff, quick ? 1000 : 3000, quick ? 3 : 10);
+    return 0;
+  }
   ModelConfig no_diff;
   no_diff.set_kind(ModelConfig::T2DIFF_NO_DIFFUSION);
   ModelConfig mean;

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,7 +17,7 @@ namespace {
 using at::Tensor;
 using config::ModelConfig;
 
-constexpr int64_t kKernelMaxDim = 16;  // largest D for which one request uses the plain-C++ U-Net
+constexpr int64_t kKernelMaxDim = 16;  // largest D for which the reverse process uses the plain-C++ U-Net
 
 }  // namespace
 
@@ -179,42 +180,81 @@ Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const Inferen
   const int rsteps = opt.reverse_steps >= 0 ? opt.reverse_steps : config_.inference_reverse_steps();
   const std::vector<ReverseStep> plan = schedule_.ReverseSteps(rsteps, config_.reverse_update());
   const int64_t b = x.size(0), n = x.size(1), bs = b * samples, d = d_;
+  const bool by_kernel = d <= kKernelMaxDim && !opt.force_tensor_ops;
   Tensor z, noise;
+  std::vector<Tensor> noises;  // per-sample generators: [plan, samples, n, D] each
   if (opt.sample_seeds.empty()) {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed);
     z = at::randn({bs, n, d}, gen, at::kFloat);
     noise = at::randn({static_cast<int64_t>(plan.size()), bs, n, d}, gen, at::kFloat);
   } else {
     // One generator per sample: a sample's output does not depend on the batch it is in.
-    std::vector<Tensor> zs, noises;
+    std::vector<Tensor> zs;
     for (int64_t i = 0; i < b; ++i) {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.sample_seeds[static_cast<size_t>(i)]);
       zs.push_back(at::randn({samples, n, d}, gen, at::kFloat));
       noises.push_back(at::randn({static_cast<int64_t>(plan.size()), samples, n, d}, gen, at::kFloat));
     }
     z = at::cat(zs, 0);
-    noise = at::cat(noises, 1);
+    if (!by_kernel) noise = at::cat(noises, 1);
   }
-  Tensor cond = samples > 1 ? x.repeat_interleave(samples, 0) : x;
-  Tensor mask = samples > 1 ? mask_in.repeat_interleave(samples, 0) : mask_in;
-  if (b == 1 && d <= kKernelMaxDim && !opt.force_tensor_ops) {
-    // Serving path (one request, small D): the plain-C++ U-Net avoids ~90 tensor ops per step.
-    // At larger D the convolutions are big enough for BLAS to win.
+  const Tensor xc = x.contiguous();
+  const Tensor cond = samples > 1 ? xc.repeat_interleave(samples, 0) : xc;
+  const Tensor mask = (samples > 1 ? mask_in.repeat_interleave(samples, 0) : mask_in).contiguous();
+  if (by_kernel) {
+    // The plain-C++ U-Net (model/unet_kernel.h), for serving and evaluation alike: tensor ops
+    // would spend ~90 tiny ops per step. At larger D the convolutions are big enough for BLAS.
     z = z.contiguous();
-    cond = cond.contiguous();
-    mask = mask.contiguous();
-    UnetKernel kernel(kernel_layout_, params_.values().data_ptr<float>());
-    kernel.Reverse(plan, step_emb_.data_ptr<float>(), samples, n, mask.data_ptr<float>(), cond.data_ptr<float>(),
-                   noise.data_ptr<float>(), z.data_ptr<float>());
-  } else {
-    for (size_t i = 0; i < plan.size(); ++i) {
-      const ReverseStep& st = plan[i];
-      Tensor z0 = Unet(UnetInput(z, cond, step_emb_[st.step].view({1, 1, 2 * d})), mask);
-      if (st.prev == 0) {
-        z = z0;
-      } else {
-        z = z0 * st.c0 + z * st.c1 + noise[static_cast<int64_t>(i)] * st.sigma;
+    const int64_t seq = n * d;
+    std::vector<const float*> noise_of(static_cast<size_t>(bs));
+    int64_t noise_stride = 0;
+    if (noises.empty()) {
+      const float* base = noise.data_ptr<float>();
+      for (int64_t s = 0; s < bs; ++s) noise_of[static_cast<size_t>(s)] = base + s * seq;
+      noise_stride = bs * seq;
+    } else {
+      for (int64_t i = 0; i < b; ++i) {
+        const float* base = noises[static_cast<size_t>(i)].data_ptr<float>();
+        for (int64_t k = 0; k < samples; ++k) noise_of[static_cast<size_t>(i * samples + k)] = base + k * seq;
       }
+      noise_stride = samples * seq;
+    }
+    float* zp = z.data_ptr<float>();
+    const float* cp = cond.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    const float* params = params_.values().data_ptr<float>();
+    const float* emb = step_emb_.data_ptr<float>();
+    // Sequences are independent: any split over threads gives the same numbers.
+    at::parallel_for(0, bs, 4, [&](int64_t begin, int64_t end) {
+      UnetKernel kernel(kernel_layout_, params);
+      kernel.Reverse(plan, emb, end - begin, n, mp + begin * n, cp + begin * seq, noise_of.data() + begin,
+                     noise_stride, zp + begin * seq);
+    });
+    // x_hat: the newest position (+ x_n for the drift), averaged over the samples in a fixed
+    // order, so that a sample's value does not depend on the batch's shape.
+    Tensor out = at::empty({b, d}, at::kFloat);
+    float* op = out.data_ptr<float>();
+    const float* xp = xc.data_ptr<float>();
+    for (int64_t i = 0; i < b; ++i) {
+      for (int64_t c = 0; c < d; ++c) {
+        float acc = 0;
+        for (int64_t k = 0; k < samples; ++k) {
+          float v = zp[((i * samples + k) * n + n - 1) * d + c];
+          if (drift_) v = v + xp[(i * n + n - 1) * d + c];
+          acc = k == 0 ? v : acc + v;
+        }
+        op[i * d + c] = samples > 1 ? acc / static_cast<float>(samples) : acc;
+      }
+    }
+    return out;
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const ReverseStep& st = plan[i];
+    Tensor z0 = Unet(UnetInput(z, cond, step_emb_[st.step].view({1, 1, 2 * d})), mask);
+    if (st.prev == 0) {
+      z = z0;
+    } else {
+      z = z0 * st.c0 + z * st.c1 + noise[static_cast<int64_t>(i)] * st.sigma;
     }
   }
   Tensor last = z.select(1, n - 1);

@@ -9,7 +9,7 @@
 //
 // Ownership: a Diffusion registers its U-Net in the model's ParameterRegistry and reads it there
 // (the registry must outlive it). Thread-safety: const methods, safe to call concurrently (each
-// call builds its own generators and, for single requests, its own plain-C++ kernel).
+// call builds its own generators and, per thread, its own plain-C++ kernel).
 // Errors: Train returns InvalidArgument for explicit noise steps outside 1..T; shape errors
 // throw c10::Error, caught at the Model boundary.
 
@@ -59,8 +59,10 @@ class Diffusion {
                                     uint64_t noise_seed, const TrainNoise* noise) const;
 
   // The reverse process from pure noise: x_hat [B, D] averaged over the samples. x [B, n, D],
-  // mask [B, n]. One request (B = 1) with D <= 16 runs the plain-C++ U-Net (model/unet_kernel.h)
-  // unless options.force_tensor_ops.
+  // mask [B, n]. With D <= 16 any batch runs the plain-C++ U-Net (model/unet_kernel.h), split
+  // over the intra-op threads by sequence, unless options.force_tensor_ops; serving and
+  // evaluation thus run the same code, and with per-sample seeds a sample's x_hat is
+  // bit-identical whatever batch it is in.
   at::Tensor Generate(const at::Tensor& x, const at::Tensor& mask, const InferenceOptions& options) const;
 
  private:

@@ -1,14 +1,22 @@
 #pragma once
 // A plain-C++ evaluation of the model's U-Net (the same function as the tensor version in
-// diffusion.cc, docs/model.md), used by the reverse process at serving time. One request runs the
-// U-Net T times on a [n, 2D] input; with tensor ops that is ~90 tiny ops per step, whose
-// per-op overhead dominates (several ms per request). Plain loops over channel-last arrays
-// cost a fraction of that.
+// diffusion.cc, docs/model.md), used by the reverse process at inference (serving and
+// evaluation, any batch size, D <= kKernelMaxDim). With tensor ops each of the T reverse steps is
+// ~90 tiny ops whose per-op overhead dominates; the kernel runs one sequence at a time, with the
+// weights hot in cache, vectorised over 8 positions of the sequence.
+//
+// Determinism: every output value of a sequence is computed by the same sequence of IEEE float
+// operations whatever the other sequences of the call are (no cross-sequence arithmetic), so a
+// sample's result does not depend on its batch. The hot loop is compiled for AVX2 and for baseline
+// x86-64 and picked at run time (GCC target_clones); the translation unit is compiled with
+// -ffp-contract=off (model/CMakeLists.txt), so a * b + c is never fused into an FMA and both
+// versions give bit-identical results: evaluation on one machine equals serving on another.
 //
 // The kernel reads the weights from the model's flat parameter buffer through the offsets in
 // UnetKernelLayout and copies them into loop-friendly (transposed) order at construction, so
 // it sees a snapshot: rebuild it after a parameter update. Not thread-safe (owns scratch
-// buffers); build one per thread. Torch-free.
+// buffers); build one per thread. Masks must hold 0 or 1 (as MakeSequenceMask builds them).
+// Torch-free.
 
 #include <cstdint>
 #include <vector>
@@ -35,17 +43,27 @@ class UnetKernel {
  public:
   UnetKernel(const UnetKernelLayout& layout, const float* params);
 
-  // z0_hat [n, D] = U-Net(in [n, 2D]) for one sequence with validity mask [n] (1 valid, 0 pad).
-  void Forward(int64_t n, const float* mask, const float* in, float* out);
+  // The reverse process of `sequences` independent sequences of length n, in place on
+  // z [sequences, n, D] (initially pure noise). cond [sequences, n, D] is X_{1..n};
+  // mask [sequences, n]; step_emb [(T + 1), 2D] already scaled by w. The fresh noise [n, D] of
+  // sequence s at plan step i is at noise[s] + i * noise_step_stride (so per-sample generators'
+  // tensors need no concatenation). plan[i].prev == 0 takes z = z0_hat, others
+  // z = c0 z0_hat + c1 z + sigma eps, as the tensor path.
+  void Reverse(const std::vector<ReverseStep>& plan, const float* step_emb, int64_t sequences, int64_t n,
+               const float* mask, const float* cond, const float* const* noise, int64_t noise_step_stride,
+               float* z);
 
-  // The reverse process for `samples` sequences, in place on z [samples, n, D] (initially pure
-  // noise). cond [samples, n, D] is X_{1..n}; mask [samples, n]; step_emb [(T + 1), 2D] already
-  // scaled by w; noise [plan.size(), samples, n, D] holds the fresh noise of each update.
-  void Reverse(const std::vector<ReverseStep>& plan, const float* step_emb, int64_t samples, int64_t n,
-               const float* mask, const float* cond, const float* noise, float* z);
+  // Tested against std::exp (model_test): exp(x) for float vectors, relative error below 2e-7
+  // (about 2 ulp) where the result is a normal float (-87.3 < x < 88.72); denormal results are
+  // computed with gradual underflow, below -104 the result is 0 and above 88.7228 it saturates
+  // at ~3.4e38 instead of overflowing. Swish(x) = x / (1 + exp(-x)) with it. Exposed for tests.
+  static void ExpForTest(const float* x, int64_t count, float* out);
+  static void SwishForTest(const float* x, int64_t count, float* out);
 
  private:
-  struct Conv {  // weights transposed to [taps * in][out]
+  // The weights of one convolution, transposed to [taps * in][out] so that consecutive output
+  // channels of one input are adjacent (the inner loop broadcasts them).
+  struct Conv {
     int64_t in = 0, out = 0, taps = 0;
     std::vector<float> w, b;
   };
@@ -54,16 +72,14 @@ class UnetKernel {
   };
   static Conv MakeConv(const float* w, const float* b, int64_t in, int64_t out, int64_t taps);
   static Norm MakeNorm(const float* g, const float* b, int64_t c);
-  // Conv (+ swish + LayerNorm + mask) over len positions; h [len, in] already masked.
-  void Block(const float* h, int64_t len, const Conv& conv, const Norm& norm, const float* mask, float* out);
 
   int64_t d_ = 0;
   int levels_ = 0;
   std::vector<Conv> down_conv_, up_conv_, up_proj_;
   std::vector<Norm> down_norm_, up_norm_;
   Conv out_;
-  std::vector<std::vector<float>> masks_, skips_;
-  std::vector<float> a_, b_, tmp_, in_, z0_;
+  std::vector<float> scratch_;      // activation planes, see unet_kernel.cc
+  std::vector<uint32_t> mask_bits_;  // per-level masks as all-ones / zero words
 };
 
 }  // namespace t2d::model

@@ -6,7 +6,6 @@
 
 #include "common/checksum.h"
 #include "common/file_util.h"
-#include "configs/config_loader.h"
 #include "gtest/gtest.h"
 
 namespace t2d::model {

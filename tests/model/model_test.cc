@@ -3,15 +3,19 @@
 // dense parameter registry.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "model/dense_optimizer.h"
 #include "model/fused_ops.h"
 #include "model/model.h"
 #include "model/parameters.h"
+#include "model/unet_kernel.h"
 
 namespace t2d::model {
 namespace {
@@ -266,7 +270,7 @@ TEST(ModelTest, ReverseProcessIsSeededAndKernelMatchesTensorOps) {
           ExpectClose(*e1, *e2, 1e-4, "user vector kernel vs tensor ops");
         }
       }
-      // A batch (tensor path) is reproducible too.
+      // A batch is reproducible too.
       const Batch two = MakeBatch({{1, 2, 3}, {4, 5, 6, 7, 8}}, {6, 7}, 9, 4, true);
       InferenceOptions s;
       s.seed = 3;
@@ -278,6 +282,119 @@ TEST(ModelTest, ReverseProcessIsSeededAndKernelMatchesTensorOps) {
       EXPECT_FALSE(x->requires_grad());
     }
   }
+}
+
+// The kernel runs every batch with D <= 16: it must agree with tensor ops for batches with
+// padding, both update rules, both kinds, D up to 16, U-Net depths 1..4, shared and per-sample
+// generators and several samples per request.
+TEST(ModelTest, KernelMatchesTensorOpsOnBatches) {
+  struct Case {
+    int64_t id_dim, tag_dim;
+    int levels;
+  };
+  const Case cases[] = {{2, 2, 4}, {2, 2, 1}, {3, 0, 2}, {5, 2, 3}, {8, 8, 4}, {16, 0, 2}};
+  for (const Case& cs : cases) {
+    for (auto update : {ModelConfig::PAPER, ModelConfig::AUTHORS}) {
+      for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
+        SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::ReverseUpdate_Name(update) + " D=" +
+                     std::to_string(cs.id_dim + cs.tag_dim) + " levels=" + std::to_string(cs.levels));
+        const ModelDims d = Dims(cs.id_dim, cs.tag_dim, 3);
+        ModelConfig c = Config(kind);
+        c.set_reverse_update(update);
+        c.set_unet_levels(cs.levels);
+        c.set_attention_heads(1);  // divides every D
+        auto model = MakeModel(c, d);
+        ASSERT_NE(model, nullptr);
+        const Problem p = RandomProblem(5, 11, 12, d, 17);  // lengths 1..11: padding in most rows
+        for (bool per_sample : {false, true}) {
+          InferenceOptions k;
+          k.seed = 5;
+          k.num_samples = per_sample ? 1 : 2;
+          k.reverse_steps = update == ModelConfig::PAPER ? 0 : 9;
+          if (per_sample) k.sample_seeds = {1, 2, 3, 4, 5};
+          InferenceOptions t = k;
+          t.force_tensor_ops = true;
+          auto by_kernel = model->GenerateNextItem(p.batch, p.rows, k);
+          auto by_tensor = model->GenerateNextItem(p.batch, p.rows, t);
+          ASSERT_TRUE(by_kernel.ok() && by_tensor.ok()) << by_kernel.status() << by_tensor.status();
+          EXPECT_EQ(by_kernel->sizes(), at::IntArrayRef({5, cs.id_dim + cs.tag_dim}));
+          ExpectClose(*by_kernel, *by_tensor, 1e-4, "kernel vs tensor ops");
+        }
+      }
+    }
+  }
+}
+
+// A sample's output is a function of its seed and history only: bit-identical alone, inside a
+// batch, and wherever it sits in the batch (any batch split over threads as well).
+TEST(ModelTest, KernelSampleIsBitIdenticalAloneAndInABatch) {
+  const ModelDims d = Dims(2, 2, 3);
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), d);
+  const Problem p = RandomProblem(6, 10, 12, d, 23);
+  InferenceOptions all;
+  all.sample_seeds = {10, 20, 30, 40, 50, 60};
+  all.num_samples = 3;
+  auto batch = model->GenerateNextItem(p.batch, p.rows, all);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  for (int64_t i = 0; i < 6; ++i) {
+    SCOPED_TRACE("sample " + std::to_string(i));
+    std::vector<int64_t> hist;
+    for (int64_t j = 10 - p.batch.lengths[static_cast<size_t>(i)]; j < 10; ++j) {
+      hist.push_back(p.batch.history.id_rows[static_cast<size_t>(i * 10 + j)]);
+    }
+    // Alone (same n: the noise tensor's shape, hence its values, depend on n).
+    const Batch one = MakeBatch({hist}, {0}, 10, 4, true);
+    InferenceOptions o = all;
+    o.sample_seeds = {all.sample_seeds[static_cast<size_t>(i)]};
+    auto alone = model->GenerateNextItem(one, p.rows, o);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_TRUE(at::equal(*alone, batch->narrow(0, i, 1))) << *alone << batch->narrow(0, i, 1);
+  }
+  // Several threads split the batch differently: same bits.
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  auto two_threads = model->GenerateNextItem(p.batch, p.rows, all);
+  at::set_num_threads(threads);
+  ASSERT_TRUE(two_threads.ok());
+  EXPECT_TRUE(at::equal(*two_threads, *batch));
+}
+
+// The kernel's vectorised exp against std::exp, and swish at the extremes.
+TEST(ModelTest, KernelExpMatchesStdExp) {
+  std::vector<float> x;
+  for (double v = -120; v <= 120; v += 0.0137) x.push_back(static_cast<float>(v));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-88.f, 88.f);
+  for (int i = 0; i < 200000; ++i) x.push_back(u(rng));
+  for (float v : {0.f, -0.f, 1e-30f, -1e-30f, 88.72f, -87.33f, -103.9f, 88.7228f}) x.push_back(v);
+  std::vector<float> e(x.size());
+  UnetKernel::ExpForTest(x.data(), static_cast<int64_t>(x.size()), e.data());
+  double max_rel = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float want = std::exp(x[i]);
+    ASSERT_FALSE(std::isnan(e[i])) << x[i];
+    ASSERT_GE(e[i], 0.f) << x[i];
+    if (std::isfinite(want)) {
+      ASSERT_TRUE(std::isfinite(e[i])) << x[i];
+    }
+    if (want >= 1.17549435e-38f && std::isfinite(want)) {
+      max_rel = std::max(max_rel, std::abs(static_cast<double>(e[i]) - want) / want);
+    } else if (std::isfinite(want)) {
+      EXPECT_LE(e[i], 1.2e-38f) << x[i];  // denormal or zero results: absolute error only
+    }
+  }
+  EXPECT_LT(max_rel, 2e-7);  // about 2 ulp (the header's claim)
+  std::printf("kernel exp: max relative error %.3g over %zu points\n", max_rel, x.size());
+  const std::vector<float> sx = {-100.f, -20.f, -1.f, 0.f, 1.f, 20.f, 100.f};
+  std::vector<float> sw(sx.size());
+  UnetKernel::SwishForTest(sx.data(), static_cast<int64_t>(sx.size()), sw.data());
+  for (size_t i = 0; i < sx.size(); ++i) {
+    const double want = sx[i] / (1.0 + std::exp(-static_cast<double>(sx[i])));
+    EXPECT_NEAR(sw[i], want, 1e-6 * std::max(1.0, std::abs(want))) << sx[i];
+    EXPECT_TRUE(std::isfinite(sw[i]));
+  }
+  EXPECT_EQ(sw[6], 100.f);
+  EXPECT_LE(std::abs(sw[0]), 1e-30f);
 }
 
 // With the U-Net's output layer zeroed, the reverse process ends in z_0 = 0, so T2Diff's token
