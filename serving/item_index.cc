@@ -27,8 +27,8 @@ namespace {
 constexpr int kTrainSeed = 20240613;
 // Training points per list: faiss samples at most this many times the list count (seeded), which
 // bounds training time at 10^6+ items; 39 is the least faiss accepts without a warning.
-constexpr int kTrainPointsPerList = 64;
-constexpr int kTrainIterations = 20;
+constexpr int kTrainPointsPerList = 40;
+constexpr int kTrainIterations = 10;
 
 // Sets the calling thread's OpenMP thread count for a scope (0: leave it). The count is a
 // per-thread setting in OpenMP, so concurrent callers on other threads are unaffected; faiss and
