@@ -29,8 +29,8 @@
 
 namespace t2d::serving {
 
-// One query's hits, best first: rows[i] scored scores[i] (the inner product, exact for a flat
-// or IVF index, as stored for HNSW).
+// One query's hits, best first: rows[i] scored scores[i], the exact inner product (every kind
+// stores the full vectors; only which rows are found is approximate).
 struct Hits {
   std::vector<int64_t> rows;
   std::vector<float> scores;
