@@ -13,6 +13,8 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libabsl-dev zlib1g-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
+  # the serving bundle's item index (serving/item_index.h)
+  libfaiss-dev
   # the sanitizer build of the torch-free tests (scripts/sanitize.sh): clang and its runtimes
   clang libclang-rt-dev
   # plots: training curves (scripts/plot_metrics.sh, bench/quality/run_study.py)
