@@ -24,6 +24,7 @@
 #include "model/model_options.h"
 #include "model/step_builder.h"
 #include "serving/bundle_writer.h"
+#include "serving/item_index.h"
 #include "serving/npy.h"
 
 namespace t2d::serving {
@@ -118,6 +119,8 @@ struct Bundle::Impl {
   int64_t dim = 0;                  // E
   RowTable id_rows, tag_rows;
   bool has_tags = false;
+  // The approximate index (catalogues above serving.exact_max_items); null: exact search.
+  std::shared_ptr<const ItemIndex> index;
 
   at::Tensor Items() const {
     return at::from_blob(const_cast<float*>(item_vectors.data()), {catalogue->size(), dim}, at::kFloat);
@@ -130,7 +133,7 @@ int64_t Bundle::num_items() const { return impl_->catalogue->size(); }
 int64_t Bundle::step() const { return impl_->step; }
 const std::string& Bundle::version() const { return impl_->version; }
 const std::string& Bundle::delta_version() const { return impl_->delta_version; }
-std::string Bundle::search_kind() const { return "exact"; }
+std::string Bundle::search_kind() const { return impl_->index ? impl_->index->name() : "exact"; }
 
 absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
   // Whether the tag files belong to the bundle depends on its job, which is verified (with every
@@ -182,6 +185,11 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
   b.live = std::make_shared<const data::LiveSampleBuilder>(dataset, b.catalogue.get(), reader.max_seq_len, reader.max_tags);
   b.builder_options = config::StepBuilderOptionsOf(job);
   b.item_vectors = std::move(vectors.data);
+  // Up to serving.exact_max_items items, searches score the whole catalogue with one matmul, as
+  // evaluation does (the bundle's flat index holds the same vectors, for other readers).
+  if (UsesApproximateIndex(job, n)) {
+    T2D_ASSIGN_OR_RETURN(b.index, ItemIndex::Read(dir + "/item_index.faiss", n, b.dim, job.serving()));
+  }
   const int id_table = config::FindTable(job, job.model().item_id_table());
   T2D_ASSIGN_OR_RETURN(b.id_rows, ReadRows(dir, "id", dims.id_dim, job.tables(id_table)));
   b.has_tags = !job.model().item_tag_table().empty();
@@ -248,7 +256,21 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
   for (size_t q : sample_of) k_max = std::max<int64_t>(k_max, queries[q].k);
   k_max = std::min(k_max, b.catalogue->size());
   std::vector<Retrieved> found(static_cast<size_t>(m));
-  {
+  if (b.index) {
+    const at::Tensor u = users->contiguous();
+    absl::StatusOr<std::vector<Hits>> hits =
+        b.index->Search(absl::MakeConstSpan(u.data_ptr<float>(), static_cast<size_t>(u.numel())), m, static_cast<int>(k_max));
+    if (!hits.ok()) return fail_all(hits.status());
+    for (int i = 0; i < m; ++i) {
+      const size_t k = std::min<size_t>(static_cast<size_t>(queries[sample_of[static_cast<size_t>(i)]].k),
+                                        (*hits)[static_cast<size_t>(i)].rows.size());
+      Retrieved& r = found[static_cast<size_t>(i)];
+      for (size_t j = 0; j < k; ++j) {
+        r.items.push_back(b.catalogue->ids()[static_cast<size_t>((*hits)[static_cast<size_t>(i)].rows[j])]);
+        r.scores.push_back((*hits)[static_cast<size_t>(i)].scores[j]);
+      }
+    }
+  } else {
     c10::InferenceMode guard;
     // Scores as evaluation computes them: one matmul of the user vectors with every item vector.
     at::Tensor scores = at::matmul(*users, b.Items().t());
@@ -332,6 +354,11 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir
   if (b.has_tags) {
     copy_rows(base.tag_rows, &b.tag_rows);
     b.tag_rows.Update(delta.tag_keys, delta.tag_rows);
+  }
+  if (delta.has_index) {
+    T2D_ASSIGN_OR_RETURN(b.index, ItemIndex::Read(dir + "/item_index.faiss", n, b.dim, job.serving()));
+  } else if (base.index) {
+    T2D_ASSIGN_OR_RETURN(b.index, base.index->WithRowsReplaced(delta.item_rows, delta.item_vectors));
   }
   return std::unique_ptr<Bundle>(new Bundle(std::move(impl)));
 }

@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "configs/config_loader.h"
 #include "model/dense_state.h"
+#include "serving/item_index.h"
 #include "serving/npy.h"
 
 namespace t2d::serving {
@@ -55,17 +56,26 @@ void ChangedRows(absl::Span<const int64_t> keys, absl::Span<const float> rows, i
 
 }  // namespace
 
+bool UsesApproximateIndex(const config::JobConfig& job, int64_t num_items) {
+  return num_items > job.serving().exact_max_items();
+}
+
+bool DeltaShipsIndex(const config::JobConfig& job, int64_t num_items) {
+  return UsesApproximateIndex(job, num_items) && job.serving().index_kind() == config::ServingConfig::HNSW;
+}
+
 std::vector<std::string> BundleFiles(const config::JobConfig& job) {
-  std::vector<std::string> files = {"dataset.textproto", "dense.t2dd",    "id_keys.npy",      "id_rows.npy",
-                                    "item_ids.npy",      "item_tag_offsets.npy", "item_tags.npy", "item_vectors.npy",
-                                    "job.textproto"};
+  std::vector<std::string> files = {"dataset.textproto", "dense.t2dd",           "id_keys.npy",   "id_rows.npy",
+                                    "item_ids.npy",      "item_index.faiss",     "item_tag_offsets.npy",
+                                    "item_tags.npy",     "item_vectors.npy",     "job.textproto"};
   if (!job.model().item_tag_table().empty()) files.insert(files.end(), {"tag_keys.npy", "tag_rows.npy"});
   return files;
 }
 
-std::vector<std::string> DeltaFiles(const config::JobConfig& job) {
+std::vector<std::string> DeltaFiles(const config::JobConfig& job, int64_t num_items) {
   std::vector<std::string> files = {"dense.t2dd", "id_keys.npy", "id_rows.npy", "item_rows.npy", "item_vectors.npy",
                                     "job.textproto"};
+  if (DeltaShipsIndex(job, num_items)) files.push_back("item_index.faiss");
   if (!job.model().item_tag_table().empty()) files.insert(files.end(), {"tag_keys.npy", "tag_rows.npy"});
   return files;
 }
@@ -86,8 +96,11 @@ absl::Status WriteBundle(const std::string& dir, const BundleContents& c) {
   T2D_RETURN_IF_ERROR(model::SaveDenseState(dir + "/dense.t2dd", *c.model, nullptr));
   T2D_RETURN_IF_ERROR(WriteText(dir + "/job.textproto", *c.job));
   T2D_RETURN_IF_ERROR(WriteText(dir + "/dataset.textproto", *c.dataset));
+  T2D_ASSIGN_OR_RETURN(auto index, ItemIndex::Build(c.item_vectors, n, c.vector_dim, c.job->serving()));
+  T2D_RETURN_IF_ERROR(index->Write(dir + "/item_index.faiss"));
   FolderManifest m;
   m.set_kind(FolderManifest::BUNDLE);
+  m.set_num_items(n);
   m.set_step(c.step);
   m.set_num_workers(c.num_workers);
   return SealFolder(dir, m, BundleFiles(*c.job));
@@ -151,25 +164,31 @@ absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const Bundle
   }
   T2D_RETURN_IF_ERROR(model::SaveDenseState(dir + "/dense.t2dd", *c.model, nullptr));
   T2D_RETURN_IF_ERROR(WriteText(dir + "/job.textproto", *c.job));
+  if (DeltaShipsIndex(*c.job, stats.items_total)) {
+    T2D_ASSIGN_OR_RETURN(auto index, ItemIndex::Build(c.item_vectors, stats.items_total, c.vector_dim, c.job->serving()));
+    T2D_RETURN_IF_ERROR(index->Write(dir + "/item_index.faiss"));
+  }
   FolderManifest m;
   m.set_kind(FolderManifest::BUNDLE_DELTA);
+  m.set_num_items(stats.items_total);
   m.set_step(c.step);
   m.set_num_workers(c.num_workers);
   m.set_base_version(Sha256Hex(base_manifest.data(), base_manifest.size()));
-  T2D_RETURN_IF_ERROR(SealFolder(dir, m, DeltaFiles(*c.job)));
+  T2D_RETURN_IF_ERROR(SealFolder(dir, m, DeltaFiles(*c.job, stats.items_total)));
   return stats;
 }
 
 absl::StatusOr<BundleDelta> ReadBundleDelta(const std::string& dir) {
-  const ExpectedFiles files = [&](const FolderManifest&) -> absl::StatusOr<std::vector<std::string>> {
+  const ExpectedFiles files = [&](const FolderManifest& header) -> absl::StatusOr<std::vector<std::string>> {
     T2D_ASSIGN_OR_RETURN(config::JobConfig job, config::LoadJobConfig(dir + "/job.textproto"));
-    return DeltaFiles(job);
+    return DeltaFiles(job, header.num_items());
   };
   T2D_ASSIGN_OR_RETURN(FolderManifest header, VerifyFolder(dir, FolderManifest::BUNDLE_DELTA, files));
   BundleDelta d;
   d.base_version = header.base_version();
   d.step = header.step();
   T2D_ASSIGN_OR_RETURN(d.job, config::LoadJobConfig(dir + "/job.textproto"));
+  d.has_index = DeltaShipsIndex(d.job, header.num_items());
   T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> rows, ReadNpyInt64(dir + "/item_rows.npy"));
   T2D_ASSIGN_OR_RETURN(NpyArray<float> vectors, ReadNpyFloat(dir + "/item_vectors.npy"));
   if (vectors.shape.size() != 2 || vectors.shape[0] != static_cast<int64_t>(rows.data.size())) {

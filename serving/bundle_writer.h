@@ -2,14 +2,17 @@
 // Writes serving bundles and bundle deltas (layout: docs/serving.md), each a sealed folder
 // (common/sealed_folder.h) whose MANIFEST is written last.
 //
-// A bundle (kind BUNDLE): the item vectors with their raw ids, the embedding rows the user
-// tower reads, the item tags, the dense state of the model, the job config it was trained
-// with and the data set's manifest (the session and window options a request is cut with).
+// A bundle (kind BUNDLE): the item vectors with their raw ids and their index
+// (item_index.faiss, serving/item_index.h: exact up to serving.exact_max_items items, IVF or
+// HNSW above), the embedding rows the user tower reads, the item tags, the dense state of the
+// model, the job config it was trained with and the data set's manifest (the session and
+// window options a request is cut with).
 //
 // A delta (kind BUNDLE_DELTA) holds what changed since a base bundle: the dense state (whole:
 // it is small), the item vectors that differ (with their catalogue rows), the embedding rows
-// that differ or are new; its MANIFEST names the base by version (the SHA-256 of the base's
-// MANIFEST). Deltas are cumulative: each is taken against a full bundle, so a server holding
+// that differ or are new; the index update is those item rows (replaced in the base's index),
+// except for an HNSW index, which cannot replace rows: the delta then carries a whole new
+// item_index.faiss. Its MANIFEST names the base by version (the SHA-256 of the base's MANIFEST). Deltas are cumulative: each is taken against a full bundle, so a server holding
 // that bundle can apply any newer delta of it directly. The catalogue must be the base's.
 //
 // The trainer computes the contents (Trainer::Export); serving/bundle.h reads them back.
@@ -70,13 +73,19 @@ struct BundleDelta {
   int64_t vector_dim = 0;
   std::vector<int64_t> id_keys, tag_keys;
   std::vector<float> id_rows, tag_rows;
+  bool has_index = false;            // dir/item_index.faiss: a whole new index (HNSW)
 };
 // Reads the delta at `dir` (the dense state stays in dir/dense.t2dd for the caller to load).
 absl::StatusOr<BundleDelta> ReadBundleDelta(const std::string& dir);
 
-// The files of a bundle (or delta) of `job`, sorted: the tag files only when its model has a
-// tag table. What the writer seals and the reader verifies.
+// The files of a bundle (or a delta of a catalogue of `num_items`) of `job`: the tag files only
+// when its model has a tag table; a delta's index file only when it ships a whole index
+// (DeltaShipsIndex). What the writer seals and the reader verifies.
 std::vector<std::string> BundleFiles(const config::JobConfig& job);
-std::vector<std::string> DeltaFiles(const config::JobConfig& job);
+std::vector<std::string> DeltaFiles(const config::JobConfig& job, int64_t num_items);
+// Whether a catalogue of `num_items` gets an approximate index, and whether its deltas ship a
+// whole index (HNSW) rather than replaced rows.
+bool UsesApproximateIndex(const config::JobConfig& job, int64_t num_items);
+bool DeltaShipsIndex(const config::JobConfig& job, int64_t num_items);
 
 }  // namespace t2d::serving

@@ -12,10 +12,14 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
+#include <google/protobuf/text_format.h>
+
 #include "absl/strings/str_cat.h"
+#include "common/sealed_folder.h"
 #include "absl/strings/str_split.h"
 #include "configs/config_loader.h"
 #include "configs/job_options.h"
@@ -225,17 +229,27 @@ TEST_F(ServingTest, BundleManifestMustListEveryFile) {
   EXPECT_NE(loaded.status().message().find(dir), std::string::npos) << loaded.status();
 }
 
+// Non-finite item vectors are refused by the writer, and by the reader in a bundle whose
+// manifest was (re)sealed over them.
 TEST_F(ServingTest, BundleWithNonFiniteItemVectorsIsRefused) {
   const std::string dir = dir_ + "/bundle";
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     auto probe = WriteTinyBundle(dir_, dir);
     ASSERT_TRUE(probe.ok()) << probe;
-    std::vector<float> vectors(static_cast<size_t>(ReadNpyFloat(dir + "/item_vectors.npy")->data.size()), 0.5f);
+    auto good = ReadNpyFloat(dir + "/item_vectors.npy");
+    std::vector<float> vectors(good->data.size(), 0.5f);
     vectors[vectors.size() / 2] = bad;
-    ASSERT_TRUE(WriteTinyBundle(dir_, dir, vectors).ok());
+    EXPECT_FALSE(WriteTinyBundle(dir_, dir_ + "/refused", vectors).ok()) << "the writer took " << bad;
+    ASSERT_TRUE(WriteNpy(dir + "/item_vectors.npy", vectors, good->shape).ok());
+    FolderManifest m;
+    ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(Read(dir + "/MANIFEST"), &m));
+    std::vector<std::string> files;
+    for (const auto& f : m.files()) files.push_back(f.name());
+    m.clear_files();
+    ASSERT_TRUE(SealFolder(dir, m, files).ok());
     auto loaded = Bundle::Load(dir);
     ASSERT_FALSE(loaded.ok()) << "item vectors holding " << bad << " were loaded";
-    EXPECT_NE(loaded.status().message().find(dir + "/item_vectors.npy"), std::string::npos) << loaded.status();
+    EXPECT_NE(loaded.status().message().find(dir + "/item_vectors.npy: non-finite"), std::string::npos) << loaded.status();
   }
 }
 
@@ -402,6 +416,115 @@ TEST_F(ServingTest, DeltaAppliesToItsBaseOnly) {
   auto damaged = (*base)->WithDelta(dir_ + "/delta");
   ASSERT_FALSE(damaged.ok());
   EXPECT_NE(damaged.status().message().find("id_rows.npy"), std::string::npos) << damaged.status();
+}
+
+// A catalogue of 2,000 items (ids 1..2000, no tags) with seeded random vectors, written as a
+// bundle of step `step` with `serving` as the job's serving section.
+absl::Status WriteLargeBundle(const std::string& root, const std::string& dir, const std::string& serving,
+                              uint64_t seed, int64_t step, const std::vector<int64_t>& changed = {}) {
+  auto job = config::ParseJobConfig(absl::StrCat(R"(
+      tables { name: "item_id" dim: 4 }
+      data { dataset_dir: ")", root, R"(/data" max_seq_len: 4 session_len: 2 }
+      model { diffusion_steps: 2 item_tag_table: "" } serving { )", serving, " }"), "large.textproto");
+  if (!job.ok()) return job.status();
+  auto model = model::Model::Create(job->model(), *config::ModelDimsOf(*job));
+  if (!model.ok()) return model.status();
+  const int64_t e = (*model)->output_dim(), n = 2000;
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  std::iota(ids.begin(), ids.end(), 1);
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::normal_distribution<float> normal;
+  std::vector<float> vectors(static_cast<size_t>(n * e));
+  for (float& v : vectors) v = normal(rng);
+  std::mt19937 other(99);
+  for (int64_t row : changed) {
+    for (int64_t j = 0; j < e; ++j) vectors[static_cast<size_t>(row * e + j)] = 3 * normal(other);
+  }
+  const std::vector<int64_t> id_keys = {1};
+  const std::vector<float> id_rows = {0.1f, 0.2f, 0.3f, 0.4f};
+  const data::DatasetManifest dataset = Dataset(4, 2);
+  BundleContents c;
+  c.job = &*job;
+  c.dataset = &dataset;
+  c.model = model->get();
+  c.step = step;
+  c.item_ids = ids;
+  c.item_vectors = vectors;
+  c.vector_dim = e;
+  c.id_keys = id_keys;
+  c.id_rows = id_rows;
+  c.id_dim = 4;
+  c.item_tag_offsets.assign(static_cast<size_t>(n + 1), 0);
+  return WriteBundle(dir, c);
+}
+
+double Recall(const std::vector<int64_t>& found, const std::vector<int64_t>& truth) {
+  int64_t hit = 0;
+  for (int64_t id : truth) hit += std::count(found.begin(), found.end(), id);
+  return static_cast<double>(hit) / static_cast<double>(truth.size());
+}
+
+// Above serving.exact_max_items the bundle searches its approximate index (IVF: rows replaced
+// by a delta; HNSW: the delta ships a whole index), finding what exact search finds.
+TEST_F(ServingTest, ApproximateIndexAnswersAndTakesDeltas) {
+  for (const std::string kind : {"IVF", "HNSW"}) {
+    SCOPED_TRACE(kind);
+    const std::string approx = "exact_max_items: 100 index_kind: " + kind;
+    const std::string d = dir_ + "/" + kind;
+    ASSERT_TRUE(WriteLargeBundle(dir_, d + "/base", approx, 1, 10).ok());
+    ASSERT_TRUE(WriteLargeBundle(dir_, d + "/exact", "", 1, 10).ok());
+    auto base = Bundle::Load(d + "/base");
+    auto exact = Bundle::Load(d + "/exact");
+    ASSERT_TRUE(base.ok() && exact.ok()) << base.status() << exact.status();
+    EXPECT_EQ((*base)->search_kind(), kind == "IVF" ? "ivf" : "hnsw");
+    EXPECT_EQ((*exact)->search_kind(), "exact");
+    std::vector<ParsedQuery> queries;
+    for (int64_t i = 1; i <= 20; ++i) queries.push_back(Q({i, 2 * i, 3 * i}, 10, static_cast<uint64_t>(i)));
+    auto check = [&](const Bundle& a, const Bundle& b, const char* what) {
+      double recall = 0;
+      for (const ParsedQuery& q : queries) {
+        auto x = a.TopK(q.View());
+        auto y = b.TopK(q.View());
+        ASSERT_TRUE(x.ok() && y.ok()) << x.status() << y.status();
+        ASSERT_EQ(x->items.size(), 10u);
+        recall += Recall(x->items, y->items) / static_cast<double>(queries.size());
+      }
+      EXPECT_GE(recall, 0.95) << what;
+    };
+    check(**base, **exact, "approximate vs exact");
+    // The next export: 50 items moved. The delta against the approximate base holds 50 rows.
+    std::vector<int64_t> moved;
+    for (int64_t r = 0; r < 2000; r += 40) moved.push_back(r);
+    ASSERT_TRUE(WriteLargeBundle(dir_, d + "/full_exact", "", 1, 20, moved).ok());
+    auto job = config::LoadJobConfig(d + "/base/job.textproto");
+    auto model = model::Model::Create(job->model(), *config::ModelDimsOf(*job));
+    auto vectors = ReadNpyFloat(d + "/full_exact/item_vectors.npy");
+    auto ids = ReadNpyInt64(d + "/full_exact/item_ids.npy");
+    const data::DatasetManifest dataset = Dataset(4, 2);
+    const std::vector<int64_t> id_keys = {1};
+    const std::vector<float> id_rows = {0.1f, 0.2f, 0.3f, 0.4f};
+    BundleContents c;
+    c.job = &*job;
+    c.dataset = &dataset;
+    c.model = model->get();
+    c.step = 20;
+    c.item_ids = ids->data;
+    c.item_vectors = vectors->data;
+    c.vector_dim = vectors->shape[1];
+    c.id_keys = id_keys;
+    c.id_rows = id_rows;
+    c.id_dim = 4;
+    c.item_tag_offsets.assign(2001, 0);
+    auto stats = WriteBundleDelta(d + "/delta", c, d + "/base");
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_EQ(stats->items_changed, 50);
+    EXPECT_EQ(fs::exists(d + "/delta/item_index.faiss"), kind == "HNSW");
+    auto updated = (*base)->WithDelta(d + "/delta");
+    ASSERT_TRUE(updated.ok()) << updated.status();
+    auto full = Bundle::Load(d + "/full_exact");
+    ASSERT_TRUE(full.ok());
+    check(**updated, **full, "approximate after the delta vs exact of the new vectors");
+  }
 }
 
 TEST(ProtocolTest, BadRequestsAreNamed) {
