@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 build=${SAN_BUILD_DIR:-build-san}
-targets=(sample_file_fuzz shard_file_fuzz sources_fuzz ps_messages_fuzz)
+targets=(sample_file_fuzz shard_file_fuzz sources_fuzz ps_messages_fuzz request_fuzz)
 
 if ! grep -q '^T2D_BUILD_FUZZ:BOOL=ON' "$build/CMakeCache.txt" 2> /dev/null; then
   SAN_CONFIGURE_ONLY=1 bash scripts/sanitize.sh

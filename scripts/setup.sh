@@ -15,8 +15,12 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   # the serving bundle's item index (serving/item_index.h)
   libfaiss-dev
+  # OpenMP for clang (the sanitizer build configures the whole project, and faiss needs OpenMP)
+  libomp-dev
   # the sanitizer build of the torch-free tests (scripts/sanitize.sh): clang and its runtimes
   clang libclang-rt-dev
+  # reading a serving bundle from Python (docs/read_bundle.py, run by tests/e2e/serve_test.sh)
+  python3-numpy python3-faiss
   # plots: training curves (scripts/plot_metrics.sh, bench/quality/run_study.py)
   gnuplot-nox
 )

@@ -127,5 +127,18 @@ check "stdin mode exits 0 at the end of input" test $? -eq 0
 check "stdin mode answers every line in order" \
   test "$(cut -c1-12 "$W/stdin.out" | tr '\n' ' ')" = '{"id":1,"ite {"error":"re {"id":3,"ite '
 
+# Reading the bundle from Python, as docs/serving.md shows (when Debian's python3-numpy is there).
+if /usr/bin/python3 -c 'import numpy' 2> /dev/null; then
+  py=$(/usr/bin/python3 "$(dirname "$0")/../../docs/read_bundle.py" "$W/bundle")
+  check "docs/read_bundle.py reads the bundle with numpy" grep -qE '^\{"items": 150, "dim": [0-9]+, .*"numpy_top10": \[[0-9]+(, [0-9]+){9}\]' <<< "$py"
+  if /usr/bin/python3 -c 'import faiss' 2> /dev/null; then
+    numpy_top=$(sed -E 's/.*"numpy_top10": (\[[^]]*\]).*/\1/' <<< "$py")
+    faiss_top=$(sed -E 's/.*"faiss_top10": (\[[^]]*\]).*/\1/' <<< "$py")
+    check "and faiss reads its index: the same top 10" test "$numpy_top" = "$faiss_top"
+  fi
+else
+  echo "SKIP: python3-numpy is not installed (docs/read_bundle.py)"
+fi
+
 echo "serve e2e: $passes passed, $failures failed"
 [ "$failures" -eq 0 ]

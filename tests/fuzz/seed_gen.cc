@@ -117,18 +117,29 @@ void Sources(const fs::path& dir) {
   WriteBytes(dir / "tsv", std::string(1, '\x47') + "u\ti\tt\tr\tg\n1\t10\t100\t4\ta|b\n");
 }
 
+// Serving request lines (serving/protocol.h): each kind of request, and a few near misses.
+void Requests(const fs::path& dir) {
+  WriteBytes(dir / "query", R"({"id":1,"user":17,"items":[5,9,2],"times":[100,160,220],"time":300,"k":10,"seed":3})");
+  WriteBytes(dir / "queries", R"({"id":"b","queries":[{"items":[1],"times":[1]},{"items":[2,3],"k":2}]})");
+  WriteBytes(dir / "update", R"({"id":3,"update":"/tmp/delta"})");
+  WriteBytes(dir / "info", R"({"info":true})");
+  WriteBytes(dir / "unknown_field", R"({"items":[1],"colour":"red"})");
+  WriteBytes(dir / "big_numbers", R"({"items":[18446744073709551615,-9223372036854775808],"k":1e3})");
+}
+
 int Main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: fuzz_seed_gen OUT_DIR\n");
     return 2;
   }
   const fs::path out = argv[1];
-  for (const char* target : {"sample_file_fuzz", "shard_file_fuzz", "ps_messages_fuzz", "sources_fuzz"}) {
+  for (const char* target : {"sample_file_fuzz", "shard_file_fuzz", "ps_messages_fuzz", "sources_fuzz", "request_fuzz"}) {
     fs::create_directories(out / target);
   }
   if (!SampleFiles(out / "sample_file_fuzz") || !ShardFiles(out / "shard_file_fuzz")) return 1;
   PsMessages(out / "ps_messages_fuzz");
   Sources(out / "sources_fuzz");
+  Requests(out / "request_fuzz");
   return 0;
 }
 
