@@ -6,7 +6,8 @@
 //      p50/p99 latency per request and requests/s, with the server on one torch thread.
 // The bundle is written to a temporary folder; the server is the t2diff binary given, started as
 // `t2diff serve --port 0 --no-stdin --threads 1`. Prints figures and the machine; asserts nothing.
-// Usage: bench_serve T2DIFF [--quick]
+// Usage: bench_serve T2DIFF [--quick | --tower-only] (--tower-only: part 1 alone, 20,000 queries,
+// for profiling)
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -157,6 +158,7 @@ int main(int argc, char** argv) {
   using namespace t2d;
   if (argc < 2) Die("usage: bench_serve T2DIFF [--quick]");
   const bool quick = argc > 2 && std::strcmp(argv[2], "--quick") == 0;
+  const bool tower_only = argc > 2 && std::strcmp(argv[2], "--tower-only") == 0;
   at::set_num_threads(1);
   const std::string dir = (std::filesystem::temp_directory_path() / ("t2d_bench_serve_" + std::to_string(::getpid()))).string();
   WriteAuthorsBundle(dir);
@@ -168,7 +170,7 @@ int main(int argc, char** argv) {
     auto bundle = serving::Bundle::Load(dir);
     if (!bundle.ok()) Die(std::string(bundle.status().message()));
     std::vector<double> tower, total;
-    const int n = quick ? 300 : 2000;
+    const int n = quick ? 300 : tower_only ? 20000 : 2000;
     for (int i = 0; i < n + 20; ++i) {
       auto request = serving::ParseRequest(RequestLine(i));
       const auto t0 = Clock::now();
@@ -187,6 +189,10 @@ int main(int argc, char** argv) {
                 Percentile(total, 0.5), Percentile(total, 0.99), n);
   }
 
+  if (tower_only) {
+    std::filesystem::remove_all(dir);
+    return 0;
+  }
   // 2. The server under 1, 8 and 64 closed-loop clients.
   int out_pipe[2];
   if (::pipe(out_pipe) != 0) Die("pipe");
