@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/deadline_wait.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 
@@ -92,7 +93,7 @@ void InProcGroup::Compute() {
 }
 
 absl::Status InProcGroup::Run(int rank, uint64_t seq, const Call& call, absl::Time deadline) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto broken = [this] { return absl::FailedPreconditionError(absl::StrCat("communicator is broken: ", broken_reason_)); };
   auto missing = [this] {
     std::vector<int> ranks;
@@ -104,12 +105,12 @@ absl::Status InProcGroup::Run(int rank, uint64_t seq, const Call& call, absl::Ti
   auto fail = [&](const std::string& what) {
     broken_ = true;
     broken_reason_ = absl::StrCat("rank ", rank, ": ", what);
-    changed_.SignalAll();
+    changed_.notify_all();
     return absl::DeadlineExceededError(what);
   };
   // Wait until the previous collective has fully finished and this one is open.
   while (!broken_ && !(seq_ == seq && !scattering_)) {
-    if (changed_.WaitWithDeadline(&mu_, deadline) && !broken_ && !(seq_ == seq && !scattering_)) {
+    if (WaitUntil(changed_, lock, deadline) && !broken_ && !(seq_ == seq && !scattering_)) {
       return fail(absl::StrCat("collective ", seq, ": previous collective still running at the deadline; rank(s) ",
                                missing(), " had not joined it"));
     }
@@ -119,10 +120,10 @@ absl::Status InProcGroup::Run(int rank, uint64_t seq, const Call& call, absl::Ti
   if (++arrived_ == size_) {
     Compute();
     scattering_ = true;
-    changed_.SignalAll();
+    changed_.notify_all();
   }
   while (!broken_ && !scattering_) {
-    if (changed_.WaitWithDeadline(&mu_, deadline) && !broken_ && !scattering_) {
+    if (WaitUntil(changed_, lock, deadline) && !broken_ && !scattering_) {
       return fail(absl::StrCat("collective ", seq, " did not complete before the deadline: rank(s) ", missing(),
                                " did not join"));
     }
@@ -136,7 +137,7 @@ absl::Status InProcGroup::Run(int rank, uint64_t seq, const Call& call, absl::Ti
     scattering_ = false;
     std::fill(calls_.begin(), calls_.end(), nullptr);
     ++seq_;
-    changed_.SignalAll();
+    changed_.notify_all();
   }
   return status;
 }

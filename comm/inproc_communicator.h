@@ -16,7 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include <condition_variable>
+#include <mutex>
 #include "comm/communicator.h"
 
 namespace t2d::comm {
@@ -46,8 +47,8 @@ class InProcGroup {
   void Compute();  // REQUIRES mu_ held, all members arrived
 
   const int size_;
-  absl::Mutex mu_;
-  absl::CondVar changed_;
+  std::mutex mu_;
+  std::condition_variable changed_;
   // State below is protected by mu_.
   uint64_t seq_ = 0;          // the collective in progress
   bool scattering_ = false;   // all arrived; members copy the result out

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/deadline_wait.h"
 #include "common/status_macros.h"
 
 namespace t2d::comm {
@@ -11,20 +12,20 @@ InProcHub::InProcHub(int size) : mailboxes_(static_cast<size_t>(size)), gone_(st
 std::unique_ptr<Transport> InProcHub::Connect(int rank) { return std::make_unique<InProcTransport>(this, rank); }
 
 void InProcHub::MarkGone(int rank) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   gone_[static_cast<size_t>(rank)] = true;
-  arrived_.SignalAll();
+  arrived_.notify_all();
 }
 
 bool InProcHub::IsGone(int rank) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return gone_[static_cast<size_t>(rank)];
 }
 
 absl::Status InProcTransport::Send(int dst, int tag, std::string bytes, absl::Time /*deadline*/) {
   T2D_RETURN_IF_ERROR(CheckPeer(*this, dst, false, "send"));
   T2D_RETURN_IF_ERROR(CheckTag(tag, false, "send"));
-  absl::MutexLock lock(&hub_->mu_);
+  std::lock_guard<std::mutex> lock(hub_->mu_);
   if (hub_->gone_[static_cast<size_t>(rank_)]) {
     return absl::UnavailableError(absl::StrCat("send from rank ", rank_, ": this rank is marked gone"));
   }
@@ -32,14 +33,14 @@ absl::Status InProcTransport::Send(int dst, int tag, std::string bytes, absl::Ti
     return absl::UnavailableError(absl::StrCat("send from rank ", rank_, " to rank ", dst, ": peer is gone"));
   }
   hub_->mailboxes_[static_cast<size_t>(dst)].queue.push_back(Message{rank_, tag, std::move(bytes)});
-  hub_->arrived_.SignalAll();
+  hub_->arrived_.notify_all();
   return absl::OkStatus();
 }
 
 absl::StatusOr<Message> InProcTransport::Recv(int src, int tag, absl::Time deadline) {
   T2D_RETURN_IF_ERROR(CheckPeer(*this, src, true, "recv"));
   T2D_RETURN_IF_ERROR(CheckTag(tag, true, "recv"));
-  absl::MutexLock lock(&hub_->mu_);
+  std::unique_lock<std::mutex> lock(hub_->mu_);
   auto& queue = hub_->mailboxes_[static_cast<size_t>(rank_)].queue;
   bool timed_out = false;
   while (true) {
@@ -60,7 +61,7 @@ absl::StatusOr<Message> InProcTransport::Recv(int src, int tag, absl::Time deadl
       return absl::DeadlineExceededError(absl::StrCat("recv on rank ", rank_, ": no message from ", PeerName(src),
                                                       " (tag ", tag, ") before the deadline"));
     }
-    timed_out = hub_->arrived_.WaitWithDeadline(&hub_->mu_, deadline);
+    timed_out = WaitUntil(hub_->arrived_, lock, deadline);
   }
 }
 

@@ -13,7 +13,8 @@
 #include <memory>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include <condition_variable>
+#include <mutex>
 #include "comm/transport.h"
 
 namespace t2d::comm {
@@ -35,8 +36,8 @@ class InProcHub {
   struct Mailbox {
     std::deque<Message> queue;
   };
-  mutable absl::Mutex mu_;
-  absl::CondVar arrived_;
+  mutable std::mutex mu_;
+  std::condition_variable arrived_;
   // State below is protected by mu_.
   std::vector<Mailbox> mailboxes_;
   std::vector<bool> gone_;

@@ -33,7 +33,7 @@ absl::Status LocalEmbeddingStore::CheckTable(int table) const {
 absl::Status LocalEmbeddingStore::Lookup(int table, absl::Span<const int64_t> ids, absl::Span<float> out) {
   if (auto s = CheckTable(table); !s.ok()) return s;
   Entry& e = *tables_[static_cast<size_t>(table)];
-  absl::ReaderMutexLock lock(&e.mu);
+  std::shared_lock<std::shared_mutex> lock(e.mu);
   return e.table->Lookup(ids, out);
 }
 
@@ -41,7 +41,7 @@ absl::StatusOr<EmbeddingStore::Ticket> LocalEmbeddingStore::Pull(int table, absl
   if (auto s = CheckTable(table); !s.ok()) return s;
   std::vector<float> rows(ids.size() * static_cast<size_t>(dim(table)));
   if (auto s = LocalEmbeddingStore::Lookup(table, ids, absl::MakeSpan(rows)); !s.ok()) return s;
-  absl::MutexLock lock(&tickets_mu_);
+  std::lock_guard<std::mutex> lock(tickets_mu_);
   const Ticket ticket = next_ticket_++;
   pulled_.emplace(ticket, std::move(rows));
   return ticket;
@@ -50,7 +50,7 @@ absl::StatusOr<EmbeddingStore::Ticket> LocalEmbeddingStore::Pull(int table, absl
 absl::Status LocalEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
   std::vector<float> rows;
   {
-    absl::MutexLock lock(&tickets_mu_);
+    std::lock_guard<std::mutex> lock(tickets_mu_);
     auto it = pulled_.find(ticket);
     if (it == pulled_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown or already waited ticket ", ticket));
     rows = std::move(it->second);
@@ -66,14 +66,14 @@ absl::Status LocalEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
 absl::Status LocalEmbeddingStore::ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) {
   if (auto s = CheckTable(table); !s.ok()) return s;
   Entry& e = *tables_[static_cast<size_t>(table)];
-  absl::MutexLock lock(&e.mu);
+  std::lock_guard<std::shared_mutex> lock(e.mu);
   return e.table->ApplyGradients(ids, grads);
 }
 
 absl::StatusOr<std::vector<TableStats>> LocalEmbeddingStore::Stats() {
   std::vector<TableStats> out;
   for (const auto& e : tables_) {
-    absl::ReaderMutexLock lock(&e->mu);
+    std::shared_lock<std::shared_mutex> lock(e->mu);
     const EmbeddingTable& t = *e->table;
     out.push_back({t.spec().name(), t.size(), t.step(), t.counters().admitted, t.counters().evicted,
                    t.counters().rejected, static_cast<int64_t>(t.MemoryBytes())});
@@ -83,7 +83,7 @@ absl::StatusOr<std::vector<TableStats>> LocalEmbeddingStore::Stats() {
 
 absl::Status LocalEmbeddingStore::Save(const std::string& dir) {
   for (const auto& e : tables_) {
-    absl::ReaderMutexLock lock(&e->mu);
+    std::shared_lock<std::shared_mutex> lock(e->mu);
     const std::string path = dir + "/" + ShardFileName(e->table->spec().name(), shard_index_, num_shards_);
     if (auto s = WriteShardFile(path, *e->table, shard_index_, num_shards_); !s.ok()) return s;
   }
@@ -92,7 +92,7 @@ absl::Status LocalEmbeddingStore::Save(const std::string& dir) {
 
 absl::Status LocalEmbeddingStore::Load(const std::string& dir) {
   for (auto& e : tables_) {
-    absl::MutexLock lock(&e->mu);
+    std::lock_guard<std::shared_mutex> lock(e->mu);
     auto files = FindShardFiles(dir, e->table->spec().name());
     if (!files.ok()) return files.status();
     // Load into a fresh table so a failed load leaves the current contents intact.

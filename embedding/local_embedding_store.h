@@ -14,9 +14,9 @@
 #include <memory>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include <mutex>
+#include <shared_mutex>
 #include "embedding/embedding_store.h"
 #include "embedding/embedding_table.h"
 
@@ -44,7 +44,7 @@ class LocalEmbeddingStore : public EmbeddingStore {
 
  private:
   struct Entry {
-    mutable absl::Mutex mu;
+    mutable std::shared_mutex mu;
     std::unique_ptr<EmbeddingTable> table;  // the pointer is fixed; the table is guarded by mu
   };
   LocalEmbeddingStore(int shard_index, int num_shards) : shard_index_(shard_index), num_shards_(num_shards) {}
@@ -53,9 +53,9 @@ class LocalEmbeddingStore : public EmbeddingStore {
   const int shard_index_;
   const int num_shards_;
   std::vector<std::unique_ptr<Entry>> tables_;
-  absl::Mutex tickets_mu_;
-  Ticket next_ticket_ ABSL_GUARDED_BY(tickets_mu_) = 1;
-  absl::flat_hash_map<Ticket, std::vector<float>> pulled_ ABSL_GUARDED_BY(tickets_mu_);  // rows of each ticket
+  std::mutex tickets_mu_;  // guards next_ticket_ and pulled_
+  Ticket next_ticket_ = 1;
+  absl::flat_hash_map<Ticket, std::vector<float>> pulled_;  // rows of each ticket
 };
 
 }  // namespace t2d::embedding
