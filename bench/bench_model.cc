@@ -4,6 +4,9 @@
 //      batch 1024, sampled softmax with 4,096 shared negatives), with 1 and 2 torch threads;
 //   2. user-tower inference latency per request (batch 1, T = 50 reverse steps) p50/p99 with
 //      1 and 2 threads, and the share of the reverse process in it;
+//      each training line is followed by its roofline: FLOPs of the step counted from the
+//      model's parameter shapes (StepFlops), achieved GFLOP/s, and the share of the machine's
+//      single-precision GEMM peak measured in the same run at the same thread count;
 //   3. with --latency-only, only the serving targets (issue 13, item 5) on one thread: batch-1
 //      p50/p99 (target p99 <= 1 ms) and batch-256 requests/s (target >= 2,000), for the
 //      plain-C++ U-Net kernel and for tensor ops in the same run, and batch 1024 (evaluation).
@@ -22,6 +25,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -50,14 +55,45 @@ double ProcessCpuSeconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-std::string CpuModel() {
+// The first value of a /proc/cpuinfo field ("model name", "flags").
+std::string CpuInfo(const std::string& field) {
   std::ifstream f("/proc/cpuinfo");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+    if (line.rfind(field, 0) == 0 && line.find(':') != std::string::npos) return line.substr(line.find(':') + 2);
   }
   return "unknown";
 }
+std::string CpuModel() { return CpuInfo("model name"); }
+
+// The vector extensions that decide what a GEMM or a fused kernel can reach on this CPU, so
+// figures from the project's different machines (EPYC, Xeon) can be read side by side.
+std::string VectorExtensions() {
+  std::istringstream flags(" " + CpuInfo("flags") + " ");
+  std::set<std::string> have;
+  for (std::string f; flags >> f;) have.insert(f);
+  std::string out;
+  for (const char* f : {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}) {
+    out += (out.empty() ? "" : " ") + std::string(have.count(f) ? "" : "no-") + f;
+  }
+  return out;
+}
+
+// The machine's single-precision peak as this process can reach it: the best of a few large
+// GEMMs (2048^3, the BLAS that torch calls) at the current thread count, in GFLOP/s.
+double GemmPeakGflops(int reps) {
+  const int64_t n = 2048;
+  const at::Tensor a = at::randn({n, n}, at::kFloat), b = at::randn({n, n}, at::kFloat);
+  at::Tensor c = at::matmul(a, b);  // warm-up: page in the output, start the threads
+  double best = 1e9;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    c = at::matmul(a, b);
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  return 2.0 * static_cast<double>(n * n * n) / best * 1e-9;
+}
+double g_peak_gflops[3] = {0, 0, 0};  // by thread count (1, 2), measured in main
 
 struct Setup {
   int64_t id_dim, tag_dim, n, k, batch, catalogue, negatives, tags;
@@ -120,6 +156,68 @@ Workload MakeWorkload(const Setup& s, uint64_t seed) {
   return w;
 }
 
+// FLOPs of one training step (forward + backward), in four parts. Counting rule:
+//   - every weight matrix W [out, in] costs 2 * rows * numel(W) in the forward pass, rows being
+//     the positions it is applied to; a kernel-3 convolution is stored as [out, 3 * in], so this
+//     is 2 * positions * in * out * taps. The shapes come from Model::Parameters(); the name
+//     says where a matrix is applied (the registrations in model/*.cc);
+//   - parameter-free matmuls are added in closed form: per attention layer 2 * B * T^2 * D for
+//     the scores and again for their weighted sum; the target attention's pooling 2 * B * nh * D;
+//     the logits 2 * B * columns * E (columns: the catalogue, or B + S with sampled negatives);
+//   - backward of a matmul is two matmuls of the same size (gradient of the input, of the
+//     weight), so a step is 3x the forward (slightly over: the U-Net's detached input and
+//     the embedding rows need no input gradient of their first matmul);
+//   - elementwise work (LayerNorm, activations, the softmax's exp, Adam) is not counted: it is
+//     memory traffic, not work a GEMM peak can be compared with.
+struct StepFlops {
+  double item = 0, user = 0, unet = 0, softmax = 0;  // forward
+  double Total() const { return 3 * (item + user + unet + softmax); }
+};
+
+StepFlops CountStepFlops(const Model& model, const Setup& s) {
+  const ModelConfig& c = model.config();
+  const double b = static_cast<double>(s.batch), n = static_cast<double>(s.n);
+  const double d = static_cast<double>(model.input_dim()), e = static_cast<double>(model.output_dim());
+  const double ks = static_cast<double>(std::min(s.k, s.n)), nh = n - ks;
+  const bool diffusion = c.kind() == ModelConfig::T2DIFF || c.kind() == ModelConfig::T2DIFF_NO_DRIFT;
+  const double tokens = ks + (diffusion ? 1 : 0);  // session Transformer tokens (+ x_hat)
+  // The U-Net left-pads n to a multiple of 2^(L-1); level l runs on n' / 2^l positions.
+  const int64_t grid = int64_t{1} << (c.unet_levels() - 1);
+  const double padded = static_cast<double>((s.n + grid - 1) / grid * grid);
+  const double columns = static_cast<double>(s.sampled ? s.batch + s.negatives : s.catalogue);
+  StepFlops f;
+  for (const ParameterInfo& p : model.Parameters()) {
+    const std::string& name = p.name;
+    if (p.shape.size() != 2 || name.size() < 7 || name.compare(name.size() - 7, 7, ".weight") != 0) continue;
+    const double per_row = 2.0 * static_cast<double>(p.numel);
+    auto level = [&](size_t at) { return std::atoi(name.c_str() + at); };  // "unet.down3" -> 3
+    if (name.rfind("item.", 0) == 0) {
+      f.item += per_row * (b + static_cast<double>(s.sampled ? s.negatives : s.catalogue));  // targets + candidates
+    } else if (name.rfind("unet.down", 0) == 0) {
+      f.unet += per_row * b * padded / std::ldexp(1.0, level(9));
+    } else if (name.rfind("unet.up", 0) == 0) {
+      // proj runs before the upsample, on level l + 1's positions.
+      const int l = level(7) + (name.find(".proj.") != std::string::npos ? 1 : 0);
+      f.unet += per_row * b * padded / std::ldexp(1.0, l);
+    } else if (name.rfind("unet.", 0) == 0) {
+      f.unet += per_row * b * padded;  // unet.out
+    } else if (name.rfind("session.", 0) == 0) {
+      f.user += per_row * b * tokens;
+      if (name.find(".qkv.") != std::string::npos) f.user += 4 * b * tokens * tokens * d;
+    } else if (name.rfind("sasrec.layer", 0) == 0) {
+      f.user += per_row * b * n;
+      if (name.find(".qkv.") != std::string::npos) f.user += 4 * b * n * n * d;
+    } else if (name.rfind("target_attention.", 0) == 0) {
+      f.user += per_row * b * nh;
+      if (name.find(".unit2.") != std::string::npos) f.user += 2 * b * nh * d;  // softmax-weighted history
+    } else {
+      f.user += per_row * b;  // user.ffn*, sasrec.out: once per sample
+    }
+  }
+  f.softmax = 2 * b * columns * e;
+  return f;
+}
+
 std::unique_ptr<Model> MakeModel(const Setup& s, ModelConfig c) {
   ModelDims d;
   d.id_dim = s.id_dim;
@@ -135,7 +233,8 @@ std::unique_ptr<Model> MakeModel(const Setup& s, ModelConfig c) {
   return std::move(m).value();
 }
 
-void Train(const char* label, const Setup& s, const ModelConfig& c, int warmup, int steps) {
+// Returns the share of the GEMM peak achieved (0 when the peak was not measured).
+double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup, int steps) {
   Workload w = MakeWorkload(s, 1);
   auto model = MakeModel(s, c);
   DenseAdam adam(model->DenseParameters().size(), {});
@@ -170,6 +269,16 @@ void Train(const char* label, const Setup& s, const ModelConfig& c, int warmup, 
   std::printf("%-44s threads=%d  fwd+bwd mean %7.1f ms/step = %7.0f samples/s, best step %7.1f ms = %7.0f samples/s  (CPU %.1f ms/step; +dense Adam %.2f ms; %zu dense params, U=%lld rows; %ld page faults/step)\n",
               label, at::get_num_threads(), 1e3 * fb / steps, s.batch * steps / fb, 1e3 * best, s.batch / best, 1e3 * cpu / steps, 1e3 * opt / steps,
               model->DenseParameters().size(), static_cast<long long>(w.rows.id_rows.size(0)), faults / steps);
+  const StepFlops f = CountStepFlops(*model, s);
+  const double achieved = f.Total() / (fb / steps) * 1e-9;
+  const int threads = at::get_num_threads();
+  const double peak = threads >= 1 && threads <= 2 ? g_peak_gflops[threads] : 0;
+  std::printf("%-44s   roofline: %.3f GFLOP/step (3 x forward; forward MFLOP: item tower %.1f, user tower %.1f, "
+              "U-Net %.1f, softmax %.1f) -> %.1f GFLOP/s",
+              "", f.Total() * 1e-9, f.item * 1e-6, f.user * 1e-6, f.unet * 1e-6, f.softmax * 1e-6, achieved);
+  if (peak > 0) std::printf(" = %.1f%% of the GEMM peak %.1f GFLOP/s at %d thread(s)", 100 * achieved / peak, peak, threads);
+  std::printf("\n");
+  return peak > 0 ? achieved / peak : 0;
 }
 
 double Percentile(std::vector<double> v, double p) {
@@ -323,9 +432,17 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--latency-only") == 0) latency_only = true;
   }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
-  std::printf("machine: %u hardware threads, %s; malloc tuned: %s; OMP_WAIT_POLICY=%s\n",
-              std::thread::hardware_concurrency(), CpuModel().c_str(), tuned ? "yes" : "no",
+  std::printf("machine: %u hardware threads, %s [%s]; malloc tuned: %s; OMP_WAIT_POLICY=%s\n",
+              std::thread::hardware_concurrency(), CpuModel().c_str(), VectorExtensions().c_str(), tuned ? "yes" : "no",
               wait_policy != nullptr ? wait_policy : "(unset: spinning OpenMP threads, slow when cores are shared)");
+  if (!latency_only) {
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      g_peak_gflops[threads] = GemmPeakGflops(quick ? 3 : 5);
+    }
+    std::printf("peak: single-precision GEMM 2048x2048x2048 (at::matmul, best of %d): %.1f GFLOP/s on 1 thread, "
+                "%.1f GFLOP/s on 2 threads\n", quick ? 3 : 5, g_peak_gflops[1], g_peak_gflops[2]);
+  }
   const Setup authors{2, 2, 50, 10, 512, 3706, 0, 18, false};
   const Setup big{32, 32, 200, 10, 1024, 1000000, 4096, 1000, true};
   ModelConfig t2diff;  // defaults: T2DIFF, T = 50, 4 U-Net levels, 2 heads
@@ -350,7 +467,10 @@ int main(int argc, char** argv) {
       Train("  two-tower mean, same size", authors, mean, 2, 10);
       Train("  SASRec, same size", authors, sasrec, 2, 10);
     }
-    if (industrial) Train("T2Diff, industrial (D=64 n=200 B=1024 S=4096)", big, t2diff, 1, 1);
+    if (industrial) {
+      const double share = Train("T2Diff, industrial (D=64 n=200 B=1024 S=4096)", big, t2diff, 1, 1);
+      std::printf("%-44s   target >= 40%% of the GEMM peak at the same thread count: %s\n", "", share >= 0.4 ? "met" : "missed");
+    }
     Latency("T2Diff inference, authors' size, T=50", authors, t2diff, quick ? 100 : 1000);
     if (industrial) {
       Setup big1 = big;
