@@ -21,6 +21,8 @@ PACKAGES=(
   clang libclang-rt-dev
   # reading a serving bundle from Python (docs/read_bundle.py, run by tests/e2e/serve_test.sh)
   python3-numpy python3-faiss
+  # the multi-host test's network namespaces (tests/e2e/multihost_test.sh)
+  iproute2
   # plots: training curves (scripts/plot_metrics.sh, bench/quality/run_study.py)
   gnuplot-nox
 )

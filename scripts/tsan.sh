@@ -5,17 +5,18 @@
 #
 # The subset: embedding_test (the table store's locks and tickets), comm_test (the in-process
 # transport and communicator, many threads as ranks) and ps_test (parameter servers and their
-# clients as threads over the in-process transport). The in-process twins use the standard
+# clients as threads over the in-process transport) and data_test (the generator's worker
+# threads). The in-process twins use the standard
 # mutex and condition variable, which ThreadSanitizer understands; Debian's abseil is not built
 # with it, so code synchronised by absl::Mutex could not be checked (none is left in these
 # targets). Suppressions (tests/tsan.supp) name third-party frames only.
 #
-# Needs clang and the compiler-rt runtimes (scripts/setup.sh installs both). Not part of
-# scripts/test.sh: about 10 minutes from scratch on 2 cores.
+# Needs clang and the compiler-rt runtimes (scripts/setup.sh installs both). Run by
+# scripts/test.sh last; about 10 minutes from scratch on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${TSAN_BUILD_DIR:-build-tsan}
-targets=(embedding_test comm_test ps_test)
+targets=(embedding_test comm_test ps_test data_test)
 
 command -v clang++ > /dev/null || { echo "tsan: clang++ not found (run scripts/setup.sh)" >&2; exit 1; }
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DT2D_BUILD_BENCH=OFF \
