@@ -166,11 +166,13 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
     PrepareSummary summary;
     std::array<int64_t, kNumSplits> users{0, 0, 0};
     int64_t too_short = 0, interactions = 0, kept = 0, kept_interactions = 0, min_len = -1, max_len = 0, dropped = 0, one_item = 0;
+    std::vector<int32_t> train_targets;  // per item (id - 1): its training targets, for the items file
     absl::Status status;
   };
   std::vector<Partial> partial(static_cast<size_t>(threads));
   auto work = [&](int k) {
     Partial& p = partial[k];
+    p.train_targets.assign(static_cast<size_t>(g.num_items()), 0);
     UserSequence s;
     std::vector<std::vector<int64_t>> tag_store;
     std::vector<absl::Span<const int64_t>> tags;
@@ -201,6 +203,7 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
           world.ItemTags(s.items[i], &tag_store[i]);
           tags.emplace_back(tag_store[i]);
         }
+        for (const TargetRef& t : targets[kTrain]) ++p.train_targets[static_cast<size_t>(s.items[t.target] - 1)];
         for (int sp = 0; sp < kNumSplits; ++sp) {
           if (targets[sp].empty()) continue;
           ++p.users[sp];
@@ -218,12 +221,16 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
   for (auto& th : pool) th.join();
   for (const auto& p : partial) T2D_RETURN_IF_ERROR(p.status);
 
+  // Each item's count is its training targets (what the trainer's popularity sampling and logQ
+  // read), summed over the workers here, so training needs no pass over the samples to count them.
   std::vector<int64_t> tags;
   int max_tags = 0;
   for (int64_t item = 1; item <= g.num_items(); ++item) {
     world.ItemTags(item, &tags);
     max_tags = std::max(max_tags, static_cast<int>(tags.size()));
-    T2D_RETURN_IF_ERROR(out->items()->AddItem(item, tags, 0));
+    int64_t count = 0;
+    for (const auto& p : partial) count += p.train_targets[static_cast<size_t>(item - 1)];
+    T2D_RETURN_IF_ERROR(out->items()->AddItem(item, tags, count));
   }
 
   PrepareSummary summary;
