@@ -55,6 +55,7 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
                   << (r.validation.empty() || r.validation.front().model.count() == 0 ? "last" : "validation-selected")
                   << " epoch " << r.best_epoch + 1 << ": " << r.test.model.ToString() << "\n"
                   << "popularity baseline:     " << r.test.popularity.ToString() << std::endl;
+        if (r.test.has_ann) std::cout << trainer::AnnLine(r.test) << std::endl;
       }
       break;
     }
@@ -68,6 +69,7 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
         if (workers->rank() == 0 && !options.json) {
           std::cout << split << " (" << r.model.count() << " users): " << r.model.ToString() << "\n"
                     << split << " popularity baseline: " << r.popularity.ToString() << std::endl;
+          if (r.has_ann) std::cout << trainer::AnnLine(r) << std::endl;
         }
       }
       if (workers->rank() == 0 && options.json) std::cout << out.dump() << std::endl;

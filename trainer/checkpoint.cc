@@ -75,6 +75,18 @@ void FillDefaults(Message* m) {
 
 constexpr char kJobFile[] = "job.textproto";
 
+// Whether the checkpoint in `folder` belongs to `job`'s run although its recorded identity
+// differs: its job.textproto (verified by the time this is asked) defines the same run under
+// today's schema. That is a checkpoint written by an earlier version of t2diff, whose schema
+// lacked fields added since (they read as their defaults) or counted fields that no longer
+// define a run (the serving settings).
+bool SameRunByConfig(const std::string& folder, const config::JobConfig& job) {
+  auto text = ReadFileToString((fs::path(folder) / kJobFile).string());
+  config::JobConfig theirs;
+  if (!text.ok() || !google::protobuf::TextFormat::ParseFromString(*text, &theirs)) return false;
+  return google::protobuf::util::MessageDifferencer::Equals(RunDefiningConfig(theirs), RunDefiningConfig(job));
+}
+
 // Why the run of the checkpoint in `folder` is not `job`'s: the run-defining fields that differ,
 // from the job.textproto it holds (verified by the time this is asked).
 std::string RunDifference(const std::string& folder, const config::JobConfig& job) {
@@ -103,6 +115,7 @@ config::JobConfig RunDefiningConfig(const config::JobConfig& job) {
   c.clear_cluster();
   c.clear_eval();
   c.clear_checkpoint();
+  c.clear_serving();
   auto* t = c.mutable_training();
   t->clear_epochs();
   t->clear_max_steps();
@@ -118,6 +131,7 @@ config::JobConfig RunDefiningConfig(const config::JobConfig& job) {
   m->clear_inference_samples();
   m->clear_inference_reverse_steps();
   m->clear_inference_token();
+  m->clear_full_softmax_max_items();
   return c;
 }
 
@@ -162,7 +176,7 @@ absl::StatusOr<FolderManifest> VerifyCheckpoint(const std::string& folder, const
       return absl::DataLossError(absl::StrCat(folder, ": the manifest says ", m.num_workers(), " workers and ",
                                               m.num_servers(), " servers"));
     }
-    if (m.run_id() != run_id) {
+    if (m.run_id() != run_id && !SameRunByConfig(folder, job)) {
       return absl::FailedPreconditionError(absl::StrCat(
           folder, ": a checkpoint of another run (", RunDifference(folder, job),
           "); resume it with the settings it was written with, or start this run with another checkpoint.dir"));

@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "configs/job_options.h"
 #include "data/sample_reader.h"
+#include "serving/item_index.h"
 
 namespace t2d::trainer {
 
@@ -80,9 +81,35 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
   data::SampleBatch batch;
   model::InferenceOptions io;
   constexpr int64_t kItemBlock = 65536;
-  while (true) {
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+  // eval.max_samples: this worker's share of the cap.
+  const int64_t cap = cfg.eval().max_samples() > 0 ? (cfg.eval().max_samples() + ctx_.world - 1) / ctx_.world : -1;
+  int64_t taken = 0;
+  // eval.ann: the serving index of the catalogue, and the exact top main_k to measure it by.
+  std::unique_ptr<serving::ItemIndex> index;
+  const int main_k = cfg.eval().main_k();
+  int max_k = 0;
+  for (int k : result.model.ks()) max_k = std::max(max_k, k);
+  double overlap = 0, exact_seconds = 0, ann_seconds = 0;
+  if (cfg.eval().ann()) {
+    const auto t0 = Clock::now();
+    const at::Tensor flat = items.contiguous();
+    T2D_ASSIGN_OR_RETURN(index, serving::ItemIndex::Build(absl::MakeConstSpan(flat.data_ptr<float>(), static_cast<size_t>(flat.numel())),
+                                                          flat.size(0), flat.size(1), cfg.serving()));
+    result.has_ann = true;
+    result.ann_index = index->name();
+    result.ann = RankingMetrics(EvalKs(cfg.eval()));
+    result.ann_build_seconds = since(t0);
+    result.ann_top_k = static_cast<int>(std::min<int64_t>(main_k, items.size(0)));
+  }
+  while (cap < 0 || taken < cap) {
     T2D_ASSIGN_OR_RETURN(bool more, reader->Next(&batch));
     if (!more) break;
+    if (cap >= 0 && taken + batch.size > cap) {
+      data::ResizeSampleBatch(static_cast<int>(cap - taken), batch.max_seq_len, batch.max_tags, &batch);
+    }
+    taken += batch.size;
     const auto b_size = static_cast<size_t>(batch.size);
     model::StepInput in;
     T2D_RETURN_IF_ERROR(builder_->BuildUsers(batch, &in));
@@ -100,6 +127,7 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
       }
       target_index[b] = idx;
     }
+    const auto exact_start = Clock::now();
     std::vector<float> target_score(b_size);
     for (int64_t lo = 0; lo < items.size(0); lo += kItemBlock) {
       const int64_t len = std::min(kItemBlock, items.size(0) - lo);
@@ -118,6 +146,42 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
       higher += (scores > target_scores).sum(1);
     }
     const int64_t* h = higher.data_ptr<int64_t>();
+    exact_seconds += since(exact_start);
+    if (index) {
+      // The exact top main_k, block by block (bounded memory), to measure the index against.
+      const int64_t kk = std::min<int64_t>(main_k, items.size(0));
+      at::Tensor best_scores, best_rows;
+      for (int64_t lo = 0; lo < items.size(0); lo += kItemBlock) {
+        const int64_t len = std::min(kItemBlock, items.size(0) - lo);
+        auto [sc, ix] = at::topk(at::matmul(users, items.narrow(0, lo, len).t()), std::min(kk, len), 1);
+        ix = ix + lo;
+        if (!best_scores.defined()) {
+          best_scores = sc;
+          best_rows = ix;
+        } else {
+          auto [merged, at_] = at::topk(at::cat({best_scores, sc}, 1), kk, 1);
+          best_rows = at::gather(at::cat({best_rows, ix}, 1), 1, at_);
+          best_scores = merged;
+        }
+      }
+      best_rows = best_rows.contiguous();
+      const auto ann_start = Clock::now();
+      const at::Tensor u = users.contiguous();
+      T2D_ASSIGN_OR_RETURN(std::vector<serving::Hits> hits,
+                           index->Search(absl::MakeConstSpan(u.data_ptr<float>(), static_cast<size_t>(u.numel())),
+                                         batch.size, max_k));
+      ann_seconds += since(ann_start);
+      const int64_t* exact_rows = best_rows.data_ptr<int64_t>();
+      for (size_t b = 0; b < b_size; ++b) {
+        const auto& found = hits[b].rows;
+        const auto at_target = std::find(found.begin(), found.end(), target_index[b]);
+        result.ann.Add(at_target == found.end() ? max_k + 1 : 1 + (at_target - found.begin()));
+        int64_t common = 0;
+        const auto top = found.begin() + static_cast<std::ptrdiff_t>(std::min<size_t>(static_cast<size_t>(kk), found.size()));
+        for (int64_t j = 0; j < kk; ++j) common += std::count(found.begin(), top, exact_rows[static_cast<int64_t>(b) * kk + j]);
+        overlap += static_cast<double>(common) / static_cast<double>(kk);
+      }
+    }
     for (size_t b = 0; b < b_size; ++b) {
       result.model.Add(1 + h[b]);
       if (dump.is_open()) {
@@ -139,10 +203,18 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
       result.popularity.Add(PopularityRank(target_index[b]));
     }
   }
-  for (RankingMetrics* m : {&result.model, &result.popularity}) {
+  for (RankingMetrics* m : {&result.model, &result.popularity, &result.ann}) {
+    if (m == &result.ann && !result.has_ann) continue;
     auto sums = m->Sums();
     T2D_RETURN_IF_ERROR(ctx_.workers->AllReduceSum(absl::MakeSpan(sums), ctx_.Deadline()));
     m->SetSums(sums);
+  }
+  if (result.has_ann) {
+    std::vector<double> totals = {overlap, exact_seconds, ann_seconds};
+    T2D_RETURN_IF_ERROR(ctx_.workers->AllReduceSum(absl::MakeSpan(totals), ctx_.Deadline()));
+    result.ann_recall = result.ann.count() > 0 ? totals[0] / static_cast<double>(result.ann.count()) : 0;
+    result.exact_seconds = totals[1];
+    result.ann_seconds = totals[2];
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

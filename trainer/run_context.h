@@ -45,6 +45,16 @@ struct EvalResult {
   RankingMetrics model{{}};
   RankingMetrics popularity{{}};
   double seconds = 0;
+  // eval.ann: the model ranked through the serving index (a target the index does not return in
+  // its top max(K) counts as missed), the index's recall of the exact top main_k (mean over
+  // samples of the overlap / main_k), and the time of exact scoring and of index search (summed
+  // over workers), plus building the index.
+  bool has_ann = false;
+  std::string ann_index;  // "flat", "ivf" or "hnsw"
+  int ann_top_k = 0;      // main_k (at most the catalogue)
+  RankingMetrics ann{{}};
+  double ann_recall = 0;
+  double exact_seconds = 0, ann_seconds = 0, ann_build_seconds = 0;
 };
 
 struct TrainResult {

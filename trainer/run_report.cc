@@ -33,12 +33,27 @@ Json MetricsJson(const RankingMetrics& m) {
   return j;
 }
 
+std::string AnnLine(const EvalResult& r) {
+  return absl::StrFormat("%s through the %s index: %s | the index finds %.4f of the exact top %d | scoring: exact %.2fs, "
+                         "index %.2fs (+ %.2fs to build)",
+                         r.split, r.ann_index, r.ann.ToString(), r.ann_recall, r.ann_top_k,
+                         r.exact_seconds, r.ann_seconds, r.ann_build_seconds);
+}
+
 Json EvalJson(const EvalResult& r) {
   Json j;
   j["split"] = r.split;
   j["seconds"] = r.seconds;
   j["model"] = MetricsJson(r.model);
   j["popularity"] = MetricsJson(r.popularity);
+  if (r.has_ann) {
+    j["ann"] = MetricsJson(r.ann);
+    j["ann"]["index"] = r.ann_index;
+    j["ann"]["recall_of_exact_top"] = r.ann_recall;
+    j["ann"]["exact_seconds"] = r.exact_seconds;
+    j["ann"]["search_seconds"] = r.ann_seconds;
+    j["ann"]["build_seconds"] = r.ann_build_seconds;
+  }
   return j;
 }
 
@@ -113,6 +128,7 @@ void RunReport::ShowEvaluation(int epoch, int64_t step, const EvalResult& r, boo
   if (log_line) {
     LOG(INFO) << "epoch " << epoch << " " << r.split << " (" << r.model.count() << " users, "
               << absl::StrFormat("%.1fs", r.seconds) << "): " << r.model.ToString();
+    if (r.has_ann) LOG(INFO) << AnnLine(r);
   }
   Json j;
   j["kind"] = "eval";

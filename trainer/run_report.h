@@ -30,6 +30,9 @@ Json MetricsJson(const RankingMetrics& m);
 Json SummaryJson(const TrainResult& r, const config::EvalConfig& eval);
 // An evaluation's split, metrics and popularity baseline.
 Json EvalJson(const EvalResult& r);
+// One line for eval.ann: the metrics through the serving index, its recall of the exact top
+// main_k, and the time of each.
+std::string AnnLine(const EvalResult& r);
 
 class RunReport {
  public:

@@ -84,6 +84,41 @@ TEST_F(CheckpointIntegrityTest, ResumeOfAnotherRunIsRefusedNamingTheDifference) 
   EXPECT_NE(other.status().message().find(Ckpt(6)), std::string::npos) << other.status();
 }
 
+// A checkpoint written by an earlier version records the run identity of that version's schema
+// (here: a manifest whose run_id is not today's hash). Its job.textproto defines the same run, so
+// it resumes; serving settings never define a run.
+TEST_F(CheckpointIntegrityTest, CheckpointOfAnEarlierVersionResumesByItsConfig) {
+  PrepareData(Job());
+  ASSERT_TRUE(Run(CkptJob(4), false).ok());
+  FolderManifest m = test_util::ReadManifest(Ckpt(4));
+  m.set_run_id(std::string(64, '0'));
+  test_util::WriteManifest(Ckpt(4), m);
+  auto resumed = Run(CkptJob(6, 3, {"serving.exact_max_items=5", "serving.index_kind=HNSW"}), true);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->steps, 6);
+  // Its config still decides: another learning rate is another run.
+  test_util::WriteManifest(Ckpt(6), [&] {
+    FolderManifest old = test_util::ReadManifest(Ckpt(6));
+    old.set_run_id(std::string(64, '0'));
+    return old;
+  }());
+  auto other = Run(CkptJob(8, 5, {"training.learning_rate=0.5"}), true);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("training.learning_rate"), std::string::npos) << other.status();
+}
+
+TEST_F(CheckpointIntegrityTest, FullSoftmaxOverTooLargeACatalogueIsRefused) {
+  const config::JobConfig job = Job({"model.full_softmax_max_items=50"});
+  PrepareData(job);
+  auto r = Run(job, false);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("model.full_softmax_max_items (50)"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("SAMPLED_SOFTMAX"), std::string::npos) << r.status();
+  ASSERT_TRUE(Run(Job({"model.full_softmax_max_items=50", "model.loss=SAMPLED_SOFTMAX", "model.num_negatives=16",
+                       "training.max_steps=2"}), false).ok());
+}
+
 TEST_F(CheckpointIntegrityTest, ResumeWithOnlyDamagedCheckpointsFailsAndKeepsThem) {
   const config::JobConfig job = CkptJob(4);
   PrepareData(job);

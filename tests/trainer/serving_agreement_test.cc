@@ -97,3 +97,50 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace t2d::trainer
+
+namespace t2d::trainer {
+namespace {
+
+class EvalAtScaleTest : public test_util::InProcJobTest {};
+
+// eval.max_samples caps each split; eval.ann ranks through the serving index as well. With an
+// index that scans every cell (IVF with nprobe >= its lists) or the exact one, the index's
+// metrics equal the exact ones and it finds all of the exact top main_k.
+TEST_F(EvalAtScaleTest, SampleCapAndIndexRankingAgreeWithExact) {
+  for (const std::string serving : {"", "serving { exact_max_items: 10 index_kind: IVF ivf_nprobe: 64 }"}) {
+    SCOPED_TRACE(serving.empty() ? "exact index" : serving);
+    std::vector<std::string> overrides = {"training.epochs=1", "eval.ann=true"};
+    const config::JobConfig base = Job(overrides);
+    config::JobConfig job = base;
+    if (!serving.empty()) {
+      ASSERT_TRUE(google::protobuf::TextFormat::MergeFromString(serving, &job));
+    }
+    std::filesystem::remove_all(dir_ + "/data");
+    PrepareData(job);
+    auto t = NewTrainer(job, false);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE((*t)->Train().ok());
+    auto r = (*t)->Evaluate("test");
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(r->has_ann);
+    EXPECT_EQ(r->ann_index, serving.empty() ? "flat" : "ivf");
+    EXPECT_EQ(r->ann.count(), r->model.count());
+    for (int k : r->model.ks()) EXPECT_DOUBLE_EQ(r->ann.Recall(k), r->model.Recall(k)) << "Recall@" << k;
+    EXPECT_DOUBLE_EQ(r->ann_recall, 1.0);
+    EXPECT_EQ(r->ann_top_k, 10);
+    EXPECT_GT(r->exact_seconds, 0);
+    EXPECT_GT(r->ann_seconds, 0);
+  }
+  config::JobConfig capped = Job({"training.epochs=1", "eval.max_samples=17"});
+  auto t = NewTrainer(capped, false);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*t)->Train().ok());
+  auto r = (*t)->Evaluate("test");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->model.count(), 17);
+  EXPECT_EQ(r->popularity.count(), 17);
+  EXPECT_FALSE(r->has_ann);
+}
+
+}  // namespace
+}  // namespace t2d::trainer
