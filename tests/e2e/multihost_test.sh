@@ -37,19 +37,23 @@ check() {  # check NAME CONDITION-COMMAND...
   fi
 }
 
-if [ "$(id -u)" -ne 0 ] || ! command -v ip > /dev/null || ! ip netns add "$tag-probe" 2> /dev/null; then
-  echo "SKIP: creating network namespaces needs root and the permission to (ip netns add); not permitted here"
+skip() {
+  echo "SKIP: cannot build hosts from network namespaces here ($1); needs root and the permission to create"
+  echo "namespaces, links and a bridge, and to enter namespaces (ip netns exec)"
   exit 77
-fi
-ip netns del "$tag-probe"
-ip link add "${tag}br" type bridge && ip addr add "$net.254/24" dev "${tag}br" && ip link set "${tag}br" up || exit 1
+}
+[ "$(id -u)" -eq 0 ] || skip "not root"
+command -v ip > /dev/null || skip "no ip command (Debian package iproute2)"
+# Everything below is the environment, not t2diff: a step that is not permitted skips the test.
+ip link add "${tag}br" type bridge 2> "$W/ip.err" && ip addr add "$net.254/24" dev "${tag}br" 2>> "$W/ip.err" &&
+  ip link set "${tag}br" up 2>> "$W/ip.err" || skip "bridge: $(head -1 "$W/ip.err")"
 for h in 1 2 3; do
-  ip netns add "$tag-$h" &&
-    ip link add "${tag}v$h" type veth peer name eth0 netns "$tag-$h" &&
-    ip link set "${tag}v$h" master "${tag}br" up &&
-    ip netns exec "$tag-$h" ip addr add "$net.$h/24" dev eth0 &&
-    ip netns exec "$tag-$h" ip link set eth0 up &&
-    ip netns exec "$tag-$h" ip link set lo up || exit 1
+  ip netns add "$tag-$h" 2> "$W/ip.err" &&
+    ip link add "${tag}v$h" type veth peer name eth0 netns "$tag-$h" 2>> "$W/ip.err" &&
+    ip link set "${tag}v$h" master "${tag}br" up 2>> "$W/ip.err" &&
+    ip netns exec "$tag-$h" ip addr add "$net.$h/24" dev eth0 2>> "$W/ip.err" &&
+    ip netns exec "$tag-$h" ip link set eth0 up 2>> "$W/ip.err" &&
+    ip netns exec "$tag-$h" ip link set lo up 2>> "$W/ip.err" || skip "host $h: $(head -1 "$W/ip.err")"
 done
 # The rsh agent: `agent HOST COMMAND...` runs COMMAND in HOST's namespace (HOST = its address).
 cat > "$W/agent.sh" <<AGENT
