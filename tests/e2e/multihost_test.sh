@@ -17,9 +17,15 @@ tag="t2mh$$"        # prefix of everything made here (interface names <= 15 char
 subnet_id=$(( ($$ % 200) + 20 ))
 net="10.213.$subnet_id"
 W=$(mktemp -d /tmp/t2d-multihost.XXXXXX)
+# `ip netns add` mounts /run/netns on first use; unmounted again below if this test made it.
+netns_mounted_before=0
+mountpoint -q /run/netns 2> /dev/null && netns_mounted_before=1
 cleanup() {
   for h in 1 2 3; do ip netns del "$tag-$h" 2> /dev/null; ip link del "${tag}v$h" 2> /dev/null; done
   ip link del "${tag}br" 2> /dev/null
+  if [ "$netns_mounted_before" = 0 ] && mountpoint -q /run/netns 2> /dev/null && [ -z "$(ls -A /run/netns)" ]; then
+    umount /run/netns 2> /dev/null
+  fi
   rm -rf "$W"
 }
 trap cleanup EXIT
