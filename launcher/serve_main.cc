@@ -13,11 +13,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <iostream>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -97,12 +99,18 @@ class LineReader {
   bool discarding_ = false, eof_ = false;
 };
 
+// A blocked write to a client ends when the server stops: it shuts the socket down.
 bool WriteAll(int fd, const std::string& data, bool socket) {
   size_t done = 0;
   while (done < data.size()) {
     const ssize_t n = socket ? ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL)
                              : ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // a non-blocking descriptor, full
+      pollfd p{fd, POLLOUT, 0};
+      ::poll(&p, 1, 1000);
+      continue;
+    }
     if (n <= 0) return false;
     done += static_cast<size_t>(n);
   }
@@ -161,6 +169,13 @@ absl::StatusOr<int> Listen(const std::string& host, int port, int* bound_port) {
 }  // namespace
 
 int RunServe(const ServeOptions& o) {
+  // Signals are taken by one thread (sigwait); every other thread, including those libtorch and
+  // OpenMP start while the bundle loads, has them blocked: block them before anything starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   if (o.max_request_bytes < 64 || o.max_batch < 1 || o.max_connections < 1 || o.threads < 1 || o.port > 65535) {
     LOG(ERROR) << "serve: --max-request-bytes >= 64, --max-batch, --max-connections and --threads >= 1, --port <= 65535";
     return 1;
@@ -175,12 +190,6 @@ int RunServe(const ServeOptions& o) {
     LOG(ERROR) << bundle.status().message();
     return 1;
   }
-  // Signals are taken by one thread (sigwait); every other thread has them blocked.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   int stop_pipe[2];
   if (::pipe2(stop_pipe, O_CLOEXEC) != 0) {
@@ -232,6 +241,7 @@ int RunServe(const ServeOptions& o) {
   std::mutex conn_mu;
   std::condition_variable conn_cv;
   int connections = 0;
+  std::set<int> live;  // open client sockets, shut down when stopping
   if (listener >= 0) {
     while (true) {
       pollfd fds[2] = {{listener, POLLIN, 0}, {stop_pipe[0], POLLIN, 0}};
@@ -241,7 +251,11 @@ int RunServe(const ServeOptions& o) {
       }
       if (fds[1].revents != 0) break;
       const int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) continue;
+      if (fd < 0) {
+        // Out of descriptors: the listener stays readable, so wait instead of spinning.
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) ::usleep(100 * 1000);
+        continue;
+      }
       std::unique_lock<std::mutex> lock(conn_mu);
       if (connections >= o.max_connections) {
         lock.unlock();
@@ -251,17 +265,27 @@ int RunServe(const ServeOptions& o) {
         continue;
       }
       ++connections;
+      live.insert(fd);
       std::thread([&, fd] {
         ServeStream(server.get(), fd, fd, true, o, stop_pipe[0]);
-        ::close(fd);
         std::lock_guard<std::mutex> l(conn_mu);
+        live.erase(fd);
+        ::close(fd);
         --connections;
         conn_cv.notify_all();
       }).detach();
     }
     ::close(listener);
     std::unique_lock<std::mutex> lock(conn_mu);
-    conn_cv.wait(lock, [&] { return connections == 0; });
+    // Connections end after the request they are answering (their reads see the stop). A client
+    // that does not read its replies keeps its thread in send(): after 5 seconds, its writes
+    // are shut down too.
+    for (int fd : live) ::shutdown(fd, SHUT_RD);
+    if (!conn_cv.wait_for(lock, std::chrono::seconds(5), [&] { return connections == 0; })) {
+      LOG(WARNING) << "serve: " << connections << " connection(s) not reading their replies; closing them";
+      for (int fd : live) ::shutdown(fd, SHUT_RDWR);
+      conn_cv.wait(lock, [&] { return connections == 0; });
+    }
   } else {
     pollfd fd{stop_pipe[0], POLLIN, 0};
     while (::poll(&fd, 1, -1) < 0 && errno == EINTR) {

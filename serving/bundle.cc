@@ -224,7 +224,16 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
                                                        " behaviours, more than the limit of ", kMaxQueryItems));
       continue;
     }
-    absl::Status filled = b.live->Fill(query.request, static_cast<int>(sample_of.size()), &batch);
+    const int row = static_cast<int>(sample_of.size());
+    absl::Status filled = b.live->Fill(query.request, row, &batch);
+    if (filled.ok() && b.builder_options.time_lags) {
+      // The model checks a whole batch's lags; a query whose time precedes one of its behaviours
+      // (possible in a data set in file order) is refused here, alone.
+      const float* lag = batch.time_lag.data() + static_cast<size_t>(row) * static_cast<size_t>(batch.max_seq_len);
+      if (std::any_of(lag, lag + batch.history_len[static_cast<size_t>(row)], [](float x) { return !(x >= 0); })) {
+        filled = absl::InvalidArgumentError("time: before one of the behaviours' times (time lags must not be negative)");
+      }
+    }
     if (!filled.ok()) {
       out[q] = filled;
       continue;

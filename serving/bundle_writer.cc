@@ -118,6 +118,11 @@ absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const Bundle
     return absl::FailedPreconditionError(
         absl::StrCat("--base ", base_dir, ": its model config differs from this job's; export a full bundle"));
   }
+  // The index update (rows or a whole index) follows the base's index, so its settings must hold.
+  if (base_job.serving().SerializeAsString() != c.job->serving().SerializeAsString()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--base ", base_dir, ": its serving (index) settings differ from this job's; export a full bundle"));
+  }
   T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> base_ids, ReadNpyInt64(base_dir + "/item_ids.npy"));
   if (!std::equal(base_ids.data.begin(), base_ids.data.end(), c.item_ids.begin(), c.item_ids.end())) {
     return absl::FailedPreconditionError(

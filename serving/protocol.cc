@@ -1,5 +1,6 @@
 #include "serving/protocol.h"
 
+#include <algorithm>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -88,12 +89,17 @@ Query ParsedQuery::View() const {
   return q;
 }
 
-absl::StatusOr<Request> ParseRequest(std::string_view line) {
+namespace {
+
+// The fields of a request, each checked on its own (ParseRequest adds the checks across them).
+absl::StatusOr<Request> ParseRequestFields(std::string_view line) {
   Json j = Json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("request: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("request: not a JSON object");
   Request r;
   if (auto id = j.find("id"); id != j.end()) {
+    // A scalar only: an id nested deep enough would overflow the stack when echoed.
+    if (id->is_structured()) return absl::InvalidArgumentError("id: not a number, string, boolean or null");
     r.id_json = id->dump();
     j.erase(id);
   }
@@ -104,7 +110,7 @@ absl::StatusOr<Request> ParseRequest(std::string_view line) {
     return r;
   }
   if (auto i = j.find("info"); i != j.end()) {
-    if (!i->is_boolean()) return absl::InvalidArgumentError("info: not true or false");
+    if (!i->is_boolean() || !i->get<bool>()) return absl::InvalidArgumentError("info: not true");
     if (j.size() != 1) return absl::InvalidArgumentError("info: a request with \"info\" has no other fields but \"id\"");
     r.info = i->get<bool>();
     return r;
@@ -132,10 +138,25 @@ absl::StatusOr<Request> ParseRequest(std::string_view line) {
   return r;
 }
 
+}  // namespace
+
+absl::StatusOr<Request> ParseRequest(std::string_view line) {
+  absl::StatusOr<Request> r = ParseRequestFields(line);
+  if (!r.ok() || r->update.has_value() || r->info) return r;
+  int64_t results = 0;
+  for (const ParsedQuery& q : r->queries) results += std::min<int64_t>(q.k, kMaxQueryItems + kMaxK);
+  if (results > kMaxResultsPerRequest) {
+    return absl::InvalidArgumentError(absl::StrCat("k: the queries ask for ", results,
+                                                   " results in all, more than the limit of ", kMaxResultsPerRequest,
+                                                   " per request"));
+  }
+  return r;
+}
+
 std::string RequestIdJson(std::string_view line) {
   Json j = Json::parse(line.begin(), line.end(), nullptr, false);
   if (j.is_object()) {
-    if (auto id = j.find("id"); id != j.end()) return id->dump();
+    if (auto id = j.find("id"); id != j.end() && !id->is_structured()) return id->dump();
   }
   return "null";
 }

@@ -6,8 +6,10 @@
 //           or several queries at once: {"id": any, "queries": [{"user": ..., "items": ...}, ...]}
 //           or an update: {"id": any, "update": "/path/to/delta-or-bundle"}
 //           or the server's state: {"id": any, "info": true}
+// "id" is a number, string, boolean or null, echoed in the reply.
 // Only "items" is required in a query (times too when the model's data set has timestamps);
-// "k" defaults to 10. Every other field is refused by name.
+// "k" defaults to 10; the k of a request's queries add up to at most kMaxResultsPerRequest.
+// Every other field is refused by name.
 // Reply:    {"id": any, "items": [...], "scores": [...], "user_tower_ms": x, "search_ms": y}
 //           {"id": any, "results": [{"items": ..., "scores": ...} or {"error": "..."}, ...]}
 //           {"id": any, "error": "what is wrong"}
@@ -30,6 +32,8 @@ namespace t2d::serving {
 
 inline constexpr int kMaxK = 10000;             // k above this is refused (a search, not a dump)
 inline constexpr int kMaxQueriesPerRequest = 1024;
+// The sum of k over a request's queries: bounds the memory of one reply (about 40 bytes a result).
+inline constexpr int64_t kMaxResultsPerRequest = 100000;
 
 // A query as parsed: owns the arrays that Query's spans point into.
 struct ParsedQuery {

@@ -54,7 +54,12 @@ void Server::BatchLoop() {
     for (Pending* p : batch) queries.push_back(*p->query);
     // One bundle for the whole batch: an update swaps current_, never the bundle in use.
     const std::shared_ptr<const Bundle> bundle = current();
-    std::vector<absl::StatusOr<Retrieved>> results = bundle->Search(queries);
+    std::vector<absl::StatusOr<Retrieved>> results;
+    try {
+      results = bundle->Search(queries);
+    } catch (const std::exception& e) {  // libtorch or allocation: every query of the batch fails
+      results.assign(queries.size(), absl::InternalError(absl::StrCat("internal error: ", e.what())));
+    }
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
       ++stats_.batches;
@@ -64,6 +69,16 @@ void Server::BatchLoop() {
 }
 
 std::string Server::Handle(std::string_view line) {
+  try {
+    return HandleUnguarded(line);
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.errors;
+    return ErrorReply(RequestIdJson(line), absl::StrCat("internal error: ", e.what()));
+  }
+}
+
+std::string Server::HandleUnguarded(std::string_view line) {
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.requests;
@@ -82,6 +97,7 @@ std::string Server::Handle(std::string_view line) {
     return Info(request->id_json);
   }
   if (request->info) return Info(request->id_json);
+  if (request->queries.empty()) return error(request->id_json, "request: no query");
   std::vector<Query> views;
   views.reserve(request->queries.size());
   for (const ParsedQuery& q : request->queries) views.push_back(q.View());

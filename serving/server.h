@@ -61,6 +61,7 @@ class Server {
     std::promise<absl::StatusOr<Retrieved>> done;
   };
   void BatchLoop();
+  std::string HandleUnguarded(std::string_view line);
   std::string Info(const std::string& id_json) const;
 
   const ServerOptions options_;

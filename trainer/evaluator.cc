@@ -84,11 +84,12 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
   using Clock = std::chrono::steady_clock;
   auto since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
   // eval.max_samples: this worker's share of the cap.
-  const int64_t cap = cfg.eval().max_samples() > 0 ? (cfg.eval().max_samples() + ctx_.world - 1) / ctx_.world : -1;
+  const int64_t max_samples = cfg.eval().max_samples();
+  const int64_t cap = max_samples > 0 ? max_samples * (ctx_.rank + 1) / ctx_.world - max_samples * ctx_.rank / ctx_.world : -1;
   int64_t taken = 0;
   // eval.ann: the serving index of the catalogue, and the exact top main_k to measure it by.
   std::unique_ptr<serving::ItemIndex> index;
-  const int main_k = cfg.eval().main_k();
+  const int main_k = MainK(cfg.eval());
   int max_k = 0;
   for (int k : result.model.ks()) max_k = std::max(max_k, k);
   double overlap = 0, exact_seconds = 0, ann_seconds = 0;
@@ -169,7 +170,7 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
       const at::Tensor u = users.contiguous();
       T2D_ASSIGN_OR_RETURN(std::vector<serving::Hits> hits,
                            index->Search(absl::MakeConstSpan(u.data_ptr<float>(), static_cast<size_t>(u.numel())),
-                                         batch.size, max_k));
+                                         batch.size, std::max<int>(max_k, static_cast<int>(kk))));
       ann_seconds += since(ann_start);
       const int64_t* exact_rows = best_rows.data_ptr<int64_t>();
       for (size_t b = 0; b < b_size; ++b) {

@@ -86,6 +86,7 @@ check "an empty history is refused" has "$(ask '{"items":[]}')" 'items: empty hi
 check "missing times are named (the data set has timestamps)" has "$(ask '{"items":[1,2]}')" 'times: missing'
 long=$(printf '{"items":[%s1]}' "$(printf '1,%.0s' $(seq 3000))")
 check "a request over the size cap is refused unread" has "$(ask "$long")" 'longer than the limit of 4096 bytes'
+check "info: false is refused, not a crash" has "$(ask '{"info":false}')" 'info: not true'
 reply=$(ask "{\"id\":\"after\",$first}")
 check "the server keeps serving after bad requests" has "$reply" '"id":"after","items":['
 reply=$(ask "{\"id\":7,\"queries\":[{$first},{\"items\":[424242],\"times\":[5]}]}")
@@ -113,8 +114,21 @@ check "a delta of another base is refused" has "$(ask "{\"update\":\"$W/delta_ot
 check "and the server keeps serving" has "$(ask "{\"id\":9,$first}")" '"id":9,"items":['
 exec 3>&-
 
+# A client that sends requests and never reads its replies must not keep the server from stopping.
+# (Each request asks for 10 x 150 results, about 24 KB of reply; 600 of them fill the socket buffers.)
+ten=$(for q in $(seq 10); do printf '%s{"k":150,%s}' "$([ "$q" -gt 1 ] && echo ,)" "$first"; done)
+exec 5<> "/dev/tcp/127.0.0.1/$port"
+( for i in $(seq 600); do printf '%s\n' "{\"id\":$i,\"queries\":[$ten]}"; done >&5 ) 2> /dev/null &
+flooder=$!
+sleep 3
+
 kill -TERM "$server_pid"
-for _ in $(seq 50); do kill -0 "$server_pid" 2> /dev/null || break; sleep 0.1; done
+stopped=0
+for _ in $(seq 150); do kill -0 "$server_pid" 2> /dev/null || { stopped=1; break; }; sleep 0.1; done
+kill "$flooder" 2> /dev/null
+exec 5>&-
+check "SIGTERM stops it within 15 s although a client reads no replies" test $stopped -eq 1
+check "that client is named and closed" contains "$W/serve.err" "not reading their replies; closing them"
 wait "$server_pid"
 rc=$?
 server_pid=

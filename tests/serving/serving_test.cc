@@ -546,6 +546,8 @@ TEST(ProtocolTest, BadRequestsAreNamed) {
       {R"({"queries": [{"items": [1]}], "k": 3})", "queries: a request with \"queries\" has no other fields"},
       {R"({"update": 3})", "update: not a folder path"},
       {R"({"update": "/x", "items": [1]})", "update: a request with \"update\" has no other fields"},
+      {R"({"info": false})", "info: not true"},
+      {R"({"id": [[1]], "items": [1]})", "id: not a number, string, boolean or null"},
   };
   for (const auto& [line, message] : cases) {
     auto r = ParseRequest(line);
@@ -556,9 +558,18 @@ TEST(ProtocolTest, BadRequestsAreNamed) {
   std::string many = R"({"queries": [)";
   for (int i = 0; i <= kMaxQueriesPerRequest; ++i) absl::StrAppend(&many, i ? "," : "", R"({"items": [1]})");
   EXPECT_NE(ParseRequest(many + "]}").status().message().find("more than the limit of 1024"), std::string::npos);
-  auto ok = ParseRequest(R"({"id": {"a": 1}, "user": 7, "items": [3, 4], "times": [10, 20], "time": 30, "k": 5, "seed": 9})");
+  // The results a request asks for are bounded (a reply's memory): 11 queries of k = 10,000.
+  std::string greedy = R"({"queries": [)";
+  for (int i = 0; i < 11; ++i) absl::StrAppend(&greedy, i ? "," : "", R"({"items": [1], "k": 10000})");
+  EXPECT_NE(ParseRequest(greedy + "]}").status().message().find("110000 results in all, more than the limit of 100000"),
+            std::string::npos) << ParseRequest(greedy + "]}").status();
+  // A deeply nested id is refused before it is echoed, and the error reply's id is null.
+  const std::string deep = R"({"id":)" + std::string(100000, '[') + std::string(100000, ']') + R"(,"items":[1]})";
+  EXPECT_EQ(RequestIdJson(deep), "null");
+  EXPECT_FALSE(ParseRequest(deep).ok());
+  auto ok = ParseRequest(R"({"id": "a-1", "user": 7, "items": [3, 4], "times": [10, 20], "time": 30, "k": 5, "seed": 9})");
   ASSERT_TRUE(ok.ok()) << ok.status();
-  EXPECT_EQ(ok->id_json, R"({"a":1})");
+  EXPECT_EQ(ok->id_json, R"("a-1")");
   ASSERT_EQ(ok->queries.size(), 1u);
   const ParsedQuery& q = ok->queries[0];
   EXPECT_EQ(q.user, 7);
