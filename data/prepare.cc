@@ -253,6 +253,9 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   const uint64_t dataset_id = DatasetId(c);
   T2D_ASSIGN_OR_RETURN(auto out, ShardSetWriter::Create(c, dataset_id));
   const std::vector<int64_t> no_tags;
+  // Every item seen enters the catalogue; its count is its number of training targets (what the
+  // popularity baseline, negative sampling and logQ may know: validation and test targets must
+  // not leak into them).
   absl::flat_hash_map<int64_t, int64_t> item_counts;
   std::array<std::vector<TargetRef>, kNumSplits> targets;
   std::array<int64_t, kNumSplits> users_in{0, 0, 0};
@@ -262,7 +265,7 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
     const UserSequence& s = seqs[u];
     tags.clear();
     for (int64_t item : s.items) {
-      ++item_counts[item];
+      item_counts.try_emplace(item, 0);
       auto it = log.item_tags.find(item);
       tags.emplace_back(it == log.item_tags.end() ? absl::Span<const int64_t>(no_tags) : absl::Span<const int64_t>(it->second));
     }
@@ -270,6 +273,7 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
       ++too_short;
       continue;
     }
+    for (const TargetRef& t : targets[kTrain]) ++item_counts[s.items[t.target]];
     const int shard = static_cast<int>(Mix64(c.seed() ^ static_cast<uint64_t>(s.user)) % static_cast<uint64_t>(c.num_shards()));
     for (int sp = 0; sp < kNumSplits; ++sp) {
       if (targets[sp].empty()) continue;

@@ -121,6 +121,7 @@ SplitOptions MakeSplitOptions(const DataConfig& config) {
   o.session_mode = config.session_mode();
   o.session_gap_s = config.session_gap_s();
   o.paper_targets_per_user = config.paper_targets_per_user();
+  o.paper_eval_targets_per_user = config.paper_eval_targets_per_user();
   o.paper_eval_target = config.paper_eval_target();
   o.seed = config.seed();
   return o;
@@ -143,11 +144,11 @@ bool UserTargets(const SplitOptions& o, int64_t user, Split paper_group, absl::S
         add(paper_group, len - 1);  // short users, and eval users under LAST: the last item
         return true;
       }
-      // Up to m distinct positions in [n, len - 1] (one for an eval user): a partial
-      // Fisher-Yates over the candidates.
+      // Up to m distinct positions in [n, len - 1]: a partial Fisher-Yates over the candidates
+      // (so a smaller m draws a prefix of a larger m's positions).
       const uint32_t candidates = len - n;
-      const uint32_t m =
-          std::min<uint32_t>(candidates, eval_user ? 1u : static_cast<uint32_t>(o.paper_targets_per_user));
+      const uint32_t m = std::min<uint32_t>(
+          candidates, static_cast<uint32_t>(eval_user ? o.paper_eval_targets_per_user : o.paper_targets_per_user));
       SplitMix64 rng(HashCombine(o.seed ^ 0x7061706572ULL, static_cast<uint64_t>(user)));
       std::vector<uint32_t> pos(candidates);
       std::iota(pos.begin(), pos.end(), n);

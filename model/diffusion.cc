@@ -120,7 +120,16 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
     eps = at::randn({b, n, d_}, gen, at::kFloat);
   }
   const Tensor zr = noising_.Apply(z0, r, eps);
-  const Tensor z0_hat = Unet(UnetInput(zr, xd, step_emb_.index_select(0, r).unsqueeze(1)), mask.mask);
+  // Draws of the consistency options come from their own generator, so that the spec's noise
+  // (above) is the same with and without them.
+  at::Generator extra = at::make_generator<at::CPUGeneratorImpl>(noise_seed ^ 0x6775696465ULL);
+  Tensor cond = xd;
+  if (config_.guidance_drop_fraction() > 0) {
+    // Classifier-free guidance: some samples learn z_0 without the history condition.
+    const Tensor keep = (at::rand({b}, extra, at::kFloat) >= config_.guidance_drop_fraction()).to(at::kFloat);
+    cond = xd * keep.view({b, 1, 1});
+  }
+  const Tensor z0_hat = Unet(UnetInput(zr, cond, step_emb_.index_select(0, r).unsqueeze(1)), mask.mask);
   const Tensor diff = z0_hat - z0;
   TrainOutput out;
   if (config_.diffusion_loss() == ModelConfig::SQUARED) {
@@ -130,6 +139,22 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
   }
   // Stop-gradient at the output: x_hat is a constant for the towers.
   out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_hat.select(1, n - 1) : z0_hat.select(1, n - 1)).detach();
+  if (config_.train_generated_token_fraction() > 0) {
+    // Some samples' towers see the token of the reverse process from pure noise (what inference
+    // gives them) instead of the one rebuilt from the noised target.
+    const Tensor pick = (at::rand({b}, extra, at::kFloat) < config_.train_generated_token_fraction()).nonzero().view({-1});
+    if (pick.numel() > 0) {
+      // Per-sample generators: a sample's token does not depend on which others were picked.
+      InferenceOptions io;
+      const int64_t* rows = pick.data_ptr<int64_t>();
+      for (int64_t i = 0; i < pick.numel(); ++i) {
+        io.sample_seeds.push_back((noise_seed ^ 0x746f6b656eULL) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(rows[i]));
+      }
+      at::NoGradGuard no_grad;
+      const Tensor generated = Generate(xd.index_select(0, pick), mask.mask.index_select(0, pick), io);
+      out.x_hat = out.x_hat.index_copy(0, pick, generated);
+    }
+  }
   return out;
 }
 
@@ -180,7 +205,9 @@ Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const Inferen
   const int rsteps = opt.reverse_steps >= 0 ? opt.reverse_steps : config_.inference_reverse_steps();
   const std::vector<ReverseStep> plan = schedule_.ReverseSteps(rsteps, config_.reverse_update());
   const int64_t b = x.size(0), n = x.size(1), bs = b * samples, d = d_;
-  const bool by_kernel = d <= kKernelMaxDim && !opt.force_tensor_ops;
+  const double guidance = config_.guidance_weight();
+  // The kernel runs the conditional U-Net only; guidance takes the tensor path.
+  const bool by_kernel = d <= kKernelMaxDim && !opt.force_tensor_ops && guidance == 0;
   Tensor z, noise;
   std::vector<Tensor> noises;  // per-sample generators: [plan, samples, n, D] each
   if (opt.sample_seeds.empty()) {
@@ -250,7 +277,9 @@ Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const Inferen
   }
   for (size_t i = 0; i < plan.size(); ++i) {
     const ReverseStep& st = plan[i];
-    Tensor z0 = Unet(UnetInput(z, cond, step_emb_[st.step].view({1, 1, 2 * d})), mask);
+    const Tensor emb = step_emb_[st.step].view({1, 1, 2 * d});
+    Tensor z0 = Unet(UnetInput(z, cond, emb), mask);
+    if (guidance > 0) z0 = z0 * (1.0 + guidance) - Unet(UnetInput(z, at::zeros_like(cond), emb), mask) * guidance;
     if (st.prev == 0) {
       z = z0;
     } else {

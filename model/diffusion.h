@@ -55,6 +55,9 @@ class Diffusion {
   // One training step of the module. x [B, n, D] history embeddings, targets [B, D] the targets'
   // embeddings; both are detached here, and so is x_hat (stop-gradient, spec section 6). The step
   // r and the noise come from `noise` when given (already shape-checked), else from noise_seed.
+  // model.guidance_drop_fraction zeroes the condition of some samples; with
+  // model.train_generated_token_fraction some samples' x_hat comes from Generate (from pure
+  // noise) instead; both draw from their own generator seeded from noise_seed.
   absl::StatusOr<TrainOutput> Train(const at::Tensor& x, const at::Tensor& targets, const SequenceMask& mask,
                                     uint64_t noise_seed, const TrainNoise* noise) const;
 
@@ -62,7 +65,8 @@ class Diffusion {
   // mask [B, n]. With D <= 16 any batch runs the plain-C++ U-Net (model/unet_kernel.h), split
   // over the intra-op threads by sequence, unless options.force_tensor_ops; serving and
   // evaluation thus run the same code, and with per-sample seeds a sample's x_hat is
-  // bit-identical whatever batch it is in.
+  // bit-identical whatever batch it is in. model.guidance_weight > 0 (classifier-free guidance:
+  // a second, unconditional U-Net pass per step) runs on tensor ops at any D.
   at::Tensor Generate(const at::Tensor& x, const at::Tensor& mask, const InferenceOptions& options) const;
 
  private:

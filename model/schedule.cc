@@ -68,7 +68,11 @@ std::vector<ReverseStep> NoiseSchedule::ReverseSteps(int num_steps,
       const double beta_eff = 1.0 - alpha_eff;
       const double beta_tilde = beta_eff * (1.0 - ab_s) / (1.0 - ab_t);
       st.c0 = std::sqrt(ab_s) * beta_eff / (1.0 - ab_t);
-      if (update == config::ModelConfig::AUTHORS) {
+      if (update == config::ModelConfig::DDIM) {
+        st.c1 = std::sqrt((1.0 - ab_s) / (1.0 - ab_t));
+        st.c0 = std::sqrt(ab_s) - std::sqrt(ab_t) * st.c1;
+        st.sigma = 0;
+      } else if (update == config::ModelConfig::AUTHORS) {
         st.c1 = std::sqrt(ab_t) * (1.0 - ab_s) / (1.0 - ab_t);
         st.sigma = beta_tilde;
       } else {

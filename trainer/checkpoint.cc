@@ -131,6 +131,8 @@ config::JobConfig RunDefiningConfig(const config::JobConfig& job) {
   m->clear_inference_samples();
   m->clear_inference_reverse_steps();
   m->clear_inference_token();
+  m->clear_reverse_update();
+  m->clear_guidance_weight();
   m->clear_full_softmax_max_items();
   return c;
 }

@@ -53,21 +53,28 @@ absl::StatusOr<at::Tensor> Evaluator::CatalogueVectors() {
   }
 }
 
-absl::StatusOr<EvalResult> Evaluator::Evaluate(const std::string& split, const std::string& dump_path) {
+absl::StatusOr<EvalResult> Evaluator::Evaluate(const std::string& split, const std::string& dump_path,
+                                               const std::string& ranks_path) {
   try {
-    return EvaluateUnguarded(split, dump_path);
+    return EvaluateUnguarded(split, dump_path, ranks_path);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("evaluation of split ", split, ": ", e.what()));
   }
 }
 
-absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split, const std::string& dump_path) {
+absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split, const std::string& dump_path,
+                                                        const std::string& ranks_path) {
   const auto start = std::chrono::steady_clock::now();
-  std::ofstream dump;
+  std::ofstream dump, ranks;
   if (!dump_path.empty()) {
     const std::string path = ctx_.world > 1 ? absl::StrCat(dump_path, ".w", ctx_.rank) : dump_path;
     dump.open(path, std::ios::trunc);
     if (!dump) return absl::InternalError(absl::StrCat(path, ": cannot create"));
+  }
+  if (!ranks_path.empty()) {
+    ranks.open(ranks_path, std::ios::trunc);
+    if (!ranks) return absl::InternalError(absl::StrCat(ranks_path, ": cannot create"));
+    ranks << "user\ttarget\ttime\trank\n";
   }
   const auto& cfg = ctx_.cfg();
   EvalResult result;
@@ -185,6 +192,10 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
     }
     for (size_t b = 0; b < b_size; ++b) {
       result.model.Add(1 + h[b]);
+      if (ranks.is_open()) {
+        ranks << batch.user_id[b] << '\t' << batch.target_id[b] << '\t' << batch.target_time[b] << '\t' << 1 + h[b]
+              << '\n';
+      }
       if (dump.is_open()) {
         // A serving request with the sample's target and rank in front (docs/serving.md): the
         // same line, less "target" and "rank", asks `t2diff serve` for this user's ranking.
@@ -204,6 +215,15 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
       result.popularity.Add(PopularityRank(target_index[b]));
     }
   }
+  // A failed write is reported after the collective calls below, which the other workers wait in.
+  absl::Status written;
+  for (auto* out : {&dump, &ranks}) {
+    if (!out->is_open()) continue;
+    out->close();
+    if (out->fail() && written.ok()) {
+      written = absl::DataLossError(absl::StrCat(out == &ranks ? ranks_path : dump_path, ": write failed (disk full?)"));
+    }
+  }
   for (RankingMetrics* m : {&result.model, &result.popularity, &result.ann}) {
     if (m == &result.ann && !result.has_ann) continue;
     auto sums = m->Sums();
@@ -217,6 +237,7 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
     result.exact_seconds = totals[1];
     result.ann_seconds = totals[2];
   }
+  T2D_RETURN_IF_ERROR(written);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

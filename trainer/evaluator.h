@@ -38,14 +38,18 @@ class Evaluator {
   // Ranks every sample of `split` against the whole catalogue. With `dump_path`, every worker
   // also writes per sample a JSON line: "target", "rank", then the sample as a serving request
   // ("user", "items", "times", "time"; docs/serving.md) to dump_path (".w<rank>" appended
-  // when there are several workers).
-  absl::StatusOr<EvalResult> Evaluate(const std::string& split, const std::string& dump_path = "");
+  // when there are several workers). With `ranks_path`, every worker writes its samples' ranks
+  // to ranks_path as tab-separated "user target time rank" lines under a header line (the
+  // caller names a file per worker).
+  absl::StatusOr<EvalResult> Evaluate(const std::string& split, const std::string& dump_path = "",
+                                      const std::string& ranks_path = "");
 
   // Item vectors of the whole catalogue [N, E], identical on every worker.
   absl::StatusOr<at::Tensor> CatalogueVectors();
 
  private:
-  absl::StatusOr<EvalResult> EvaluateUnguarded(const std::string& split, const std::string& dump_path);
+  absl::StatusOr<EvalResult> EvaluateUnguarded(const std::string& split, const std::string& dump_path,
+                                               const std::string& ranks_path);
   int64_t PopularityRank(int64_t item_index) const;
 
   const RunContext& ctx_;

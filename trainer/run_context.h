@@ -42,6 +42,7 @@ int MainK(const config::EvalConfig& eval);
 
 struct EvalResult {
   std::string split;
+  int epoch = 0;  // epochs trained when this evaluation ran (set by the trainer)
   RankingMetrics model{{}};
   RankingMetrics popularity{{}};
   double seconds = 0;
@@ -62,6 +63,7 @@ struct TrainResult {
   int64_t skipped_steps = 0;                // non-finite steps skipped (nonfinite_policy = SKIP)
   int workers = 1;
   int best_epoch = -1;                      // index of the validation-selected evaluation
+                                            // (its epoch: test.epoch)
   bool selected_on_validation = false;      // false: no validation samples, the last evaluation
   std::vector<EvalResult> validation;       // one per evaluation
   EvalResult test;                          // at the best evaluation's parameters

@@ -70,7 +70,10 @@ Json SummaryJson(const TrainResult& r, const config::EvalConfig& eval) {
   j["first_loss"] = r.first_loss;
   j["last_loss"] = r.last_loss;
   if (r.best_epoch >= 0) {
-    j["best_epoch"] = r.best_epoch + 1;
+    // The epoch of the selected evaluation, and that evaluation's number (they differ when
+    // eval.every_epochs > 1); eval.write_ranks keeps ranks/test.<best_evaluation>.w*.tsv.
+    j["best_epoch"] = r.test.epoch;
+    j["best_evaluation"] = r.best_epoch + 1;
     j["selected_on"] = r.selected_on_validation ? "validation" : "last";
     j["test_users"] = r.test.model.count();
     AddMetrics(r.test.model, &j);
@@ -143,7 +146,7 @@ void RunReport::ShowEvaluation(int epoch, int64_t step, const EvalResult& r, boo
 absl::Status RunReport::Finish(const TrainResult& r, const config::EvalConfig& eval) {
   if (r.best_epoch >= 0) {
     LOG(INFO) << "test at the " << (r.selected_on_validation ? "validation-selected" : "last (no validation split)")
-              << " evaluation " << r.best_epoch + 1 << " (" << r.test.model.count()
+              << " evaluation " << r.best_epoch + 1 << " (epoch " << r.test.epoch << ", " << r.test.model.count()
               << " users): " << r.test.model.ToString();
     LOG(INFO) << "popularity baseline on test: " << r.test.popularity.ToString();
     if (eval.paper_protocol()) {

@@ -57,6 +57,7 @@ EvalHistory RunState::History() const {
     for (const auto& r : *list) {
       auto* e = h.add_evaluations();
       e->set_split(r.split);
+      e->set_epoch(r.epoch);
       for (double v : r.model.Sums()) e->add_model_sums(v);
       for (double v : r.popularity.Sums()) e->add_popularity_sums(v);
     }
@@ -70,6 +71,7 @@ absl::Status RunState::SetHistory(const EvalHistory& history, const std::string&
   for (const auto& e : history.evaluations()) {
     EvalResult r;
     r.split = e.split();
+    r.epoch = e.epoch();
     r.model = RankingMetrics(ks);
     r.popularity = RankingMetrics(ks);
     const size_t want = r.model.Sums().size();

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -43,6 +44,11 @@ struct Interval {
   }
   void Restart() { *this = Interval(); }
 };
+
+// eval.write_ranks: the ranks file of test evaluation `index` (0-based) of worker `rank`.
+std::string RanksFile(const config::JobConfig& cfg, size_t index, int rank) {
+  return absl::StrCat(cfg.training().output_dir(), "/ranks/test.", index + 1, ".w", rank, ".tsv");
+}
 
 }  // namespace
 
@@ -217,8 +223,15 @@ absl::StatusOr<TrainResult> Trainer::Train() {
       if (done_epochs % cfg.eval().every_epochs() == 0 || st.step == total_steps) {
         const auto eval_start = Clock::now();
         for (const char* split : {"valid", "test"}) {
-          T2D_ASSIGN_OR_RETURN(EvalResult e, t.evaluator->Evaluate(split));
           const bool valid = std::string(split) == "valid";
+          const std::string ranks = valid || !cfg.eval().write_ranks() ? "" : RanksFile(cfg, st.test.size(), ctx.rank);
+          if (!ranks.empty()) {
+            std::error_code ec;
+            std::filesystem::create_directories(std::filesystem::path(ranks).parent_path(), ec);
+            if (ec) return absl::InternalError(absl::StrCat(ranks, ": cannot create its folder: ", ec.message()));
+          }
+          T2D_ASSIGN_OR_RETURN(EvalResult e, t.evaluator->Evaluate(split, "", ranks));
+          e.epoch = done_epochs;
           if (ctx.rank == 0) t.report->ShowEvaluation(done_epochs, st.step, e, valid || cfg.eval().paper_protocol());
           (valid ? st.validation : st.test).push_back(std::move(e));
         }
@@ -255,6 +268,14 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   }
   result.best_epoch = best;
   if (best >= 0) result.test = st.test[static_cast<size_t>(best)];
+  if (cfg.eval().write_ranks()) {
+    // Keep the selected evaluation's ranks only (evaluations of a resumed run's earlier part too).
+    for (size_t i = 0; i < st.test.size(); ++i) {
+      if (static_cast<int>(i) == best) continue;
+      std::error_code ignored;
+      std::filesystem::remove(RanksFile(cfg, i, ctx.rank), ignored);
+    }
+  }
   for (int k : EvalKs(cfg.eval())) {
     double m = 0;
     for (const auto& r : st.test) m = std::max(m, r.model.Recall(k));

@@ -137,7 +137,8 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
   EXPECT_EQ(train[3].user, 2);
   EXPECT_EQ(train[3].target, 22);
 
-  // The items file: the kept catalogue with counts and tags.
+  // The items file: the kept catalogue with tags, each item counted as a training target only
+  // (16 is user 1's test target, 15 its validation target: not counted; 12 is a training target).
   auto items_file = SampleFileReader::Open(job.dataset_dir() + "/" + kItemsFile);
   ASSERT_TRUE(items_file.ok());
   auto items = (*items_file)->ReadAllItems();
@@ -145,7 +146,14 @@ TEST(PrepareTest, FixtureSummaryAndSamples) {
   ASSERT_EQ(items->size(), 12u);
   EXPECT_EQ((*items)[5].id, 16);
   EXPECT_EQ((*items)[5].tags.size(), 3u);
-  EXPECT_EQ((*items)[5].count, 1);
+  EXPECT_EQ((*items)[5].count, 0);
+  EXPECT_EQ((*items)[4].id, 15);
+  EXPECT_EQ((*items)[4].count, 0);
+  EXPECT_EQ((*items)[1].id, 12);
+  EXPECT_EQ((*items)[1].count, 1);
+  int64_t total = 0;
+  for (const auto& item : *items) total += item.count;
+  EXPECT_EQ(total, summary->train_samples());
 }
 
 TEST(PrepareTest, TimeGapSessionsAndOtherSplits) {

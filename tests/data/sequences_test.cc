@@ -111,6 +111,7 @@ TEST(UserTargetsTest, PaperProtocolFullWindowsDeterministic) {
   o.window = 4;
   o.session_len = 2;
   o.paper_targets_per_user = 3;
+  o.paper_eval_targets_per_user = 1;
   o.seed = 7;
   std::vector<int64_t> times(20);
   for (int i = 0; i < 20; ++i) times[i] = i;
@@ -157,6 +158,36 @@ TEST(UserTargetsTest, PaperProtocolFullWindowsDeterministic) {
   std::vector<int64_t> six{1, 2, 3, 4, 5, 6};
   ASSERT_TRUE(UserTargets(o, 1, kTrain, six, &a));
   EXPECT_EQ(Positions(a[kTrain]), (std::vector<uint32_t>{4, 5}));
+}
+
+// Several targets per evaluation user: the positions a training user with the same m would get
+// (the same shuffle), so one target is the prefix of several; short users still give one.
+TEST(UserTargetsTest, PaperProtocolSeveralEvalTargets) {
+  SplitOptions o;
+  o.protocol = DataConfig::PAPER;
+  o.window = 4;
+  o.paper_targets_per_user = 5;
+  o.paper_eval_targets_per_user = 5;
+  o.seed = 3;
+  std::vector<int64_t> times(30);
+  for (int i = 0; i < 30; ++i) times[i] = i;
+  std::array<std::vector<TargetRef>, kNumSplits> train, test, one;
+  ASSERT_TRUE(UserTargets(o, 9, kTrain, times, &train));
+  ASSERT_TRUE(UserTargets(o, 9, kTest, times, &test));
+  ASSERT_EQ(test[kTest].size(), 5u);
+  EXPECT_TRUE(test[kTrain].empty());
+  EXPECT_EQ(Positions(test[kTest]), Positions(train[kTrain]));
+  o.paper_eval_targets_per_user = 1;
+  ASSERT_TRUE(UserTargets(o, 9, kValid, times, &one));
+  ASSERT_EQ(one[kValid].size(), 1u);
+  const std::vector<uint32_t> five = Positions(test[kTest]);
+  EXPECT_EQ(std::count(five.begin(), five.end(), one[kValid][0].target), 1);
+  // 7 behaviours, window 4: 3 candidates (4, 5, 6), all of them.
+  o.paper_eval_targets_per_user = 5;
+  ASSERT_TRUE(UserTargets(o, 9, kTest, std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}, &test));
+  EXPECT_EQ(Positions(test[kTest]), (std::vector<uint32_t>{4, 5, 6}));
+  ASSERT_TRUE(UserTargets(o, 9, kTest, std::vector<int64_t>{1, 2, 3}, &test));
+  EXPECT_EQ(Positions(test[kTest]), (std::vector<uint32_t>{2}));
 }
 
 TEST(UserTargetsTest, GlobalTimeProtocol) {

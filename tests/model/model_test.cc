@@ -233,7 +233,7 @@ TEST(ModelTest, PaddedSequenceEqualsUnpadded) {
 
 TEST(ModelTest, ReverseProcessIsSeededAndKernelMatchesTensorOps) {
   const ModelDims d = Dims(2, 2, 3);
-  for (auto update : {ModelConfig::PAPER, ModelConfig::AUTHORS}) {
+  for (auto update : {ModelConfig::PAPER, ModelConfig::AUTHORS, ModelConfig::DDIM}) {
     for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
       SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::ReverseUpdate_Name(update));
       ModelConfig c = Config(kind);
@@ -432,6 +432,94 @@ TEST(ModelTest, LastBehaviourTokenEqualsAGeneratedZeroDrift) {
   auto zl = l->UserVectors(two, rows, o);
   ASSERT_TRUE(zg.ok() && zl.ok());
   ExpectClose(*zg, *zl, 1e-6, "zero drift vs last behaviour");
+}
+
+// Classifier-free guidance: with one reverse step (z = z0_hat) the guided token is
+// (1 + w) U(z, X) - w U(z, 0), where U(z, 0) is what the unguided model generates for the same
+// batch with all-zero embeddings (T2DIFF_NO_DRIFT: nothing is added back).
+TEST(ModelTest, GuidanceCombinesConditionalAndUnconditionalPasses) {
+  const ModelDims d = Dims(2, 2, 3);
+  ModelConfig plain = Config(ModelConfig::T2DIFF_NO_DRIFT);
+  ModelConfig guided = plain;
+  guided.set_guidance_weight(2.f);
+  auto p = MakeModel(plain, d);
+  auto g = MakeModel(guided, d);
+  const Rows rows = MakeRows(12, 4, d, 5);
+  Rows zero;
+  zero.id_rows = at::zeros_like(rows.id_rows);
+  zero.tag_rows = at::zeros_like(rows.tag_rows);
+  const Batch two = MakeBatch({{1, 2, 3}, {4, 5, 6, 7, 8}}, {6, 7}, 9, 4, true);
+  InferenceOptions o;
+  o.seed = 5;
+  o.reverse_steps = 1;
+  o.force_tensor_ops = true;
+  auto cond = p->GenerateNextItem(two, rows, o);
+  auto uncond = p->GenerateNextItem(two, zero, o);
+  o.force_tensor_ops = false;  // guidance takes the tensor path by itself
+  auto mixed = g->GenerateNextItem(two, rows, o);
+  ASSERT_TRUE(cond.ok() && uncond.ok() && mixed.ok());
+  EXPECT_GT(MaxAbs(*cond - *uncond), 1e-4);
+  ExpectClose(*mixed, *cond * 3.0 - *uncond * 2.0, 1e-5, "guided token");
+  // Several steps and a per-sample seed run too, reproducibly.
+  o.reverse_steps = 0;
+  o.sample_seeds = {1, 2};
+  auto a = g->UserVectors(two, rows, o);
+  auto b = g->UserVectors(two, rows, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::equal(*a, *b));
+}
+
+// train_generated_token_fraction: the towers' token of a chosen sample comes from the reverse
+// process, so it no longer depends on the sample's target; the others keep the spec's token; the
+// diffusion loss is unchanged. guidance_drop_fraction changes the loss, and 0 changes nothing.
+TEST(ModelTest, TrainingTokenFromTheReverseProcessCarriesNoLabel) {
+  const ModelDims d = Dims(2, 2, 3);
+  Problem p = RandomProblem(64, 7, 12, d, 3);
+  Problem q = p;  // the same histories, every target moved to another item
+  q.batch = Batch(p.batch);
+  q.batch.targets = ItemSlots();
+  q.batch.target_candidates.clear();
+  for (int64_t b = 0; b < p.batch.batch_size; ++b) {
+    const int64_t t = (p.batch.target_candidates[static_cast<size_t>(b)] + 5) % 12;
+    AddItem(&q.batch.targets, t, 4, true);
+    q.batch.target_candidates.push_back(t);
+  }
+  auto token = [&](float fraction, const Problem& pr, at::Tensor* loss) {
+    ModelConfig c = Config(ModelConfig::T2DIFF);
+    c.set_train_generated_token_fraction(fraction);
+    auto m = MakeModel(c, d);
+    auto out = m->Forward(pr.batch, pr.rows, pr.candidates, 17);
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (loss != nullptr) *loss = out->diffusion_loss.detach();
+    return out->x_hat;
+  };
+  at::Tensor loss0, loss1, loss_half;
+  const at::Tensor spec_p = token(0, p, &loss0), spec_q = token(0, q, nullptr);
+  const at::Tensor gen_p = token(1, p, &loss1), gen_q = token(1, q, nullptr);
+  EXPECT_GT(MaxAbs(spec_p - spec_q), 1e-3) << "the spec's token follows the target";
+  EXPECT_TRUE(at::equal(gen_p, gen_q)) << "a generated token cannot see the target";
+  EXPECT_TRUE(at::equal(loss0, loss1));
+  const at::Tensor half = token(0.5f, p, &loss_half);
+  EXPECT_TRUE(at::equal(loss0, loss_half));
+  int from_spec = 0, generated = 0;
+  for (int64_t b = 0; b < 64; ++b) {
+    const bool s = at::equal(half[b], spec_p[b]), g = at::allclose(half[b], gen_p[b], 1e-5, 1e-6);
+    EXPECT_TRUE(s || g) << "sample " << b;
+    from_spec += s;
+    generated += g && !s;
+  }
+  EXPECT_GT(from_spec, 16);
+  EXPECT_GT(generated, 16);
+
+  ModelConfig c = Config(ModelConfig::T2DIFF);
+  c.set_guidance_drop_fraction(0.f);
+  auto none = MakeModel(c, d)->Forward(p.batch, p.rows, p.candidates, 17);
+  c.set_guidance_drop_fraction(1.f);
+  auto all = MakeModel(c, d)->Forward(p.batch, p.rows, p.candidates, 17);
+  ASSERT_TRUE(none.ok() && all.ok());
+  EXPECT_TRUE(at::equal(none->diffusion_loss, loss0));
+  EXPECT_FALSE(at::equal(all->diffusion_loss, loss0));
+  EXPECT_TRUE(std::isfinite(all->diffusion_loss.item<double>()));
 }
 
 TEST(ModelTest, ShapesForSeveralSizes) {

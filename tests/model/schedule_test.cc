@@ -109,5 +109,42 @@ TEST(ScheduleTest, ShortenedReverseProcess) {
   EXPECT_EQ(s->ReverseSteps(500, ModelConfig::PAPER).size(), 50u);
 }
 
+// DDIM (eta = 0): no noise, and a z_t that is exactly sqrt(ab_t) z0 + sqrt(1 - ab_t) eps lands,
+// given the true z0, exactly on sqrt(ab_s) z0 + sqrt(1 - ab_s) eps (the same eps).
+TEST(ScheduleTest, DdimStepIsDeterministicAndKeepsTheNoiseDirection) {
+  auto s = NoiseSchedule::Create(ModelConfig::EXPONENTIAL, 50, 0.01, 4.5);
+  ASSERT_TRUE(s.ok());
+  const auto plan = s->ReverseSteps(6, ModelConfig::DDIM);
+  ASSERT_EQ(plan.size(), 6u);
+  const double z0 = 0.7, eps = -1.3;
+  for (const ReverseStep& st : plan) {
+    EXPECT_EQ(st.sigma, 0.0);
+    if (st.prev == 0) {
+      EXPECT_EQ(st.c0, 1.0);
+      EXPECT_EQ(st.c1, 0.0);
+      continue;
+    }
+    const double abt = s->alpha_bar(st.step), abs_ = s->alpha_bar(st.prev);
+    ExpectRel(st.c1, std::sqrt((1 - abs_) / (1 - abt)), 1e-12);
+    const double zt = std::sqrt(abt) * z0 + std::sqrt(1 - abt) * eps;
+    const double zs = st.c0 * z0 + st.c1 * zt;
+    EXPECT_NEAR(zs, std::sqrt(abs_) * z0 + std::sqrt(1 - abs_) * eps, 1e-12) << st.step << " -> " << st.prev;
+  }
+  // Step 50 -> 40 by hand: ab = prod(1 - 0.01 exp(4.5 s / 50)).
+  double ab50 = 1, ab40 = 1;
+  for (int r = 1; r <= 50; ++r) {
+    const double a = 1 - 0.01 * std::exp(4.5 * r / 50);
+    ab50 *= a;
+    if (r <= 40) ab40 *= a;
+  }
+  const auto two = s->ReverseSteps(50, ModelConfig::DDIM);
+  ASSERT_EQ(two[0].step, 50);
+  ASSERT_EQ(two[0].prev, 49);
+  double ab49 = ab40;
+  for (int r = 41; r <= 49; ++r) ab49 *= 1 - 0.01 * std::exp(4.5 * r / 50);
+  ExpectRel(two[0].c1, std::sqrt((1 - ab49) / (1 - ab50)), 1e-9);
+  ExpectRel(two[0].c0, std::sqrt(ab49) - std::sqrt(ab50) * std::sqrt((1 - ab49) / (1 - ab50)), 1e-9);
+}
+
 }  // namespace
 }  // namespace t2d::model

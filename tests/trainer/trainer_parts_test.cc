@@ -7,12 +7,15 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "comm/inproc_communicator.h"
 #include "common/sealed_folder.h"
 #include "configs/config_loader.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "configs/job_options.h"
 #include "data/prepare.h"
 #include "embedding/local_embedding_store.h"
@@ -135,8 +138,46 @@ TEST_F(InProcessJobTest, ResumeEqualsAnUninterruptedRun) {
   // The summary JSON carries the selected evaluation and its metrics.
   const Json s = SummaryJson(*b, cut.eval());
   EXPECT_EQ(s["steps"], b->steps);
-  EXPECT_EQ(s["best_epoch"], b->best_epoch + 1);
+  EXPECT_EQ(s["best_epoch"], b->test.epoch);
+  EXPECT_EQ(s["best_evaluation"], b->best_epoch + 1);
   EXPECT_DOUBLE_EQ(s["recall@10"].get<double>(), b->test.model.Recall(10));
+  // The resumed run's history keeps each evaluation's epoch.
+  for (size_t i = 0; i < a->validation.size(); ++i) EXPECT_EQ(a->validation[i].epoch, b->validation[i].epoch);
+}
+
+// eval.every_epochs = 2: summary.json's best_epoch is the selected evaluation's epoch (a multiple
+// of 2), not its number; eval.write_ranks keeps exactly that evaluation's per-sample ranks, and
+// they reproduce its metrics.
+TEST_F(InProcessJobTest, SelectedEpochAndItsRanks) {
+  config::JobConfig job = Job({"training.epochs=6", "eval.every_epochs=2", "eval.write_ranks=true",
+                               "training.output_dir=" + dir_ + "/out"});
+  PrepareData(job);
+  auto r = Run(job, false);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->validation.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r->validation[i].epoch, 2 * static_cast<int>(i + 1));
+  const Json s = SummaryJson(*r, job.eval());
+  EXPECT_EQ(s["best_epoch"], 2 * (r->best_epoch + 1));
+  EXPECT_EQ(s["best_evaluation"], r->best_epoch + 1);
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir_ + "/out/ranks")) files.push_back(e.path().filename());
+  ASSERT_EQ(files, (std::vector<std::string>{absl::StrCat("test.", r->best_epoch + 1, ".w0.tsv")}));
+  std::ifstream in(dir_ + "/out/ranks/" + files[0]);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "user\ttarget\ttime\trank");
+  int64_t rows = 0, hits10 = 0;
+  std::set<int64_t> users;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, '\t');
+    ASSERT_EQ(f.size(), 4u) << line;
+    ++rows;
+    users.insert(std::stoll(f[0]));
+    hits10 += std::stoll(f[3]) <= 10;
+  }
+  EXPECT_EQ(rows, r->test.model.count());
+  EXPECT_EQ(static_cast<int64_t>(users.size()), rows);  // LAST_ITEM: one test target per user
+  EXPECT_DOUBLE_EQ(static_cast<double>(hits10) / static_cast<double>(rows), r->test.model.Recall(10));
 }
 
 TEST_F(InProcessJobTest, DamagedRunStateIsRefusedNamingTheFile) {
