@@ -53,7 +53,7 @@ struct SplitOptions {
   config::DataConfig::SessionMode session_mode = config::DataConfig::LAST_K;
   double session_gap_s = 1800;
   int paper_targets_per_user = 10;
-  int paper_eval_targets_per_user = 10;
+  int paper_eval_targets_per_user = 15;
   config::DataConfig::PaperEvalTarget paper_eval_target = config::DataConfig::RANDOM_POSITION;
   uint64_t seed = 1;
   // GLOBAL_TIME: targets with time < valid_cut train, < test_cut valid, else test.

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Tests of bench/quality/run_study.py's bookkeeping: metric parsing, mean +- std, the authors'
-best-over-epochs reading, the 2-sd rule, target verdicts and the page. Nothing is trained."""
+best-over-epochs reading, the 2-sd rule, target verdicts and the page; and of
+bench/quality/paired.py's paired statistics against hand-computed values. Nothing is trained.
+Needs numpy (Debian python3-numpy, as the study does)."""
 
 import argparse
 import datetime
@@ -11,6 +13,7 @@ import os
 import sys
 import tempfile
 import unittest
+from collections import OrderedDict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "..", "..", "bench", "quality", "run_study.py")
@@ -205,6 +208,122 @@ class Page(unittest.TestCase):
             self.assertIn("popularity (floor)", page)
             self.assertIn("*paper: T2Diff", page)  # the published figures beside ours
             self.assertIn("SASREC seed 1: exit 3", page)
+
+
+paired = rs.paired
+
+
+def ranks(seed_rows):
+    """{(user, target, time): rank} from (user, target, rank) triples (time = target)."""
+    return {(u, t, t): r for u, t, r in seed_rows}
+
+
+class Paired(unittest.TestCase):
+    def test_read_ranks_both_formats_and_errors(self):
+        with tempfile.TemporaryDirectory() as d:
+            tsv = os.path.join(d, "test.3.w0.tsv")
+            with open(tsv, "w") as f:
+                f.write("user\ttarget\ttime\trank\n7\t11\t100\t4\n8\t12\t101\t1\n")
+            js = os.path.join(d, "eval.test")
+            with open(js, "w") as f:
+                f.write('{"target":13,"rank":9,"user":9,"items":[1,2],"times":[5,6],"time":102}\n')
+            self.assertEqual(paired.read_ranks([tsv, js]), {(7, 11, 100): 4, (8, 12, 101): 1, (9, 13, 102): 9})
+            with open(tsv, "a") as f:
+                f.write("7\t11\t100\t5\n")
+            with self.assertRaisesRegex(ValueError, "test.3.w0.tsv line 4: target .* twice"):
+                paired.read_ranks([tsv])
+            bad = os.path.join(d, "bad.tsv")
+            with open(bad, "w") as f:
+                f.write("user\ttarget\ttime\trank\n1\t2\tx\t3\n")
+            with self.assertRaisesRegex(ValueError, "bad.tsv line 2"):
+                paired.read_ranks([bad])
+            with open(bad, "w") as f:
+                f.write("a,b\n")
+            with self.assertRaisesRegex(ValueError, "bad.tsv: neither"):
+                paired.read_ranks([bad])
+
+    def test_gain_by_hand(self):
+        self.assertEqual(paired.gain(20, "recall", 20), 1.0)
+        self.assertEqual(paired.gain(21, "recall", 20), 0.0)
+        self.assertAlmostEqual(paired.gain(3, "ndcg", 20), 0.5)  # 1 / log2(4)
+        self.assertAlmostEqual(paired.gain(1, "ndcg", 20), 1.0)
+        self.assertEqual(paired.gain(21, "ndcg", 20), 0.0)
+
+    def test_means_and_per_seed_differences_by_hand(self):
+        # Seed 1: A hits (1, 3) of three targets, B hits (3) only: diff 1/3. Seed 2: equal: 0.
+        a = [ranks([(1, 10, 1), (1, 11, 3), (2, 12, 50)]), ranks([(1, 10, 5), (2, 11, 40)])]
+        b = [ranks([(1, 10, 30), (1, 11, 3), (2, 12, 60)]), ranks([(1, 10, 6), (2, 11, 41)])]
+        c = paired.compare(a, b, "recall", 20)
+        self.assertAlmostEqual(c["mean_a"], (2 / 3 + 1 / 2) / 2)
+        self.assertAlmostEqual(c["mean_b"], (1 / 3 + 1 / 2) / 2)
+        self.assertAlmostEqual(c["diff"], 1 / 6)
+        self.assertEqual([round(x, 6) for x in c["per_seed"]], [round(1 / 3, 6), 0.0])
+        self.assertEqual((c["ahead"], c["seeds"], c["targets"], c["users"]), (1, 2, 5, 4))
+        self.assertAlmostEqual(c["rel"], (1 / 6) / ((1 / 3 + 1 / 2) / 2))
+        self.assertLessEqual(c["lo"], c["diff"])
+        self.assertGreaterEqual(c["hi"], c["diff"])
+        n = paired.compare(a, b, "ndcg", 20)  # ranks 1 and 3 against 3: 1 + 0.5 - 0.5 over 3 targets
+        self.assertAlmostEqual(n["per_seed"][0], 1 / 3)
+        self.assertAlmostEqual(n["per_seed"][1], (1 / math.log2(6) - 1 / math.log2(7)) / 2)
+
+    def test_verdicts(self):
+        better = [ranks([(u, 1, 1) for u in range(50)])] * 3
+        worse = [ranks([(u, 1, 99) for u in range(50)])] * 3
+        c = paired.compare(better, worse)
+        self.assertEqual((c["lo"], c["hi"], c["verdict"]), (1.0, 1.0, "A better"))
+        self.assertEqual(paired.compare(worse, better)["verdict"], "B better")
+        # Half the users gain a hit, half lose one: noise.
+        mixed_a = [ranks([(u, 1, 1 if u % 2 else 99) for u in range(50)])] * 3
+        mixed_b = [ranks([(u, 1, 99 if u % 2 else 1) for u in range(50)])] * 3
+        m = paired.compare(mixed_a, mixed_b)
+        self.assertEqual(m["verdict"], "noise")
+        self.assertLess(m["lo"], 0)
+        self.assertGreater(m["hi"], 0)
+
+    def test_users_are_resampled_not_targets(self):
+        # One user with 10 winning targets, 9 users with one tie each: 10 of 19 targets differ, all
+        # in A's favour, but they are one user's: without that user (a third of the draws) the
+        # difference is 0, so the interval reaches 0 and the verdict is noise.
+        a = ranks([(0, t, 1) for t in range(10)] + [(u, 100, 5) for u in range(1, 10)])
+        b = ranks([(0, t, 99) for t in range(10)] + [(u, 100, 5) for u in range(1, 10)])
+        c = paired.compare([a], [b])
+        self.assertAlmostEqual(c["diff"], 10 / 19)
+        self.assertEqual(c["lo"], 0.0)
+        self.assertEqual(c["verdict"], "noise")
+
+    def test_different_targets_are_refused(self):
+        with self.assertRaisesRegex(ValueError, "seed 1: .*different targets .* not the same split"):
+            paired.compare([ranks([(1, 1, 1)])], [ranks([(1, 2, 1)])])
+        with self.assertRaisesRegex(ValueError, "same, non-zero number of seeds"):
+            paired.compare([ranks([(1, 1, 1)])], [])
+
+    def test_paired_page(self):
+        block = rs.paired_blocks()[0]
+        block.epochs_used = 30
+        better = {"rc": 0, "wall_s": 60.0, "ranks": ranks([(u, 1, 1) for u in range(40)]),
+                  "summary": {"recall@20": 1.0, "ndcg@20": 1.0, "mrr@20": 1.0, "best_epoch": 27}}
+        worse = dict(better, ranks=ranks([(u, 1, 30) for u in range(40)]), summary={"recall@20": 0.0})
+        failed = {"rc": 3, "wall_s": 1.0, "ranks": None, "summary": {}, "dir": "/w/failed"}
+        by_arm = OrderedDict((name, [worse, worse]) for name in block.arms)
+        by_arm["t2diff"] = [better, better]
+        by_arm["t2diff_concat"] = [better, failed]
+        with tempfile.TemporaryDirectory() as d:
+            args = argparse.Namespace(quick=False, seeds=2, results=os.path.join(d, "RESULTS.md"))
+            now = datetime.datetime(2026, 1, 2, 3, 4)
+            rs.write_paired_page(args, [(block, by_arm)], {block.suite: ["kept: 9 users"]}, now, now, "m", "abc")
+            with open(args.results) as f:
+                page = f.read()
+        self.assertIn("## The answer", page)
+        self.assertIn("| 4 | T2Diff (FFN user vector) | 1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | **better** |",
+                      page)
+        self.assertIn("Only D = 4 ran here", page)
+        self.assertNotIn("| 4 | no diffusion (CONCAT) |", page)  # only T2Diff variants decide
+        self.assertIn("| diffusion, FFN user vector: T2Diff (FFN user vector) against no diffusion (FFN) | Recall@20 | "
+                      "1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | – | 2/2 | **A better** |", page)
+        self.assertIn("missing runs (1 of 2 seeds)", page)
+        self.assertIn("| T2Diff (FFN user vector) | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | "
+                      "27.0 ± 0.0 | 60 ± 0 | 2/2 |", page)
+        self.assertIn("/w/failed: exit 3", page)
 
 
 if __name__ == "__main__":

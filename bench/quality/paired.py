@@ -1,0 +1,121 @@
+"""Paired comparison of two models on the same evaluation targets (bench/quality/run_study.py).
+
+Two models trained on the same split (the same data.seed) rank the same test targets; for each
+target the metric of model A minus that of model B is one paired difference. Over several seeds
+(each redrawing the split, the initialisation and the noise), the effect is the mean over seeds of
+the per-seed mean difference, and its 95% confidence interval comes from a two-level bootstrap:
+resample the seeds, and within each the users (a user's targets stay together, since they share
+a history and a model state). The interval thus covers both the test sample and the training
+noise. A difference whose interval contains 0 is reported as noise.
+
+Ranks come from `eval.write_ranks` files (tab-separated user, target, time, rank under a header)
+or from `t2diff eval --dump-ranks` files (JSON lines with "user", "target", "time", "rank").
+Needs numpy (Debian python3-numpy).
+"""
+
+import json
+import math
+
+import numpy as np
+
+
+def read_ranks(paths):
+    """{(user, target, time): rank} from the files of one evaluation (one file per worker)."""
+    out = {}
+    for path in paths:
+        with open(path) as f:
+            first = f.readline()
+            if first.startswith("{"):
+                lines, parse = [first] + f.readlines(), "json"
+            elif first.rstrip("\n").split("\t") == ["user", "target", "time", "rank"]:
+                lines, parse = f.readlines(), "tsv"
+            else:
+                raise ValueError("%s: neither a ranks TSV (header user, target, time, rank) nor JSON lines" % path)
+            for n, line in enumerate(lines, 2):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    if parse == "json":
+                        r = json.loads(line)
+                        key, rank = (int(r["user"]), int(r["target"]), int(r.get("time", 0))), int(r["rank"])
+                    else:
+                        u, t, tm, rank = (int(x) for x in line.split("\t"))
+                        key = (u, t, tm)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError("%s line %d: %s" % (path, n, e))
+                if rank < 1:
+                    raise ValueError("%s line %d: rank %d < 1" % (path, n, rank))
+                if key in out:
+                    raise ValueError("%s line %d: target %s appears twice" % (path, n, key))
+                out[key] = rank
+    return out
+
+
+def gain(rank, metric, k):
+    """One target's Recall@k (hit) or NDCG@k (1 / log2(1 + rank) within the top k)."""
+    if rank > k:
+        return 0.0
+    if metric == "recall":
+        return 1.0
+    if metric == "ndcg":
+        return 1.0 / math.log2(1.0 + rank)
+    raise ValueError("unknown metric %r" % metric)
+
+
+def compare(seeds_a, seeds_b, metric="recall", k=20, reps=2000, rng_seed=1):
+    """seeds_a, seeds_b: per seed, {target key: rank} of model A and model B on the same split.
+
+    Returns a dict: mean_a, mean_b (mean over seeds of the per-seed metric), diff (A - B), rel
+    (diff / mean_b), lo, hi (95% bootstrap interval of diff), per_seed (the per-seed differences),
+    ahead (seeds where A's mean is higher), targets and users (summed over seeds), verdict.
+    """
+    if len(seeds_a) != len(seeds_b) or not seeds_a:
+        raise ValueError("need the same, non-zero number of seeds for both models (%d, %d)" % (len(seeds_a), len(seeds_b)))
+    per_seed_users = []  # per seed: (sum of differences, number of targets) per user
+    means_a, means_b, per_seed = [], [], []
+    targets = users = 0
+    for s, (a, b) in enumerate(zip(seeds_a, seeds_b)):
+        if set(a) != set(b):
+            only = len(set(a) ^ set(b))
+            raise ValueError("seed %d: the two models were evaluated on different targets (%d differ): not the "
+                             "same split" % (s + 1, only))
+        if not a:
+            raise ValueError("seed %d: no targets" % (s + 1))
+        by_user = {}
+        sa = sb = 0.0
+        for key in a:
+            ga, gb = gain(a[key], metric, k), gain(b[key], metric, k)
+            sa += ga
+            sb += gb
+            acc = by_user.setdefault(key[0], [0.0, 0])
+            acc[0] += ga - gb
+            acc[1] += 1
+        n = len(a)
+        means_a.append(sa / n)
+        means_b.append(sb / n)
+        per_seed.append((sa - sb) / n)
+        arr = np.array(list(by_user.values()), dtype=np.float64)
+        per_seed_users.append((arr[:, 0], arr[:, 1]))
+        targets += n
+        users += len(by_user)
+    rng = np.random.default_rng(rng_seed)
+    n_seeds = len(per_seed)
+    boot = np.empty((n_seeds, reps))
+    for s, (sums, counts) in enumerate(per_seed_users):
+        idx = rng.integers(0, len(sums), size=(reps, len(sums)))
+        boot[s] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    pick = rng.integers(0, n_seeds, size=(reps, n_seeds)) if n_seeds > 1 else np.zeros((reps, 1), dtype=np.int64)
+    overall = boot[pick, np.arange(reps)[:, None]].mean(axis=1)
+    lo, hi = (float(x) for x in np.percentile(overall, [2.5, 97.5]))
+    diff = float(np.mean(per_seed))
+    mean_a, mean_b = float(np.mean(means_a)), float(np.mean(means_b))
+    if lo > 0:
+        verdict = "A better"
+    elif hi < 0:
+        verdict = "B better"
+    else:
+        verdict = "noise"
+    return {"mean_a": mean_a, "mean_b": mean_b, "diff": diff, "rel": diff / mean_b if mean_b > 0 else float("nan"),
+            "lo": lo, "hi": hi, "per_seed": per_seed, "ahead": sum(1 for d in per_seed if d > 0), "seeds": n_seeds,
+            "targets": targets, "users": users, "verdict": verdict}
