@@ -7,33 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "data/prepare.h"
 #include "data/sample_file.h"
-#include "data/sample_reader.h"
 
 namespace t2d::data {
-
-absl::Status Catalogue::CountTrainingTargets(const std::string& dataset_dir) {
-  ReaderOptions o;  // the whole train split once, in file order; only the targets are read
-  o.split = "train";
-  o.batch_size = 4096;
-  o.max_seq_len = 1;
-  o.shuffle_buffer = 0;
-  o.equal_epochs = false;
-  auto reader = SampleReader::Open(dataset_dir, o);
-  if (!reader.ok()) return reader.status();
-  std::vector<int64_t> counts(ids_.size());
-  SampleBatch b;
-  while (true) {
-    auto more = (*reader)->Next(&b);
-    if (!more.ok()) return more.status();
-    if (!*more) break;
-    for (int i = 0; i < b.size; ++i) {
-      const int64_t idx = IndexOf(b.target_id[static_cast<size_t>(i)]);
-      if (idx >= 0) ++counts[static_cast<size_t>(idx)];
-    }
-  }
-  SetCounts(std::move(counts));
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::unique_ptr<Catalogue>> Catalogue::Load(const std::string& dataset_dir) {
   auto reader = data::SampleFileReader::Open(dataset_dir + "/" + data::kItemsFile);
@@ -67,10 +42,6 @@ void Catalogue::SetCounts(std::vector<int64_t> counts) {
   counts_ = std::move(counts);
   counts_.resize(ids_.size());
   Finish();
-}
-
-bool Catalogue::has_counts() const {
-  return std::any_of(counts_.begin(), counts_.end(), [](int64_t c) { return c > 0; });
 }
 
 void Catalogue::Finish() {

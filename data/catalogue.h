@@ -41,12 +41,9 @@ class Catalogue {
   int64_t SampleByPopularity(double u) const;
   // Item indices in decreasing popularity (ties: smaller id first).
   std::vector<int64_t> ByPopularity() const;
-  // Replaces the counts (e.g. counted from the training split when the items file has none).
+  // Replaces the counts (the items file's are the training targets, written by prepare and the
+  // generator: no pass over the samples is needed to know them).
   void SetCounts(std::vector<int64_t> counts);
-  // Sets the counts to the training targets of the data set in `dataset_dir` (one pass over the
-  // "train" split). Errors: the reader's, naming the shard file.
-  absl::Status CountTrainingTargets(const std::string& dataset_dir);
-  bool has_counts() const;
 
  private:
   Catalogue() = default;

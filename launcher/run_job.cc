@@ -51,9 +51,9 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
                          "trained %d steps in %.1fs (%.1fs of it evaluation and checkpoints; %.0f samples/s "
                          "training); first loss %.4f, last loss %.4f\n",
                          r.steps, r.train_seconds, r.eval_seconds, r.samples_per_second, r.first_loss, r.last_loss)
-                  << "test (" << r.test.model.count() << " users) at the "
+                  << "test (" << r.test.model.count() << " samples) at the "
                   << (r.validation.empty() || r.validation.front().model.count() == 0 ? "last" : "validation-selected")
-                  << " epoch " << r.best_epoch + 1 << ": " << r.test.model.ToString() << "\n"
+                  << " evaluation " << r.best_epoch + 1 << " (epoch " << r.test.epoch << "): " << r.test.model.ToString() << "\n"
                   << "popularity baseline:     " << r.test.popularity.ToString() << std::endl;
         if (r.test.has_ann) std::cout << trainer::AnnLine(r.test) << std::endl;
       }
@@ -67,7 +67,7 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
         T2D_ASSIGN_OR_RETURN(trainer::EvalResult r, t->Evaluate(split, dump));
         out[split] = trainer::EvalJson(r);
         if (workers->rank() == 0 && !options.json) {
-          std::cout << split << " (" << r.model.count() << " users): " << r.model.ToString() << "\n"
+          std::cout << split << " (" << r.model.count() << " samples): " << r.model.ToString() << "\n"
                     << split << " popularity baseline: " << r.popularity.ToString() << std::endl;
           if (r.has_ann) std::cout << trainer::AnnLine(r) << std::endl;
         }

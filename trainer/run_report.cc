@@ -129,7 +129,7 @@ void RunReport::ShowProgress(const Progress& p) {
 
 void RunReport::ShowEvaluation(int epoch, int64_t step, const EvalResult& r, bool log_line) {
   if (log_line) {
-    LOG(INFO) << "epoch " << epoch << " " << r.split << " (" << r.model.count() << " users, "
+    LOG(INFO) << "epoch " << epoch << " " << r.split << " (" << r.model.count() << " samples, "
               << absl::StrFormat("%.1fs", r.seconds) << "): " << r.model.ToString();
     if (r.has_ann) LOG(INFO) << AnnLine(r);
   }
@@ -147,7 +147,7 @@ absl::Status RunReport::Finish(const TrainResult& r, const config::EvalConfig& e
   if (r.best_epoch >= 0) {
     LOG(INFO) << "test at the " << (r.selected_on_validation ? "validation-selected" : "last (no validation split)")
               << " evaluation " << r.best_epoch + 1 << " (epoch " << r.test.epoch << ", " << r.test.model.count()
-              << " users): " << r.test.model.ToString();
+              << " samples): " << r.test.model.ToString();
     LOG(INFO) << "popularity baseline on test: " << r.test.popularity.ToString();
     if (eval.paper_protocol()) {
       std::string line;

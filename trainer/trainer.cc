@@ -94,7 +94,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   if (ctx.id_table < 0) return absl::InvalidArgumentError("model.item_id_table names no table");
   if (cfg.data().dataset_dir().empty()) return absl::InvalidArgumentError("data.dataset_dir is empty: run `t2diff prepare` first");
   T2D_ASSIGN_OR_RETURN(t.catalogue, data::Catalogue::Load(cfg.data().dataset_dir()));
-  if (!t.catalogue->has_counts()) T2D_RETURN_IF_ERROR(t.catalogue->CountTrainingTargets(cfg.data().dataset_dir()));
   if (cfg.model().loss() == config::ModelConfig::FULL_SOFTMAX && t.catalogue->size() > cfg.model().full_softmax_max_items()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model.loss FULL_SOFTMAX over a catalogue of ", t.catalogue->size(), " items (",

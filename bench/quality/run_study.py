@@ -103,6 +103,16 @@ SUITES = [
     Suite("movietweetings_clean", "MovieTweetings 100K, time order, clean protocol (last item)", False, 3, 1),
 ]
 
+# Suites of the paired study only (not in --classic).
+PAIRED_ONLY_SUITES = [
+    Suite("synthetic_paper", "Synthetic (data/generator.h, ML-1M's size), authors' protocol", True, 10, 3, 2),
+]
+
+
+def find_suite(name):
+    return next(s for s in SUITES + PAIRED_ONLY_SUITES if s.name == name)
+
+
 # Published and reference figures shown beside ours ({metric@K: value}).
 PAPER_ML1M = {"recall@2": 0.07738, "recall@20": 0.27727, "mrr@2": 0.06076, "mrr@20": 0.08730}
 REFERENCE = {
@@ -597,7 +607,12 @@ def consistency_arms():
                 Arm(name + ".final", label + ", final checkpoint", parent=name),
                 Arm(name + ".probe", label + ", final checkpoint, x_hat := x_n", parent=name, eval_sets=PROBE)]
     out += [Arm("t2diff.ddim10", "T2Diff, final checkpoint, DDIM 10 steps at inference", parent="t2diff",
-                eval_sets=DDIM10)]
+                eval_sets=DDIM10),
+            # Predicting x_{n+1} itself instead of the drift (T2DIFF_NO_DRIFT).
+            Arm("nodrift", "T2Diff diffusing the items, not the drift", "T2DIFF_NO_DRIFT", keep=True),
+            Arm("nodrift.final", "T2Diff diffusing the items, final checkpoint", parent="nodrift"),
+            Arm("nodrift.probe", "T2Diff diffusing the items, final checkpoint, x_hat := x_n", parent="nodrift",
+                eval_sets=PROBE)]
     return out
 
 
@@ -609,6 +624,8 @@ CONSISTENCY_COMPARISONS = [
     ("tok100.final", "tok100.probe", "the generated token at inference (all generated at training)"),
     ("cfg.final", "cfg.probe", "the generated token at inference (guidance)"),
     ("t2diff.ddim10", "t2diff.final", "DDIM 10 steps against the 50-step DDPM sampler (T2Diff)"),
+    ("nodrift", "nodiff", "diffusing the items instead of the drift, against no diffusion"),
+    ("nodrift.final", "nodrift.probe", "the generated token at inference (items diffused)"),
 ]
 
 
@@ -625,7 +642,8 @@ def paired_blocks():
         Block("2x2", main, 16, 15, 3, 3, core_arms(), CORE_COMPARISONS + PROBE_COMPARISONS),
     ] + [Block("datasets", s, 4, e, q, ev, core_arms()[:2] + core_arms()[4:], [CORE_COMPARISONS[0]] + PROBE_COMPARISONS)
          for s, e, q, ev in (("ml100k_paper", 60, 20, 5), ("ml100k_clean", 3, 1, 1),
-                             ("movietweetings_paper", 60, 20, 5), ("movietweetings_clean", 3, 1, 1))]
+                             ("movietweetings_paper", 60, 20, 5), ("movietweetings_clean", 3, 1, 1),
+                             ("synthetic_paper", 10, 3, 2))]
 
 
 QUICK_BLOCKS = [("2x2", "ml1m_time_paper", 4)]
@@ -644,11 +662,10 @@ def run_paired(args, binary, on_block=None):
     if args.quick:
         blocks = [b for b in blocks if (b.part, b.suite, b.width) in QUICK_BLOCKS]
     blocks = [b for b in blocks if b.part in parts and (not args.widths or b.width in args.widths)]
-    suites = {s.name: s for s in SUITES}
     datasets, done, prep = {}, {}, {}
     out = []
     for block in blocks:
-        suite = suites[block.suite]
+        suite = find_suite(block.suite)
         block.epochs_used = max(1, int(round((block.quick_epochs if args.quick else block.epochs) * args.epochs_scale)))
         by_arm = OrderedDict((name, []) for name in block.arms)
         for seed in range(1, args.seeds + 1):
@@ -710,7 +727,7 @@ def paired_section(args, results, prep):
     """The page's paired tables: per block, each arm's mean ± sd over seeds, then the comparisons."""
     L = []
     for block, by_arm in results:
-        suite = next(s for s in SUITES if s.name == block.suite)
+        suite = find_suite(block.suite)
         L += ["### %s, D = %d (%s)" % (suite.title, block.width, block.part), ""]
         data = prep.get(block.suite)
         L.append("`%s`, D = %d, %d epochs for every model, validated every %d (the test split read at the "
@@ -760,7 +777,7 @@ def decision(results):
         if block.suite != "ml1m_time_paper":
             continue
         for a, b, question in block.comparisons:
-            if b != "nodiff" or block.arms[a].kind != "T2DIFF":
+            if b != "nodiff" or block.arms[a].kind not in ("T2DIFF", "T2DIFF_NO_DRIFT"):
                 continue
             pairs = [(x["ranks"], y["ranks"]) for x, y in zip(by_arm.get(a, []), by_arm.get(b, []))
                      if x.get("ranks") and y.get("ranks")]
