@@ -1152,15 +1152,15 @@ def write_page(args, suites, results, prep, plots, started, finished, mach, rev,
              "batch 512 (256 per worker), lambda = 0.1, T = 50, exponential schedule, full softmax over the "
              "catalogue. Ranking is against the whole catalogue; rank = 1 + items scored strictly higher.")
     L.append("- Protocols. *Authors'*: users split at random 70/10/20 into train/valid/test, up to 10 training "
-             "samples per training user at random positions with a full window, one sample per validation/test "
-             "user drawn the same way (\"each test user one\"; short users: the last item). "
+             "samples per training user at random positions with a full window, up to 15 per validation/test "
+             "user drawn the same way (`data.paper_eval_targets_per_user`; short users: the last item). "
              "*Clean*: per user the last item is the test target, the second last the validation target. Both: "
              "the epoch is selected on validation Recall@20 and the test split is read at that epoch "
              "(the authors' best-test-over-epochs reading is shown separately, labelled).")
     L.append("- Cells: mean ± sample standard deviation over seeds, test split, validation-selected epoch. "
              "*wall s*: the whole run (start, training, per-epoch validation and test, end); *samples/s*: training "
-             "throughput over both workers. *popularity*: items ranked by their number of interactions in the "
-             "prepared data (all users), a floor.")
+             "throughput over both workers. *popularity*: items ranked by their number of training targets, "
+             "a floor.")
     L.append("")
     L.append("## Targets (issue 7)")
     L.append("")
