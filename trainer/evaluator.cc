@@ -65,16 +65,18 @@ absl::StatusOr<EvalResult> Evaluator::Evaluate(const std::string& split, const s
 absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split, const std::string& dump_path,
                                                         const std::string& ranks_path) {
   const auto start = std::chrono::steady_clock::now();
+  // File errors are returned after the collective calls below, which the other workers wait in.
+  absl::Status written;
   std::ofstream dump, ranks;
   if (!dump_path.empty()) {
     const std::string path = ctx_.world > 1 ? absl::StrCat(dump_path, ".w", ctx_.rank) : dump_path;
     dump.open(path, std::ios::trunc);
-    if (!dump) return absl::InternalError(absl::StrCat(path, ": cannot create"));
+    if (!dump) written = absl::InternalError(absl::StrCat(path, ": cannot create"));
   }
   if (!ranks_path.empty()) {
     ranks.open(ranks_path, std::ios::trunc);
-    if (!ranks) return absl::InternalError(absl::StrCat(ranks_path, ": cannot create"));
-    ranks << "user\ttarget\ttime\trank\n";
+    if (!ranks && written.ok()) written = absl::InternalError(absl::StrCat(ranks_path, ": cannot create"));
+    if (ranks) ranks << "user\ttarget\ttime\trank\n";
   }
   const auto& cfg = ctx_.cfg();
   EvalResult result;
@@ -215,8 +217,6 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
       result.popularity.Add(PopularityRank(target_index[b]));
     }
   }
-  // A failed write is reported after the collective calls below, which the other workers wait in.
-  absl::Status written;
   for (auto* out : {&dump, &ranks}) {
     if (!out->is_open()) continue;
     out->close();

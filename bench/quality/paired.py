@@ -2,11 +2,16 @@
 
 Two models trained on the same split (the same data.seed) rank the same test targets; for each
 target the metric of model A minus that of model B is one paired difference. Over several seeds
-(each redrawing the split, the initialisation and the noise), the effect is the mean over seeds of
-the per-seed mean difference, and its 95% confidence interval comes from a two-level bootstrap:
-resample the seeds, and within each the users (a user's targets stay together, since they share
-a history and a model state). The interval thus covers both the test sample and the training
-noise. A difference whose interval contains 0 is reported as noise.
+(each redrawing, under the authors' protocol, the split, and always the initialisation and the
+noise), the effect is the mean over seeds of the per-seed mean difference.
+
+Its 95% interval is a t-interval over the seeds' mean differences (S - 1 degrees of freedom):
+each seed's mean already carries both the training noise and the test sample's, so the spread
+between seeds measures both, and with 5 seeds a t-interval is honest where a percentile
+bootstrap over seeds would be too narrow. Beside it, a bootstrap over users (resampled within
+each seed, a user's targets together, every seed kept) gives the interval of the test sample's
+noise alone; with a single seed it is the only interval there is. A difference whose interval
+contains 0 is reported as noise.
 
 Ranks come from `eval.write_ranks` files (tab-separated user, target, time, rank under a header)
 or from `t2diff eval --dump-ranks` files (JSON lines with "user", "target", "time", "rank").
@@ -26,12 +31,12 @@ def read_ranks(paths):
         with open(path) as f:
             first = f.readline()
             if first.startswith("{"):
-                lines, parse = [first] + f.readlines(), "json"
+                lines, parse, start = [first] + f.readlines(), "json", 1
             elif first.rstrip("\n").split("\t") == ["user", "target", "time", "rank"]:
-                lines, parse = f.readlines(), "tsv"
+                lines, parse, start = f.readlines(), "tsv", 2
             else:
                 raise ValueError("%s: neither a ranks TSV (header user, target, time, rank) nor JSON lines" % path)
-            for n, line in enumerate(lines, 2):
+            for n, line in enumerate(lines, start):
                 line = line.strip()
                 if not line:
                     continue
@@ -63,12 +68,23 @@ def gain(rank, metric, k):
     raise ValueError("unknown metric %r" % metric)
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1..30); 1.96 beyond.
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t95(dof):
+    return T95[dof - 1] if dof <= len(T95) else 1.96
+
+
 def compare(seeds_a, seeds_b, metric="recall", k=20, reps=2000, rng_seed=1):
     """seeds_a, seeds_b: per seed, {target key: rank} of model A and model B on the same split.
 
     Returns a dict: mean_a, mean_b (mean over seeds of the per-seed metric), diff (A - B), rel
-    (diff / mean_b), lo, hi (95% bootstrap interval of diff), per_seed (the per-seed differences),
-    ahead (seeds where A's mean is higher), targets and users (summed over seeds), verdict.
+    (diff / mean_b), lo, hi (the 95% interval of diff the verdict reads: over seeds with two or
+    more, else over users), interval ("seeds" or "users"), user_lo, user_hi (the bootstrap over
+    users alone), per_seed (the per-seed differences), ahead (seeds where A's mean is higher),
+    targets and users (summed over seeds), verdict ("A better", "B better" or "noise").
     """
     if len(seeds_a) != len(seeds_b) or not seeds_a:
         raise ValueError("need the same, non-zero number of seeds for both models (%d, %d)" % (len(seeds_a), len(seeds_b)))
@@ -99,16 +115,23 @@ def compare(seeds_a, seeds_b, metric="recall", k=20, reps=2000, rng_seed=1):
         per_seed_users.append((arr[:, 0], arr[:, 1]))
         targets += n
         users += len(by_user)
+    # The test sample's noise: users resampled within each seed (chunks bound the memory).
     rng = np.random.default_rng(rng_seed)
     n_seeds = len(per_seed)
-    boot = np.empty((n_seeds, reps))
-    for s, (sums, counts) in enumerate(per_seed_users):
-        idx = rng.integers(0, len(sums), size=(reps, len(sums)))
-        boot[s] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-    pick = rng.integers(0, n_seeds, size=(reps, n_seeds)) if n_seeds > 1 else np.zeros((reps, 1), dtype=np.int64)
-    overall = boot[pick, np.arange(reps)[:, None]].mean(axis=1)
-    lo, hi = (float(x) for x in np.percentile(overall, [2.5, 97.5]))
+    boot = np.zeros(reps)
+    for sums, counts in per_seed_users:
+        for lo_r in range(0, reps, 250):
+            r = min(250, reps - lo_r)
+            idx = rng.integers(0, len(sums), size=(r, len(sums)))
+            boot[lo_r:lo_r + r] += sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    boot /= n_seeds
+    user_lo, user_hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
     diff = float(np.mean(per_seed))
+    if n_seeds > 1:
+        half = t95(n_seeds - 1) * float(np.std(per_seed, ddof=1)) / math.sqrt(n_seeds)
+        lo, hi, interval = diff - half, diff + half, "seeds"
+    else:
+        lo, hi, interval = user_lo, user_hi, "users"
     mean_a, mean_b = float(np.mean(means_a)), float(np.mean(means_b))
     if lo > 0:
         verdict = "A better"
@@ -117,5 +140,6 @@ def compare(seeds_a, seeds_b, metric="recall", k=20, reps=2000, rng_seed=1):
     else:
         verdict = "noise"
     return {"mean_a": mean_a, "mean_b": mean_b, "diff": diff, "rel": diff / mean_b if mean_b > 0 else float("nan"),
-            "lo": lo, "hi": hi, "per_seed": per_seed, "ahead": sum(1 for d in per_seed if d > 0), "seeds": n_seeds,
-            "targets": targets, "users": users, "verdict": verdict}
+            "lo": lo, "hi": hi, "interval": interval, "user_lo": user_lo, "user_hi": user_hi, "per_seed": per_seed,
+            "ahead": sum(1 for d in per_seed if d > 0), "seeds": n_seeds, "targets": targets, "users": users,
+            "verdict": verdict}

@@ -649,6 +649,17 @@ def paired_blocks():
 QUICK_BLOCKS = [("2x2", "ml1m_time_paper", 4)]
 
 
+def read_ranks_or_none(files):
+    """A run's per-target ranks, or None (the arm then shows as missing) when they cannot be read."""
+    if not files:
+        return None
+    try:
+        return paired.read_ranks(files)
+    except (OSError, ValueError) as e:
+        log("WARNING: %s" % e)
+        return None
+
+
 def run_dir(args, block, arm_name, seed):
     return os.path.join(args.work, "paired", block.suite, "%s-D%d-e%d" % (arm_name, block.width, block.epochs_used),
                         "seed%d" % seed)
@@ -683,17 +694,20 @@ def run_paired(args, binary, on_block=None):
                 extra += width_sets(block.width) if block.width != 4 else []
                 extra += arm.sets + ["checkpoint.dir=" + (os.path.join(rundir, "ckpt") if arm.keep else "")]
                 if rundir in done:  # an arm two blocks share is trained once
+                    if done[rundir]["extra"] != extra or done[rundir]["every"] != block.every:
+                        die("%s: two blocks train it with different settings; give them different epochs" % rundir)
                     trained[arm.name] = done[rundir]
                     by_arm[arm.name].append(done[rundir])
                     continue
                 r = run_one(binary, suite, dataset, train_samples, arm.kind, seed, block.epochs_used, args.work,
                             args.resume, args.run_timeout, extra, rundir=rundir, eval_every=block.every)
                 done[rundir] = r
+                r["extra"], r["every"] = extra, block.every
                 r["ranks"] = None
                 s = (r.get("metrics") or {}).get("summary") or {}
                 if r["rc"] == 0 and "best_evaluation" in s:
                     files = sorted(glob.glob(os.path.join(rundir, "ranks", "test.%d.w*.tsv" % s["best_evaluation"])))
-                    r["ranks"] = paired.read_ranks(files) if files else None
+                    r["ranks"] = read_ranks_or_none(files)
                 r["summary"] = s
                 trained[arm.name] = r
                 by_arm[arm.name].append(r)
@@ -711,7 +725,7 @@ def run_paired(args, binary, on_block=None):
                                               dump + ".log", dump_ranks=dump)
                     rec.update(rc=rc, wall_s=wall, summary=test or {})
                     if rc == 0 and os.path.isfile(dump + ".test"):
-                        rec["ranks"] = paired.read_ranks([dump + ".test"])
+                        rec["ranks"] = read_ranks_or_none([dump + ".test"])
                     log("%s D %d seed %d, %s: rc %d, Recall@20 %s" % (block.suite, block.width, seed, arm.label, rc,
                                                                      (test or {}).get("recall@20", "-")))
                 by_arm[arm.name].append(rec)
@@ -732,8 +746,9 @@ def paired_section(args, results, prep):
         data = prep.get(block.suite)
         L.append("`%s`, D = %d, %d epochs for every model, validated every %d (the test split read at the "
                  "validation-selected evaluation; \"final checkpoint\" rows: the model after the last epoch), "
-                 "%d seeds, each with its own split (`data.seed`)%s." % (
+                 "%d seeds%s%s." % (
                      suite.config, block.width, block.epochs_used, block.every, args.seeds,
+                     ", each with its own split (`data.seed`)" if suite.paper else " (one split: the last items)",
                      "; seed 1's data: " + "; ".join(data) if data else ""))
         L += ["", "| model | Recall@20 | NDCG@20 | MRR@20 | sel. epoch | wall s | runs |", "|---|---|---|---|---|---|---|"]
         for name, recs in by_arm.items():
@@ -744,27 +759,30 @@ def paired_section(args, results, prep):
                 arm.label, cell("recall@20"), cell("ndcg@20"), cell("mrr@20"),
                 cell("best_epoch", 1) if arm.parent is None else "final",
                 fmt(*mean_std([r["wall_s"] for r in ok]), digits=0), len(ok), len(recs)))
-        L += ["", "| A against B | metric | A | B | A - B (95% CI) | relative | seeds A ahead | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+        L += ["", "| A against B | metric | A | B | A - B (95% CI over seeds) | users only | relative | seeds A ahead | "
+              "verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for a, b, question in block.comparisons:
             ra, rb = by_arm.get(a, []), by_arm.get(b, [])
             pairs = [(x["ranks"], y["ranks"]) for x, y in zip(ra, rb) if x.get("ranks") and y.get("ranks")]
             for metric in ("recall", "ndcg"):
                 if len(pairs) < len(ra) or not pairs:
-                    L.append("| %s: %s against %s | %s@20 | | | missing runs (%d of %d seeds) | | | n/a |" % (
+                    L.append("| %s: %s against %s | %s@20 | | | missing runs (%d of %d seeds) | | | | n/a |" % (
                         question, block.arms[a].label, block.arms[b].label,
                         {"recall": "Recall", "ndcg": "NDCG"}[metric], len(pairs), len(ra)))
                     continue
                 try:
                     c = paired.compare([p[0] for p in pairs], [p[1] for p in pairs], metric, 20)
                 except ValueError as e:
-                    L.append("| %s | %s@20 | | | %s | | | n/a |" % (question, metric, e))
+                    L.append("| %s | %s@20 | | | %s | | | | n/a |" % (question, metric, e))
                     continue
                 verdict = {"A better": "**A better**", "B better": "**B better**", "noise": "noise"}[c["verdict"]]
                 rel = "%+.1f%%" % (100 * c["rel"]) if math.isfinite(c["rel"]) else "–"
-                L.append("| %s: %s against %s | %s@20 | %.4f | %.4f | %+.4f (%+.4f, %+.4f) | %s | %d/%d | %s |" % (
-                    question, block.arms[a].label, block.arms[b].label, {"recall": "Recall", "ndcg": "NDCG"}[metric],
-                    c["mean_a"], c["mean_b"], c["diff"], c["lo"], c["hi"], rel, c["ahead"], c["seeds"], verdict))
+                L.append("| %s: %s against %s | %s@20 | %.4f | %.4f | %+.4f (%+.4f, %+.4f)%s | (%+.4f, %+.4f) | %s | "
+                         "%d/%d | %s |" % (
+                             question, block.arms[a].label, block.arms[b].label,
+                             {"recall": "Recall", "ndcg": "NDCG"}[metric], c["mean_a"], c["mean_b"], c["diff"], c["lo"],
+                             c["hi"], "" if c["interval"] == "seeds" else " users", c["user_lo"], c["user_hi"], rel,
+                             c["ahead"], c["seeds"], verdict))
         L.append("")
     return "\n".join(L)
 
@@ -783,7 +801,11 @@ def decision(results):
                      if x.get("ranks") and y.get("ranks")]
             if not pairs or len(pairs) < len(by_arm.get(a, [])):
                 continue
-            c = paired.compare([p[0] for p in pairs], [p[1] for p in pairs], "recall", 20)
+            try:
+                c = paired.compare([p[0] for p in pairs], [p[1] for p in pairs], "recall", 20)
+            except ValueError as e:
+                log("WARNING: %s against %s: %s" % (a, b, e))
+                continue
             rows.append((block.width, block.arms[a].label, c))
     return rows
 
@@ -793,12 +815,12 @@ def write_paired_page(args, results, prep, started, finished, mach, rev):
     extra = [a for a in sys.argv[1:] if a not in ("--quick", "--no-build", "--resume")]
     if extra:
         cmd += " " + " ".join(extra)
-    runs = [r for _, by_arm in results for recs in by_arm.values() for r in recs]
+    runs = list({id(r): r for _, by_arm in results for recs in by_arm.values() for r in recs}.values())
     L = ["# Results: does the diffusion help?", "",
          "<!-- Generated by bench/quality/run_study.py; do not edit by hand, rerun the command below. -->", ""]
     if args.quick:
-        L += ["> **QUICK MODE** (development figures, not the study): 2 seeds, few epochs, ML-1M time order at "
-              "D = 4 only. The study is `python3 bench/quality/run_study.py`.", ""]
+        L += ["> **QUICK MODE** (development figures, not the study): %d seeds, few epochs, ML-1M time order at "
+              "D = 4 only. The study is `python3 bench/quality/run_study.py`." % args.seeds, ""]
     parts = sorted({b.part for b, _ in results})
     L += ["- Command: `%s` (from the repository root, with `../shared/data` present); parts run: %s." % (
               cmd, ", ".join(parts) or "none"),
@@ -808,8 +830,10 @@ def write_paired_page(args, results, prep, started, finished, mach, rev):
               started.strftime("%Y-%m-%d %H:%M"), finished.strftime("%H:%M"), (finished - started).total_seconds() / 60,
               rev, len(runs), sum(r.get("wall_s", 0.0) for r in runs) / 60),
           "- Every training run: `t2diff launch` (1 parameter server + 2 workers under mpirun, SYNC), `nice -n 19`, "
-          "one run at a time. Seed s sets `data.seed` (a new split: other users in train, validation and test, other "
-          "target positions), the dense and embedding initialisation, the diffusion noise and the evaluation noise. "
+          "one run at a time. Seed s sets `data.seed` (under the authors' protocol a new split: other users in "
+          "train, validation and test, other target positions; under the clean protocol the split is fixed, the "
+          "last items, and only the shards move; the synthetic generator draws another world), the dense and "
+          "embedding initialisation, the diffusion noise and the evaluation noise. "
           "All models of a table get the same epochs and the same rule: validated every few epochs, the test split "
           "read at the evaluation with the best validation Recall@20; nothing is tuned on the test split.",
           "- Set-up (configs/quality/): the authors' hyper-parameters (n = 50, k = 10, Adam 0.002, clipping at 5, "
@@ -820,9 +844,11 @@ def write_paired_page(args, results, prep, started, finished, mach, rev):
           "is the test target.",
           "- Statistics (bench/quality/paired.py): the two models of a comparison rank the same targets; per "
           "target the difference of Recall@20 (hit or not) or NDCG@20; the effect is the mean over seeds of the "
-          "per-seed mean difference; its 95% interval comes from 2,000 bootstrap draws that resample the seeds and, "
-          "within each, the users (a user's targets together). **A better** / **B better**: the interval excludes "
-          "0; *noise*: it does not. \"Seeds A ahead\": seeds whose mean difference is > 0.",
+          "per-seed mean difference. Its 95% interval is a t-interval over the seeds' mean differences (each "
+          "carries both the training noise and the test sample's). Beside it, *users only*: a bootstrap (2,000 "
+          "draws) that resamples the users within each seed (a user's targets together), the test sample's noise "
+          "alone. **A better** / **B better**: the seeds' interval excludes 0; *noise*: it does not. \"Seeds A "
+          "ahead\": seeds whose mean difference is > 0.",
           "- The popularity floor and the sampled softmax's counts are training targets only.", ""]
     dec = decision(results)
     if dec:
@@ -834,19 +860,23 @@ def write_paired_page(args, results, prep, started, finished, mach, rev):
             L.append("| %d | %s | %.4f | %.4f | %+.4f (%+.4f, %+.4f) | %s |" % (
                 width, label, c["mean_a"], c["mean_b"], c["diff"], c["lo"], c["hi"],
                 {"A better": "**better**", "B better": "**worse**", "noise": "noise"}[c["verdict"]]))
-        widths = sorted({w for w, _, _ in dec})
-        winners = [label for label in {l for _, l, _ in dec}
-                   if all(any(l2 == label and w2 == w and c["verdict"] == "A better" for w2, l2, c in dec)
-                          for w in widths)]
+        labels = sorted({l for _, l, _ in dec})
+        widths_of = {label: sorted({w for w, l, _ in dec if l == label}) for label in labels}
+        better = {label: [w for w, l, c in dec if l == label and c["verdict"] == "A better"] for label in labels}
+        winners = [label for label in labels if widths_of[label] == [4, 16] and better[label] == [4, 16]]
+        partial = [label for label in labels if better[label] and label not in winners]
         L.append("")
-        if len(widths) < 2:
-            L.append("Only D = %s ran here; a default needs both widths (4 and 16)." % ", ".join(map(str, widths)))
-        elif winners:
-            L.append("Beats no diffusion at every width measured, by an interval that excludes zero: %s." %
-                     "; ".join(sorted(winners)))
+        if winners:
+            L.append("Beats no diffusion at D = 4 and D = 16 by an interval that excludes zero: %s." %
+                     "; ".join(winners))
         else:
-            L.append("No T2Diff variant beats no diffusion at both widths by an interval that excludes zero: the "
-                     "default stays the paper's model, and the diffusion is not shown to help here.")
+            L.append("No T2Diff variant measured at both widths (4 and 16) beats no diffusion at both by an interval "
+                     "that excludes zero: the default stays the paper's model.")
+        if partial:
+            L.append("")
+            L.append("Better than no diffusion where measured, but not shown at both widths: %s." % "; ".join(
+                "%s (better at D = %s; measured at D = %s)" % (l, ", ".join(map(str, better[l])),
+                                                              ", ".join(map(str, widths_of[l]))) for l in partial))
         L.append("")
     L += ["## Paired tables", "", paired_section(args, results, prep)]
     failed = [r for r in runs if r.get("rc") not in (0, None)]

@@ -272,13 +272,35 @@ class Paired(unittest.TestCase):
         c = paired.compare(better, worse)
         self.assertEqual((c["lo"], c["hi"], c["verdict"]), (1.0, 1.0, "A better"))
         self.assertEqual(paired.compare(worse, better)["verdict"], "B better")
-        # Half the users gain a hit, half lose one: noise.
-        mixed_a = [ranks([(u, 1, 1 if u % 2 else 99) for u in range(50)])] * 3
-        mixed_b = [ranks([(u, 1, 99 if u % 2 else 1) for u in range(50)])] * 3
-        m = paired.compare(mixed_a, mixed_b)
+        # Seeds that disagree: A gains 10 of 50 hits in one seed, loses 10 in another, ties in a third.
+        def seed(gain):
+            return (ranks([(u, 1, 1 if u < 25 + gain // 2 else 99) for u in range(50)]),
+                    ranks([(u, 1, 1 if u < 25 - gain // 2 else 99) for u in range(50)]))
+        pairs = [seed(10), seed(-10), seed(0)]
+        m = paired.compare([p[0] for p in pairs], [p[1] for p in pairs])
         self.assertEqual(m["verdict"], "noise")
-        self.assertLess(m["lo"], 0)
-        self.assertGreater(m["hi"], 0)
+        self.assertAlmostEqual(m["diff"], 0.0)
+        # t-interval by hand: differences 0.2, -0.2, 0: sd 0.2, half width 4.303 * 0.2 / sqrt(3).
+        self.assertEqual(m["interval"], "seeds")
+        self.assertAlmostEqual(m["hi"], 4.303 * 0.2 / math.sqrt(3))
+        self.assertAlmostEqual(m["lo"], -4.303 * 0.2 / math.sqrt(3))
+        # Each seed's test sample alone would look clear: the seeds' spread is what makes it noise.
+        self.assertLess(m["user_hi"] - m["user_lo"], m["hi"] - m["lo"])
+
+    def test_t_interval_two_seeds_by_hand(self):
+        # Seed differences 0.1 and 0.3 (10 users, one target each): mean 0.2, sd 0.1414,
+        # half width 12.706 * 0.1414 / sqrt(2) = 1.2706.
+        def seed(hits_a, hits_b):
+            return (ranks([(u, 1, 1 if u < hits_a else 99) for u in range(10)]),
+                    ranks([(u, 1, 1 if u < hits_b else 99) for u in range(10)]))
+        pairs = [seed(3, 2), seed(5, 2)]
+        c = paired.compare([p[0] for p in pairs], [p[1] for p in pairs])
+        self.assertAlmostEqual(c["diff"], 0.2)
+        self.assertAlmostEqual(c["lo"], 0.2 - 1.2706, places=4)
+        self.assertAlmostEqual(c["hi"], 0.2 + 1.2706, places=4)
+        self.assertEqual(c["verdict"], "noise")
+        self.assertEqual(paired.t95(4), 2.776)
+        self.assertEqual(paired.t95(100), 1.96)
 
     def test_users_are_resampled_not_targets(self):
         # One user with 10 winning targets, 9 users with one tie each: 10 of 19 targets differ, all
@@ -288,6 +310,7 @@ class Paired(unittest.TestCase):
         b = ranks([(0, t, 99) for t in range(10)] + [(u, 100, 5) for u in range(1, 10)])
         c = paired.compare([a], [b])
         self.assertAlmostEqual(c["diff"], 10 / 19)
+        self.assertEqual(c["interval"], "users")  # one seed: the users' bootstrap is the interval
         self.assertEqual(c["lo"], 0.0)
         self.assertEqual(c["verdict"], "noise")
 
@@ -316,10 +339,11 @@ class Paired(unittest.TestCase):
         self.assertIn("## The answer", page)
         self.assertIn("| 4 | T2Diff (FFN user vector) | 1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | **better** |",
                       page)
-        self.assertIn("Only D = 4 ran here", page)
+        self.assertIn("default stays the paper's model", page)
+        self.assertIn("not shown at both widths: T2Diff (FFN user vector) (better at D = 4; measured at D = 4)", page)
         self.assertNotIn("| 4 | no diffusion (CONCAT) |", page)  # only T2Diff variants decide
         self.assertIn("| diffusion, FFN user vector: T2Diff (FFN user vector) against no diffusion (FFN) | Recall@20 | "
-                      "1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | – | 2/2 | **A better** |", page)
+                      "1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | (+1.0000, +1.0000) | – | 2/2 | **A better** |", page)
         self.assertIn("missing runs (1 of 2 seeds)", page)
         self.assertIn("| T2Diff (FFN user vector) | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | "
                       "27.0 ± 0.0 | 60 ± 0 | 2/2 |", page)

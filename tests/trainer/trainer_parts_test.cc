@@ -180,6 +180,18 @@ TEST_F(InProcessJobTest, SelectedEpochAndItsRanks) {
   EXPECT_DOUBLE_EQ(static_cast<double>(hits10) / static_cast<double>(rows), r->test.model.Recall(10));
 }
 
+// A ranks file that cannot be created fails the run with an error naming it (reported after the
+// evaluation's collective calls, so other workers are not left waiting).
+TEST_F(InProcessJobTest, UnwritableRanksFileIsAnError) {
+  config::JobConfig job = Job({"eval.write_ranks=true", "training.output_dir=" + dir_ + "/out"});
+  PrepareData(job);
+  std::filesystem::create_directories(dir_ + "/out");
+  WriteAll(dir_ + "/out/ranks", "a file where the folder should be");
+  auto r = Run(job, false);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("out/ranks/test.1.w0.tsv: cannot create"), std::string::npos) << r.status();
+}
+
 TEST_F(InProcessJobTest, DamagedRunStateIsRefusedNamingTheFile) {
   config::JobConfig job = Job({"checkpoint.dir=" + dir_ + "/ckpt", "training.max_steps=3"});
   PrepareData(job);
