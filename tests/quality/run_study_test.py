@@ -337,7 +337,7 @@ class Paired(unittest.TestCase):
             with open(args.results) as f:
                 page = f.read()
         self.assertIn("## The answer", page)
-        self.assertIn("| 4 | T2Diff (FFN user vector) | 1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | **better** |",
+        self.assertIn("| 4 | T2Diff (FFN user vector) | 1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | 2/2 | **better** |",
                       page)
         self.assertIn("default stays the paper's model", page)
         self.assertIn("not shown at both widths: T2Diff (FFN user vector) (better at D = 4; measured at D = 4)", page)
