@@ -25,7 +25,10 @@ import numpy as np
 
 
 def read_ranks(paths):
-    """{(user, target, time): rank} from the files of one evaluation (one file per worker)."""
+    """{(user, target, time, occurrence): rank} from the files of one evaluation (one file per
+    worker). A user can have the same item at the same time twice (two positions of one
+    sequence); such samples are told apart by their order in the file (occurrence 0, 1, ...),
+    which is the order of the user's samples in the prepared data for every reader."""
     out = {}
     for path in paths:
         with open(path) as f:
@@ -51,9 +54,10 @@ def read_ranks(paths):
                     raise ValueError("%s line %d: %s" % (path, n, e))
                 if rank < 1:
                     raise ValueError("%s line %d: rank %d < 1" % (path, n, rank))
-                if key in out:
-                    raise ValueError("%s line %d: target %s appears twice" % (path, n, key))
-                out[key] = rank
+                occurrence = 0
+                while key + (occurrence,) in out:
+                    occurrence += 1
+                out[key + (occurrence,)] = rank
     return out
 
 

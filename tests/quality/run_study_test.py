@@ -214,8 +214,8 @@ paired = rs.paired
 
 
 def ranks(seed_rows):
-    """{(user, target, time): rank} from (user, target, rank) triples (time = target)."""
-    return {(u, t, t): r for u, t, r in seed_rows}
+    """{(user, target, time, 0): rank} from (user, target, rank) triples (time = target)."""
+    return {(u, t, t, 0): r for u, t, r in seed_rows}
 
 
 class Paired(unittest.TestCase):
@@ -227,11 +227,11 @@ class Paired(unittest.TestCase):
             js = os.path.join(d, "eval.test")
             with open(js, "w") as f:
                 f.write('{"target":13,"rank":9,"user":9,"items":[1,2],"times":[5,6],"time":102}\n')
-            self.assertEqual(paired.read_ranks([tsv, js]), {(7, 11, 100): 4, (8, 12, 101): 1, (9, 13, 102): 9})
+            self.assertEqual(paired.read_ranks([tsv, js]), {(7, 11, 100, 0): 4, (8, 12, 101, 0): 1, (9, 13, 102, 0): 9})
+            # The same item at the same time twice: told apart by order.
             with open(tsv, "a") as f:
                 f.write("7\t11\t100\t5\n")
-            with self.assertRaisesRegex(ValueError, "test.3.w0.tsv line 4: target .* twice"):
-                paired.read_ranks([tsv])
+            self.assertEqual(paired.read_ranks([tsv]), {(7, 11, 100, 0): 4, (7, 11, 100, 1): 5, (8, 12, 101, 0): 1})
             bad = os.path.join(d, "bad.tsv")
             with open(bad, "w") as f:
                 f.write("user\ttarget\ttime\trank\n1\t2\tx\t3\n")
