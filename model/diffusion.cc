@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/hash.h"
 #include "model/fused_ops.h"
 
 namespace t2d::model {
@@ -121,12 +123,14 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
   }
   const Tensor zr = noising_.Apply(z0, r, eps);
   // Draws of the consistency options come from their own generator, so that the spec's noise
-  // (above) is the same with and without them.
-  at::Generator extra = at::make_generator<at::CPUGeneratorImpl>(noise_seed ^ 0x6775696465ULL);
+  // (above) is the same with and without them; made only when an option is on.
+  const float drop = config_.guidance_drop_fraction(), generated_fraction = config_.train_generated_token_fraction();
+  std::optional<at::Generator> extra;
+  if (drop > 0 || generated_fraction > 0) extra = at::make_generator<at::CPUGeneratorImpl>(noise_seed ^ 0x6775696465ULL);
   Tensor cond = xd;
-  if (config_.guidance_drop_fraction() > 0) {
+  if (drop > 0) {
     // Classifier-free guidance: some samples learn z_0 without the history condition.
-    const Tensor keep = (at::rand({b}, extra, at::kFloat) >= config_.guidance_drop_fraction()).to(at::kFloat);
+    const Tensor keep = (at::rand({b}, *extra, at::kFloat) >= drop).to(at::kFloat);
     cond = xd * keep.view({b, 1, 1});
   }
   const Tensor z0_hat = Unet(UnetInput(zr, cond, step_emb_.index_select(0, r).unsqueeze(1)), mask.mask);
@@ -139,16 +143,16 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
   }
   // Stop-gradient at the output: x_hat is a constant for the towers.
   out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_hat.select(1, n - 1) : z0_hat.select(1, n - 1)).detach();
-  if (config_.train_generated_token_fraction() > 0) {
+  if (generated_fraction > 0) {
     // Some samples' towers see the token of the reverse process from pure noise (what inference
     // gives them) instead of the one rebuilt from the noised target.
-    const Tensor pick = (at::rand({b}, extra, at::kFloat) < config_.train_generated_token_fraction()).nonzero().view({-1});
+    const Tensor pick = (at::rand({b}, *extra, at::kFloat) < generated_fraction).nonzero().view({-1});
     if (pick.numel() > 0) {
       // Per-sample generators: a sample's token does not depend on which others were picked.
       InferenceOptions io;
       const int64_t* rows = pick.data_ptr<int64_t>();
       for (int64_t i = 0; i < pick.numel(); ++i) {
-        io.sample_seeds.push_back((noise_seed ^ 0x746f6b656eULL) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(rows[i]));
+        io.sample_seeds.push_back(HashCombine(noise_seed ^ 0x746f6b656eULL, static_cast<uint64_t>(rows[i])));
       }
       at::NoGradGuard no_grad;
       const Tensor generated = Generate(xd.index_select(0, pick), mask.mask.index_select(0, pick), io);
@@ -275,11 +279,12 @@ Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const Inferen
     }
     return out;
   }
+  const Tensor no_cond = guidance > 0 ? at::zeros_like(cond) : Tensor();
   for (size_t i = 0; i < plan.size(); ++i) {
     const ReverseStep& st = plan[i];
     const Tensor emb = step_emb_[st.step].view({1, 1, 2 * d});
     Tensor z0 = Unet(UnetInput(z, cond, emb), mask);
-    if (guidance > 0) z0 = z0 * (1.0 + guidance) - Unet(UnetInput(z, at::zeros_like(cond), emb), mask) * guidance;
+    if (guidance > 0) z0 = z0 * (1.0 + guidance) - Unet(UnetInput(z, no_cond, emb), mask) * guidance;
     if (st.prev == 0) {
       z = z0;
     } else {

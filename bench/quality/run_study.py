@@ -573,16 +573,24 @@ DDIM10 = ["model.reverse_update=DDIM", "model.inference_reverse_steps=10"]
 PROBE = ["model.inference_token=LAST_BEHAVIOUR"]
 
 
-def core_arms(probe=True):
-    arms = [Arm("t2diff", "T2Diff (FFN user vector)", "T2DIFF", keep=probe),
+def probed(name, label, kind, sets=(), short=None):
+    """A trained arm that keeps its checkpoint, its final checkpoint evaluated as trained, and
+    the same with the generated token replaced by the last behaviour (the probe). `short`
+    names the model in the two evaluation rows (default: label)."""
+    short = short or label
+    return [Arm(name, label, kind, sets, keep=True),
+            Arm(name + ".final", short + ", final checkpoint", parent=name),
+            Arm(name + ".probe", short + ", final checkpoint, x_hat := x_n at inference", parent=name,
+                eval_sets=PROBE)]
+
+
+def core_arms():
+    t2diff, final, probe = probed("t2diff", "T2Diff (FFN user vector)", "T2DIFF", short="T2Diff")
+    return [t2diff,
             Arm("nodiff", "no diffusion (FFN)", "T2DIFF_NO_DIFFUSION"),
             Arm("t2diff_concat", "T2Diff (CONCAT user vector)", "T2DIFF", ["model.user_vector=CONCAT"]),
-            Arm("nodiff_concat", "no diffusion (CONCAT)", "T2DIFF_NO_DIFFUSION", ["model.user_vector=CONCAT"])]
-    if probe:
-        arms += [Arm("t2diff.final", "T2Diff, final checkpoint", parent="t2diff"),
-                 Arm("t2diff.probe", "T2Diff, final checkpoint, x_hat := x_n at inference", parent="t2diff",
-                     eval_sets=PROBE)]
-    return arms
+            Arm("nodiff_concat", "no diffusion (CONCAT)", "T2DIFF_NO_DIFFUSION", ["model.user_vector=CONCAT"]),
+            final, probe]
 
 
 CORE_COMPARISONS = [
@@ -595,25 +603,16 @@ PROBE_COMPARISONS = [("t2diff.final", "t2diff.probe", "the generated token at in
 
 
 def consistency_arms():
-    out = []
-    for name, label, sets in (
-            ("tok50", "T2Diff, half the training tokens generated (DDIM 10 steps)",
-             ["model.train_generated_token_fraction=0.5"] + DDIM10),
-            ("tok100", "T2Diff, every training token generated (DDIM 10 steps)",
-             ["model.train_generated_token_fraction=1"] + DDIM10),
-            ("cfg", "T2Diff, guidance (condition dropped 10%, w = 1)",
-             ["model.guidance_drop_fraction=0.1", "model.guidance_weight=1"])):
-        out += [Arm(name, label, "T2DIFF", sets, keep=True),
-                Arm(name + ".final", label + ", final checkpoint", parent=name),
-                Arm(name + ".probe", label + ", final checkpoint, x_hat := x_n", parent=name, eval_sets=PROBE)]
-    out += [Arm("t2diff.ddim10", "T2Diff, final checkpoint, DDIM 10 steps at inference", parent="t2diff",
-                eval_sets=DDIM10),
-            # Predicting x_{n+1} itself instead of the drift (T2DIFF_NO_DRIFT).
-            Arm("nodrift", "T2Diff diffusing the items, not the drift", "T2DIFF_NO_DRIFT", keep=True),
-            Arm("nodrift.final", "T2Diff diffusing the items, final checkpoint", parent="nodrift"),
-            Arm("nodrift.probe", "T2Diff diffusing the items, final checkpoint, x_hat := x_n", parent="nodrift",
-                eval_sets=PROBE)]
-    return out
+    return (probed("tok50", "T2Diff, half the training tokens generated (DDIM 10 steps)", "T2DIFF",
+                   ["model.train_generated_token_fraction=0.5"] + DDIM10) +
+            probed("tok100", "T2Diff, every training token generated (DDIM 10 steps)", "T2DIFF",
+                   ["model.train_generated_token_fraction=1"] + DDIM10) +
+            probed("cfg", "T2Diff, guidance (condition dropped 10%, w = 1)", "T2DIFF",
+                   ["model.guidance_drop_fraction=0.1", "model.guidance_weight=1"]) +
+            [Arm("t2diff.ddim10", "T2Diff, final checkpoint, DDIM 10 steps at inference", parent="t2diff",
+                 eval_sets=DDIM10)] +
+            # Predicting x_{n+1} itself instead of the drift.
+            probed("nodrift", "T2Diff diffusing the items, not the drift", "T2DIFF_NO_DRIFT"))
 
 
 CONSISTENCY_COMPARISONS = [
@@ -737,6 +736,28 @@ def run_paired(args, binary, on_block=None):
     return out, prep
 
 
+_COMPARED = {}
+
+
+def compare_arms(by_arm, a, b, metric):
+    """paired.compare of arms a and b over their seeds (computed once per page), or the reason
+    there is none (a string)."""
+    ra, rb = by_arm.get(a, []), by_arm.get(b, [])
+    # Keyed by the records themselves, which the cache keeps alive (so their ids stay theirs).
+    key = (metric,) + tuple(id(r) for r in ra + rb)
+    if key not in _COMPARED:
+        _COMPARED[key + ("records",)] = ra + rb
+        pairs = [(x["ranks"], y["ranks"]) for x, y in zip(ra, rb) if x.get("ranks") and y.get("ranks")]
+        if len(pairs) < len(ra) or not pairs:
+            _COMPARED[key] = "missing runs (%d of %d seeds)" % (len(pairs), len(ra))
+        else:
+            try:
+                _COMPARED[key] = paired.compare([p[0] for p in pairs], [p[1] for p in pairs], metric, 20)
+            except ValueError as e:
+                _COMPARED[key] = str(e)
+    return _COMPARED[key]
+
+
 def paired_section(args, results, prep):
     """The page's paired tables: per block, each arm's mean ± sd over seeds, then the comparisons."""
     L = []
@@ -762,18 +783,12 @@ def paired_section(args, results, prep):
         L += ["", "| A against B | metric | A | B | A - B (95% CI over seeds) | users only | relative | seeds A ahead | "
               "verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for a, b, question in block.comparisons:
-            ra, rb = by_arm.get(a, []), by_arm.get(b, [])
-            pairs = [(x["ranks"], y["ranks"]) for x, y in zip(ra, rb) if x.get("ranks") and y.get("ranks")]
             for metric in ("recall", "ndcg"):
-                if len(pairs) < len(ra) or not pairs:
-                    L.append("| %s: %s against %s | %s@20 | | | missing runs (%d of %d seeds) | | | | n/a |" % (
+                c = compare_arms(by_arm, a, b, metric)
+                if isinstance(c, str):
+                    L.append("| %s: %s against %s | %s@20 | | | %s | | | | n/a |" % (
                         question, block.arms[a].label, block.arms[b].label,
-                        {"recall": "Recall", "ndcg": "NDCG"}[metric], len(pairs), len(ra)))
-                    continue
-                try:
-                    c = paired.compare([p[0] for p in pairs], [p[1] for p in pairs], metric, 20)
-                except ValueError as e:
-                    L.append("| %s | %s@20 | | | %s | | | | n/a |" % (question, metric, e))
+                        {"recall": "Recall", "ndcg": "NDCG"}[metric], c))
                     continue
                 verdict = {"A better": "**A better**", "B better": "**B better**", "noise": "noise"}[c["verdict"]]
                 rel = "%+.1f%%" % (100 * c["rel"]) if math.isfinite(c["rel"]) else "–"
@@ -798,16 +813,9 @@ def decision(results):
             # Each T2Diff variant against the no-diffusion model with the same user vector.
             if not b.startswith("nodiff") or block.arms[a].kind not in ("T2DIFF", "T2DIFF_NO_DRIFT"):
                 continue
-            pairs = [(x["ranks"], y["ranks"]) for x, y in zip(by_arm.get(a, []), by_arm.get(b, []))
-                     if x.get("ranks") and y.get("ranks")]
-            if not pairs or len(pairs) < len(by_arm.get(a, [])):
-                continue
-            try:
-                c = paired.compare([p[0] for p in pairs], [p[1] for p in pairs], "recall", 20)
-            except ValueError as e:
-                log("WARNING: %s against %s: %s" % (a, b, e))
-                continue
-            rows.append((block.width, block.arms[a].label, c))
+            c = compare_arms(by_arm, a, b, "recall")
+            if not isinstance(c, str):
+                rows.append((block.width, block.arms[a].label, c))
     return rows
 
 

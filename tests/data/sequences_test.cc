@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <numeric>
 #include <set>
 
 namespace t2d::data {
@@ -105,16 +106,27 @@ TEST(UserTargetsTest, LastItemProtocol) {
   EXPECT_FALSE(UserTargets(o, 1, kTrain, std::vector<int64_t>{1, 2}, &t));
 }
 
-TEST(UserTargetsTest, PaperProtocolFullWindowsDeterministic) {
+// PAPER over windows of 4; targets per training / evaluation user.
+SplitOptions PaperOptions(int train_targets, int eval_targets, uint64_t seed) {
   SplitOptions o;
   o.protocol = DataConfig::PAPER;
   o.window = 4;
+  o.paper_targets_per_user = train_targets;
+  o.paper_eval_targets_per_user = eval_targets;
+  o.seed = seed;
+  return o;
+}
+
+std::vector<int64_t> Times(int n) {
+  std::vector<int64_t> times(static_cast<size_t>(n));
+  std::iota(times.begin(), times.end(), 0);
+  return times;
+}
+
+TEST(UserTargetsTest, PaperProtocolFullWindowsDeterministic) {
+  SplitOptions o = PaperOptions(3, 1, 7);
   o.session_len = 2;
-  o.paper_targets_per_user = 3;
-  o.paper_eval_targets_per_user = 1;
-  o.seed = 7;
-  std::vector<int64_t> times(20);
-  for (int i = 0; i < 20; ++i) times[i] = i;
+  const std::vector<int64_t> times = Times(20);
   std::array<std::vector<TargetRef>, kNumSplits> a, b;
   ASSERT_TRUE(UserTargets(o, 42, kTrain, times, &a));
   ASSERT_TRUE(UserTargets(o, 42, kTrain, times, &b));
@@ -163,14 +175,8 @@ TEST(UserTargetsTest, PaperProtocolFullWindowsDeterministic) {
 // Several targets per evaluation user: the positions a training user with the same m would get
 // (the same shuffle), so one target is the prefix of several; short users still give one.
 TEST(UserTargetsTest, PaperProtocolSeveralEvalTargets) {
-  SplitOptions o;
-  o.protocol = DataConfig::PAPER;
-  o.window = 4;
-  o.paper_targets_per_user = 5;
-  o.paper_eval_targets_per_user = 5;
-  o.seed = 3;
-  std::vector<int64_t> times(30);
-  for (int i = 0; i < 30; ++i) times[i] = i;
+  SplitOptions o = PaperOptions(5, 5, 3);
+  const std::vector<int64_t> times = Times(30);
   std::array<std::vector<TargetRef>, kNumSplits> train, test, one;
   ASSERT_TRUE(UserTargets(o, 9, kTrain, times, &train));
   ASSERT_TRUE(UserTargets(o, 9, kTest, times, &test));

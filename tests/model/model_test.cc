@@ -476,7 +476,6 @@ TEST(ModelTest, TrainingTokenFromTheReverseProcessCarriesNoLabel) {
   const ModelDims d = Dims(2, 2, 3);
   Problem p = RandomProblem(64, 7, 12, d, 3);
   Problem q = p;  // the same histories, every target moved to another item
-  q.batch = Batch(p.batch);
   q.batch.targets = ItemSlots();
   q.batch.target_candidates.clear();
   for (int64_t b = 0; b < p.batch.batch_size; ++b) {
