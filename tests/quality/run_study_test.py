@@ -330,12 +330,21 @@ class Paired(unittest.TestCase):
         by_arm = OrderedDict((name, [worse, worse]) for name in block.arms)
         by_arm["t2diff"] = [better, better]
         by_arm["t2diff_concat"] = [better, failed]
+        provenance = {"command": "python3 bench/quality/run_study.py --parts 2x2", "machine": "CPU X, 2 cores",
+                      "revision": "abc", "quick": False, "started": "2026-01-02 03:04", "finished": "2026-01-02 05:06"}
+        rec = rs.block_record(block, by_arm, {block.suite: ["kept: 9 users"]}, 2, provenance)
         with tempfile.TemporaryDirectory() as d:
-            args = argparse.Namespace(quick=False, seeds=2, results=os.path.join(d, "RESULTS.md"))
-            now = datetime.datetime(2026, 1, 2, 3, 4)
-            rs.write_paired_page(args, [(block, by_arm)], {block.suite: ["kept: 9 users"]}, now, now, "m", "abc")
-            with open(args.results) as f:
+            # The page is rendered from the stored record, read back from its file.
+            store_path = os.path.join(d, "results", "paired.json")
+            rs.save_store(store_path, {rs.record_key(rec): rec})
+            store = rs.load_store(store_path)
+            self.assertEqual(list(store), [("2x2", "ml1m_time_paper", 4)])
+            rs.write_paired_page(os.path.join(d, "RESULTS.md"), rs.ordered_records(store))
+            with open(os.path.join(d, "RESULTS.md")) as f:
                 page = f.read()
+        self.assertIn("  - `python3 bench/quality/run_study.py --parts 2x2`: 2026-01-02 03:04 to 05:06 UTC, "
+                      "revision abc, on CPU X, 2 cores;", page)
+        self.assertIn("Measured 2026-01-02 03:04 to 05:06 UTC, revision abc, CPU X.", page)
         self.assertIn("## The answer", page)
         self.assertIn("| 4 | T2Diff (FFN user vector) | 1.0000 | 0.0000 | +1.0000 (+1.0000, +1.0000) | 2/2 | **better** |",
                       page)
@@ -347,7 +356,31 @@ class Paired(unittest.TestCase):
         self.assertIn("missing runs (1 of 2 seeds)", page)
         self.assertIn("| T2Diff (FFN user vector) | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | "
                       "27.0 ± 0.0 | 60 ± 0 | 2/2 |", page)
-        self.assertIn("/w/failed: exit 3", page)
+        self.assertIn("- /w/failed: exit 3", page)
+        self.assertEqual(page.count("/w/failed: exit 3"), 1)  # listed once, though two arms could share a run
+
+    def test_store_keeps_other_blocks_and_orders_them(self):
+        def rec(part, suite, width):
+            return {"part": part, "suite": suite, "width": width, "x": 1}
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "paired.json")
+            self.assertEqual(rs.load_store(path), {})  # none yet: empty
+            store = OrderedDict()
+            for r in (rec("datasets", "ml100k_paper", 4), rec("2x2", "ml1m_time_paper", 16),
+                      rec("2x2", "ml1m_time_paper", 4)):
+                store[rs.record_key(r)] = r
+            rs.save_store(path, store)
+            again = rs.load_store(path)
+            again[("2x2", "ml1m_time_paper", 16)] = dict(rec("2x2", "ml1m_time_paper", 16), x=2)  # a part rerun
+            rs.save_store(path, again)
+            order = [rs.record_key(r) for r in rs.ordered_records(rs.load_store(path))]
+            self.assertEqual(order, [("2x2", "ml1m_time_paper", 4), ("2x2", "ml1m_time_paper", 16),
+                                     ("datasets", "ml100k_paper", 4)])
+            self.assertEqual(rs.load_store(path)[("2x2", "ml1m_time_paper", 16)]["x"], 2)
+            with open(path, "w") as f:
+                f.write('{"blocks": [{"part": "2x2"')  # truncated
+            with self.assertRaises(SystemExit):
+                rs.load_store(path)
 
 
 if __name__ == "__main__":
