@@ -15,6 +15,7 @@ bench/quality/paired.py), and a difference whose interval contains zero is calle
 
     python3 bench/quality/run_study.py            # the paired study (hours on 2 cores)
     python3 bench/quality/run_study.py --parts 2x2 --widths 4   # one part, one width
+    python3 bench/quality/run_study.py --render   # the page from docs/results/paired.json alone
     python3 bench/quality/run_study.py --quick    # development: 2 seeds, D = 4 2x2, few epochs
                                                   # (target < 15 minutes)
     python3 bench/quality/run_study.py --classic [--beyond]   # the earlier page: every model on
@@ -568,8 +569,10 @@ class Arm:
 class Block:
     """Arms trained on one suite at one width with one epoch rule, and the comparisons between them."""
 
-    def __init__(self, part, suite, width, epochs, quick_epochs, every, arms, comparisons):
-        self.part, self.suite, self.width = part, suite, width
+    def __init__(self, part, suite, width, epochs, quick_epochs, every, arms, comparisons, name=""):
+        # name tells apart blocks of one part on one suite at one width (each is stored and shown
+        # on its own, so a long part keeps its finished blocks when it is interrupted).
+        self.part, self.suite, self.width, self.name = part, suite, width, name
         self.epochs, self.quick_epochs, self.every = epochs, quick_epochs, every
         self.arms = OrderedDict((a.name, a) for a in arms)
         self.comparisons = comparisons  # (arm A, arm B, the question)
@@ -608,29 +611,31 @@ CORE_COMPARISONS = [
 PROBE_COMPARISONS = [("t2diff.final", "t2diff.probe", "the generated token at inference (T2Diff)")]
 
 
-def consistency_arms():
-    return (probed("tok50", "T2Diff, half the training tokens generated (DDIM 10 steps)", "T2DIFF",
-                   ["model.train_generated_token_fraction=0.5"] + DDIM10) +
-            probed("tok100", "T2Diff, every training token generated (DDIM 10 steps)", "T2DIFF",
-                   ["model.train_generated_token_fraction=1"] + DDIM10) +
-            probed("cfg", "T2Diff, guidance (condition dropped 10%, w = 1)", "T2DIFF",
-                   ["model.guidance_drop_fraction=0.1", "model.guidance_weight=1"]) +
-            [Arm("t2diff.ddim10", "T2Diff, final checkpoint, DDIM 10 steps at inference", parent="t2diff",
-                 eval_sets=DDIM10)] +
-            # Predicting x_{n+1} itself instead of the drift.
-            probed("nodrift", "T2Diff diffusing the items, not the drift", "T2DIFF_NO_DRIFT"))
-
-
-CONSISTENCY_COMPARISONS = [
-    ("tok50", "nodiff", "half the training tokens generated, against no diffusion"),
-    ("tok100", "nodiff", "every training token generated, against no diffusion"),
-    ("cfg", "nodiff", "classifier-free guidance, against no diffusion"),
-    ("tok50.final", "tok50.probe", "the generated token at inference (half generated at training)"),
-    ("tok100.final", "tok100.probe", "the generated token at inference (all generated at training)"),
-    ("cfg.final", "cfg.probe", "the generated token at inference (guidance)"),
-    ("t2diff.ddim10", "t2diff.final", "DDIM 10 steps against the 50-step DDPM sampler (T2Diff)"),
-    ("nodrift", "nodiff", "diffusing the items instead of the drift, against no diffusion"),
-    ("nodrift.final", "nodrift.probe", "the generated token at inference (items diffused)"),
+# The consistency part, in three blocks (name, arms, comparisons), each beside the 2x2's T2Diff
+# and no-diffusion models (trained once for all three).
+CONSISTENCY = [
+    ("tokens",
+     probed("tok50", "T2Diff, half the training tokens generated (DDIM 10 steps)", "T2DIFF",
+            ["model.train_generated_token_fraction=0.5"] + DDIM10) +
+     probed("tok100", "T2Diff, every training token generated (DDIM 10 steps)", "T2DIFF",
+            ["model.train_generated_token_fraction=1"] + DDIM10),
+     [("tok50", "nodiff", "half the training tokens generated, against no diffusion"),
+      ("tok100", "nodiff", "every training token generated, against no diffusion"),
+      ("tok50.final", "tok50.probe", "the generated token at inference (half generated at training)"),
+      ("tok100.final", "tok100.probe", "the generated token at inference (all generated at training)")]),
+    ("sampler",
+     probed("cfg", "T2Diff, guidance (condition dropped 10%, w = 1)", "T2DIFF",
+            ["model.guidance_drop_fraction=0.1", "model.guidance_weight=1"]) +
+     [Arm("t2diff.ddim10", "T2Diff, final checkpoint, DDIM 10 steps at inference", parent="t2diff",
+          eval_sets=DDIM10)],
+     [("cfg", "nodiff", "classifier-free guidance, against no diffusion"),
+      ("cfg.final", "cfg.probe", "the generated token at inference (guidance)"),
+      ("t2diff.ddim10", "t2diff.final", "DDIM 10 steps against the 50-step DDPM sampler (T2Diff)")]),
+    # Predicting x_{n+1} itself instead of the drift.
+    ("items",
+     probed("nodrift", "T2Diff diffusing the items, not the drift", "T2DIFF_NO_DRIFT"),
+     [("nodrift", "nodiff", "diffusing the items instead of the drift, against no diffusion"),
+      ("nodrift.final", "nodrift.probe", "the generated token at inference (items diffused)")]),
 ]
 
 
@@ -641,9 +646,9 @@ def paired_blocks():
     main = "ml1m_time_paper"
     return [
         Block("2x2", main, 4, 30, 6, 3, core_arms(), CORE_COMPARISONS + PROBE_COMPARISONS),
-        Block("consistency", main, 4, 30, 6, 3,
-              [a for a in core_arms() if a.name in ("t2diff", "nodiff", "t2diff.final")] + consistency_arms(),
-              CONSISTENCY_COMPARISONS),
+    ] + [Block("consistency", main, 4, 30, 6, 3,
+               [a for a in core_arms() if a.name in ("t2diff", "nodiff", "t2diff.final")] + arms, comparisons, name)
+         for name, arms, comparisons in CONSISTENCY] + [
         Block("2x2", main, 16, 15, 3, 3, core_arms(), CORE_COMPARISONS + PROBE_COMPARISONS),
     ] + [Block("datasets", s, 4, e, q, ev, core_arms()[:2] + core_arms()[4:], [CORE_COMPARISONS[0]] + PROBE_COMPARISONS)
          for s, e, q, ev in (("ml100k_paper", 60, 20, 5), ("ml100k_clean", 3, 1, 1),
@@ -812,7 +817,7 @@ def block_record(block, by_arm, prep, seeds, provenance):
     failed = ["%s: exit %s%s" % (r.get("dir", r.get("label", "?")), r.get("rc"),
                                  ", log `%s`" % os.path.relpath(r["log"], ROOT) if r.get("log") else "")
               for r in failed]
-    return dict(provenance, part=block.part, suite=block.suite, config=suite.config, title=suite.title,
+    return dict(provenance, part=block.part, name=block.name, suite=block.suite, config=suite.config, title=suite.title,
                 paper=suite.paper, width=block.width, epochs=block.epochs_used, every=block.every, seeds=seeds,
                 data=prep.get(block.suite) or [], wall_minutes=sum(r.get("wall_s", 0.0) for recs in by_arm.values()
                                                                     for r in recs) / 60,
@@ -820,7 +825,7 @@ def block_record(block, by_arm, prep, seeds, provenance):
 
 
 def record_key(rec):
-    return (rec["part"], rec["suite"], rec["width"])
+    return (rec["part"], rec["suite"], rec["width"], rec.get("name", ""))
 
 
 def load_store(path):
@@ -847,7 +852,7 @@ def save_store(path, store):
 
 def ordered_records(store):
     """The stored blocks in the study's order (paired_blocks()), then any others as stored."""
-    order = {(b.part, b.suite, b.width): i for i, b in enumerate(paired_blocks())}
+    order = {(b.part, b.suite, b.width, b.name): i for i, b in enumerate(paired_blocks())}
     return sorted(store.values(), key=lambda r: order.get(record_key(r), len(order)))
 
 
@@ -863,7 +868,8 @@ def _cell(ms, digits=4):
 def paired_section(rec):
     """One block's tables: each arm's mean ± sd over seeds, then the comparisons."""
     labels = {a["name"]: a["label"] for a in rec["arms"]}
-    L = ["### %s, D = %d (%s)" % (rec["title"], rec["width"], rec["part"]), ""]
+    L = ["### %s, D = %d (%s)" % (rec["title"], rec["width"],
+                                  rec["part"] + (": " + rec["name"] if rec.get("name") else "")), ""]
     L.append("`%s`, D = %d, %d epochs for every model, validated every %d (the test split read at the "
              "validation-selected evaluation; \"final checkpoint\" rows: the model after the last epoch), "
              "%d seeds%s%s. Measured %s UTC, revision %s, %s." % (
@@ -933,7 +939,8 @@ def write_paired_page(path, records):
         L.append("  - `%s`: %s UTC, revision %s, on %s; %.0f minutes of runs; %s." % (
             cmd, _span(min(r["started"] for r in recs), max(r["finished"] for r in recs)), rev, mach,
             sum(r["wall_minutes"] for r in recs),
-            "; ".join("%s D = %d (%s)" % (r["suite"], r["width"], r["part"]) for r in recs)))
+            "; ".join("%s D = %d (%s)" % (r["suite"], r["width"], r["part"] + (": " + r["name"] if r.get("name") else ""))
+                      for r in recs)))
     L += ["- Every training run: `t2diff launch` (1 parameter server + 2 workers under mpirun, SYNC), `nice -n 19`, "
           "one run at a time. Seed s sets `data.seed` (under the authors' protocol a new split: other users in "
           "train, validation and test, other target positions; under the clean protocol the split is fixed, the "
@@ -1386,6 +1393,8 @@ def main():
                         "T = 10, 25, 50, 100 (on %s)" % BEYOND_SUITE)
     p.add_argument("--beyond-parts", default="widths,inference,steps",
                    help="with --beyond: which parts to run (comma-separated of widths, inference, steps)")
+    p.add_argument("--render", action="store_true",
+                   help="paired study: write the page from the stored blocks alone (runs nothing)")
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds before one run is abandoned")
     args = p.parse_args()
     if args.seeds is None:
@@ -1423,6 +1432,9 @@ def main():
         if bad:
             die("unknown model kind(s): %s; known: %s" % (", ".join(bad), ", ".join(MODELS)))
 
+    if args.render and not args.classic:
+        write_paired_page(args.results, ordered_records(load_store(args.store)))
+        return
     started = datetime.datetime.utcnow()
     binary, gnuplot = setup(args)
     mach = machine()

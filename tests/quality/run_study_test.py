@@ -338,7 +338,7 @@ class Paired(unittest.TestCase):
             store_path = os.path.join(d, "results", "paired.json")
             rs.save_store(store_path, {rs.record_key(rec): rec})
             store = rs.load_store(store_path)
-            self.assertEqual(list(store), [("2x2", "ml1m_time_paper", 4)])
+            self.assertEqual(list(store), [("2x2", "ml1m_time_paper", 4, "")])
             rs.write_paired_page(os.path.join(d, "RESULTS.md"), rs.ordered_records(store))
             with open(os.path.join(d, "RESULTS.md")) as f:
                 page = f.read()
@@ -359,24 +359,40 @@ class Paired(unittest.TestCase):
         self.assertIn("- /w/failed: exit 3", page)
         self.assertEqual(page.count("/w/failed: exit 3"), 1)  # listed once, though two arms could share a run
 
+    def test_consistency_blocks_share_the_2x2_models(self):
+        # The three consistency blocks and the D = 4 2x2 train T2Diff and no diffusion alike, so
+        # one invocation trains them once (run_paired refuses two settings for one run folder).
+        blocks = [b for b in rs.paired_blocks() if b.suite == "ml1m_time_paper" and b.width == 4]
+        self.assertEqual([b.name for b in blocks], ["", "tokens", "sampler", "items"])
+        for b in blocks:
+            self.assertEqual((b.epochs, b.every), (30, 3))
+            for name in ("t2diff", "nodiff"):
+                self.assertEqual((b.arms[name].kind, b.arms[name].sets, b.arms[name].keep),
+                                 (blocks[0].arms[name].kind, blocks[0].arms[name].sets, blocks[0].arms[name].keep))
+            for a, b_, _ in b.comparisons:
+                self.assertIn(a, b.arms)
+                self.assertIn(b_, b.arms)
+
     def test_store_keeps_other_blocks_and_orders_them(self):
-        def rec(part, suite, width):
-            return {"part": part, "suite": suite, "width": width, "x": 1}
+        def rec(part, suite, width, name=""):
+            return {"part": part, "suite": suite, "width": width, "name": name, "x": 1}
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "paired.json")
             self.assertEqual(rs.load_store(path), {})  # none yet: empty
             store = OrderedDict()
             for r in (rec("datasets", "ml100k_paper", 4), rec("2x2", "ml1m_time_paper", 16),
+                      rec("consistency", "ml1m_time_paper", 4, "items"), rec("consistency", "ml1m_time_paper", 4, "tokens"),
                       rec("2x2", "ml1m_time_paper", 4)):
                 store[rs.record_key(r)] = r
             rs.save_store(path, store)
             again = rs.load_store(path)
-            again[("2x2", "ml1m_time_paper", 16)] = dict(rec("2x2", "ml1m_time_paper", 16), x=2)  # a part rerun
+            again[("2x2", "ml1m_time_paper", 16, "")] = dict(rec("2x2", "ml1m_time_paper", 16), x=2)  # a part rerun
             rs.save_store(path, again)
             order = [rs.record_key(r) for r in rs.ordered_records(rs.load_store(path))]
-            self.assertEqual(order, [("2x2", "ml1m_time_paper", 4), ("2x2", "ml1m_time_paper", 16),
-                                     ("datasets", "ml100k_paper", 4)])
-            self.assertEqual(rs.load_store(path)[("2x2", "ml1m_time_paper", 16)]["x"], 2)
+            self.assertEqual(order, [("2x2", "ml1m_time_paper", 4, ""), ("consistency", "ml1m_time_paper", 4, "tokens"),
+                                     ("consistency", "ml1m_time_paper", 4, "items"), ("2x2", "ml1m_time_paper", 16, ""),
+                                     ("datasets", "ml100k_paper", 4, "")])
+            self.assertEqual(rs.load_store(path)[("2x2", "ml1m_time_paper", 16, "")]["x"], 2)
             with open(path, "w") as f:
                 f.write('{"blocks": [{"part": "2x2"')  # truncated
             with self.assertRaises(SystemExit):
