@@ -1,6 +1,8 @@
 #include "comm/mpi_communicator.h"
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +11,7 @@
 #include "comm/backoff.h"
 #include "comm/mpi_util.h"
 #include "common/status_macros.h"
+#include "glog/logging.h"
 
 namespace t2d::comm {
 namespace {
@@ -26,9 +29,28 @@ std::vector<int> WorldRanks(MPI_Comm comm, const std::vector<int>& ranks) {
   return world;
 }
 
+// The sum over members of elements [lo, hi) of every segment's half at `off`, added in rank
+// order, written to this member's segment (only this member reads that range of it). Blocked so
+// that the inner loops vectorise and the sources are read before the destination is written.
+template <typename T>
+void SumSlice(const std::vector<char*>& segments, int self, size_t off, size_t lo, size_t hi) {
+  constexpr size_t kBlock = 512;
+  T acc[kBlock];
+  for (size_t b = lo; b < hi; b += kBlock) {
+    const size_t n = std::min(kBlock, hi - b);
+    const T* first = reinterpret_cast<const T*>(segments[0] + off) + b;
+    for (size_t i = 0; i < n; ++i) acc[i] = first[i];
+    for (size_t r = 1; r < segments.size(); ++r) {
+      const T* src = reinterpret_cast<const T*>(segments[r] + off) + b;
+      for (size_t i = 0; i < n; ++i) acc[i] += src[i];
+    }
+    std::memcpy(reinterpret_cast<T*>(segments[static_cast<size_t>(self)] + off) + b, acc, n * sizeof(T));
+  }
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Comm comm) {
+absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Comm comm, const Options& options) {
   MPI_Comm data = MPI_COMM_NULL, tokens = MPI_COMM_NULL;
   T2D_RETURN_IF_ERROR(MpiStatus(MPI_Comm_dup(comm, &data), "MPI_Comm_dup(communicator)"));
   T2D_RETURN_IF_ERROR(MpiStatus(MPI_Comm_dup(comm, &tokens), "MPI_Comm_dup(communicator tokens)"));
@@ -37,13 +59,79 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Com
   int rank = 0, size = 0;
   MPI_Comm_rank(data, &rank);
   MPI_Comm_size(data, &size);
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(data, tokens, rank, size));
+  std::unique_ptr<MpiCommunicator> c(new MpiCommunicator(data, tokens, rank, size));
+  // Every member computes the same answer from the same inputs (the node's size, the option),
+  // so all take the same branch; the window's own success is agreed on below.
+  const size_t half = options.shared_memory_bytes / 2 / 64 * 64;  // keeps every element aligned
+  if (size > 1 && half > 0) {
+    MPI_Comm node = MPI_COMM_NULL;
+    T2D_RETURN_IF_ERROR(MpiStatus(MPI_Comm_split_type(data, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+                                  "MPI_Comm_split_type(node)"));
+    int node_size = 0;
+    MPI_Comm_size(node, &node_size);
+    int everyone_here = node_size == size ? 1 : 0;
+    T2D_RETURN_IF_ERROR(MpiStatus(MPI_Allreduce(MPI_IN_PLACE, &everyone_here, 1, MPI_INT, MPI_MIN, data),
+                                  "MPI_Allreduce(one host?)"));
+    if (everyone_here) {
+      MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
+      char* base = nullptr;
+      MPI_Win win = MPI_WIN_NULL;
+      int ok = MPI_Win_allocate_shared(static_cast<MPI_Aint>(2 * half), 1, MPI_INFO_NULL, node, &base, &win) ==
+                       MPI_SUCCESS
+                   ? 1
+                   : 0;
+      std::vector<char*> segments(static_cast<size_t>(size), nullptr);
+      for (int r = 0; ok && r < size; ++r) {
+        MPI_Aint bytes = 0;
+        int disp = 0;
+        ok = MPI_Win_shared_query(win, r, &bytes, &disp, &segments[static_cast<size_t>(r)]) == MPI_SUCCESS &&
+             bytes >= static_cast<MPI_Aint>(2 * half);
+      }
+      if (ok) ok = MPI_Win_lock_all(MPI_MODE_NOCHECK, win) == MPI_SUCCESS;
+      int all_ok = ok;
+      T2D_RETURN_IF_ERROR(
+          MpiStatus(MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, data), "MPI_Allreduce(window?)"));
+      if (all_ok) {
+        c->node_ = node;
+        c->window_ = win;
+        c->half_bytes_ = half;
+        c->segments_ = std::move(segments);
+        return c;
+      }
+      // A window some member could not map stays allocated (freeing it is collective over
+      // members that may not hold it); the members use MPI_Iallreduce.
+      LOG_IF(WARNING, rank == 0) << "shared-memory allreduce unavailable (a member could not map "
+                                 << 2 * half << " bytes); using MPI_Iallreduce";
+    }
+    MPI_Comm_free(&node);
+  }
+  return c;
 }
 
 MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized || !broken_.empty()) return;
+  if (window_ != MPI_WIN_NULL) {
+    // Freeing the window is collective: only when every member is here to free it too (one that
+    // gave up on a deadline does not come), so a failed job does not hang at its end.
+    MPI_Request r = MPI_REQUEST_NULL;
+    int all_here = 0;
+    if (MPI_Ibarrier(node_, &r) == MPI_SUCCESS) {
+      const absl::Time deadline = absl::Now() + absl::Seconds(2);
+      Backoff backoff;
+      while (MPI_Test(&r, &all_here, MPI_STATUS_IGNORE) == MPI_SUCCESS && !all_here && absl::Now() < deadline) {
+        backoff.Pause();
+      }
+    }
+    if (!all_here) {
+      LOG(WARNING) << "communicator: another member did not come to free the shared-memory window; left mapped";
+      return;
+    }
+    MPI_Win_unlock_all(window_);
+    MPI_Win_free(&window_);
+    MPI_Comm_free(&node_);
+  }
   MPI_Comm_free(&data_);
   MPI_Comm_free(&tokens_);
 }
@@ -113,7 +201,48 @@ absl::Status MpiCommunicator::Collective(const char* name, Start start, absl::Ti
   return absl::OkStatus();
 }
 
+absl::Status MpiCommunicator::WindowBarrier(absl::Time deadline) {
+  // The window is in the unified memory model and locked by every member: MPI_Win_sync orders
+  // this member's loads and stores against the barrier.
+  MPI_Win_sync(window_);
+  T2D_RETURN_IF_ERROR(Collective(
+      "allreduce", [](std::vector<MPI_Request>*) { return absl::OkStatus(); }, deadline));
+  MPI_Win_sync(window_);
+  return absl::OkStatus();
+}
+
+absl::Status MpiCommunicator::SharedAllReduce(char* data, size_t count, DataType type, absl::Time deadline) {
+  const size_t elem = SizeOf(type);
+  const size_t per_chunk = half_bytes_ / elem;
+  for (size_t done = 0; done < count;) {
+    const size_t n = std::min(count - done, per_chunk);
+    const size_t off = static_cast<size_t>(half_) * half_bytes_;
+    half_ ^= 1;
+    std::memcpy(segments_[static_cast<size_t>(rank_)] + off, data + done * elem, n * elem);
+    T2D_RETURN_IF_ERROR(WindowBarrier(deadline));
+    const auto lo = [&](int r) { return n * static_cast<size_t>(r) / static_cast<size_t>(size_); };
+    if (type == DataType::kFloat32) {
+      SumSlice<float>(segments_, rank_, off, lo(rank_), lo(rank_ + 1));
+    } else {
+      SumSlice<double>(segments_, rank_, off, lo(rank_), lo(rank_ + 1));
+    }
+    T2D_RETURN_IF_ERROR(WindowBarrier(deadline));
+    for (int r = 0; r < size_; ++r) {
+      std::memcpy(data + (done + lo(r)) * elem, segments_[static_cast<size_t>(r)] + off + lo(r) * elem,
+                  (lo(r + 1) - lo(r)) * elem);
+    }
+    // No barrier here: the next chunk writes the other half, and this half is written again
+    // only after every member has passed the next chunk's barriers, i.e. finished this copy.
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MpiCommunicator::AllReduceSum(void* data, size_t count, DataType type, absl::Time deadline) {
+  if (window_ != MPI_WIN_NULL) {
+    if (!broken_.empty()) return absl::FailedPreconditionError(absl::StrCat("communicator is broken: ", broken_));
+    return SharedAllReduce(static_cast<char*>(data), count, type, deadline);
+  }
   const MPI_Datatype mpi_type = type == DataType::kFloat32 ? MPI_FLOAT : MPI_DOUBLE;
   const size_t elem = SizeOf(type);
   return Collective(

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "comm/communicator_factory.h"
@@ -43,6 +46,94 @@ TEST_P(MpiConformance, Case) {
 
 INSTANTIATE_TEST_SUITE_P(Mpi, MpiConformance, ::testing::ValuesIn(CaseNames()),
                          [](const auto& param_info) { return param_info.param; });
+
+// The collectives again with the shared-memory window off (MPI_Iallreduce) and with a window of
+// 256 bytes (halves of 128), so that every allreduce runs in many chunks whose slices do not divide evenly.
+std::vector<std::string> ModeCaseNames() {
+  std::vector<std::string> out;
+  for (const char* mode : {"NoWindow", "SmallWindow"}) {
+    for (const auto& c : ::t2d::testing::CommunicatorCases()) out.push_back(absl::StrCat(mode, "_", c.name));
+  }
+  return out;
+}
+
+class MpiCommunicatorModes : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MpiCommunicatorModes, Case) {
+  auto transport = MpiTransport::Create(MPI_COMM_WORLD);
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  const bool window = GetParam().rfind("SmallWindow_", 0) == 0;
+  MpiCommunicator::Options options;
+  options.shared_memory_bytes = window ? 256 : 0;
+  auto comm = MpiCommunicator::Create(MPI_COMM_WORLD, options);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  EXPECT_EQ((*comm)->uses_shared_memory(), window && size > 1);  // the ranks of this test share a host
+  for (const auto& c : ::t2d::testing::CommunicatorCases()) {
+    if (GetParam().substr(GetParam().find('_') + 1) == c.name) c.run(**transport, **comm);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+INSTANTIATE_TEST_SUITE_P(Mpi, MpiCommunicatorModes, ::testing::ValuesIn(ModeCaseNames()),
+                         [](const auto& param_info) { return param_info.param; });
+
+TEST(MpiCommunicator, WindowAndMessagesGiveTheSameSums) {
+  int size = 0, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (size < 2) GTEST_SKIP() << "needs 2 ranks";
+  auto window = MpiCommunicator::Create(MPI_COMM_WORLD);
+  MpiCommunicator::Options off;
+  off.shared_memory_bytes = 0;
+  auto messages = MpiCommunicator::Create(MPI_COMM_WORLD, off);
+  ASSERT_TRUE(window.ok() && messages.ok());
+  ASSERT_TRUE((*window)->uses_shared_memory());
+  // More than one chunk of the default window (4 MiB halves), values that round.
+  std::vector<float> a(1500000);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = 1.0f / static_cast<float>(i % 1000 + rank + 3);
+  std::vector<float> b = a;
+  ASSERT_TRUE((*window)->AllReduceSum(absl::MakeSpan(a), Soon()).ok());
+  ASSERT_TRUE((*messages)->AllReduceSum(absl::MakeSpan(b), Soon()).ok());
+  for (size_t i = 0; i < a.size(); i += 101) {
+    // Two members: a + b either way round is the same float; more: the order may differ.
+    if (size == 2) {
+      ASSERT_EQ(a[i], b[i]) << i;
+    } else {
+      ASSERT_NEAR(a[i], b[i], 1e-6f * std::abs(b[i])) << i;
+    }
+  }
+  // Every member holds the same bits.
+  std::vector<float> first = a;
+  ASSERT_TRUE((*messages)->Broadcast(first.data(), first.size() * sizeof(float), 0, Soon()).ok());
+  EXPECT_EQ(std::memcmp(first.data(), a.data(), a.size() * sizeof(float)), 0);
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(MpiCommunicator, WindowAllReduceDeadlineNamesTheRankThatDidNotJoin) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size < 2) GTEST_SKIP() << "needs 2 ranks";
+  auto comm = MpiCommunicator::Create(MPI_COMM_WORLD);
+  ASSERT_TRUE(comm.ok());
+  ASSERT_TRUE((*comm)->uses_shared_memory());
+  const int late = size - 1;
+  std::vector<float> v(1000, 1.0f);
+  if (rank == late) {
+    absl::SleepFor(absl::Milliseconds(700));
+    (void)(*comm)->AllReduceSum(absl::MakeSpan(v), absl::Now() + absl::Milliseconds(300));
+  } else {
+    const absl::Time start = absl::Now();
+    absl::Status s = (*comm)->AllReduceSum(absl::MakeSpan(v), start + absl::Milliseconds(300));
+    EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+    EXPECT_NE(std::string(s.message()).find(absl::StrCat("rank(s) ", late, " did not join")), std::string::npos) << s;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+    EXPECT_TRUE(absl::IsFailedPrecondition((*comm)->AllReduceSum(absl::MakeSpan(v), Soon())));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
 
 TEST(MpiCommunicator, DeadlineNamesTheRankThatDidNotJoin) {
   int rank = 0, size = 0;
