@@ -1,5 +1,7 @@
 #include "comm/mpi_communicator.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
 #include <climits>
 #include <cstring>
@@ -60,51 +62,53 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Com
   MPI_Comm_rank(data, &rank);
   MPI_Comm_size(data, &size);
   std::unique_ptr<MpiCommunicator> c(new MpiCommunicator(data, tokens, rank, size));
-  // Every member computes the same answer from the same inputs (the node's size, the option),
-  // so all take the same branch; the window's own success is agreed on below.
-  const size_t half = options.shared_memory_bytes / 2 / 64 * 64;  // keeps every element aligned
-  if (size > 1 && half > 0) {
-    MPI_Comm node = MPI_COMM_NULL;
-    T2D_RETURN_IF_ERROR(MpiStatus(MPI_Comm_split_type(data, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
-                                  "MPI_Comm_split_type(node)"));
-    int node_size = 0;
-    MPI_Comm_size(node, &node_size);
-    int everyone_here = node_size == size ? 1 : 0;
-    T2D_RETURN_IF_ERROR(MpiStatus(MPI_Allreduce(MPI_IN_PLACE, &everyone_here, 1, MPI_INT, MPI_MIN, data),
-                                  "MPI_Allreduce(one host?)"));
-    if (everyone_here) {
-      MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
-      char* base = nullptr;
-      MPI_Win win = MPI_WIN_NULL;
-      int ok = MPI_Win_allocate_shared(static_cast<MPI_Aint>(2 * half), 1, MPI_INFO_NULL, node, &base, &win) ==
-                       MPI_SUCCESS
-                   ? 1
-                   : 0;
-      std::vector<char*> segments(static_cast<size_t>(size), nullptr);
-      for (int r = 0; ok && r < size; ++r) {
-        MPI_Aint bytes = 0;
-        int disp = 0;
-        ok = MPI_Win_shared_query(win, r, &bytes, &disp, &segments[static_cast<size_t>(r)]) == MPI_SUCCESS &&
-             bytes >= static_cast<MPI_Aint>(2 * half);
-      }
-      if (ok) ok = MPI_Win_lock_all(MPI_MODE_NOCHECK, win) == MPI_SUCCESS;
-      int all_ok = ok;
-      T2D_RETURN_IF_ERROR(
-          MpiStatus(MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, data), "MPI_Allreduce(window?)"));
-      if (all_ok) {
-        c->node_ = node;
-        c->window_ = win;
-        c->half_bytes_ = half;
-        c->segments_ = std::move(segments);
-        return c;
-      }
-      // A window some member could not map stays allocated (freeing it is collective over
-      // members that may not hold it); the members use MPI_Iallreduce.
-      LOG_IF(WARNING, rank == 0) << "shared-memory allreduce unavailable (a member could not map "
-                                 << 2 * half << " bytes); using MPI_Iallreduce";
-    }
-    MPI_Comm_free(&node);
+  if (size == 1) return c;
+  MPI_Comm node = MPI_COMM_NULL;
+  T2D_RETURN_IF_ERROR(MpiStatus(MPI_Comm_split_type(data, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+                                "MPI_Comm_split_type(node)"));
+  int node_size = 0;
+  MPI_Comm_size(node, &node_size);
+  // The members agree on one window size (the smallest asked for; 0 if any member is on another
+  // host) and on whether the shared-memory file system has room for it: OpenMPI maps the window
+  // from a file there, and a file it cannot fill is a SIGBUS, not an error code. (Docker's
+  // /dev/shm holds 64 MiB by default.)
+  long long half = node_size == size ? static_cast<long long>(options.shared_memory_bytes / 2 / 64 * 64) : 0;
+  struct statvfs fs {};
+  const long long need = 4 * static_cast<long long>(size) * half;  // the window, twice over
+  long long room = statvfs("/dev/shm", &fs) == 0 ? static_cast<long long>(fs.f_bavail) * static_cast<long long>(fs.f_frsize)
+                                                 : 0;
+  long long agree[2] = {half, room >= need ? 1 : 0};
+  T2D_RETURN_IF_ERROR(
+      MpiStatus(MPI_Allreduce(MPI_IN_PLACE, agree, 2, MPI_LONG_LONG, MPI_MIN, data), "MPI_Allreduce(window size)"));
+  half = agree[0];
+  if (half > 0 && agree[1] == 0) {
+    LOG_IF(WARNING, rank == 0) << "shared-memory allreduce off: /dev/shm lacks room for " << need
+                               << " bytes on some member; using MPI_Iallreduce";
+    half = 0;
   }
+  if (half == 0) {
+    MPI_Comm_free(&node);
+    return c;
+  }
+  MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
+  char* base = nullptr;
+  MPI_Win win = MPI_WIN_NULL;
+  T2D_RETURN_IF_ERROR(MpiStatus(MPI_Win_allocate_shared(static_cast<MPI_Aint>(2 * half), 1, MPI_INFO_NULL, node,
+                                                        &base, &win),
+                                "MPI_Win_allocate_shared"));
+  MPI_Win_set_errhandler(win, MPI_ERRORS_RETURN);
+  std::vector<char*> segments(static_cast<size_t>(size), nullptr);
+  for (int r = 0; r < size; ++r) {
+    MPI_Aint bytes = 0;
+    int disp = 0;
+    T2D_RETURN_IF_ERROR(
+        MpiStatus(MPI_Win_shared_query(win, r, &bytes, &disp, &segments[static_cast<size_t>(r)]), "MPI_Win_shared_query"));
+  }
+  T2D_RETURN_IF_ERROR(MpiStatus(MPI_Win_lock_all(MPI_MODE_NOCHECK, win), "MPI_Win_lock_all"));
+  c->node_ = node;
+  c->window_ = win;
+  c->half_bytes_ = static_cast<size_t>(half);
+  c->segments_ = std::move(segments);
   return c;
 }
 
@@ -112,26 +116,10 @@ MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized || !broken_.empty()) return;
-  if (window_ != MPI_WIN_NULL) {
-    // Freeing the window is collective: only when every member is here to free it too (one that
-    // gave up on a deadline does not come), so a failed job does not hang at its end.
-    MPI_Request r = MPI_REQUEST_NULL;
-    int all_here = 0;
-    if (MPI_Ibarrier(node_, &r) == MPI_SUCCESS) {
-      const absl::Time deadline = absl::Now() + absl::Seconds(2);
-      Backoff backoff;
-      while (MPI_Test(&r, &all_here, MPI_STATUS_IGNORE) == MPI_SUCCESS && !all_here && absl::Now() < deadline) {
-        backoff.Pause();
-      }
-    }
-    if (!all_here) {
-      LOG(WARNING) << "communicator: another member did not come to free the shared-memory window; left mapped";
-      return;
-    }
-    MPI_Win_unlock_all(window_);
-    MPI_Win_free(&window_);
-    MPI_Comm_free(&node_);
-  }
+  // The shared-memory window is not freed: MPI_Win_free is collective and blocks until every
+  // member calls it, and members reach their destructors at different times (or never, after
+  // a failure). OpenMPI unlinks the window's file once every member has mapped it, so the
+  // memory goes with the process.
   MPI_Comm_free(&data_);
   MPI_Comm_free(&tokens_);
 }

@@ -17,8 +17,10 @@
 // back; two arrival-token barriers per chunk, and no message copies. OpenMPI's shared-memory
 // transport without single-copy (btl_vader_single_copy_mechanism=none, which containers that
 // forbid process_vm_readv need) moved a 10 MB allreduce at a fifth of the memory's speed;
-// bench_ps prints both paths in one run. A member that cannot map the window makes every member
-// keep MPI_Iallreduce (they agree at Create).
+// bench_ps prints both paths in one run. The members agree at Create on the window's size and on
+// whether /dev/shm has room for it (else every member keeps MPI_Iallreduce). The window lives
+// until the process ends (freeing it is a blocking collective that a late or failed member
+// would hang).
 // Thread-safety: one thread at a time. Must be destroyed before MPI_Finalize.
 
 #include <mpi.h>
@@ -37,7 +39,7 @@ class MpiCommunicator : public Communicator {
   struct Options {
     // Bytes of each member's shared-memory segment (two halves that alternate between chunks,
     // so a chunk needs no barrier after its copy-out); 0 always uses MPI_Iallreduce.
-    size_t shared_memory_bytes = size_t{8} << 20;
+    size_t shared_memory_bytes = size_t{2} << 20;
   };
   // Collective over `comm` (not owned; duplicated).
   static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create(MPI_Comm comm) { return Create(comm, Options()); }

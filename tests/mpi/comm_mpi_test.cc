@@ -48,7 +48,8 @@ INSTANTIATE_TEST_SUITE_P(Mpi, MpiConformance, ::testing::ValuesIn(CaseNames()),
                          [](const auto& param_info) { return param_info.param; });
 
 // The collectives again with the shared-memory window off (MPI_Iallreduce) and with a window of
-// 256 bytes (halves of 128), so that every allreduce runs in many chunks whose slices do not divide evenly.
+// 4 KiB (halves of 2 KiB), so that every allreduce runs in several chunks whose slices do not
+// divide evenly.
 std::vector<std::string> ModeCaseNames() {
   std::vector<std::string> out;
   for (const char* mode : {"NoWindow", "SmallWindow"}) {
@@ -64,7 +65,7 @@ TEST_P(MpiCommunicatorModes, Case) {
   ASSERT_TRUE(transport.ok()) << transport.status();
   const bool window = GetParam().rfind("SmallWindow_", 0) == 0;
   MpiCommunicator::Options options;
-  options.shared_memory_bytes = window ? 256 : 0;
+  options.shared_memory_bytes = window ? 4096 : 0;
   auto comm = MpiCommunicator::Create(MPI_COMM_WORLD, options);
   ASSERT_TRUE(comm.ok()) << comm.status();
   int size = 0;
@@ -90,7 +91,7 @@ TEST(MpiCommunicator, WindowAndMessagesGiveTheSameSums) {
   auto messages = MpiCommunicator::Create(MPI_COMM_WORLD, off);
   ASSERT_TRUE(window.ok() && messages.ok());
   ASSERT_TRUE((*window)->uses_shared_memory());
-  // More than one chunk of the default window (4 MiB halves), values that round.
+  // Several chunks of the default window (1 MiB halves), values that round.
   std::vector<float> a(1500000);
   for (size_t i = 0; i < a.size(); ++i) a[i] = 1.0f / static_cast<float>(i % 1000 + rank + 3);
   std::vector<float> b = a;
