@@ -682,7 +682,9 @@ def run_paired(args, binary, on_block=None):
     parts = args.parts.split(",")
     if args.quick:
         blocks = [b for b in blocks if (b.part, b.suite, b.width) in QUICK_BLOCKS]
-    blocks = [b for b in blocks if b.part in parts and (not args.widths or b.width in args.widths)]
+    # A part runs all its blocks; "part:name" one of them.
+    blocks = [b for b in blocks if (b.part in parts or "%s:%s" % (b.part, b.name) in parts) and
+              (not args.widths or b.width in args.widths)]
     datasets, done, prep = {}, {}, {}
     out = []
     for block in blocks:
@@ -1371,7 +1373,8 @@ def main():
                    help="instead of the paired study: every model on every suite, fixed split, 3 seeds (the earlier "
                         "page; with --beyond, widths and inference variants)")
     p.add_argument("--parts", default="2x2,consistency,datasets",
-                   help="paired study: which parts (comma-separated of 2x2, consistency, datasets)")
+                   help="paired study: which parts (comma-separated of 2x2, consistency, datasets; "
+                        "consistency:tokens, consistency:sampler or consistency:items for one block)")
     p.add_argument("--widths", default="", help="paired study: only these D (comma-separated; default all)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per model (paired: default 5, 2 with --quick; classic: 3, 1 with --quick)")
@@ -1403,9 +1406,10 @@ def main():
         args.widths = [int(w) for w in args.widths.split(",") if w]
     except ValueError:
         die("--widths: comma-separated integers, got %r" % args.widths)
-    unknown_parts = set(args.parts.split(",")) - {"2x2", "consistency", "datasets"}
+    known = {"2x2", "consistency", "datasets"} | {"consistency:" + name for name, _, _ in CONSISTENCY}
+    unknown_parts = set(args.parts.split(",")) - known
     if unknown_parts:
-        die("--parts: unknown part(s) %s; known: 2x2, consistency, datasets" % ", ".join(sorted(unknown_parts)))
+        die("--parts: unknown part(s) %s; known: %s" % (", ".join(sorted(unknown_parts)), ", ".join(sorted(known))))
     os.chdir(ROOT)
     args.work = os.path.abspath(args.work)
     if args.results is None:
