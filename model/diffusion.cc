@@ -210,8 +210,7 @@ Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const Inferen
   const std::vector<ReverseStep> plan = schedule_.ReverseSteps(rsteps, config_.reverse_update());
   const int64_t b = x.size(0), n = x.size(1), bs = b * samples, d = d_;
   const double guidance = config_.guidance_weight();
-  // The kernel runs the conditional U-Net only; guidance takes the tensor path.
-  const bool by_kernel = d <= kKernelMaxDim && !opt.force_tensor_ops && guidance == 0;
+  const bool by_kernel = d <= kKernelMaxDim && !opt.force_tensor_ops;
   Tensor z, noise;
   std::vector<Tensor> noises;  // per-sample generators: [plan, samples, n, D] each
   if (opt.sample_seeds.empty()) {
@@ -259,7 +258,7 @@ Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const Inferen
     at::parallel_for(0, bs, 4, [&](int64_t begin, int64_t end) {
       UnetKernel kernel(kernel_layout_, params);
       kernel.Reverse(plan, emb, end - begin, n, mp + begin * n, cp + begin * seq, noise_of.data() + begin,
-                     noise_stride, zp + begin * seq);
+                     noise_stride, zp + begin * seq, static_cast<float>(guidance));
     });
     // x_hat: the newest position (+ x_n for the drift), averaged over the samples in a fixed
     // order, so that a sample's value does not depend on the batch's shape.

@@ -170,6 +170,8 @@ struct Net {
   int levels = 0;
   float* x = nullptr;    // level-0 input, 2D planes
   float* out = nullptr;  // z0_hat, D planes at level 0
+  float* out_u = nullptr;  // guidance: the unconditional z0_hat, D planes at level 0
+  float guidance = 0;      // w: z0_hat = (1 + w) U(z, X) - w U(z, 0); 0 runs the conditional U-Net only
   float* zt = nullptr;   // the sequence's z_r as D planes at level 0 (left padding and tail zero)
   float* ct = nullptr;   // its condition X_{1..n}, D planes
   float* et = nullptr;   // the step's noise, D planes
@@ -178,29 +180,23 @@ struct Net {
   NormRef down_norm[kMaxLevels], up_norm[kMaxLevels];
 };
 
-// One sequence's whole reverse process. The U-Net part is the function of docs/model.md.
-__attribute__((target_clones("avx2", "default"))) void ReverseSequence(
-    const Net& net, const ReverseStep* plan, int64_t steps, const float* step_emb, const float* cond,
-    const float* noise, int64_t noise_stride, float* z) {
-  const int64_t d = net.d, d2 = 2 * d, n = net.n, left = net.left;
+// The U-Net of docs/model.md on (z_r + emb, cond + emb) into `out` (D planes at level 0);
+// `conditioned` false: the condition is 0 (guidance's unconditional pass).
+T2D_INLINE void UnetPass(const Net& net, const float* emb, bool conditioned, float* out) {
+  const int64_t d = net.d, d2 = 2 * d;
   const int levels = net.levels;
   const Level& l0 = net.lv[0];
   const int64_t s0 = l0.stride, blocks0 = RoundUp8(l0.len);
-  // z and the condition as channel planes, for the whole process.
-  for (int64_t c = 0; c < d; ++c) {
-    for (int64_t j = 0; j < n; ++j) {
-      net.zt[c * s0 + kPad + left + j] = z[j * d + c];
-      net.ct[c * s0 + kPad + left + j] = cond[j * d + c];
-    }
-  }
-  for (int64_t i = 0; i < steps; ++i) {
-    const ReverseStep& st = plan[i];
-    const float* emb = step_emb + st.step * d2;
+  {
     // U-Net input (z + emb, cond + emb), zero at masked positions and on the padding.
     for (int64_t c = 0; c < d2; ++c) {
       const float* src = (c < d ? net.zt + c * s0 : net.ct + (c - d) * s0) + kPad;
       float* xc = net.x + c * s0 + kPad;
       const V e = Splat(emb[c]);
+      if (c >= d && !conditioned) {
+        for (int64_t j0 = 0; j0 < blocks0; j0 += kW) Store(xc + j0, Masked(Splat(0.f) + e, LoadBits(l0.mask + j0)));
+        continue;
+      }
       for (int64_t j0 = 0; j0 < blocks0; j0 += kW) Store(xc + j0, Masked(Load(src + j0) + e, LoadBits(l0.mask + j0)));
     }
     const float* h = net.x;
@@ -238,7 +234,38 @@ __attribute__((target_clones("avx2", "default"))) void ReverseSequence(
       h = lv.up;
       hs = lv.stride;
     }
-    Conv(h, hs, net.out_conv, net.out, l0.stride, l0.len);
+    Conv(h, hs, net.out_conv, out, l0.stride, l0.len);
+  }
+}
+
+// One sequence's whole reverse process.
+__attribute__((target_clones("avx2", "default"))) void ReverseSequence(
+    const Net& net, const ReverseStep* plan, int64_t steps, const float* step_emb, const float* cond,
+    const float* noise, int64_t noise_stride, float* z) {
+  const int64_t d = net.d, d2 = 2 * d, n = net.n, left = net.left;
+  const Level& l0 = net.lv[0];
+  const int64_t s0 = l0.stride, blocks0 = RoundUp8(l0.len);
+  // z and the condition as channel planes, for the whole process.
+  for (int64_t c = 0; c < d; ++c) {
+    for (int64_t j = 0; j < n; ++j) {
+      net.zt[c * s0 + kPad + left + j] = z[j * d + c];
+      net.ct[c * s0 + kPad + left + j] = cond[j * d + c];
+    }
+  }
+  for (int64_t i = 0; i < steps; ++i) {
+    const ReverseStep& st = plan[i];
+    const float* emb = step_emb + st.step * d2;
+    UnetPass(net, emb, true, net.out);
+    if (net.guidance != 0.f) {
+      // Classifier-free guidance, as the tensor path: U(z, X) * (1 + w) - U(z, 0) * w.
+      UnetPass(net, emb, false, net.out_u);
+      const V a = Splat(1.f + net.guidance), w = Splat(net.guidance);
+      for (int64_t c = 0; c < d; ++c) {
+        float* o = net.out + c * s0 + kPad;
+        const float* u = net.out_u + c * s0 + kPad;
+        for (int64_t j0 = 0; j0 < blocks0; j0 += kW) Store(o + j0, Load(o + j0) * a - Load(u + j0) * w);
+      }
+    }
     // The update; z0_hat is masked like the tensor path's output. Values of z at masked
     // positions do not matter (the input masks them); on the padding they stay zero.
     const float* eps = noise + i * noise_stride;
@@ -323,7 +350,7 @@ UnetKernel::UnetKernel(const UnetKernelLayout& layout, const float* params) : d_
 
 void UnetKernel::Reverse(const std::vector<ReverseStep>& plan, const float* step_emb, int64_t sequences, int64_t n,
                          const float* mask, const float* cond, const float* const* noise, int64_t noise_step_stride,
-                         float* z) {
+                         float* z, float guidance) {
   const int64_t d = d_, seq = n * d;
   const int64_t p = int64_t{1} << (levels_ - 1);
   const int64_t np = (n + p - 1) / p * p;
@@ -342,7 +369,7 @@ void UnetKernel::Reverse(const std::vector<ReverseStep>& plan, const float* step
   const int64_t x_off = floats;
   floats += 2 * d * Stride(np);
   const int64_t out_off = floats;
-  floats += d * Stride(np);
+  floats += 2 * d * Stride(np);  // out, out_u
   const int64_t zt_off = floats;
   floats += 3 * d * Stride(np);  // zt, ct, et
   for (int l = 0; l < levels_; ++l) {
@@ -372,6 +399,8 @@ void UnetKernel::Reverse(const std::vector<ReverseStep>& plan, const float* step
   mask_bits_.assign(static_cast<size_t>(words), 0u);
   net.x = scratch_.data() + x_off;
   net.out = scratch_.data() + out_off;
+  net.out_u = net.out + d * Stride(np);
+  net.guidance = guidance;
   net.zt = scratch_.data() + zt_off;
   net.ct = net.zt + d * Stride(np);
   net.et = net.ct + d * Stride(np);

@@ -48,10 +48,11 @@ class UnetKernel {
   // mask [sequences, n]; step_emb [(T + 1), 2D] already scaled by w. The fresh noise [n, D] of
   // sequence s at plan step i is at noise[s] + i * noise_step_stride (so per-sample generators'
   // tensors need no concatenation). plan[i].prev == 0 takes z = z0_hat, others
-  // z = c0 z0_hat + c1 z + sigma eps, as the tensor path.
+  // z = c0 z0_hat + c1 z + sigma eps, as the tensor path. guidance w > 0: classifier-free
+  // guidance, z0_hat = (1 + w) U(z, X) - w U(z, 0) (two U-Net passes a step).
   void Reverse(const std::vector<ReverseStep>& plan, const float* step_emb, int64_t sequences, int64_t n,
                const float* mask, const float* cond, const float* const* noise, int64_t noise_step_stride,
-               float* z);
+               float* z, float guidance = 0);
 
   // Tested against std::exp (model_test): exp(x) for float vectors, relative error below 2e-7
   // (about 2 ulp) where the result is a normal float (-87.3 < x < 88.72); denormal results are

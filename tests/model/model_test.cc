@@ -455,18 +455,24 @@ TEST(ModelTest, GuidanceCombinesConditionalAndUnconditionalPasses) {
   o.force_tensor_ops = true;
   auto cond = p->GenerateNextItem(two, rows, o);
   auto uncond = p->GenerateNextItem(two, zero, o);
-  o.force_tensor_ops = false;  // guidance takes the tensor path by itself
+  auto mixed_tensor = g->GenerateNextItem(two, rows, o);
+  o.force_tensor_ops = false;  // the kernel runs both passes itself
   auto mixed = g->GenerateNextItem(two, rows, o);
-  ASSERT_TRUE(cond.ok() && uncond.ok() && mixed.ok());
+  ASSERT_TRUE(cond.ok() && uncond.ok() && mixed.ok() && mixed_tensor.ok());
   EXPECT_GT(MaxAbs(*cond - *uncond), 1e-4);
-  ExpectClose(*mixed, *cond * 3.0 - *uncond * 2.0, 1e-5, "guided token");
-  // Several steps and a per-sample seed run too, reproducibly.
+  ExpectClose(*mixed_tensor, *cond * 3.0 - *uncond * 2.0, 1e-5, "guided token (tensor ops)");
+  ExpectClose(*mixed, *cond * 3.0 - *uncond * 2.0, 1e-5, "guided token (kernel)");
+  // Every step of the reverse process, with a per-sample seed: the kernel agrees with tensor
+  // ops, and reproducibly.
   o.reverse_steps = 0;
   o.sample_seeds = {1, 2};
   auto a = g->UserVectors(two, rows, o);
   auto b = g->UserVectors(two, rows, o);
-  ASSERT_TRUE(a.ok() && b.ok());
+  o.force_tensor_ops = true;
+  auto t = g->UserVectors(two, rows, o);
+  ASSERT_TRUE(a.ok() && b.ok() && t.ok());
   EXPECT_TRUE(at::equal(*a, *b));
+  ExpectClose(*a, *t, 1e-4, "guided user vectors, kernel against tensor ops");
 }
 
 // train_generated_token_fraction: the towers' token of a chosen sample comes from the reverse
