@@ -13,19 +13,13 @@
 # usage: multihost_test.sh T2DIFF
 set -uo pipefail
 T2DIFF=$1
+. "$(dirname "$0")/../../scripts/netns_hosts.sh"
 tag="t2mh$$"        # prefix of everything made here (interface names <= 15 characters)
 subnet_id=$(( ($$ % 200) + 20 ))
 net="10.213.$subnet_id"
 W=$(mktemp -d /tmp/t2d-multihost.XXXXXX)
-# `ip netns add` mounts /run/netns on first use; unmounted again below if this test made it.
-netns_mounted_before=0
-mountpoint -q /run/netns 2> /dev/null && netns_mounted_before=1
 cleanup() {
-  for h in 1 2 3; do ip netns del "$tag-$h" 2> /dev/null; ip link del "${tag}v$h" 2> /dev/null; done
-  ip link del "${tag}br" 2> /dev/null
-  if [ "$netns_mounted_before" = 0 ] && mountpoint -q /run/netns 2> /dev/null && [ -z "$(ls -A /run/netns)" ]; then
-    umount /run/netns 2> /dev/null
-  fi
+  netns_hosts_down "$tag" 3
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -51,24 +45,9 @@ skip() {
 [ "$(id -u)" -eq 0 ] || skip "not root"
 command -v ip > /dev/null || skip "no ip command (Debian package iproute2)"
 # Everything below is the environment, not t2diff: a step that is not permitted skips the test.
-ip link add "${tag}br" type bridge 2> "$W/ip.err" && ip addr add "$net.254/24" dev "${tag}br" 2>> "$W/ip.err" &&
-  ip link set "${tag}br" up 2>> "$W/ip.err" || skip "bridge: $(head -1 "$W/ip.err")"
-for h in 1 2 3; do
-  ip netns add "$tag-$h" 2> "$W/ip.err" &&
-    ip link add "${tag}v$h" type veth peer name eth0 netns "$tag-$h" 2>> "$W/ip.err" &&
-    ip link set "${tag}v$h" master "${tag}br" up 2>> "$W/ip.err" &&
-    ip netns exec "$tag-$h" ip addr add "$net.$h/24" dev eth0 2>> "$W/ip.err" &&
-    ip netns exec "$tag-$h" ip link set eth0 up 2>> "$W/ip.err" &&
-    ip netns exec "$tag-$h" ip link set lo up 2>> "$W/ip.err" || skip "host $h: $(head -1 "$W/ip.err")"
-done
+netns_hosts_up "$tag" "$net" 3 "$W/ip.err" || skip "$(head -1 "$W/ip.err")"
 # The rsh agent: `agent HOST COMMAND...` runs COMMAND in HOST's namespace (HOST = its address).
-cat > "$W/agent.sh" <<AGENT
-#!/bin/sh
-host=\$1
-shift
-exec ip netns exec "$tag-\${host##*.}" sh -c "\$*"
-AGENT
-chmod +x "$W/agent.sh"
+netns_hosts_agent "$tag" "$W/agent.sh"
 printf '%s slots=1\n' "$net.1" "$net.2" "$net.3" > "$W/hosts"
 
 cat > "$W/job.textproto" <<CFG
@@ -85,7 +64,7 @@ checkpoint { dir: "$W/ckpt" every_steps: 5 }
 CFG
 "$T2DIFF" generate -c "$W/job.textproto" > "$W/gen.log" 2>&1 || { echo "generate failed"; cat "$W/gen.log"; exit 1; }
 
-rx_bytes() { cat "/sys/class/net/${tag}v$1/statistics/rx_bytes"; }  # sent by host $1
+rx_bytes() { netns_hosts_rx_bytes "$tag" "$1"; }  # sent by host $1
 before=($(rx_bytes 1) $(rx_bytes 2) $(rx_bytes 3))
 # Across the hosts: one rank per host (mapped by node), TCP on the hosts' subnet only.
 export OMPI_MCA_plm_rsh_agent="$W/agent.sh" OMPI_MCA_rmaps_base_mapping_policy=node \
