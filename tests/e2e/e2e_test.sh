@@ -13,20 +13,7 @@ shift
 MPI=("$@")
 W=$(mktemp -d /tmp/t2d-e2e.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-failures=0
-passes=0
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then
-    echo "PASS: $name"
-    passes=$((passes + 1))
-  else
-    echo "FAIL: $name"
-    failures=$((failures + 1))
-  fi
-}
-contains() { grep -qF -- "$2" "$1"; }
+. "$(dirname "$0")/lib.sh"
 
 cat > "$W/job.textproto" <<CFG
 cluster { num_servers: 1 num_workers: 2 timeout_s: 60 }

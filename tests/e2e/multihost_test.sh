@@ -23,19 +23,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-failures=0
-passes=0
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then
-    echo "PASS: $name"
-    passes=$((passes + 1))
-  else
-    echo "FAIL: $name"
-    failures=$((failures + 1))
-  fi
-}
+. "$(dirname "$0")/lib.sh"
 
 skip() {
   echo "SKIP: cannot build hosts from network namespaces here ($1); needs root and the permission to create"

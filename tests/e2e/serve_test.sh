@@ -11,21 +11,7 @@ T2DIFF=$1
 W=$(mktemp -d /tmp/t2d-serve.XXXXXX)
 server_pid=
 trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2> /dev/null; [ -z "${KEEP:-}" ] && rm -rf "$W"' EXIT
-failures=0
-passes=0
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then
-    echo "PASS: $name"
-    passes=$((passes + 1))
-  else
-    echo "FAIL: $name"
-    failures=$((failures + 1))
-  fi
-}
-contains() { grep -qF -- "$2" "$1"; }
-has() { grep -qF -- "$2" <<< "$1"; }
+. "$(dirname "$0")/lib.sh"
 
 cat > "$W/job.textproto" <<CFG
 tables { name: "item_id" dim: 4 optimizer { kind: ADAGRAD learning_rate: 0.05 } }

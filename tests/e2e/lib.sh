@@ -1,0 +1,19 @@
+# Sourced by the end-to-end test scripts: `check`, which prints PASS or FAIL and counts them in
+# $passes and $failures (a script ends by printing both and exiting non-zero if a check failed),
+# and grep helpers.
+
+failures=0
+passes=0
+check() {  # check NAME CONDITION-COMMAND...
+  local name=$1
+  shift
+  if "$@"; then
+    echo "PASS: $name"
+    passes=$((passes + 1))
+  else
+    echo "FAIL: $name"
+    failures=$((failures + 1))
+  fi
+}
+contains() { grep -qF -- "$2" "$1"; }  # contains FILE TEXT
+has() { grep -qF -- "$2" <<< "$1"; }   # has STRING TEXT
