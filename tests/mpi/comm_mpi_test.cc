@@ -113,6 +113,20 @@ TEST(MpiCommunicator, WindowAndMessagesGiveTheSameSums) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+// A window larger than /dev/shm can hold is refused on every member alike (OpenMPI would map it
+// from a file there and fault when it fills); the communicator falls back to MPI_Iallreduce.
+TEST(MpiCommunicator, WindowWithoutRoomFallsBackToMessages) {
+  MpiCommunicator::Options huge;
+  huge.shared_memory_bytes = size_t{1} << 50;
+  auto comm = MpiCommunicator::Create(MPI_COMM_WORLD, huge);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  EXPECT_FALSE((*comm)->uses_shared_memory());
+  double x = 1;
+  ASSERT_TRUE((*comm)->AllReduceSum(absl::MakeSpan(&x, 1), Soon()).ok());
+  EXPECT_EQ(x, static_cast<double>((*comm)->size()));
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 // The last rank joins a collective 700 ms late; the others' 300 ms deadline passes and names it
 // (and its world rank), and their communicator is broken from then on. `op` runs the collective
 // with a deadline; the barrier goes through MPI_Ibarrier, the allreduce through the
