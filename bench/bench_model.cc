@@ -233,8 +233,13 @@ std::unique_ptr<Model> MakeModel(const Setup& s, ModelConfig c) {
   return std::move(m).value();
 }
 
-// Returns the share of the GEMM peak achieved (0 when the peak was not measured).
-double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup, int steps) {
+// The mean samples/s of the last Train call.
+double g_last_samples_per_s = 0;
+
+// Returns the share of the GEMM peak achieved (0 when the peak was not measured). branches:
+// Model::ForwardBackward's parallel_branches (the diffusion backward on a second thread; run
+// with one intra-op thread, it is a two-thread step).
+double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup, int steps, bool branches = false) {
   Workload w = MakeWorkload(s, 1);
   auto model = MakeModel(s, c);
   DenseAdam adam(model->DenseParameters().size(), {});
@@ -248,7 +253,7 @@ double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup
     w.rows.tag_rows.mutable_grad() = at::Tensor();
     const auto t0 = Clock::now();
     const double c0 = ProcessCpuSeconds();
-    auto losses = model->ForwardBackward(w.batch, w.rows, w.candidates, static_cast<uint64_t>(i));
+    auto losses = model->ForwardBackward(w.batch, w.rows, w.candidates, static_cast<uint64_t>(i), branches);
     const double c1 = ProcessCpuSeconds();
     const auto t1 = Clock::now();
     adam.Step(model->DenseParameters(), model->DenseGradients());
@@ -266,12 +271,13 @@ double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup
       opt += Seconds(t1, t2);
     }
   }
-  std::printf("%-44s threads=%d  fwd+bwd mean %7.1f ms/step = %7.0f samples/s, best step %7.1f ms = %7.0f samples/s  (CPU %.1f ms/step; +dense Adam %.2f ms; %zu dense params, U=%lld rows; %ld page faults/step)\n",
-              label, at::get_num_threads(), 1e3 * fb / steps, s.batch * steps / fb, 1e3 * best, s.batch / best, 1e3 * cpu / steps, 1e3 * opt / steps,
+  const int threads = at::get_num_threads() + (branches ? 1 : 0);
+  g_last_samples_per_s = s.batch * steps / fb;
+  std::printf("%-44s threads=%d%s  fwd+bwd mean %7.1f ms/step = %7.0f samples/s, best step %7.1f ms = %7.0f samples/s  (CPU %.1f ms/step; +dense Adam %.2f ms; %zu dense params, U=%lld rows; %ld page faults/step)\n",
+              label, threads, branches ? " (1 intra-op + the diffusion branch)" : "", 1e3 * fb / steps, s.batch * steps / fb, 1e3 * best, s.batch / best, 1e3 * cpu / steps, 1e3 * opt / steps,
               model->DenseParameters().size(), static_cast<long long>(w.rows.id_rows.size(0)), faults / steps);
   const StepFlops f = CountStepFlops(*model, s);
   const double achieved = f.Total() / (fb / steps) * 1e-9;
-  const int threads = at::get_num_threads();
   const double peak = threads >= 1 && threads <= 2 ? g_peak_gflops[threads] : 0;
   std::printf("%-44s   roofline: %.3f GFLOP/step (3 x forward; forward MFLOP: item tower %.1f, user tower %.1f, "
               "U-Net %.1f, softmax %.1f) -> %.1f GFLOP/s",
@@ -456,9 +462,20 @@ int main(int argc, char** argv) {
   mean.set_kind(ModelConfig::TWO_TOWER_MEAN);
   ModelConfig sasrec;
   sasrec.set_kind(ModelConfig::SASREC);
+  double one_thread = 0;
   for (int threads : {1, 2}) {
     at::set_num_threads(threads);
     Train("T2Diff, authors' size (D=4 n=50 B=512 C=3706)", authors, t2diff, 2, quick ? 5 : 15);
+    if (threads == 1) one_thread = g_last_samples_per_s;
+    if (threads == 2) {
+      const double intra = g_last_samples_per_s;
+      // The same two cores used as two branches of the step instead of two intra-op threads.
+      at::set_num_threads(1);
+      Train("T2Diff, authors' size (D=4 n=50 B=512 C=3706)", authors, t2diff, 2, quick ? 5 : 15, true);
+      at::set_num_threads(2);
+      std::printf("%-44s   two threads against one (same run): intra-op %.2fx, two branches %.2fx (target >= 1.6x)\n",
+                  "", intra / one_thread, g_last_samples_per_s / one_thread);
+    }
     if (threads == 1 && !quick) {
       ModelConfig shallow;
       shallow.set_unet_levels(2);

@@ -8,6 +8,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -203,7 +204,8 @@ Tensor TowerLoss(const Tensor& users, const Tensor& items, const Batch& batch, c
 }  // namespace
 
 absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& rows, const Candidates& candidates,
-                                             uint64_t noise_seed, const TrainNoise* noise) {
+                                             uint64_t noise_seed, const TrainNoise* noise,
+                                             const std::function<void(const Tensor&)>* after_diffusion) {
   const Impl& m = *impl_;
   T2D_RETURN_IF_ERROR(CheckRows(rows, m.dims));
   const int64_t u = rows.id_rows.size(0), ut = TagRowCount(rows, m.dims);
@@ -230,10 +232,12 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
       out.diffusion_loss = diffused.loss;
       out.x_hat = diffused.x_hat;
     }
+    const Tensor weighted = out.diffusion_loss * static_cast<double>(m.config.diffusion_loss_weight());
+    if (after_diffusion != nullptr) (*after_diffusion)(weighted);
     out.user_vectors = m.user_tower->Forward(x, out.x_hat, mask.mask, batch);
     out.target_vectors = items.narrow(0, 0, b);
     out.tower_loss = TowerLoss(out.user_vectors, items, batch, candidates, m.config);
-    out.total_loss = out.tower_loss + out.diffusion_loss * static_cast<double>(m.config.diffusion_loss_weight());
+    out.total_loss = out.tower_loss + weighted;
     return out;
   } catch (const std::exception& ex) {
     return absl::InternalError(absl::StrCat("model forward: ", ex.what()));
@@ -241,7 +245,41 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
 }
 
 absl::StatusOr<Model::Losses> Model::ForwardBackward(const Batch& batch, const Rows& rows,
-                                                     const Candidates& candidates, uint64_t noise_seed) {
+                                                     const Candidates& candidates, uint64_t noise_seed,
+                                                     bool parallel_branches) {
+  if (parallel_branches && impl_->diffusion != nullptr) {
+    // The diffusion branch's backward on its own thread (model.h: why the bits are the same).
+    std::thread branch;
+    std::string branch_error;
+    const std::function<void(const Tensor&)> start = [&](const Tensor& weighted) {
+      branch = std::thread([weighted, &branch_error] {
+        try {
+          weighted.backward();
+        } catch (const std::exception& ex) {
+          branch_error = ex.what();
+        }
+      });
+    };
+    auto out = Forward(batch, rows, candidates, noise_seed, nullptr, &start);
+    std::string tower_error;
+    if (out.ok()) {
+      try {
+        out->tower_loss.backward();
+      } catch (const std::exception& ex) {
+        tower_error = ex.what();
+      }
+    }
+    if (branch.joinable()) branch.join();
+    if (!out.ok()) return out.status();
+    if (!tower_error.empty() || !branch_error.empty()) {
+      return absl::InternalError(absl::StrCat("model backward: ", tower_error.empty() ? branch_error : tower_error));
+    }
+    Losses l;
+    l.total = out->total_loss.item<double>();
+    l.tower = out->tower_loss.item<double>();
+    l.diffusion = out->diffusion_loss.item<double>();
+    return l;
+  }
   T2D_ASSIGN_OR_RETURN(ForwardOutput out, Forward(batch, rows, candidates, noise_seed));
   try {
     out.total_loss.backward();

@@ -27,6 +27,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,15 +105,25 @@ class Model {
   // batch.target_candidates) or the shared negatives (SAMPLED_SOFTMAX). The diffusion step and
   // noise are drawn from `noise_seed` unless `noise` is given.
   absl::StatusOr<ForwardOutput> Forward(const Batch& batch, const Rows& rows, const Candidates& candidates,
-                                        uint64_t noise_seed, const TrainNoise* noise = nullptr);
+                                        uint64_t noise_seed, const TrainNoise* noise = nullptr) {
+    return Forward(batch, rows, candidates, noise_seed, noise, nullptr);
+  }
 
   struct Losses {
     double total = 0, tower = 0, diffusion = 0;
   };
   // Forward, then backward of the total loss: dense gradients are ADDED to DenseGradients()
   // (call ZeroGradients() first), row gradients land in rows.*.grad().
+  //
+  // parallel_branches (diffusion models): the diffusion loss's backward runs on a second thread
+  // as soon as its forward is done, beside the towers' forward and backward. The diffusion
+  // module sees its inputs detached and gives the towers a detached token, so the two backward
+  // graphs share no node and no gradient memory: the gradients are bit for bit those of the
+  // single-threaded step. Meant for two cores with one intra-op thread each
+  // (at::set_num_threads(1)), where the small ops of the authors' size gain nothing from
+  // intra-op threads.
   absl::StatusOr<Losses> ForwardBackward(const Batch& batch, const Rows& rows, const Candidates& candidates,
-                                         uint64_t noise_seed);
+                                         uint64_t noise_seed, bool parallel_branches = false);
 
   // User tower only (serving/eval): e_u [B, E] without grad. Batch targets are not read. For the
   // diffusion models x_hat comes from the reverse process started from pure noise.
@@ -138,6 +149,11 @@ class Model {
  private:
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
+  // Forward; `after_diffusion`, when set, is called with the weighted diffusion loss as soon as
+  // it exists (before the towers run), and the loss's backward is left to it.
+  absl::StatusOr<ForwardOutput> Forward(const Batch& batch, const Rows& rows, const Candidates& candidates,
+                                        uint64_t noise_seed, const TrainNoise* noise,
+                                        const std::function<void(const at::Tensor&)>* after_diffusion);
   std::unique_ptr<Impl> impl_;
 };
 

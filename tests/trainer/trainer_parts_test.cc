@@ -145,6 +145,26 @@ TEST_F(InProcessJobTest, ResumeEqualsAnUninterruptedRun) {
   for (size_t i = 0; i < a->validation.size(); ++i) EXPECT_EQ(a->validation[i].epoch, b->validation[i].epoch);
 }
 
+// cluster.parallel_branches: the diffusion backward on its own thread trains the same model, to
+// the bit (the in-process job's model is T2Diff).
+TEST_F(InProcessJobTest, ParallelBranchesTrainTheSameModel) {
+  config::JobConfig plain = Job({"checkpoint.dir=" + dir_ + "/plain"});
+  PrepareData(plain);
+  ASSERT_EQ(plain.model().kind(), config::ModelConfig::T2DIFF);
+  std::vector<float> want, got;
+  auto a = Run(plain, false, &want);
+  ASSERT_TRUE(a.ok()) << a.status();
+  config::JobConfig branches = Job({"checkpoint.dir=" + dir_ + "/branches", "cluster.parallel_branches=true"});
+  auto b = Run(branches, false, &got);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(a->last_loss, b->last_loss);
+  ASSERT_EQ(a->validation.size(), b->validation.size());
+  for (size_t i = 0; i < a->validation.size(); ++i) {
+    EXPECT_EQ(a->validation[i].model.Sums(), b->validation[i].model.Sums()) << "evaluation " << i;
+  }
+}
+
 // eval.every_epochs = 2: summary.json's best_epoch is the selected evaluation's epoch (a multiple
 // of 2), not its number; eval.write_ranks keeps exactly that evaluation's per-sample ranks, and
 // they reproduce its metrics.
