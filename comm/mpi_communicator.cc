@@ -109,6 +109,8 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Com
   c->window_ = win;
   c->half_bytes_ = static_cast<size_t>(half);
   c->segments_ = std::move(segments);
+  LOG_IF(INFO, rank == 0) << "allreduce through a shared-memory window: " << size << " ranks, " << 2 * half
+                          << " bytes each";
   return c;
 }
 

@@ -7,7 +7,8 @@
 #   netns_hosts_up TAG NET COUNT ERRFILE   # hosts TAG-1..TAG-COUNT at NET.1..NET.COUNT, bridge
 #                                          # TAG"br" at NET.254; returns 1 (reason in ERRFILE)
 #                                          # when a step is not permitted here
-#   netns_hosts_agent TAG FILE             # writes the rsh agent: FILE HOST COMMAND...
+#   netns_hosts_agent TAG FILE             # writes the rsh agent: FILE HOST COMMAND...; each
+#                                          # host gets its own temporary directory beside FILE
 #   netns_hosts_down TAG COUNT             # removes all of the above (safe to call twice)
 #   netns_hosts_rx_bytes TAG H             # bytes host H has sent over its link
 #
@@ -33,13 +34,22 @@ netns_hosts_up() {
   done
 }
 
+# The hosts share one file system and one host name, so OpenMPI's daemons would share their
+# session directory (/tmp/ompi.HOSTNAME.UID/JOB/...): one daemon removing it as another creates
+# its own made startup fail now and then ("A call to mkdir was unable to create the desired
+# directory"). A separate temporary directory per host, as separate machines have, avoids that.
 netns_hosts_agent() {
   local tag=$1 file=$2
+  local tmp
+  tmp=$(cd "$(dirname "$file")" && pwd)
   cat > "$file" <<AGENT
 #!/bin/sh
 host=\$1
 shift
-exec ip netns exec "$tag-\${host##*.}" sh -c "\$*"
+h=\${host##*.}
+mkdir -p "$tmp/host-\$h-tmp"
+export OMPI_MCA_orte_tmpdir_base="$tmp/host-\$h-tmp"
+exec ip netns exec "$tag-\$h" sh -c "\$*"
 AGENT
   chmod +x "$file"
 }

@@ -1,5 +1,6 @@
 # Sourced by the end-to-end test scripts: `check`, which prints PASS or FAIL and counts them in
-# $passes and $failures (a script ends by printing both and exiting non-zero if a check failed),
+# $passes and $failures (a script ends by printing both and exiting non-zero if a check failed)
+# and returns the condition's status, so that `check ... || show-the-log` can follow a failure,
 # and grep helpers.
 
 failures=0
@@ -13,6 +14,7 @@ check() {  # check NAME CONDITION-COMMAND...
   else
     echo "FAIL: $name"
     failures=$((failures + 1))
+    return 1
   fi
 }
 contains() { grep -qF -- "$2" "$1"; }  # contains FILE TEXT

@@ -60,7 +60,7 @@ export OMPI_MCA_plm_rsh_agent="$W/agent.sh" OMPI_MCA_rmaps_base_mapping_policy=n
 unset OMPI_MCA_plm
 timeout 300 "$T2DIFF" launch -c "$W/job.textproto" --set "cluster.hostfile=$W/hosts" > "$W/multi.log" 2>&1
 rc=$?
-check "a job of 1 server + 2 workers on 3 hosts completes (rc $rc)" test $rc -eq 0
+check "a job of 1 server + 2 workers on 3 hosts completes (rc $rc)" test $rc -eq 0 || tail -40 "$W/multi.log"
 sent=()
 for h in 1 2 3; do sent+=($(( ($(rx_bytes $h) - ${before[$((h - 1))]}) / 1024 ))); done
 check "every host's rank talked over its link (KiB sent: ${sent[*]})" test "${sent[0]}" -gt 100 -a "${sent[1]}" -gt 100 -a "${sent[2]}" -gt 100
@@ -84,13 +84,13 @@ done
 wait $sup
 rc=$?
 check "a supervised job on 3 hosts survives killing the worker on host 3 (pid ${victim:-none}; rc $rc)" test -n "$victim" -a $rc -eq 0
-check "it was restarted from its checkpoint" grep -q "supervise: restart 1 of" "$W/sup.log"
+check "it was restarted from its checkpoint" grep -q "supervise: restart 1 of" "$W/sup.log" || tail -40 "$W/sup.log"
 unset OMPI_MCA_plm_rsh_agent OMPI_MCA_rmaps_base_mapping_policy OMPI_MCA_oob_tcp_if_include OMPI_MCA_btl_tcp_if_include OMPI_MCA_btl
 export OMPI_MCA_plm=isolated
 
 # The same job on one host: the same final checkpoint, bit for bit (sync mode).
 timeout 300 "$T2DIFF" launch -c "$W/job.textproto" --set "checkpoint.dir=$W/ckpt1" --set "training.output_dir=$W/out1" > "$W/single.log" 2>&1
-check "the same job on one host completes" test $? -eq 0
+check "the same job on one host completes" test $? -eq 0 || tail -40 "$W/single.log"
 multi=$(ls -d "$W"/ckpt/ckpt-* 2> /dev/null | tail -1)
 single=$(ls -d "$W"/ckpt1/ckpt-* 2> /dev/null | tail -1)
 same() {
