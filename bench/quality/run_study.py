@@ -1261,11 +1261,26 @@ def targets(all_aggs, width_aggs=None):
     return "\n".join(lines)
 
 
+def shown_arguments(argv):
+    """The study's arguments as a page shows them: without the flags that do not change what is
+    measured (--no-build, --resume, and --build-dir with its local path)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--no-build", "--resume"):
+            pass
+        elif a == "--build-dir":
+            skip = True
+        elif not a.startswith("--build-dir="):
+            out.append(a)
+    return out
+
+
 def write_page(args, suites, results, prep, plots, started, finished, mach, rev, beyond=None):
     quick = args.quick
     cmd = "python3 bench/quality/run_study.py" + (" --quick" if quick else "")
-    # Flags that do not change the results are left out of the command shown.
-    extra = [a for a in sys.argv[1:] if a not in ("--quick", "--no-build", "--resume")]
+    extra = [a for a in shown_arguments(sys.argv[1:]) if a != "--quick"]
     if extra:
         cmd += " " + " ".join(extra)
     L = []
@@ -1445,8 +1460,7 @@ def main():
     rev = git_revision()
     if not args.classic:
         log("machine: %s; revision %s; paired study, parts %s, %d seeds" % (mach, rev, args.parts, args.seeds))
-        cmd = "python3 bench/quality/run_study.py" + "".join(
-            " " + a for a in sys.argv[1:] if a not in ("--no-build", "--resume"))
+        cmd = "python3 bench/quality/run_study.py" + "".join(" " + a for a in shown_arguments(sys.argv[1:]))
         store = load_store(args.store)
         block_started = [started]
 

@@ -51,6 +51,11 @@ class Parsing(unittest.TestCase):
         self.assertEqual(rs.eval_metrics(out, "valid"), {"recall@2": 0.1})
         self.assertIsNone(rs.eval_metrics({}))
 
+    def test_shown_arguments_drop_local_flags_only(self):
+        argv = ["--parts", "consistency:tokens", "--no-build", "--build-dir", "/tmp/b", "--resume",
+                "--widths", "4", "--build-dir=/x"]
+        self.assertEqual(rs.shown_arguments(argv), ["--parts", "consistency:tokens", "--widths", "4"])
+
     def test_prepare_summary(self):
         lines, train = rs.prepare_summary_lines({"users": "400", "items": "200", "interactions": "10752",
                                                  "min_seq_len": "20", "mean_seq_len": 26.88, "max_seq_len": "40",
