@@ -209,6 +209,15 @@ void CheckCrossField(const JobConfig& c, const Locations& where, std::vector<std
     err("model.item_tag_table", absl::StrCat("no table named \"", m.item_tag_table(), "\" (tables: ",
                                              absl::StrJoin(names, ", "), ")"));
   }
+  if (!m.user_id_table().empty()) {
+    if (FindTable(c, m.user_id_table()) < 0) {
+      err("model.user_id_table", absl::StrCat("no table named \"", m.user_id_table(), "\" (tables: ",
+                                              absl::StrJoin(names, ", "), ")"));
+    } else if (m.user_id_table() == m.item_id_table() || m.user_id_table() == m.item_tag_table()) {
+      // User and item ids share one number space; one table would mix their rows.
+      err("model.user_id_table", absl::StrCat("table \"", m.user_id_table(), "\" also holds items; users need a table of their own"));
+    }
+  }
   if (c.data().session_len() > c.data().max_seq_len()) {
     err("data.session_len", absl::StrCat("session_len ", c.data().session_len(), " exceeds max_seq_len ",
                                          c.data().max_seq_len()));

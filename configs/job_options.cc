@@ -13,6 +13,7 @@ model::StepBuilder::Options StepBuilderOptionsOf(const JobConfig& job) {
   o.full_softmax = job.model().loss() == ModelConfig::FULL_SOFTMAX;
   o.num_negatives = job.model().num_negatives();
   o.use_tags = !job.model().item_tag_table().empty();
+  o.use_user_ids = !job.model().user_id_table().empty();
   o.time_lags = job.model().time_lag_feature();
   o.time_gap_sessions = job.data().session_mode() == DataConfig::TIME_GAP;
   return o;
@@ -33,6 +34,14 @@ absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
           absl::StrCat("model.item_tag_table: no table named \"", job.model().item_tag_table(), "\""));
     }
     dims.tag_dim = job.tables(tag).dim();
+  }
+  if (!job.model().user_id_table().empty()) {
+    const int user = FindTable(job, job.model().user_id_table());
+    if (user < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model.user_id_table: no table named \"", job.model().user_id_table(), "\""));
+    }
+    dims.user_dim = job.tables(user).dim();
   }
   dims.session_len = job.data().session_len();
   T2D_RETURN_IF_ERROR(model::ValidateModelConfig(job.model(), dims));

@@ -91,6 +91,7 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
         out["items_total"] = delta.items_total;
         out["id_rows_changed"] = delta.id_rows_changed;
         out["tag_rows_changed"] = delta.tag_rows_changed;
+        out["user_rows_changed"] = delta.user_rows_changed;
       }
       std::cout << out.dump() << std::endl;
     }

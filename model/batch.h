@@ -2,6 +2,9 @@
 // The batch layout the model consumes: plain vectors of row indices, no tensors, so the data
 // pipeline and the trainer can build it without torch.
 //
+// With a user feature, each sample also names one row of a third matrix, user rows [U_user,
+// D_user] (Batch::user_rows).
+//
 // Rows: the trainer pulls, for the ids of a batch, one embedding row per unique id from the
 // embedding store and hands them to the model as two matrices, id rows [U, D_id] and tag rows
 // [U_tag, D_tag] (model/model.h, Rows). Everything below refers to items by their row index in
@@ -44,6 +47,9 @@ struct Batch {
   std::vector<int64_t> lengths;   // [B], valid behaviours per sample, 0..n
   ItemSlots history;              // [B * n], right-aligned (see the file comment)
   ItemSlots targets;              // [B], x_{n+1}; every target is a real item (id row >= 0)
+  // With a user feature (model.user_id_table): [B], each sample's row in Rows::user_rows.
+  // Empty without one.
+  std::vector<int64_t> user_rows;
   // Optional [B * n]: seconds between the target's time and each behaviour (>= 0), for the
   // time-lag feature. Values at padding slots are ignored.
   std::vector<float> time_lags;

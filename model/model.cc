@@ -1,13 +1,15 @@
 // model/model.h's Model: input validation, the embedding gather, and the composition of the
 // modules: the diffusion module (diffusion.h), the user tower of the configured kind
 // (user_tower.h) and the item tower (layers.h), whose dense parameters live in one
-// ParameterRegistry (parameters.h). The registration order here — U-Net, user tower, item tower —
-// fixes the parameters' order in the flat buffer and their initial values.
+// ParameterRegistry (parameters.h). The registration order here — U-Net, user tower, item tower,
+// then the user feature's projection when there is one — fixes the parameters' order in the flat
+// buffer and their initial values (a model without a user feature is unchanged by it).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -63,6 +65,13 @@ struct Model::Impl {
   std::unique_ptr<Diffusion> diffusion;  // null for kinds without one
   std::unique_ptr<UserTower> user_tower;
   ItemTower item_tower;
+  std::optional<Linear> user_feature;  // D_user -> E, no bias; only with a user feature
+
+  // e_u plus the projected user rows (with a user feature).
+  Tensor AddUserFeature(const Tensor& e_u, const Batch& batch, const Rows& rows) const {
+    if (!user_feature) return e_u;
+    return e_u + (*user_feature)(rows.user_rows.index_select(0, LongTensor(batch.user_rows)));
+  }
 
   // Item embeddings [S, D] of the gathered slots.
   Tensor Embed(const SlotGather& g, const Rows& rows) const {
@@ -91,6 +100,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     impl->diffusion = Diffusion::Create(config, impl->d, schedule, params);
     impl->user_tower = UserTower::Create(config, impl->d, dims.session_len, params);
     impl->item_tower = ItemTower::Register(params, impl->d, impl->user_tower->output_dim());
+    if (dims.user_dim > 0) {
+      impl->user_feature = Linear::Register(params, "user_feature.linear", dims.user_dim,
+                                            impl->user_tower->output_dim(), /*bias=*/false, /*diffusion=*/false);
+    }
     params.Allocate(config.init_seed());
     return std::unique_ptr<Model>(new Model(std::move(impl)));
   } catch (const std::exception& ex) {
@@ -107,6 +120,9 @@ absl::StatusOr<int64_t> Model::DenseParameterCount(const ModelConfig& config, co
     impl.diffusion = Diffusion::Create(config, impl.d, schedule, impl.params);
     impl.user_tower = UserTower::Create(config, impl.d, dims.session_len, impl.params);
     ItemTower::Register(impl.params, impl.d, impl.user_tower->output_dim());
+    if (dims.user_dim > 0) {
+      Linear::Register(impl.params, "user_feature.linear", dims.user_dim, impl.user_tower->output_dim(), false, false);
+    }
     int64_t total = 0;
     for (const ParameterInfo& info : impl.params.infos()) total += info.numel;
     return total;
@@ -130,6 +146,31 @@ absl::Status CheckRows(const Rows& rows, const ModelDims& dims) {
   if (dims.tag_dim > 0 && (!rows.tag_rows.defined() || rows.tag_rows.dim() != 2 ||
                            rows.tag_rows.size(1) != dims.tag_dim || rows.tag_rows.scalar_type() != at::kFloat)) {
     return absl::InvalidArgumentError(absl::StrCat("rows.tag_rows must be a float [U_tag, ", dims.tag_dim, "] tensor"));
+  }
+  if (dims.user_dim > 0 && (!rows.user_rows.defined() || rows.user_rows.dim() != 2 ||
+                            rows.user_rows.size(1) != dims.user_dim || rows.user_rows.scalar_type() != at::kFloat)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rows.user_rows must be a float [U_user, ", dims.user_dim, "] tensor (model.user_id_table)"));
+  }
+  return absl::OkStatus();
+}
+
+// Batch::user_rows against the model's user feature and the user rows given.
+absl::Status CheckUserRows(const Batch& batch, const Rows& rows, const ModelDims& dims) {
+  if (dims.user_dim == 0) {
+    if (batch.user_rows.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError("batch.user_rows: the model has no user feature (model.user_id_table is empty)");
+  }
+  if (static_cast<int64_t>(batch.user_rows.size()) != batch.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("batch.user_rows has ", batch.user_rows.size(), " entries, expected ",
+                                                   batch.batch_size, " (model.user_id_table)"));
+  }
+  const int64_t u = rows.user_rows.size(0);
+  for (size_t i = 0; i < batch.user_rows.size(); ++i) {
+    if (batch.user_rows[i] < 0 || batch.user_rows[i] >= u) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch.user_rows[", i, "] = ", batch.user_rows[i], " is outside [0, ", u, ")"));
+    }
   }
   return absl::OkStatus();
 }
@@ -210,6 +251,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
   T2D_RETURN_IF_ERROR(CheckRows(rows, m.dims));
   const int64_t u = rows.id_rows.size(0), ut = TagRowCount(rows, m.dims);
   T2D_RETURN_IF_ERROR(ValidateBatch(batch, u, ut));
+  T2D_RETURN_IF_ERROR(CheckUserRows(batch, rows, m.dims));
   T2D_RETURN_IF_ERROR(ValidateSlots(candidates.items, "candidates.items", u, ut, false));
   T2D_RETURN_IF_ERROR(ValidateTrainingInputs(batch, candidates, m.config, m.d, noise));
   const int64_t b = batch.batch_size, n = batch.seq_len, c = candidates.items.size();
@@ -234,7 +276,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
     }
     const Tensor weighted = out.diffusion_loss * static_cast<double>(m.config.diffusion_loss_weight());
     if (after_diffusion != nullptr) (*after_diffusion)(weighted);
-    out.user_vectors = m.user_tower->Forward(x, out.x_hat, mask.mask, batch);
+    out.user_vectors = m.AddUserFeature(m.user_tower->Forward(x, out.x_hat, mask.mask, batch), batch, rows);
     out.target_vectors = items.narrow(0, 0, b);
     out.tower_loss = TowerLoss(out.user_vectors, items, batch, candidates, m.config);
     out.total_loss = out.tower_loss + weighted;
@@ -314,6 +356,7 @@ absl::Status ValidateInferenceBatch(const Batch& batch, const Rows& rows, const 
   for (int64_t i = 0; i < batch.batch_size; ++i) probe.targets.Add(0);
   if (dims.tag_dim == 0) probe.targets.tag_offsets.clear();
   T2D_RETURN_IF_ERROR(ValidateBatch(probe, std::max<int64_t>(1, rows.id_rows.size(0)), TagRowCount(rows, dims)));
+  T2D_RETURN_IF_ERROR(CheckUserRows(batch, rows, dims));
   if (config.time_lag_feature() && batch.time_lags.empty()) {
     return absl::InvalidArgumentError("batch.time_lags: model.time_lag_feature is on but the batch has no time lags");
   }
@@ -349,7 +392,7 @@ absl::StatusOr<at::Tensor> Model::UserVectors(const Batch& batch, const Rows& ro
       x_hat = m.config.inference_token() == ModelConfig::LAST_BEHAVIOUR ? x.select(1, batch.seq_len - 1)
                                                                         : m.diffusion->Generate(x, mask, options);
     }
-    return m.user_tower->Forward(x, x_hat, mask, batch);
+    return m.AddUserFeature(m.user_tower->Forward(x, x_hat, mask, batch), batch, rows);
   } catch (const std::exception& ex) {
     return absl::InternalError(absl::StrCat("model inference: ", ex.what()));
   }

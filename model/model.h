@@ -45,6 +45,7 @@ namespace t2d::model {
 struct Rows {
   at::Tensor id_rows;   // [U, D_id]
   at::Tensor tag_rows;  // [U_tag, D_tag]; undefined when D_tag = 0
+  at::Tensor user_rows; // [U_user, D_user]; undefined when D_user = 0 (no user feature)
 };
 
 struct ForwardOutput {

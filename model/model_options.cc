@@ -8,6 +8,7 @@
 namespace t2d::model {
 
 absl::Status ValidateModelConfig(const config::ModelConfig& c, const ModelDims& dims) {
+  if (dims.user_dim < 0) return absl::InvalidArgumentError(absl::StrCat("model: user-id width ", dims.user_dim, " must be >= 0"));
   if (dims.id_dim < 1 || dims.tag_dim < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("model: item-id width ", dims.id_dim, " must be >= 1 and tag width ", dims.tag_dim, " >= 0"));

@@ -18,6 +18,7 @@ namespace t2d::model {
 struct ModelDims {
   int64_t id_dim = 0;       // D_id, width of the item-id table
   int64_t tag_dim = 0;      // D_tag, width of the tag table; 0: no tag feature
+  int64_t user_dim = 0;     // D_user, width of the user-id table; 0: no user feature
   int64_t session_len = 10; // k, the current session's length cap
 };
 

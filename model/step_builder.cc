@@ -36,6 +36,10 @@ absl::Status StepBuilder::FillHistory(const data::SampleBatch& in, StepInput* ou
   b.batch_size = in.size;
   b.seq_len = n;
   b.lengths.resize(static_cast<size_t>(in.size));
+  user_rows_.Reset(&out->user_keys);
+  if (options_.use_user_ids) {
+    for (int s = 0; s < in.size; ++s) b.user_rows.push_back(user_rows_.RowOf(in.user_id[static_cast<size_t>(s)]));
+  }
   if (options_.time_lags) b.time_lags.assign(static_cast<size_t>(in.size) * static_cast<size_t>(n), 0.0f);
   for (int s = 0; s < in.size; ++s) {
     const int len = in.history_len[static_cast<size_t>(s)];

@@ -28,6 +28,7 @@ struct StepInput {
   Candidates candidates;
   std::vector<int64_t> id_keys;
   std::vector<int64_t> tag_keys;
+  std::vector<int64_t> user_keys;  // with Options::use_user_ids: the batch's distinct users
 };
 
 class StepBuilder {
@@ -36,6 +37,7 @@ class StepBuilder {
     bool full_softmax = true;
     int num_negatives = 0;  // SAMPLED_SOFTMAX only
     bool use_tags = true;   // false: no tag table
+    bool use_user_ids = false;  // fill Batch::user_rows and StepInput::user_keys (user-id table)
     bool time_lags = false; // fill Batch::time_lags
     // Sessions were cut by time gaps (data.session_mode = TIME_GAP): pass each sample's
     // session length (from data::SampleBatch::session_begin) instead of the fixed last k.
@@ -77,7 +79,7 @@ class StepBuilder {
 
   const data::Catalogue* catalogue_;
   Options options_;
-  RowIndex id_rows_, tag_rows_;
+  RowIndex id_rows_, tag_rows_, user_rows_;
   std::vector<int64_t> scratch_tags_;
 };
 

@@ -117,8 +117,8 @@ struct Bundle::Impl {
   std::unique_ptr<model::Model> model;
   std::vector<float> item_vectors;  // [N, E]
   int64_t dim = 0;                  // E
-  RowTable id_rows, tag_rows;
-  bool has_tags = false;
+  RowTable id_rows, tag_rows, user_rows;
+  bool has_tags = false, has_users = false;
   // The approximate index (catalogues above serving.exact_max_items); null: exact search.
   std::shared_ptr<const ItemIndex> index;
 
@@ -197,6 +197,11 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
     const int tag_table = config::FindTable(job, job.model().item_tag_table());
     T2D_ASSIGN_OR_RETURN(b.tag_rows, ReadRows(dir, "tag", dims.tag_dim, job.tables(tag_table)));
   }
+  b.has_users = !job.model().user_id_table().empty();
+  if (b.has_users) {
+    const int user_table = config::FindTable(job, job.model().user_id_table());
+    T2D_ASSIGN_OR_RETURN(b.user_rows, ReadRows(dir, "user", dims.user_dim, job.tables(user_table)));
+  }
   return std::unique_ptr<Bundle>(new Bundle(std::move(impl)));
 }
 
@@ -253,6 +258,7 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
   model::Rows rows;
   rows.id_rows = b.id_rows.Gather(in.id_keys);
   if (b.has_tags) rows.tag_rows = b.tag_rows.Gather(in.tag_keys);
+  if (b.has_users) rows.user_rows = b.user_rows.Gather(in.user_keys);
   model::InferenceOptions io;
   for (int i = 0; i < m; ++i) {
     const Query& query = queries[sample_of[static_cast<size_t>(i)]];
@@ -354,7 +360,8 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir
     to->init = from.init ? std::make_unique<embedding::RowInitializer>(*from.init) : nullptr;
   };
   if (delta.id_rows.size() != delta.id_keys.size() * static_cast<size_t>(base.id_rows.dim) ||
-      delta.tag_rows.size() != delta.tag_keys.size() * static_cast<size_t>(base.tag_rows.dim)) {
+      delta.tag_rows.size() != delta.tag_keys.size() * static_cast<size_t>(base.tag_rows.dim) ||
+      delta.user_rows.size() != delta.user_keys.size() * static_cast<size_t>(base.user_rows.dim)) {
     return absl::DataLossError(absl::StrCat(dir, ": embedding rows of another width than the bundle's"));
   }
   copy_rows(base.id_rows, &b.id_rows);
@@ -363,6 +370,11 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir
   if (b.has_tags) {
     copy_rows(base.tag_rows, &b.tag_rows);
     b.tag_rows.Update(delta.tag_keys, delta.tag_rows);
+  }
+  b.has_users = base.has_users;
+  if (b.has_users) {
+    copy_rows(base.user_rows, &b.user_rows);
+    b.user_rows.Update(delta.user_keys, delta.user_rows);
   }
   if (delta.has_index) {
     T2D_ASSIGN_OR_RETURN(b.index, ItemIndex::Read(dir + "/item_index.faiss", n, b.dim, job.serving()));

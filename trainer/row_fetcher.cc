@@ -14,13 +14,17 @@ absl::Span<float> Floats(at::Tensor& t) { return absl::MakeSpan(t.data_ptr<float
 RowFetcher::RowFetcher(const RunContext* context)
     : ctx_(*context),
       id_dim_(context->store->dim(context->id_table)),
-      tag_dim_(context->tag_table >= 0 ? context->store->dim(context->tag_table) : 0) {}
+      tag_dim_(context->tag_table >= 0 ? context->store->dim(context->tag_table) : 0),
+      user_dim_(context->user_table >= 0 ? context->store->dim(context->user_table) : 0) {}
 
 absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const model::StepInput& in) {
   Pending p;
   T2D_ASSIGN_OR_RETURN(p.id_ticket, ctx_.store->Pull(ctx_.id_table, in.id_keys));
   if (ctx_.tag_table >= 0) {
     T2D_ASSIGN_OR_RETURN(p.tag_ticket, ctx_.store->Pull(ctx_.tag_table, in.tag_keys));
+  }
+  if (ctx_.user_table >= 0) {
+    T2D_ASSIGN_OR_RETURN(p.user_ticket, ctx_.store->Pull(ctx_.user_table, in.user_keys));
   }
   p.active = true;
   return p;
@@ -38,6 +42,11 @@ absl::StatusOr<model::Rows> RowFetcher::Take(const model::StepInput& in, Pending
     T2D_RETURN_IF_ERROR(ctx_.store->Wait(pending->tag_ticket, Floats(rows.tag_rows)));
     rows.tag_rows.set_requires_grad(requires_grad);
   }
+  if (ctx_.user_table >= 0) {
+    rows.user_rows = at::empty({static_cast<int64_t>(in.user_keys.size()), user_dim_}, at::kFloat);
+    T2D_RETURN_IF_ERROR(ctx_.store->Wait(pending->user_ticket, Floats(rows.user_rows)));
+    rows.user_rows.set_requires_grad(requires_grad);
+  }
   return rows;
 }
 
@@ -49,6 +58,7 @@ absl::StatusOr<model::Rows> RowFetcher::Fetch(const model::StepInput& in, bool r
 absl::Status RowFetcher::Push(const model::StepInput& in, const model::Rows& rows, bool skip) {
   T2D_RETURN_IF_ERROR(PushTable(ctx_.id_table, in.id_keys, rows.id_rows, skip));
   if (ctx_.tag_table >= 0) T2D_RETURN_IF_ERROR(PushTable(ctx_.tag_table, in.tag_keys, rows.tag_rows, skip));
+  if (ctx_.user_table >= 0) T2D_RETURN_IF_ERROR(PushTable(ctx_.user_table, in.user_keys, rows.user_rows, skip));
   return absl::OkStatus();
 }
 

@@ -29,6 +29,7 @@ struct RunContext {
   int world = 1;  // number of workers
   int id_table = -1;   // index of model.item_id_table in config->tables()
   int tag_table = -1;  // index of model.item_tag_table; -1: no tag feature
+  int user_table = -1; // index of model.user_id_table; -1: no user feature
 
   const config::JobConfig& cfg() const { return *config; }
   // The deadline of a collective call started now (cluster.timeout_s).

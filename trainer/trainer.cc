@@ -15,6 +15,8 @@
 #include "data/catalogue.h"
 #include "data/prepare.h"
 #include "data/sample_reader.h"
+#include "embedding/embedding_table.h"
+#include "embedding/shard_file.h"
 #include "model/dense_optimizer.h"
 #include "model/model.h"
 #include "serving/bundle_writer.h"
@@ -91,6 +93,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   ctx.world = context.workers->size();
   ctx.id_table = config::FindTable(cfg, cfg.model().item_id_table());
   ctx.tag_table = cfg.model().item_tag_table().empty() ? -1 : config::FindTable(cfg, cfg.model().item_tag_table());
+  ctx.user_table = cfg.model().user_id_table().empty() ? -1 : config::FindTable(cfg, cfg.model().user_id_table());
   if (ctx.id_table < 0) return absl::InvalidArgumentError("model.item_id_table names no table");
   if (cfg.data().dataset_dir().empty()) return absl::InvalidArgumentError("data.dataset_dir is empty: run `t2diff prepare` first");
   T2D_ASSIGN_OR_RETURN(t.catalogue, data::Catalogue::Load(cfg.data().dataset_dir()));
@@ -285,6 +288,44 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   return result;
 }
 
+namespace {
+
+// The stored rows of table `table` (id order): the store writes all its tables' shard files to a
+// scratch folder beside `dir`, and the one table is read back. A table has no other way out of
+// the servers; the bundle needs the rows the servers hold, not the ones a data set names.
+absl::Status StoredRows(embedding::EmbeddingStore* store, int table, const std::string& dir,
+                        std::vector<int64_t>* keys, std::vector<float>* rows) {
+  const std::string scratch = dir + ".stored-rows";
+  std::error_code ec;
+  std::filesystem::remove_all(scratch, ec);
+  std::filesystem::create_directories(scratch, ec);
+  if (ec) return absl::InternalError(absl::StrCat("export: cannot create ", scratch, ": ", ec.message()));
+  const config::TableConfig& spec = store->table_config(table);
+  absl::Status status = store->Save(scratch);
+  if (status.ok()) {
+    absl::StatusOr<std::vector<std::string>> paths = embedding::FindShardFiles(scratch, spec.name());
+    absl::StatusOr<std::unique_ptr<embedding::EmbeddingTable>> copy = embedding::EmbeddingTable::Create(spec);
+    if (!paths.ok()) {
+      status = paths.status();
+    } else if (!copy.ok()) {
+      status = copy.status();
+    } else {
+      status = embedding::LoadShardFiles(*paths, 0, 1, copy->get());
+      if (status.ok()) {
+        const size_t dim = static_cast<size_t>(spec.dim());
+        (*copy)->ForEachRow([&](const embedding::EmbeddingTable::RowView& r) {
+          keys->push_back(r.id);
+          rows->insert(rows->end(), r.values, r.values + dim);
+        });
+      }
+    }
+  }
+  std::filesystem::remove_all(scratch, ec);
+  return status;
+}
+
+}  // namespace
+
 absl::Status Trainer::Export(const std::string& dir, const std::string& base_dir, serving::DeltaStats* delta) {
   Impl& t = *impl_;
   const auto start = Clock::now();
@@ -311,6 +352,14 @@ absl::Status Trainer::Export(const std::string& dir, const std::string& base_dir
       c.tag_rows = absl::MakeConstSpan(rows.tag_rows.data_ptr<float>(), static_cast<size_t>(rows.tag_rows.numel()));
       c.tag_dim = rows.tag_rows.size(1);
     }
+    std::vector<int64_t> user_keys;
+    std::vector<float> user_rows;
+    if (t.ctx.user_table >= 0) {
+      T2D_RETURN_IF_ERROR(StoredRows(t.ctx.store, t.ctx.user_table, dir, &user_keys, &user_rows));
+      c.user_keys = user_keys;
+      c.user_rows = user_rows;
+      c.user_dim = t.ctx.store->dim(t.ctx.user_table);
+    }
     c.item_tag_offsets.push_back(0);
     for (int64_t i = 0; i < t.catalogue->size(); ++i) {
       const auto& tags = t.catalogue->tags(i);
@@ -322,7 +371,8 @@ absl::Status Trainer::Export(const std::string& dir, const std::string& base_dir
     } else {
       T2D_ASSIGN_OR_RETURN(serving::DeltaStats stats, serving::WriteBundleDelta(dir, c, base_dir));
       LOG(INFO) << "delta of " << base_dir << ": items changed=" << stats.items_changed << "/" << stats.items_total
-                << " id rows=" << stats.id_rows_changed << " tag rows=" << stats.tag_rows_changed;
+                << " id rows=" << stats.id_rows_changed << " tag rows=" << stats.tag_rows_changed
+                << " user rows=" << stats.user_rows_changed;
       if (delta != nullptr) *delta = stats;
     }
     LOG(INFO) << "export written: dir=" << dir << " items=" << t.catalogue->size() << " dim=" << c.vector_dim

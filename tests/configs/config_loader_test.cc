@@ -112,6 +112,11 @@ TEST(ConfigLoader, CrossFieldChecks) {
   EXPECT_NE(e.find("job.textproto:2: model.item_tag_table: no table named \"genre\" (tables: item_id)"), std::string::npos) << e;
   e = Error(std::string(kBase) + "tables { name: \"item_id\" dim: 4 }\n");
   EXPECT_NE(e.find("job.textproto:3: tables[2].name: duplicate table name \"item_id\""), std::string::npos) << e;
+  e = Error(std::string(kBase) + "model { user_id_table: \"users\" }\n");
+  EXPECT_NE(e.find("model.user_id_table: no table named \"users\" (tables: item_id, item_tag)"), std::string::npos) << e;
+  e = Error(std::string(kBase) + "model { user_id_table: \"item_id\" }\n");
+  EXPECT_NE(e.find("model.user_id_table: table \"item_id\" also holds items; users need a table of their own"),
+            std::string::npos) << e;
   e = Error(std::string(kBase) + "data { max_seq_len: 5 session_len: 6 }\n");
   EXPECT_NE(e.find("data.session_len: session_len 6 exceeds max_seq_len 5"), std::string::npos) << e;
   e = Error(std::string(kBase) + "cluster { allreduce_backend: \"gloo\" }\n");

@@ -189,6 +189,24 @@ done
 check "retrieve's ranking equals evaluation's for 3 test users" test $agree -eq 1
 check "retrieve prints latency" contains "$W/retrieve.log" "latency: user tower"
 
+# --- A user-id table through the parameter server, evaluation and the bundle --------------------
+sed "s#$W/ckpt#$W/ckpt_u#; s#$W/out#$W/out_u#; s#^model {#model { user_id_table: \"user_id\"#" "$W/job.textproto" > "$W/user.textproto"
+printf 'tables { name: "user_id" dim: 3 optimizer { kind: ADAGRAD learning_rate: 0.05 } }\n' >> "$W/user.textproto"
+"${MPI[@]}" -n 3 "$T2DIFF" train -c "$W/user.textproto" --export "$W/bundle_u" > "$W/user.log" 2>&1
+check "a job with a user table trains and exports" test $? -eq 0 || tail -30 "$W/user.log"
+check "its bundle holds the trained user rows" test -s "$W/bundle_u/user_rows.npy"
+"${MPI[@]}" -n 3 "$T2DIFF" eval -c "$W/user.textproto" > "$W/user_dist.log" 2>&1
+"$T2DIFF" eval -c "$W/user.textproto" --dump-ranks "$W/ranks_u" > "$W/user_single.log" 2>&1
+check "with a user table, distributed eval equals single-process eval" test -n "$(grep '^test ' "$W/user_dist.log")" -a \
+  "$(grep '^test ' "$W/user_dist.log")" = "$(grep '^test ' "$W/user_single.log")"
+dumped=$(sed -n 1p "$W/ranks_u.test")
+target=$(sed -E 's/^\{"target":([0-9]+),.*/\1/' <<< "$dumped")
+rank=$(sed -E 's/^\{"target":[0-9]+,"rank":([0-9]+),.*/\1/' <<< "$dumped")
+request=$(sed -E "s/^\\{\"target\":[0-9]+,\"rank\":[0-9]+,/{\"k\":$n_items,/" <<< "$dumped")
+"$T2DIFF" retrieve --bundle "$W/bundle_u" --request "$request" > "$W/retrieve_u.log" 2>&1
+pos=$(awk -v t="$target" '$2 == "item" && $3 == t { print $1 }' "$W/retrieve_u.log")
+check "with a user table, retrieve ranks a test target where evaluation did ($pos, $rank)" test -n "$pos" -a "$pos" = "$rank"
+
 # --- Results as JSON (--json), for scripts --------------------------------------------------
 "$T2DIFF" eval -c "$W/job.textproto" --json > "$W/eval.json" 2> /dev/null
 check "eval --json prints one JSON line with both splits" \

@@ -58,6 +58,28 @@ TEST(StepBuilder, FullSoftmaxPutsCatalogueFirstAndRightAligns) {
   EXPECT_TRUE(model::ValidateBatch(b, 3, 3).ok());
 }
 
+// With a user table each sample names its user's row among the batch's distinct users (first
+// seen first), for training and user-only batches alike; without one nothing is filled.
+TEST(StepBuilder, UserRowsNumberTheBatchsDistinctUsers) {
+  auto cat = MakeCatalogue();
+  data::SampleBatch in = MakeBatch();
+  in.user_id = {42, 7};
+  StepBuilder::Options o;
+  StepInput out;
+  ASSERT_TRUE(StepBuilder(cat.get(), o).BuildTraining(in, 1, &out).ok());
+  EXPECT_TRUE(out.user_keys.empty());
+  EXPECT_TRUE(out.batch.user_rows.empty());
+  o.use_user_ids = true;
+  StepBuilder builder(cat.get(), o);
+  ASSERT_TRUE(builder.BuildTraining(in, 1, &out).ok());
+  EXPECT_EQ(out.user_keys, (std::vector<int64_t>{42, 7}));
+  EXPECT_EQ(out.batch.user_rows, (std::vector<int64_t>{0, 1}));
+  in.user_id = {9, 9};
+  ASSERT_TRUE(builder.BuildUsers(in, &out).ok());
+  EXPECT_EQ(out.user_keys, (std::vector<int64_t>{9}));
+  EXPECT_EQ(out.batch.user_rows, (std::vector<int64_t>{0, 0}));
+}
+
 TEST(StepBuilder, SampledSoftmaxDrawsNegativesByPopularity) {
   auto cat = MakeCatalogue();
   StepBuilder::Options o;

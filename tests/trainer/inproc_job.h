@@ -35,7 +35,8 @@ class InProcJobTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  config::JobConfig Job(const std::vector<std::string>& overrides = {}) {
+  // `extra`: more config text (for example another table), merged before the overrides.
+  config::JobConfig Job(const std::vector<std::string>& overrides = {}, const std::string& extra = "") {
     const std::string text = absl::StrCat(R"(
       cluster { num_servers: 1 num_workers: 1 timeout_s: 30 }
       tables { name: "item_id" dim: 4 optimizer { kind: ADAGRAD learning_rate: 0.05 } }
@@ -45,7 +46,7 @@ class InProcJobTest : public ::testing::Test {
       model { diffusion_steps: 5 }
       training { batch_size: 32 epochs: 2 log_every_steps: 100 replica_check_steps: 2 }
       eval { k: [5, 10] main_k: 10 batch_size: 64 }
-    )");
+    )", extra);
     auto job = config::ParseJobConfig(text, "test.textproto", overrides);
     EXPECT_TRUE(job.ok()) << job.status();
     return *job;

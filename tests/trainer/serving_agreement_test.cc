@@ -2,7 +2,7 @@
 // split evaluated with a dump of every sample as a serving request, and every request answered
 // by the bundle (serving::Bundle, the code behind `t2diff serve`) must rank the sample's target
 // exactly where evaluation ranked it. For both session modes, with and without the diffusion
-// module, with the time-lag feature, and in batches of several sizes (a query's answer must not
+// module, with the time-lag feature, with a user-id table, and in batches of several sizes (a query's answer must not
 // depend on the batch it is in).
 
 #include <gtest/gtest.h>
@@ -24,6 +24,7 @@ namespace {
 struct Case {
   const char* name;
   std::vector<std::string> overrides;
+  const char* extra = "";  // more config text
 };
 
 class ServingAgreementTest : public test_util::InProcJobTest, public ::testing::WithParamInterface<Case> {};
@@ -31,7 +32,7 @@ class ServingAgreementTest : public test_util::InProcJobTest, public ::testing::
 TEST_P(ServingAgreementTest, ServingRanksEveryTestTargetAsEvaluationDid) {
   std::vector<std::string> overrides = GetParam().overrides;
   overrides.push_back("training.epochs=1");
-  const config::JobConfig job = Job(overrides);
+  const config::JobConfig job = Job(overrides, GetParam().extra);
   PrepareData(job);
   auto t = NewTrainer(job, false);
   ASSERT_TRUE(t.ok()) << t.status();
@@ -92,7 +93,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"TimeGap_T2Diff_TimeLags",
                            {"data.session_mode=TIME_GAP", "model.kind=T2DIFF", "model.time_lag_feature=true"}},
                       Case{"LastK_NoDiffusion", {"data.session_mode=LAST_K", "model.kind=T2DIFF_NO_DIFFUSION"}},
-                      Case{"TimeGap_NoDiffusion", {"data.session_mode=TIME_GAP", "model.kind=T2DIFF_NO_DIFFUSION"}}),
+                      Case{"TimeGap_NoDiffusion", {"data.session_mode=TIME_GAP", "model.kind=T2DIFF_NO_DIFFUSION"}},
+                      Case{"LastK_T2Diff_UserIds",
+                           {"data.session_mode=LAST_K", "model.kind=T2DIFF", "model.user_id_table=user_id"},
+                           R"(tables { name: "user_id" dim: 3 optimizer { kind: ADAGRAD learning_rate: 0.05 } })"}),
     [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
 
 }  // namespace
