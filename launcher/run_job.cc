@@ -50,12 +50,19 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
         std::cout << absl::StrFormat(
                          "trained %d steps in %.1fs (%.1fs of it evaluation and checkpoints; %.0f samples/s "
                          "training); first loss %.4f, last loss %.4f\n",
-                         r.steps, r.train_seconds, r.eval_seconds, r.samples_per_second, r.first_loss, r.last_loss)
-                  << "test (" << r.test.model.count() << " samples) at the "
-                  << (r.validation.empty() || r.validation.front().model.count() == 0 ? "last" : "validation-selected")
-                  << " evaluation " << r.best_epoch + 1 << " (epoch " << r.test.epoch << "): " << r.test.model.ToString() << "\n"
-                  << "popularity baseline:     " << r.test.popularity.ToString() << std::endl;
-        if (r.test.has_ann) std::cout << trainer::AnnLine(r.test) << std::endl;
+                         r.steps, r.train_seconds, r.eval_seconds, r.samples_per_second, r.first_loss, r.last_loss);
+        if (r.best_epoch < 0) {
+          // training.max_steps can end a run before its first evaluation (eval.every_epochs).
+          std::cout << "no evaluation ran: the run ended before its first (run `t2diff eval` on its checkpoint)"
+                    << std::endl;
+        } else {
+          std::cout << "test (" << r.test.model.count() << " samples) at the "
+                    << (r.validation.empty() || r.validation.front().model.count() == 0 ? "last" : "validation-selected")
+                    << " evaluation " << r.best_epoch + 1 << " (epoch " << r.test.epoch << "): " << r.test.model.ToString()
+                    << "\n"
+                    << "popularity baseline:     " << r.test.popularity.ToString() << std::endl;
+          if (r.test.has_ann) std::cout << trainer::AnnLine(r.test) << std::endl;
+        }
       }
       break;
     }

@@ -37,6 +37,8 @@ check "10^5 users and 10^5 items generated" test $? -eq 0 || tail -5 "$W/gen.log
 check "2 servers + 2 workers train 60 steps with sampled softmax and a user table, and export" test $? -eq 0 ||
   tail -30 "$W/train.log"
 check "the run knows the whole catalogue" contains "$W/train.log" "catalogue=100000"
+check "it says that no evaluation ran (60 steps end the run inside its first epoch)" \
+  contains "$W/train.log" "no evaluation ran: the run ended before its first"
 for s in 0 1; do
   pulled=$(sed -n "s/.*server stats: shard: $s .*pulled_rows: \([0-9]*\).*/\1/p" "$W/train.log")
   check "server $s served pulls (${pulled:-none} rows)" test "${pulled:-0}" -gt 10000
