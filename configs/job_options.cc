@@ -19,30 +19,23 @@ model::StepBuilder::Options StepBuilderOptionsOf(const JobConfig& job) {
   return o;
 }
 
+namespace {
+
+// The width of the table named by model.<field> (`name`); 0 when `name` is empty and optional.
+absl::StatusOr<int64_t> TableDim(const JobConfig& job, const char* field, const std::string& name, bool optional) {
+  if (optional && name.empty()) return 0;
+  const int table = FindTable(job, name);
+  if (table < 0) return absl::InvalidArgumentError(absl::StrCat("model.", field, ": no table named \"", name, "\""));
+  return job.tables(table).dim();
+}
+
+}  // namespace
+
 absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
   model::ModelDims dims;
-  const int id = FindTable(job, job.model().item_id_table());
-  if (id < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model.item_id_table: no table named \"", job.model().item_id_table(), "\""));
-  }
-  dims.id_dim = job.tables(id).dim();
-  if (!job.model().item_tag_table().empty()) {
-    const int tag = FindTable(job, job.model().item_tag_table());
-    if (tag < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model.item_tag_table: no table named \"", job.model().item_tag_table(), "\""));
-    }
-    dims.tag_dim = job.tables(tag).dim();
-  }
-  if (!job.model().user_id_table().empty()) {
-    const int user = FindTable(job, job.model().user_id_table());
-    if (user < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model.user_id_table: no table named \"", job.model().user_id_table(), "\""));
-    }
-    dims.user_dim = job.tables(user).dim();
-  }
+  T2D_ASSIGN_OR_RETURN(dims.id_dim, TableDim(job, "item_id_table", job.model().item_id_table(), false));
+  T2D_ASSIGN_OR_RETURN(dims.tag_dim, TableDim(job, "item_tag_table", job.model().item_tag_table(), true));
+  T2D_ASSIGN_OR_RETURN(dims.user_dim, TableDim(job, "user_id_table", job.model().user_id_table(), true));
   dims.session_len = job.data().session_len();
   T2D_RETURN_IF_ERROR(model::ValidateModelConfig(job.model(), dims));
   return dims;

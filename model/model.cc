@@ -80,6 +80,16 @@ struct Model::Impl {
                        tags ? LongTensor(g.tag_offsets) : at::empty({0}, at::kLong),
                        tags ? LongTensor(g.tag_rows) : at::empty({0}, at::kLong));
   }
+  // Registers every module's parameters, in the order that defines the layout (file comment).
+  void Register(const NoiseSchedule& schedule) {
+    diffusion = Diffusion::Create(config, d, schedule, params);
+    user_tower = UserTower::Create(config, d, dims.session_len, params);
+    item_tower = ItemTower::Register(params, d, user_tower->output_dim());
+    if (dims.user_dim > 0) {
+      user_feature = Linear::Register(params, "user_feature.linear", dims.user_dim, user_tower->output_dim(),
+                                      /*bias=*/false, /*diffusion=*/false);
+    }
+  }
   // The history embeddings [B, n, D] alone (inference).
   Tensor EmbedHistory(const Batch& batch, const Rows& rows) const {
     SlotGather g;
@@ -96,15 +106,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
   T2D_ASSIGN_OR_RETURN(const NoiseSchedule schedule, NoiseSchedule::FromConfig(config));
   try {
     auto impl = std::make_unique<Impl>(config, dims, schedule);
-    ParameterRegistry& params = impl->params;
-    impl->diffusion = Diffusion::Create(config, impl->d, schedule, params);
-    impl->user_tower = UserTower::Create(config, impl->d, dims.session_len, params);
-    impl->item_tower = ItemTower::Register(params, impl->d, impl->user_tower->output_dim());
-    if (dims.user_dim > 0) {
-      impl->user_feature = Linear::Register(params, "user_feature.linear", dims.user_dim,
-                                            impl->user_tower->output_dim(), /*bias=*/false, /*diffusion=*/false);
-    }
-    params.Allocate(config.init_seed());
+    impl->Register(schedule);
+    impl->params.Allocate(config.init_seed());
     return std::unique_ptr<Model>(new Model(std::move(impl)));
   } catch (const std::exception& ex) {
     return absl::InternalError(absl::StrCat("model: building the parameters failed: ", ex.what()));
@@ -117,12 +120,7 @@ absl::StatusOr<int64_t> Model::DenseParameterCount(const ModelConfig& config, co
   try {
     // The same registration as Create, without Allocate.
     Impl impl(config, dims, schedule);
-    impl.diffusion = Diffusion::Create(config, impl.d, schedule, impl.params);
-    impl.user_tower = UserTower::Create(config, impl.d, dims.session_len, impl.params);
-    ItemTower::Register(impl.params, impl.d, impl.user_tower->output_dim());
-    if (dims.user_dim > 0) {
-      Linear::Register(impl.params, "user_feature.linear", dims.user_dim, impl.user_tower->output_dim(), false, false);
-    }
+    impl.Register(schedule);
     int64_t total = 0;
     for (const ParameterInfo& info : impl.params.infos()) total += info.numel;
     return total;

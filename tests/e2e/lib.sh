@@ -18,4 +18,6 @@ check() {  # check NAME CONDITION-COMMAND...
   fi
 }
 contains() { grep -qF -- "$2" "$1"; }  # contains FILE TEXT
+# npy_rows FILE: the first dimension of a .npy file's shape (from its header; empty if none).
+npy_rows() { head -c 4096 "$1" 2> /dev/null | head -n 1 | LC_ALL=C sed -n "s/.*'shape': (\([0-9]*\).*/\1/p"; }
 has() { grep -qF -- "$2" <<< "$1"; }   # has STRING TEXT

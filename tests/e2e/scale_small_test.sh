@@ -43,7 +43,8 @@ for s in 0 1; do
   pulled=$(sed -n "s/.*server stats: shard: $s .*pulled_rows: \([0-9]*\).*/\1/p" "$W/train.log")
   check "server $s served pulls (${pulled:-none} rows)" test "${pulled:-0}" -gt 10000
 done
-check "the bundle holds the trained user rows" test -s "$W/bundle/user_rows.npy"
+check "the bundle holds the trained user rows ($(npy_rows "$W/bundle/user_rows.npy"))" \
+  test "$(npy_rows "$W/bundle/user_rows.npy")" -gt 1000
 
 "${MPI[@]}" -n 4 "$T2DIFF" eval -c "$W/job.textproto" > "$W/eval.log" 2>&1
 check "distributed evaluation of 2,000 test users against 10^5 items" test $? -eq 0 || tail -30 "$W/eval.log"
