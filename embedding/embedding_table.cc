@@ -20,12 +20,10 @@ EmbeddingTable::EmbeddingTable(const config::TableConfig& spec)
       dim_(spec.dim()),
       init_(spec.initializer()),
       optimizer_(spec.optimizer(), spec.dim()),
-      // Rounded up to the header's alignment: with an odd number of floats every other record
-      // would start 4 bytes off, and its header reads would be misaligned.
-      record_bytes_((sizeof(RecordHeader) +
-                     sizeof(float) * static_cast<size_t>(spec.dim() + SparseOptimizer::StateFloats(spec.optimizer().kind(), spec.dim())) +
-                     alignof(RecordHeader) - 1) /
-                    alignof(RecordHeader) * alignof(RecordHeader)) {}
+      has_step_count_(spec.optimizer().kind() == config::SparseOptimizerConfig::ADAM),
+      header_bytes_(sizeof(uint32_t) * (has_step_count_ ? 2 : 1)),
+      record_bytes_(header_bytes_ + sizeof(float) * static_cast<size_t>(
+                                                         spec.dim() + SparseOptimizer::StateFloats(spec.optimizer().kind(), spec.dim()))) {}
 
 absl::Status EmbeddingTable::Lookup(absl::Span<const int64_t> ids, absl::Span<float> out) const {
   const size_t d = static_cast<size_t>(dim_);
@@ -48,7 +46,7 @@ absl::Status EmbeddingTable::Lookup(absl::Span<const int64_t> ids, absl::Span<fl
       const char* r = it == index_.end() ? nullptr : Record(it->second);
       rec[i - g] = r;
       if (r != nullptr) {
-        for (size_t off = 0; off < sizeof(RecordHeader) + d * sizeof(float); off += 64) __builtin_prefetch(r + off);
+        for (size_t off = 0; off < header_bytes_ + d * sizeof(float); off += 64) __builtin_prefetch(r + off);
       }
     }
     for (size_t i = g; i < end; ++i) {
@@ -56,7 +54,7 @@ absl::Status EmbeddingTable::Lookup(absl::Span<const int64_t> ids, absl::Span<fl
       if (rec[i - g] == nullptr) {
         init_.Fill(ids[i], absl::Span<float>(dst, d));
       } else {
-        std::memcpy(dst, rec[i - g] + sizeof(RecordHeader), d * sizeof(float));
+        std::memcpy(dst, rec[i - g] + header_bytes_, d * sizeof(float));
       }
     }
   }
@@ -78,10 +76,8 @@ uint32_t EmbeddingTable::AllocateSlot() {
 uint32_t EmbeddingTable::InsertNew(int64_t id) {
   const uint32_t slot = AllocateSlot();
   char* r = Record(slot);
-  auto* h = reinterpret_cast<RecordHeader*>(r);
-  h->id = id;
-  h->last_update = 0;
-  h->aux = 0;
+  *LastUpdate(r) = 0;
+  if (has_step_count_) *StepCount(r) = 0;
   init_.Fill(id, absl::Span<float>(Values(r), static_cast<size_t>(dim_)));
   optimizer_.InitState(Values(r) + dim_);
   index_.emplace(id, slot);
@@ -89,9 +85,8 @@ uint32_t EmbeddingTable::InsertNew(int64_t id) {
   return slot;
 }
 
-void EmbeddingTable::Remove(uint32_t slot) {
-  const auto* h = reinterpret_cast<const RecordHeader*>(Record(slot));
-  index_.erase(h->id);
+void EmbeddingTable::Remove(int64_t id, uint32_t slot) {
+  index_.erase(id);
   free_slots_.push_back(slot);
   ++counters_.evicted;
 }
@@ -162,10 +157,9 @@ absl::Status EmbeddingTable::ApplyGradients(absl::Span<const int64_t> ids, absl:
     for (size_t i = g; i < end; ++i) {
       char* r = rec[i - g];
       if (r == nullptr) continue;
-      auto* h = reinterpret_cast<RecordHeader*>(r);
-      h->last_update = now;
+      *LastUpdate(r) = now;
       float* w = Values(r);
-      optimizer_.Apply(w, w + dim_, &h->aux, summed_.data() + i * d);
+      optimizer_.Apply(w, w + dim_, StepCount(r), summed_.data() + i * d);
     }
   }
 
@@ -178,12 +172,11 @@ absl::Status EmbeddingTable::ApplyGradients(absl::Span<const int64_t> ids, absl:
 
 void EmbeddingTable::EvictExpired() {
   const int64_t ttl = spec_.eviction_ttl_steps();
-  std::vector<uint32_t> doomed;
+  std::vector<std::pair<int64_t, uint32_t>> doomed;
   for (const auto& [id, slot] : index_) {
-    const auto* h = reinterpret_cast<const RecordHeader*>(Record(slot));
-    if (step_ - static_cast<int64_t>(h->last_update) > ttl) doomed.push_back(slot);
+    if (step_ - static_cast<int64_t>(*LastUpdate(Record(slot))) > ttl) doomed.emplace_back(id, slot);
   }
-  for (uint32_t s : doomed) Remove(s);
+  for (const auto& [id, slot] : doomed) Remove(id, slot);
 }
 
 void EmbeddingTable::EvictToCapacity() {
@@ -198,13 +191,13 @@ void EmbeddingTable::EvictToCapacity() {
   std::vector<Age> ages;
   ages.reserve(index_.size());
   for (const auto& [id, slot] : index_) {
-    ages.push_back({reinterpret_cast<const RecordHeader*>(Record(slot))->last_update, id, slot});
+    ages.push_back({*LastUpdate(Record(slot)), id, slot});
   }
   auto older = [](const Age& a, const Age& b) {
     return a.last_update != b.last_update ? a.last_update < b.last_update : a.id < b.id;
   };
   std::nth_element(ages.begin(), ages.begin() + static_cast<std::ptrdiff_t>(excess), ages.end(), older);
-  for (size_t i = 0; i < excess; ++i) Remove(ages[i].slot);
+  for (size_t i = 0; i < excess; ++i) Remove(ages[i].id, ages[i].slot);
 }
 
 size_t EmbeddingTable::MemoryBytes() const {
@@ -220,8 +213,7 @@ void EmbeddingTable::ForEachRow(const std::function<void(const RowView&)>& fn) c
   std::sort(order.begin(), order.end());
   for (const auto& [id, slot] : order) {
     char* r = Record(slot);
-    const auto* h = reinterpret_cast<const RecordHeader*>(r);
-    fn(RowView{id, h->last_update, h->aux, Values(r)});
+    fn(RowView{id, *LastUpdate(r), has_step_count_ ? *StepCount(r) : 0u, Values(r)});
   }
 }
 
@@ -241,10 +233,8 @@ void EmbeddingTable::PutRow(int64_t id, uint32_t last_update, uint32_t aux, absl
     index_.emplace(id, slot);
   }
   char* r = Record(slot);
-  auto* h = reinterpret_cast<RecordHeader*>(r);
-  h->id = id;
-  h->last_update = last_update;
-  h->aux = aux;
+  *LastUpdate(r) = last_update;
+  if (has_step_count_) *StepCount(r) = aux;
   std::memcpy(Values(r), values.data(), values.size() * sizeof(float));
 }
 

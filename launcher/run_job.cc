@@ -15,6 +15,7 @@
 #include "comm/roles.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/process_memory.h"
 #include "common/status_macros.h"
 #include "embedding/local_embedding_store.h"
 #include "comm/mpi_transport.h"
@@ -131,6 +132,17 @@ absl::Status RunRank(const config::JobConfig& config, const RunOptions& options,
     LOG(INFO) << "serving shard " << shard << " of " << roles.num_servers << " for " << roles.num_workers << " workers";
     T2D_RETURN_IF_ERROR(server.Run());
     LOG(INFO) << "all workers done; server stats: " << server.stats().ShortDebugString();
+    // Memory per table beside the process's, the figures an operator sizes servers by.
+    std::string memory;
+    if (auto tables = store->Stats(); tables.ok()) {
+      for (const auto& t : *tables) {
+        absl::StrAppendFormat(&memory, "%s %d rows %.1f MB; ", t.name, t.rows, t.memory_bytes / 1e6);
+      }
+    }
+    if (auto m = ReadProcessMemory(); m.ok()) {
+      absl::StrAppendFormat(&memory, "process RSS %.1f MB (peak %.1f MB)", m->rss_bytes / 1e6, m->peak_rss_bytes / 1e6);
+    }
+    LOG(INFO) << "shard " << shard << " memory: " << memory;
     return absl::OkStatus();
   }
   const absl::Time deadline = absl::Now() + absl::Seconds(config.cluster().timeout_s());

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/process_memory.h"
 #include "common/status_macros.h"
 #include "embedding/sharding.h"
 #include "glog/logging.h"
@@ -403,6 +404,12 @@ absl::Status ShardServer::Execute(int src, const Header& h, std::vector<int64_t>
         p->set_memory_bytes(t.memory_bytes);
       }
       *reply.mutable_server_stats() = stats_;
+      // Memory is the process's, so tables can be read against it (docs/SCALE.md); where the
+      // kernel does not say, the fields stay unset.
+      if (auto m = ReadProcessMemory(); m.ok()) {
+        reply.mutable_server_stats()->set_rss_bytes(m->rss_bytes);
+        reply.mutable_server_stats()->set_peak_rss_bytes(m->peak_rss_bytes);
+      }
       return SendReply(src, EncodeFrame(reply));
     }
     case Header::SAVE: {

@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <memory>
 
 #include "common/checksum.h"
 #include "common/file_util.h"
 #include "common/hash.h"
 #include "common/logging.h"
+#include "common/process_memory.h"
 #include "common/status_macros.h"
 
 namespace t2d {
@@ -77,3 +79,19 @@ TEST(Logging, TagCarriesRoleAndRank) {
 
 }  // namespace
 }  // namespace t2d
+
+// What the servers report: touching 64 MiB shows in the resident size, and the peak is never
+// below the current size.
+TEST(ProcessMemory, TouchedPagesShowInTheResidentSize) {
+  auto before = t2d::ReadProcessMemory();
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_GT(before->rss_bytes, 0);
+  constexpr size_t kBytes = size_t{64} << 20;
+  std::unique_ptr<char[]> block(new char[kBytes]);
+  for (size_t i = 0; i < kBytes; i += 4096) block[i] = static_cast<char>(i);
+  auto after = t2d::ReadProcessMemory();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_GE(after->rss_bytes - before->rss_bytes, static_cast<int64_t>(kBytes) * 7 / 8);
+  EXPECT_GE(after->peak_rss_bytes, after->rss_bytes);
+  EXPECT_EQ(block[4096], static_cast<char>(4096));
+}

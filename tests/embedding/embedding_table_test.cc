@@ -167,14 +167,31 @@ TEST(EmbeddingTable, ManyRowsAcrossBlocks) {
   EXPECT_EQ(t->size(), n);
   const auto v = Lookup(*t, ids);
   for (size_t k = 0; k < v.size(); ++k) ASSERT_FLOAT_EQ(v[k], -g[k]);
-  // Memory is accounted in blocks, not per row.
-  EXPECT_GE(t->MemoryBytes(), static_cast<size_t>(n) * (16 + 12));
+  // Memory is accounted in blocks, not per row: 4 blocks of (4 + 3 x 4)-byte records.
+  EXPECT_GE(t->MemoryBytes(), size_t{4} * EmbeddingTable::kBlockRows * 16);
 }
 
-// A row of odd dim with SGD is 16 + 4 * odd bytes: every other record used to start 4 bytes off
-// the header's 8-byte alignment (UBSan: misaligned member access). Every path that reads or
-// writes a record header runs here on such rows (admission, update, TTL and capacity eviction,
-// iteration, PutRow); the sanitizer build checks the accesses.
+// The record sizes docs/SCALE.md's bytes-per-row figures rest on: 4 bytes of last-update step,
+// 4 more for Adam's step count, then weights and optimizer state; the id lives in the index only.
+TEST(EmbeddingTable, RecordBytesAreLastUpdateStepCountWeightsAndState) {
+  struct Case {
+    SparseOptimizerConfig::Kind kind;
+    size_t record_bytes;
+  };
+  for (const Case& c : {Case{SparseOptimizerConfig::SGD, 4 + 16 * 4}, Case{SparseOptimizerConfig::ROWWISE_ADAGRAD, 4 + 17 * 4},
+                        Case{SparseOptimizerConfig::ADAGRAD, 4 + 32 * 4}, Case{SparseOptimizerConfig::ADAM, 8 + 48 * 4}}) {
+    auto t = *EmbeddingTable::Create(Spec("t", 16, c.kind, 0.1f));
+    ASSERT_TRUE(t->ApplyGradients({7}, std::vector<float>(16, 1.0f)).ok());
+    const size_t block = size_t{EmbeddingTable::kBlockRows} * c.record_bytes;
+    // One block plus an index of a handful of buckets (17 bytes each) and the block list.
+    EXPECT_GE(t->MemoryBytes(), block) << c.kind;
+    EXPECT_LE(t->MemoryBytes(), block + 256) << c.kind;
+  }
+}
+
+// Records of an odd number of words: every path that reads or writes a record's header words
+// runs here on such rows (admission, update, TTL and capacity eviction, iteration, PutRow); the
+// sanitizer build checks the accesses.
 TEST(EmbeddingTable, OddSizedRecordsOnEveryHeaderPath) {
   auto spec = Spec("t", 1, SparseOptimizerConfig::SGD, 1.0f);
   spec.set_eviction_ttl_steps(8);

@@ -277,6 +277,14 @@ TEST_P(SyncJob, MatchesLocalStoreExactly) {
       EXPECT_EQ((*stats)[static_cast<size_t>(t)].rows, (*ref_stats)[static_cast<size_t>(t)].rows);
       EXPECT_EQ((*stats)[static_cast<size_t>(t)].step, kSteps);
     }
+    // Every server reports its process's resident memory (here: this test process).
+    auto servers = store.ServerStats();
+    ASSERT_TRUE(servers.ok()) << servers.status();
+    ASSERT_EQ(servers->size(), static_cast<size_t>(num_servers));
+    for (const auto& s : *servers) {
+      EXPECT_GT(s.rss_bytes(), 0);
+      EXPECT_GE(s.peak_rss_bytes(), s.rss_bytes());
+    }
     ASSERT_TRUE(store.Shutdown().ok());
   });
   for (const auto& s : result.server_status) EXPECT_TRUE(s.ok()) << s;
