@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "bench/ps_bench_util.h"
 #include "comm/communicator_factory.h"
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_session.h"
@@ -50,54 +50,8 @@ struct Flags {
   std::string mode = "sync";
 };
 
-// Zipf(s) over {1..n} by rejection-inversion (Hormann and Derflinger 1996), O(1) memory.
-class ZipfSampler {
- public:
-  ZipfSampler(int64_t n, double s) : n_(static_cast<double>(n)), s_(s) {
-    h_x1_ = HIntegral(1.5) - 1.0;
-    h_n_ = HIntegral(n_ + 0.5);
-    sv_ = 2.0 - HIntegralInverse(HIntegral(2.5) - H(2.0));
-  }
-  template <typename Rng>
-  int64_t operator()(Rng& rng) {
-    std::uniform_real_distribution<double> uniform(0.0, 1.0);
-    while (true) {
-      const double u = h_n_ + uniform(rng) * (h_x1_ - h_n_);
-      const double x = HIntegralInverse(u);
-      double k = std::floor(x + 0.5);
-      k = std::min(std::max(k, 1.0), n_);
-      if (k - x <= sv_ || u >= HIntegral(k + 0.5) - H(k)) return static_cast<int64_t>(k);
-    }
-  }
-
- private:
-  static double Helper1(double x) { return std::abs(x) > 1e-8 ? std::log1p(x) / x : 1 - x * (0.5 - x * (1.0 / 3 - 0.25 * x)); }
-  static double Helper2(double x) { return std::abs(x) > 1e-8 ? std::expm1(x) / x : 1 + x * 0.5 * (1 + x / 3 * (1 + 0.25 * x)); }
-  double H(double x) const { return std::exp(-s_ * std::log(x)); }
-  double HIntegral(double x) const {
-    const double lx = std::log(x);
-    return Helper2((1 - s_) * lx) * lx;
-  }
-  double HIntegralInverse(double x) const {
-    double t = x * (1 - s_);
-    if (t < -1) t = -1;
-    return std::exp(Helper1(t) * x);
-  }
-  double n_, s_, h_x1_, h_n_, sv_;
-};
-
 std::vector<std::vector<int64_t>> MakeBatches(const Flags& f, uint64_t seed) {
-  ZipfSampler zipf(f.num_rows, f.zipf);
-  std::mt19937_64 rng(seed);
-  std::vector<std::vector<int64_t>> out(static_cast<size_t>(f.batches));
-  for (auto& b : out) {
-    absl::flat_hash_set<int64_t> seen;
-    while (static_cast<int>(b.size()) < f.batch) {
-      const int64_t id = zipf(rng) - 1;
-      if (seen.insert(id).second) b.push_back(id);
-    }
-  }
-  return out;
+  return bench::ZipfBatches(f.num_rows, f.zipf, f.batch, f.batches, seed);
 }
 
 std::string CpuModel() {
@@ -109,24 +63,9 @@ std::string CpuModel() {
   return "unknown";
 }
 
-double RowsPerSecond(int64_t rows, absl::Duration d) { return static_cast<double>(rows) / absl::ToDoubleSeconds(d); }
-
-absl::Time Soon() { return absl::Now() + absl::Seconds(300); }
-
-// Timed phase on every worker; returns the aggregate rate (all workers' rows / slowest time).
-template <typename Fn>
-absl::StatusOr<double> Phase(comm::Communicator& comm, int64_t rows_per_worker, Fn fn) {
-  T2D_RETURN_IF_ERROR(comm.Barrier(Soon()));
-  const absl::Time start = absl::Now();
-  T2D_RETURN_IF_ERROR(fn());
-  double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  // Slowest worker defines the time: max via allreduce of (-)... use a sum of per-rank slots.
-  std::vector<double> times(static_cast<size_t>(comm.size()), 0.0);
-  times[static_cast<size_t>(comm.rank())] = seconds;
-  T2D_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(times), Soon()));
-  seconds = *std::max_element(times.begin(), times.end());
-  return static_cast<double>(rows_per_worker) * comm.size() / seconds;
-}
+using bench::Phase;
+using bench::RowsPerSecond;
+using bench::Soon;
 
 absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Communicator& comm, MPI_Comm worker_mpi,
                     const std::vector<config::TableConfig>& tables) {

@@ -341,7 +341,10 @@ absl::StatusOr<std::vector<embedding::TableStats>> RemoteEmbeddingStore::Stats()
 absl::StatusOr<std::vector<ServerStatsProto>> RemoteEmbeddingStore::ServerStats() {
   T2D_ASSIGN_OR_RETURN(std::vector<Reply> replies, Broadcast(Header::STATS, ""));
   std::vector<ServerStatsProto> out;
-  for (const Reply& r : replies) out.push_back(r.header.server_stats());
+  for (const Reply& r : replies) {
+    out.push_back(r.header.server_stats());
+    *out.back().mutable_tables() = r.header.stats();
+  }
   return out;
 }
 

@@ -77,7 +77,7 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   // Flush, then tells every server this worker is done and waits for their replies.
   absl::Status Shutdown();
 
-  // Per-server counters (STATS), in server order.
+  // Per-server counters, resident memory and table shards (STATS), in server order.
   absl::StatusOr<std::vector<ServerStatsProto>> ServerStats();
   // Largest number of unacknowledged push rounds this worker had after any ApplyGradients.
   int64_t max_unacked_rounds() const { return max_unacked_rounds_; }

@@ -285,6 +285,17 @@ TEST_P(SyncJob, MatchesLocalStoreExactly) {
       EXPECT_GT(s.rss_bytes(), 0);
       EXPECT_GE(s.peak_rss_bytes(), s.rss_bytes());
     }
+    // ... and its shard of each table, which add up to the tables' totals.
+    for (int t = 0; t < 2; ++t) {
+      int64_t rows = 0, bytes = 0;
+      for (const auto& s : *servers) {
+        ASSERT_EQ(s.tables_size(), 2);
+        rows += s.tables(t).rows();
+        bytes += s.tables(t).memory_bytes();
+      }
+      EXPECT_EQ(rows, (*stats)[static_cast<size_t>(t)].rows);
+      EXPECT_EQ(bytes, (*stats)[static_cast<size_t>(t)].memory_bytes);
+    }
     ASSERT_TRUE(store.Shutdown().ok());
   });
   for (const auto& s : result.server_status) EXPECT_TRUE(s.ok()) << s;
