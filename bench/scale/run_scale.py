@@ -6,7 +6,7 @@
     python3 bench/scale/run_scale.py --parts tables   # one part (tables, catalogue, stream, hosts, model)
     python3 bench/scale/run_scale.py --render         # rewrite the page from the stored parts
 
-Parts (each stores its record in docs/results/scale.json, or scale-quick.json with --quick, and
+Parts (each stores its record in docs/results/scale.json, or t2diff-run/scale/scale-quick.json with --quick, and
 the page is re-rendered from all stored records after each part, so parts can run in separate
 sittings):
   tables     4 parameter servers + 2 workers holding a user table (dim 16) and an item table
@@ -46,7 +46,9 @@ SIZES = {
     "full": {
         "tables": {"user_rows": 100_000_000, "item_rows": 1_000_000},
         "catalogue": {"users": 1_000_000, "items": 1_000_000, "steps": 300, "eval_users": 10_000},
-        "stream": {"users": [2_500_000, 25_000_000], "seq_len": 40, "train_steps": 200,
+        # 10^9 interactions (2.5 x 10^7 users) would take about 93 GB of shards: more than this
+        # machine's free disk. The two sizes are 10^7 and 10^8.
+        "stream": {"users": [250_000, 2_500_000], "seq_len": 40, "train_steps": 200,
                    "csv_rows": [10_000_000, 100_000_000]},
         "hosts": {"iterations": 300},
     },
@@ -108,6 +110,7 @@ def run(cmd, logpath, timeout_s, env=None):
                 break
             time.sleep(0.2)
     rc = os.waitstatus_to_exitcode(status)
+    p.returncode = rc  # reaped by wait4 above
     with open(logpath) as f:
         text = f.read()
     return rc, time.time() - t0, usage.ru_maxrss * 1024, text
@@ -168,8 +171,8 @@ model { diffusion_steps: 5 loss: SAMPLED_SOFTMAX num_negatives: 1024 user_id_tab
 training { batch_size: 256 epochs: 1 max_steps: %(steps)d log_every_steps: 50 output_dir: "%(work)s/catalogue-out" }
 checkpoint { dir: "%(work)s/catalogue-ckpt" every_steps: 0 }
 eval { k: [10, 100] main_k: 100 max_samples: %(eval_users)d ann: true }
-serving { exact_max_items: 10000 index_kind: IVF }
-""" % dict(work=work, **size)
+serving { exact_max_items: %(exact_max)d index_kind: IVF }
+""" % dict(work=work, exact_max=min(10000, size["items"] // 10), **size)
 
 
 def part_catalogue(args, size, work):
@@ -224,7 +227,9 @@ eval { max_samples: 100 }
 
 
 def csv_config(work, tag):
-    return """data {
+    return """tables { name: "item_id" dim: 16 }
+tables { name: "item_tag" dim: 4 }
+data {
   source: CSV input_paths: "%(work)s/raw-%(tag)s.csv" dataset_dir: "%(work)s/prepared-%(tag)s" max_seq_len: 50
   split: LAST_ITEM num_shards: 16 csv { }
 }
@@ -261,7 +266,7 @@ def part_stream(args, size, work):
         log("stream: generate %d users x %d behaviours (mean)" % (users, size["seq_len"]))
         gen_s, gen_rss, text = checked([binary, "generate", "-c", config], os.path.join(work, "stream-%s-gen.log" % tag),
                                        4 * 3600, "generate")
-        interactions = grab(r"(\d+) (?:behaviours|interactions)", text, int)
+        interactions = grab(r"^kept: \d+ users, \d+ items, (\d+) interactions", text, int)
         disk = sum(os.path.getsize(os.path.join(data, f)) for f in os.listdir(data))
         log("stream: train %d steps from those shards on 1 server + 2 workers" % size["train_steps"])
         train_s, train_rss, _ = checked([binary, "launch", "-c", config], os.path.join(work, "stream-%s-train.log" % tag),
@@ -301,7 +306,7 @@ def part_model(args, size, work):
     bench = os.path.join(args.build_dir, "bench", "bench_model")
     log("model: bench_model%s" % (" --quick" if args.quick else ""))
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    _, secs, _, text = checked([bench] + (["--quick"] if args.quick else []), os.path.join(work, "model.log"), 3600,
+    secs, _, text = checked([bench] + (["--quick"] if args.quick else []), os.path.join(work, "model.log"), 3600,
                                "bench_model", env)
     return {"seconds": secs, "output": text[-8000:]}
 
@@ -426,9 +431,10 @@ def render_text(title, rec):
 
 def render(store, quick):
     lines = ["# Scale: measured end to end" + (" (quick mode: 1/100 of the size)" if quick else ""), "",
-             "Written by `python3 bench/scale/run_scale.py%s` from the records in `docs/results/%s`; each part "
+             "Written by `python3 bench/scale/run_scale.py%s` from the records in `%s`; each part "
              "says when, where and at which revision it ran. Figures from different parts or machines are not "
-             "compared with each other." % (" --quick" if quick else "", store_name(quick)), ""]
+             "compared with each other." % (" --quick" if quick else "",
+                                            "t2diff-run/scale/scale-quick.json" if quick else "docs/results/scale.json"), ""]
     for part in PARTS:
         rec = store.get(part)
         if rec is None:
@@ -462,7 +468,8 @@ def main():
         if p not in PARTS:
             die("unknown part %r (known: %s)" % (p, ", ".join(PARTS)))
     os.makedirs(args.work, exist_ok=True)
-    store_path = os.path.join(ROOT, "docs", "results", store_name(args.quick))
+    store_path = (os.path.join(args.work, store_name(True)) if args.quick else
+                  os.path.join(ROOT, "docs", "results", store_name(False)))
     page = os.path.join(args.work, "SCALE-quick.md") if args.quick else os.path.join(ROOT, "docs", "SCALE.md")
     store = {}
     if os.path.exists(store_path):
