@@ -130,10 +130,13 @@ absl::Status ChunkFileReader::ReadPreamble() {
     return absl::DataLossError(absl::StrCat(path_, ": not ", format_.description, " (bad magic)"));
   }
   if (std::fread(&version, 4, 1, f_) != 1) return Truncated("header");
-  if (version != format_.version) {
-    return absl::FailedPreconditionError(absl::StrCat(path_, ": unsupported format version ", version,
-                                                      " (this build reads ", format_.version, ")"));
+  const uint32_t oldest = format_.oldest_version > 0 ? format_.oldest_version : format_.version;
+  if (version < oldest || version > format_.version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path_, ": unsupported format version ", version, " (this build reads ",
+        oldest == format_.version ? absl::StrCat(oldest) : absl::StrCat(oldest, " to ", format_.version), ")"));
   }
+  version_ = version;
   if (std::fread(&header_bytes, 4, 1, f_) != 1) return Truncated("header");
   if (header_bytes > kMaxHeaderBytes) {
     return absl::DataLossError(absl::StrCat(path_, ": header size ", header_bytes, " is implausible"));

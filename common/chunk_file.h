@@ -21,7 +21,7 @@
 // (bad magic, implausible header size, checksum mismatch, a chunk that runs past the end of the
 // file or a missing end chunk, both "truncated file", a malformed end chunk (non-zero counts, a
 // payload of the wrong size), bytes after it),
-// FailedPrecondition (another format version). Writers: InvalidArgument (a payload of 2 GiB or
+// FailedPrecondition (a format version outside the accepted range). Writers: InvalidArgument (a payload of 2 GiB or
 // more, a count or total list of the wrong length), FailedPrecondition (a chunk after Finish),
 // Internal (I/O failures).
 
@@ -94,10 +94,13 @@ inline constexpr int kMaxChunkCounts = 2;
 // What distinguishes one chunked format from another.
 struct ChunkFileFormat {
   const char* magic;        // exactly 8 characters, e.g. "T2DSAMPL"
-  uint32_t version;         // readers refuse any other
+  uint32_t version;         // written; readers refuse any other (but see oldest_version)
   int num_counts;           // u32 counts in each chunk header, 1..kMaxChunkCounts
   int num_totals;           // i64 totals in the end chunk's payload
   const char* description;  // for errors: "<path>: not <description> (bad magic)"
+  // Readers also accept the versions from this one up to `version` (0: `version` only), so a
+  // format can grow while its older files stay readable. Writers always write `version`.
+  uint32_t oldest_version = 0;
 };
 
 // A data chunk's header as read from the file.
@@ -146,6 +149,8 @@ class ChunkFileReader {
   ChunkFileReader& operator=(const ChunkFileReader&) = delete;
 
   const std::string& path() const { return path_; }
+  // The file's format version (within the format's accepted range).
+  uint32_t version() const { return version_; }
   // The header's bytes (checksum verified).
   const std::string& header() const { return header_; }
 
@@ -168,6 +173,7 @@ class ChunkFileReader {
   ChunkFileFormat format_;
   FILE* f_;
   int64_t file_size_ = 0;
+  uint32_t version_ = 0;
   std::string header_;
   int64_t next_offset_ = 0;  // of the next chunk header
   int num_chunks_ = 0;       // data chunks walked so far

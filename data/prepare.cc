@@ -163,9 +163,10 @@ absl::StatusOr<DatasetManifest> ReadManifest(const std::string& dataset_dir) {
   if (!google::protobuf::TextFormat::ParseFromString(*text, &m)) {
     return absl::DataLossError(absl::StrCat(path, ": unreadable manifest"));
   }
-  if (m.format_version() != static_cast<int32_t>(kSampleFormatVersion)) {
-    return absl::FailedPreconditionError(absl::StrCat(path, ": format version ", m.format_version(),
-                                                      ", this build reads version ", kSampleFormatVersion));
+  if (m.format_version() < static_cast<int32_t>(kOldestSampleFormatVersion) ||
+      m.format_version() > static_cast<int32_t>(kSampleFormatVersion)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": format version ", m.format_version(), ", this build reads versions ",
+                                                      kOldestSampleFormatVersion, " to ", kSampleFormatVersion));
   }
   if (m.splits_size() != kNumSplits) return absl::DataLossError(absl::StrCat(path, ": expected 3 splits"));
   for (const auto& s : m.splits()) {

@@ -1,6 +1,9 @@
 #include "data/sample_file.h"
 
+#include <zlib.h>
+
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -10,8 +13,16 @@ namespace {
 
 // Data chunks carry counts = {records, samples}; the end chunk's totals are
 // {records, samples, chunks}.
-constexpr ChunkFileFormat kFormat = {"T2DSAMPL", kSampleFormatVersion, 2, 3, "a t2d sample file"};
-constexpr uint32_t kSamplesChunk = 1, kItemsChunk = 2;
+constexpr ChunkFileFormat kFormat = {"T2DSAMPL", kSampleFormatVersion, 2, 3, "a t2d sample file",
+                                     kOldestSampleFormatVersion};
+constexpr uint32_t kSamplesChunk = 1, kItemsChunk = 2, kDeflatedSamplesChunk = 4;
+// zlib's level 1: most of the size for a fraction of the time of the higher levels (the
+// generator writes hundreds of MB/s of records).
+constexpr int kDeflateLevel = 1;
+// Deflate cannot shrink data by more than about 1032:1; a size beyond that (or beyond the
+// framing's 2 GiB payload limit) is a damaged chunk, refused before anything is allocated.
+constexpr uint64_t kMaxDeflateRatio = 1032;
+constexpr uint64_t kMaxRawChunkBytes = uint64_t{1} << 31;
 constexpr uint16_t kMaxTagsPerItem = 65535;
 
 }  // namespace
@@ -23,7 +34,7 @@ absl::StatusOr<std::unique_ptr<SampleFileWriter>> SampleFileWriter::Create(const
                                                                           const SampleFileHeader& header,
                                                                           size_t chunk_bytes) {
   T2D_ASSIGN_OR_RETURN(auto file, ChunkFileWriter::Create(path, kFormat, header.SerializeAsString()));
-  const uint32_t kind = header.kind() == SampleFileHeader::ITEMS ? kItemsChunk : kSamplesChunk;
+  const uint32_t kind = header.kind() == SampleFileHeader::ITEMS ? kItemsChunk : kDeflatedSamplesChunk;
   return std::unique_ptr<SampleFileWriter>(new SampleFileWriter(path, std::move(file), kind, chunk_bytes));
 }
 
@@ -33,7 +44,20 @@ SampleFileWriter::SampleFileWriter(std::string path, std::unique_ptr<ChunkFileWr
 
 absl::Status SampleFileWriter::MaybeFlush(bool always) {
   if (chunk_records_ == 0 || (!always && payload_.size() < chunk_bytes_)) return absl::OkStatus();
-  T2D_RETURN_IF_ERROR(file_->WriteChunk(data_kind_, {chunk_records_, chunk_samples_}, payload_));
+  if (data_kind_ == kDeflatedSamplesChunk) {
+    uLongf size = compressBound(static_cast<uLong>(payload_.size()));
+    deflated_.resize(4 + size);
+    const auto raw = static_cast<uint32_t>(payload_.size());
+    std::memcpy(deflated_.data(), &raw, 4);
+    if (compress2(reinterpret_cast<Bytef*>(deflated_.data() + 4), &size, reinterpret_cast<const Bytef*>(payload_.data()),
+                  static_cast<uLong>(payload_.size()), kDeflateLevel) != Z_OK) {
+      return absl::InternalError(absl::StrCat(path_, ": cannot deflate a chunk of ", payload_.size(), " bytes"));
+    }
+    deflated_.resize(4 + size);
+    T2D_RETURN_IF_ERROR(file_->WriteChunk(data_kind_, {chunk_records_, chunk_samples_}, deflated_));
+  } else {
+    T2D_RETURN_IF_ERROR(file_->WriteChunk(data_kind_, {chunk_records_, chunk_samples_}, payload_));
+  }
   ++chunks_;
   payload_.clear();
   chunk_records_ = chunk_samples_ = 0;
@@ -109,7 +133,8 @@ absl::Status SampleFileReader::Init() {
   while (true) {
     T2D_ASSIGN_OR_RETURN(bool more, file_->NextChunk(&c));
     if (!more) break;
-    if (c.kind != kSamplesChunk && c.kind != kItemsChunk) {
+    const bool known = c.kind == kSamplesChunk || c.kind == kItemsChunk || (c.kind == kDeflatedSamplesChunk && file_->version() >= 2);
+    if (!known) {
       return absl::DataLossError(absl::StrCat(path(), ": unknown chunk kind ", c.kind, " (chunk ", c.index, ")"));
     }
     chunks_.push_back(c);
@@ -134,6 +159,12 @@ absl::Status SampleFileReader::ReadChunk(int i, DecodedChunk* out) {
   }
   T2D_RETURN_IF_ERROR(ReadPayload(i, &scratch_));
   const ChunkInfo& c = chunks_[i];
+  if (c.kind == kItemsChunk) return absl::DataLossError(absl::StrCat(path(), ": chunk ", i, " holds items, not samples"));
+  absl::string_view records = scratch_;
+  if (c.kind == kDeflatedSamplesChunk) {
+    T2D_RETURN_IF_ERROR(Inflate(i));
+    records = inflated_;
+  }
   out->user_ids.clear();
   out->user_begin.assign(1, 0);
   out->items.clear();
@@ -141,7 +172,7 @@ absl::Status SampleFileReader::ReadChunk(int i, DecodedChunk* out) {
   out->tag_begin.assign(1, 0);
   out->tags.clear();
   out->samples.clear();
-  ByteReader d(scratch_);
+  ByteReader d(records);
   auto bad = [&](const std::string& what) {
     return absl::DataLossError(absl::StrCat(path(), ": malformed record in chunk ", i, ": ", what));
   };
@@ -173,6 +204,27 @@ absl::Status SampleFileReader::ReadChunk(int i, DecodedChunk* out) {
   }
   if (!d.done()) return bad("trailing bytes");
   if (out->samples.size() != c.counts[1]) return bad("sample count differs from the chunk header");
+  return absl::OkStatus();
+}
+
+absl::Status SampleFileReader::Inflate(int i) {
+  auto bad = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat(path(), ": deflated chunk ", i, ": ", what));
+  };
+  uint32_t raw = 0;
+  if (scratch_.size() < 4) return bad("no size");
+  std::memcpy(&raw, scratch_.data(), 4);
+  const uint64_t stream = scratch_.size() - 4;
+  if (raw > kMaxRawChunkBytes || raw > stream * kMaxDeflateRatio + 64) {
+    return bad(absl::StrCat("a size of ", raw, " bytes from ", stream, " deflated bytes is implausible"));
+  }
+  inflated_.resize(raw);
+  uLongf size = raw;
+  const int z = uncompress(reinterpret_cast<Bytef*>(inflated_.data()), &size,
+                           reinterpret_cast<const Bytef*>(scratch_.data() + 4), static_cast<uLong>(stream));
+  if (z != Z_OK || size != raw) {
+    return bad(absl::StrCat("the zlib stream does not inflate to ", raw, " bytes (zlib code ", z, ", ", size, " bytes)"));
+  }
   return absl::OkStatus();
 }
 

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 
 namespace t2d {
@@ -225,6 +226,28 @@ TEST_F(ChunkFileTest, EveryCorruptionIsRefused) {
   EXPECT_NE(s.message().find(path_ + ": malformed end chunk (8 bytes)"), std::string::npos) << s;
   // A missing file.
   EXPECT_EQ(ChunkFileReader::Open((dir_ / "absent").string(), kFormat).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A format that grew from version 5 to 7 reads files of 5, 6 and 7 (and says which), no others.
+TEST_F(ChunkFileTest, AcceptedVersionRange) {
+  constexpr ChunkFileFormat kGrown = {"T2DTEST!", 7, 2, 1, "a test file", /*oldest_version=*/5};
+  for (char v : {'\x05', '\x06', '\x07'}) {
+    std::string file = TinyFile();
+    file[8] = v;
+    EXPECT_TRUE(ReadAll(file, kGrown).ok()) << static_cast<int>(v);
+    auto r = ChunkFileReader::Open(path_, kGrown);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ((*r)->version(), static_cast<uint32_t>(v));
+  }
+  for (char v : {'\x04', '\x08'}) {
+    std::string file = TinyFile();
+    file[8] = v;
+    const absl::Status s = ReadAll(file, kGrown);
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find(absl::StrCat("unsupported format version ", static_cast<int>(v), " (this build reads 5 to 7)")),
+              std::string::npos)
+        << s;
+  }
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <zlib.h>
+
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -132,16 +135,18 @@ TEST(SampleFileTest, TruncatedAndForeignFilesAreErrors) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not a t2d sample file"), std::string::npos);
   // A newer format version is refused with a clear message.
-  std::filesystem::copy_file(path, dir.File("v2.t2ds"));
+  std::filesystem::copy_file(path, dir.File("v3.t2ds"));
   {
-    std::fstream f(dir.File("v2.t2ds"), std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(dir.File("v3.t2ds"), std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(8);
-    const uint32_t v = 2;
+    const uint32_t v = kSampleFormatVersion + 1;
     f.write(reinterpret_cast<const char*>(&v), 4);
   }
-  r = SampleFileReader::Open(dir.File("v2.t2ds"));
+  r = SampleFileReader::Open(dir.File("v3.t2ds"));
   ASSERT_FALSE(r.ok());
   EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("unsupported format version 3 (this build reads 1 to 2)"), std::string::npos)
+      << r.status();
   EXPECT_FALSE(SampleFileReader::Open(dir.File("missing.t2ds")).ok());
 }
 
@@ -190,6 +195,100 @@ TEST(SampleFileTest, EveryBitFlipIsRefused) {
     }
     EXPECT_EQ(accepted, 0) << path;
   }
+}
+
+// One user record as the format lays it out: 2 items, tags {5} and {}, one target.
+std::string OneRecord(int64_t user) {
+  std::string r;
+  PutLe<int64_t>(&r, user);
+  PutLe<uint32_t>(&r, 2);
+  PutLe<uint32_t>(&r, 1);
+  for (int64_t v : {11, 12, 1000, 1001}) PutLe<int64_t>(&r, v);  // items, then times
+  PutLe<uint16_t>(&r, 1);
+  PutLe<uint16_t>(&r, 0);
+  PutLe<int64_t>(&r, 5);
+  PutLe<uint32_t>(&r, 1);  // target
+  PutLe<uint32_t>(&r, 0);  // session begin
+  return r;
+}
+
+// Writes a samples file with the framing alone: `version`, and one chunk of `kind` and `payload`.
+void WriteRaw(const std::string& path, uint32_t version, uint32_t kind, const std::string& payload) {
+  const ChunkFileFormat format = {"T2DSAMPL", version, 2, 3, "a t2d sample file"};
+  auto w = ChunkFileWriter::Create(path, format, Header().SerializeAsString());
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->WriteChunk(kind, {1, 1}, payload).ok());
+  ASSERT_TRUE((*w)->Finish({1, 1, 1}).ok());
+}
+
+// Data sets prepared before chunks were deflated (version 1, kind 1) still read; a deflated chunk
+// in a version-1 file does not.
+TEST(SampleFileTest, Version1FilesStillRead) {
+  TempDir dir;
+  WriteRaw(dir.File("v1.t2ds"), 1, 1, OneRecord(42));
+  auto r = SampleFileReader::Open(dir.File("v1.t2ds"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  DecodedChunk d;
+  ASSERT_TRUE((*r)->ReadChunk(0, &d).ok());
+  EXPECT_EQ(d.user_ids, std::vector<int64_t>{42});
+  EXPECT_EQ(d.items, (std::vector<int64_t>{11, 12}));
+  EXPECT_EQ(d.times, (std::vector<int64_t>{1000, 1001}));
+  EXPECT_EQ(d.tags, std::vector<int64_t>{5});
+  ASSERT_EQ(d.samples.size(), 1u);
+  EXPECT_EQ(d.samples[0].target, 1u);
+  WriteRaw(dir.File("v1k4.t2ds"), 1, 4, "xxxxxxxx");
+  r = SampleFileReader::Open(dir.File("v1k4.t2ds"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("unknown chunk kind 4"), std::string::npos) << r.status();
+}
+
+// Samples are deflated: the 200 records below take 170 bytes each raw (34,000 in all).
+TEST(SampleFileTest, SampleChunksAreDeflated) {
+  TempDir dir;
+  const std::string path = WriteFile(dir.File("s.t2ds"), 200);
+  EXPECT_LT(std::filesystem::file_size(path), 34000u / 3) << "raw records take 34,000 bytes";
+  auto r = SampleFileReader::Open(path);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)->total_records(), 200);
+}
+
+// A deflated chunk whose checksum is right but whose contents are not a zlib stream of the size
+// it names (a writer bug or a forged file) is DataLoss naming the file and chunk, and a size no
+// zlib stream of that length can inflate to is refused before anything is allocated.
+TEST(SampleFileTest, BadDeflatedChunksAreRefused) {
+  TempDir dir;
+  auto read = [&](const std::string& payload) {
+    WriteRaw(dir.File("d.t2ds"), 2, 4, payload);
+    auto r = SampleFileReader::Open(dir.File("d.t2ds"));
+    if (!r.ok()) return r.status();
+    DecodedChunk d;
+    return (*r)->ReadChunk(0, &d);
+  };
+  const std::string record = OneRecord(7);
+  std::string good(4, '\0');
+  const auto raw = static_cast<uint32_t>(record.size());
+  std::memcpy(good.data(), &raw, 4);
+  uLongf size = compressBound(raw);
+  std::string stream(size, '\0');
+  ASSERT_EQ(compress2(reinterpret_cast<Bytef*>(stream.data()), &size, reinterpret_cast<const Bytef*>(record.data()), raw, 1),
+            Z_OK);
+  stream.resize(size);
+  EXPECT_TRUE(read(good + stream).ok()) << read(good + stream);
+
+  auto expect = [&](const std::string& payload, const std::string& what) {
+    const absl::Status s = read(payload);
+    EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+    EXPECT_NE(s.message().find("d.t2ds: deflated chunk 0: " + what), std::string::npos) << s;
+  };
+  expect("ab", "no size");
+  expect(good + "not a zlib stream", "the zlib stream does not inflate to");
+  std::string small = good;
+  small[0] = static_cast<char>(small[0] - 1);  // one byte fewer than the stream holds
+  expect(small + stream, "the zlib stream does not inflate to");
+  std::string huge(4, '\0');
+  const uint32_t lie = 0xFFFFFFFFu;
+  std::memcpy(huge.data(), &lie, 4);
+  expect(huge + stream, "a size of 4294967295 bytes from");
 }
 
 TEST(SampleFileTest, WriterRejectsBadTargets) {
