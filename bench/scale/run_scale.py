@@ -46,9 +46,8 @@ SIZES = {
     "full": {
         "tables": {"user_rows": 100_000_000, "item_rows": 1_000_000},
         "catalogue": {"users": 1_000_000, "items": 1_000_000, "steps": 300, "eval_users": 10_000},
-        # 10^9 interactions (2.5 x 10^7 users) would take about 93 GB of shards: more than this
-        # machine's free disk. The two sizes are 10^7 and 10^8.
-        "stream": {"users": [250_000, 2_500_000], "seq_len": 40, "train_steps": 200,
+        # 10^8 and 10^9 interactions (about 2 and 21 GB of deflated shards).
+        "stream": {"users": [2_500_000, 25_000_000], "seq_len": 40, "train_steps": 200,
                    "csv_rows": [10_000_000, 100_000_000]},
         "hosts": {"iterations": 300},
     },
