@@ -26,15 +26,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "bench/ps_bench_util.h"
-#include "comm/communicator_factory.h"
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_session.h"
-#include "comm/mpi_transport.h"
 #include "common/status_macros.h"
 #include "embedding/local_embedding_store.h"
-#include "glog/logging.h"
 #include "ps/remote_embedding_store.h"
-#include "ps/shard_server.h"
 
 namespace t2d {
 namespace {
@@ -200,41 +196,16 @@ int main(int argc, char** argv) {
       comm::MpiSession::Abort(2);
     }
   }
-  auto roles = comm::AssignRoles((*session)->size(), f.servers);
-  if (!roles.ok()) {
-    std::fprintf(stderr, "%s\n", roles.status().ToString().c_str());
-    comm::MpiSession::Abort(2);
-  }
   std::vector<config::TableConfig> tables(1);
   tables[0].set_name("bench");
   tables[0].set_dim(f.dim);
   ps::PsOptions options;
-  options.roles = *roles;
   options.consistency = f.mode == "async" ? ps::Consistency::kAsync : ps::Consistency::kSync;
   options.staleness = 2;
   options.timeout = absl::Seconds(120);
-  absl::Status status;
-  {
-    auto worker_comm = (*session)->SplitWorkers(*roles);
-    auto transport = comm::MpiTransport::Create(MPI_COMM_WORLD);
-    CHECK(worker_comm.ok() && transport.ok());
-    const int rank = (*session)->rank();
-    if (roles->IsServer(rank)) {
-      auto store = embedding::LocalEmbeddingStore::Create(tables, rank, f.servers);
-      CHECK(store.ok());
-      ps::ShardServer server(transport->get(), store->get(), options);
-      status = server.Run();
-    } else {
-      auto comm = comm::MakeCommunicator("mpi", *worker_comm, absl::Now() + absl::Seconds(60));
-      CHECK(comm.ok());
-      ps::RemoteEmbeddingStore store(transport->get(), tables, options);
-      status = Worker(f, store, **comm, *worker_comm, tables);
-      if (status.ok()) status = store.Shutdown();
-    }
-  }
-  if (!status.ok()) {
-    std::fprintf(stderr, "rank %d: %s\n", (*session)->rank(), status.ToString().c_str());
-    comm::MpiSession::Abort(1);
-  }
+  bench::RunPsJob(**session, f.servers, tables, options,
+                  [&](ps::RemoteEmbeddingStore& store, comm::Communicator& comm, MPI_Comm worker_mpi) {
+                    return Worker(f, store, comm, worker_mpi, tables);
+                  });
   return 0;
 }

@@ -19,6 +19,7 @@
 #include <malloc.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -31,16 +32,12 @@
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
 #include "bench/ps_bench_util.h"
-#include "comm/communicator_factory.h"
 #include "comm/mpi_session.h"
-#include "comm/mpi_transport.h"
 #include "common/process_memory.h"
 #include "common/status_macros.h"
 #include "embedding/local_embedding_store.h"
 #include "embedding/sparse_optimizer.h"
-#include "glog/logging.h"
 #include "ps/remote_embedding_store.h"
-#include "ps/shard_server.h"
 
 namespace t2d {
 namespace {
@@ -354,6 +351,10 @@ Flags ParseFlags(int argc, char** argv) {
     else Usage("unknown flag " + a);
   }
   if (!f.checkpoint.empty() && !f.load.empty() && f.checkpoint == f.load) Usage("--checkpoint and --load name one folder");
+  // A batch draws distinct ids: it needs a table of a good many more rows than that.
+  if (std::min(f.user_rows, f.item_rows) < 2 * int64_t{f.batch}) {
+    Usage(absl::StrCat("--batch=", f.batch, " needs tables of at least ", 2 * int64_t{f.batch}, " rows each"));
+  }
   return f;
 }
 
@@ -368,38 +369,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   const Flags f = ParseFlags(argc, argv);
-  auto roles = comm::AssignRoles((*session)->size(), f.servers);
-  if (!roles.ok()) {
-    std::fprintf(stderr, "%s\n", roles.status().ToString().c_str());
-    comm::MpiSession::Abort(2);
-  }
-  const auto tables = Tables(f);
   ps::PsOptions options;
-  options.roles = *roles;
   options.consistency = ps::Consistency::kSync;
   options.timeout = absl::Minutes(30);  // the in-process baseline keeps the servers idle for minutes
-  absl::Status status;
-  {
-    auto worker_comm = (*session)->SplitWorkers(*roles);
-    auto transport = comm::MpiTransport::Create(MPI_COMM_WORLD);
-    CHECK(worker_comm.ok() && transport.ok());
-    const int rank = (*session)->rank();
-    if (roles->IsServer(rank)) {
-      auto store = embedding::LocalEmbeddingStore::Create(tables, rank, f.servers);
-      CHECK(store.ok());
-      ps::ShardServer server(transport->get(), store->get(), options);
-      status = server.Run();
-    } else {
-      auto comm = comm::MakeCommunicator("mpi", *worker_comm, absl::Now() + absl::Seconds(60));
-      CHECK(comm.ok());
-      ps::RemoteEmbeddingStore store(transport->get(), tables, options);
-      status = Worker(f, store, **comm);
-      if (status.ok()) status = store.Shutdown();
-    }
-  }
-  if (!status.ok()) {
-    std::fprintf(stderr, "rank %d: %s\n", (*session)->rank(), status.ToString().c_str());
-    comm::MpiSession::Abort(1);
-  }
+  bench::RunPsJob(**session, f.servers, Tables(f), options,
+                  [&](ps::RemoteEmbeddingStore& store, comm::Communicator& comm, MPI_Comm) { return Worker(f, store, comm); });
   return 0;
 }

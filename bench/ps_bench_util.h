@@ -1,12 +1,18 @@
 #pragma once
-// Helpers shared by the parameter-server benchmarks (bench_ps, bench_ps_tables): Zipf id
-// batches and a timed phase across the workers.
+// Helpers shared by the parameter-server benchmarks (bench_ps, bench_ps_tables): the MPI job
+// (servers and workers), Zipf id batches and a timed phase across the workers.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
+
+#include <mpi.h>
+
+#include <cstdio>
+#include <functional>
+#include <string>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
@@ -15,7 +21,15 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "comm/communicator.h"
+#include "comm/communicator_factory.h"
+#include "comm/mpi_session.h"
+#include "comm/mpi_transport.h"
+#include "comm/roles.h"
 #include "common/status_macros.h"
+#include "embedding/local_embedding_store.h"
+#include "glog/logging.h"
+#include "ps/remote_embedding_store.h"
+#include "ps/shard_server.h"
 
 namespace t2d::bench {
 
@@ -56,6 +70,7 @@ class ZipfSampler {
 };
 
 // `count` batches of `batch` distinct ids drawn Zipf(s) over {0..n-1} (id 0 the most frequent).
+// REQUIRES: batch well below n (2 x batch <= n): distinct draws of a Zipf tail take long.
 inline std::vector<std::vector<int64_t>> ZipfBatches(int64_t n, double s, int batch, int count, uint64_t seed) {
   ZipfSampler zipf(n, s);
   std::mt19937_64 rng(seed);
@@ -87,6 +102,46 @@ absl::StatusOr<double> Phase(comm::Communicator& comm, int64_t rows_per_worker, 
   T2D_RETURN_IF_ERROR(comm.AllReduceSum(absl::MakeSpan(times), Soon()));
   seconds = *std::max_element(times.begin(), times.end());
   return static_cast<double>(rows_per_worker) * comm.size() / seconds;
+}
+
+// The worker side of a benchmark: the store of the servers, the workers' communicator and their
+// MPI communicator (for benchmarks that build their own).
+using PsWorkerFn = std::function<absl::Status(ps::RemoteEmbeddingStore&, comm::Communicator&, MPI_Comm)>;
+
+// Runs one benchmark job on MPI_COMM_WORLD: ranks 0..servers-1 serve their shards of `tables`,
+// the others run `worker` and then shut the store down. `options.roles` is filled here. A bad
+// role split exits with 2, any rank's error aborts the job with 1 (naming the rank).
+inline void RunPsJob(comm::MpiSession& session, int servers, const std::vector<config::TableConfig>& tables,
+                     ps::PsOptions options, const PsWorkerFn& worker) {
+  auto roles = comm::AssignRoles(session.size(), servers);
+  if (!roles.ok()) {
+    std::fprintf(stderr, "%s\n", roles.status().ToString().c_str());
+    comm::MpiSession::Abort(2);
+  }
+  options.roles = *roles;
+  absl::Status status;
+  {
+    auto worker_comm = session.SplitWorkers(*roles);
+    auto transport = comm::MpiTransport::Create(MPI_COMM_WORLD);
+    CHECK(worker_comm.ok() && transport.ok());
+    const int rank = session.rank();
+    if (roles->IsServer(rank)) {
+      auto store = embedding::LocalEmbeddingStore::Create(tables, rank, servers);
+      CHECK(store.ok());
+      ps::ShardServer server(transport->get(), store->get(), options);
+      status = server.Run();
+    } else {
+      auto comm = comm::MakeCommunicator("mpi", *worker_comm, absl::Now() + absl::Seconds(60));
+      CHECK(comm.ok());
+      ps::RemoteEmbeddingStore store(transport->get(), tables, options);
+      status = worker(store, **comm, *worker_comm);
+      if (status.ok()) status = store.Shutdown();
+    }
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "rank %d: %s\n", session.rank(), status.ToString().c_str());
+    comm::MpiSession::Abort(1);
+  }
 }
 
 }  // namespace t2d::bench

@@ -45,6 +45,12 @@ SampleFileWriter::SampleFileWriter(std::string path, std::unique_ptr<ChunkFileWr
 absl::Status SampleFileWriter::MaybeFlush(bool always) {
   if (chunk_records_ == 0 || (!always && payload_.size() < chunk_bytes_)) return absl::OkStatus();
   if (data_kind_ == kDeflatedSamplesChunk) {
+    // The framing refuses payloads of 2 GiB or more; the raw records obey the same limit so
+    // that every file written here reads back.
+    if (payload_.size() >= kMaxRawChunkBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(path_, ": a chunk of ", payload_.size(),
+                                                     " bytes of records (2 GiB or more; lower data.chunk_bytes)"));
+    }
     uLongf size = compressBound(static_cast<uLong>(payload_.size()));
     deflated_.resize(4 + size);
     const auto raw = static_cast<uint32_t>(payload_.size());
@@ -133,7 +139,10 @@ absl::Status SampleFileReader::Init() {
   while (true) {
     T2D_ASSIGN_OR_RETURN(bool more, file_->NextChunk(&c));
     if (!more) break;
-    const bool known = c.kind == kSamplesChunk || c.kind == kItemsChunk || (c.kind == kDeflatedSamplesChunk && file_->version() >= 2);
+    // Each file kind has its chunk kinds; deflated records came with version 2.
+    const bool known = header_.kind() == SampleFileHeader::ITEMS
+                           ? c.kind == kItemsChunk
+                           : c.kind == kSamplesChunk || (c.kind == kDeflatedSamplesChunk && file_->version() >= 2);
     if (!known) {
       return absl::DataLossError(absl::StrCat(path(), ": unknown chunk kind ", c.kind, " (chunk ", c.index, ")"));
     }
@@ -159,7 +168,6 @@ absl::Status SampleFileReader::ReadChunk(int i, DecodedChunk* out) {
   }
   T2D_RETURN_IF_ERROR(ReadPayload(i, &scratch_));
   const ChunkInfo& c = chunks_[i];
-  if (c.kind == kItemsChunk) return absl::DataLossError(absl::StrCat(path(), ": chunk ", i, " holds items, not samples"));
   absl::string_view records = scratch_;
   if (c.kind == kDeflatedSamplesChunk) {
     T2D_RETURN_IF_ERROR(Inflate(i));
@@ -215,16 +223,18 @@ absl::Status SampleFileReader::Inflate(int i) {
   if (scratch_.size() < 4) return bad("no size");
   std::memcpy(&raw, scratch_.data(), 4);
   const uint64_t stream = scratch_.size() - 4;
-  if (raw > kMaxRawChunkBytes || raw > stream * kMaxDeflateRatio + 64) {
+  if (raw >= kMaxRawChunkBytes || raw > stream * kMaxDeflateRatio + 64) {
     return bad(absl::StrCat("a size of ", raw, " bytes from ", stream, " deflated bytes is implausible"));
   }
   inflated_.resize(raw);
   uLongf size = raw;
-  const int z = uncompress(reinterpret_cast<Bytef*>(inflated_.data()), &size,
-                           reinterpret_cast<const Bytef*>(scratch_.data() + 4), static_cast<uLong>(stream));
+  uLong consumed = static_cast<uLong>(stream);
+  const int z = uncompress2(reinterpret_cast<Bytef*>(inflated_.data()), &size,
+                            reinterpret_cast<const Bytef*>(scratch_.data() + 4), &consumed);
   if (z != Z_OK || size != raw) {
     return bad(absl::StrCat("the zlib stream does not inflate to ", raw, " bytes (zlib code ", z, ", ", size, " bytes)"));
   }
+  if (consumed != stream) return bad(absl::StrCat(stream - consumed, " bytes after the zlib stream"));
   return absl::OkStatus();
 }
 

@@ -10,7 +10,7 @@
 // Memory: rows live in blocks of kBlockRows records, one allocation per block. A record is
 //   uint32 last_update_step | uint32 step_count (Adam only) | float weights[dim] |
 //   float state[SparseOptimizer::StateFloats(dim)]
-// (4 + 4 x (dim + state) bytes, 8 more with Adam: a dim-16 row-wise Adagrad row takes 72 bytes),
+// (4 + 4 x (dim + state) bytes, 4 more with Adam: a dim-16 row-wise Adagrad row takes 72 bytes),
 // and an absl::flat_hash_map<int64, uint32> maps ids to record slots (16 bytes + 1 control byte
 // per bucket, at a load of 7/16 to 7/8). The id is kept in the index only. Freed slots (evicted
 // rows) are reused before the block list grows.

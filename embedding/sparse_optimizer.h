@@ -9,7 +9,7 @@
 //   ADAM             : m[dim], v[dim]      m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g*g;  t += 1;
 //                                          w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // Adam's step count t is per row (a row updated rarely gets full bias correction on each of its
-// own updates) and is kept in the record header's `aux` word.
+// own updates) and is kept in the record's step-count word (embedding_table.h).
 // Thread-safety: immutable after construction; Apply touches only the row it is given.
 
 #include <cstdint>

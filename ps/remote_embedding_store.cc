@@ -342,6 +342,10 @@ absl::StatusOr<std::vector<ServerStatsProto>> RemoteEmbeddingStore::ServerStats(
   T2D_ASSIGN_OR_RETURN(std::vector<Reply> replies, Broadcast(Header::STATS, ""));
   std::vector<ServerStatsProto> out;
   for (const Reply& r : replies) {
+    if (r.header.stats_size() != num_tables()) {
+      return absl::DataLossError(absl::StrCat("server rank ", r.source, " reported ", r.header.stats_size(), " tables, expected ",
+                                              num_tables()));
+    }
     out.push_back(r.header.server_stats());
     *out.back().mutable_tables() = r.header.stats();
   }

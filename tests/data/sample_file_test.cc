@@ -236,6 +236,11 @@ TEST(SampleFileTest, Version1FilesStillRead) {
   EXPECT_EQ(d.tags, std::vector<int64_t>{5});
   ASSERT_EQ(d.samples.size(), 1u);
   EXPECT_EQ(d.samples[0].target, 1u);
+  // An items chunk in a samples file is not a sample chunk either.
+  WriteRaw(dir.File("k2.t2ds"), 2, 2, OneRecord(42));
+  r = SampleFileReader::Open(dir.File("k2.t2ds"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("unknown chunk kind 2 (chunk 0)"), std::string::npos) << r.status();
   WriteRaw(dir.File("v1k4.t2ds"), 1, 4, "xxxxxxxx");
   r = SampleFileReader::Open(dir.File("v1k4.t2ds"));
   ASSERT_FALSE(r.ok());
@@ -285,6 +290,11 @@ TEST(SampleFileTest, BadDeflatedChunksAreRefused) {
   std::string small = good;
   small[0] = static_cast<char>(small[0] - 1);  // one byte fewer than the stream holds
   expect(small + stream, "the zlib stream does not inflate to");
+  std::string bloated = good;  // 1 MiB from a stream of a few dozen bytes: beyond deflate's ratio
+  const uint32_t mib = 1u << 20;
+  std::memcpy(bloated.data(), &mib, 4);
+  expect(bloated + stream, "a size of 1048576 bytes from");
+  expect(good + stream + "tail", "4 bytes after the zlib stream");
   std::string huge(4, '\0');
   const uint32_t lie = 0xFFFFFFFFu;
   std::memcpy(huge.data(), &lie, 4);

@@ -189,11 +189,11 @@ TEST(EmbeddingTable, RecordBytesAreLastUpdateStepCountWeightsAndState) {
   }
 }
 
-// Records of an odd number of words: every path that reads or writes a record's header words
-// runs here on such rows (admission, update, TTL and capacity eviction, iteration, PutRow); the
-// sanitizer build checks the accesses.
-TEST(EmbeddingTable, OddSizedRecordsOnEveryHeaderPath) {
-  auto spec = Spec("t", 1, SparseOptimizerConfig::SGD, 1.0f);
+// Adam rows of dim 1 are 5 words (last update, step count, weight, m, v): every path that reads
+// or writes a record's words runs here on them (admission, update, TTL and capacity eviction,
+// iteration, PutRow); the sanitizer build checks the accesses.
+TEST(EmbeddingTable, OddSizedRecordsOnEveryPath) {
+  auto spec = Spec("t", 1, SparseOptimizerConfig::ADAM, 1.0f);
   spec.set_eviction_ttl_steps(8);
   spec.set_capacity_rows(6);
   auto t = *EmbeddingTable::Create(spec);
@@ -203,9 +203,33 @@ TEST(EmbeddingTable, OddSizedRecordsOnEveryHeaderPath) {
   std::vector<EmbeddingTable::RowView> rows;
   t->ForEachRow([&](const EmbeddingTable::RowView& r) { rows.push_back(r); });
   ASSERT_FALSE(rows.empty());
-  for (const auto& r : rows) t->PutRow(r.id + 1000, r.last_update, r.aux, absl::MakeConstSpan(r.values, 1));
+  for (const auto& r : rows) {
+    EXPECT_EQ(r.aux, 1u) << r.id;  // each row was updated once
+    t->PutRow(r.id + 1000, r.last_update, r.aux, absl::MakeConstSpan(r.values, 3));
+  }
   EXPECT_EQ(t->size(), 2 * static_cast<int64_t>(rows.size()));
-  EXPECT_FLOAT_EQ(Lookup(*t, {1107})[0], -2.0f);
+  EXPECT_EQ(Lookup(*t, {1107})[0], Lookup(*t, {107})[0]);
+}
+
+// A slot freed by eviction starts its next row afresh: Adam's step count back at zero, so the
+// new row's first update is a fresh table's first update (bias correction of step 1).
+TEST(EmbeddingTable, ReusedSlotsStartWithAZeroStepCount) {
+  auto spec = Spec("t", 1, SparseOptimizerConfig::ADAM, 0.1f);
+  spec.set_capacity_rows(2);  // more than 2 rows: the least recently updated go
+  auto t = *EmbeddingTable::Create(spec);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(t->ApplyGradients({1}, {0.5f}).ok());  // row 1: step count 5
+  ASSERT_TRUE(t->ApplyGradients({2}, {0.5f}).ok());
+  ASSERT_TRUE(t->ApplyGradients({3}, {0.5f}).ok());  // 3 rows: row 1 (oldest) is evicted
+  EXPECT_EQ(Lookup(*t, {1})[0], 0.0f);
+  ASSERT_TRUE(t->ApplyGradients({4}, {0.25f}).ok());  // takes row 1's slot
+  auto fresh = *EmbeddingTable::Create(spec);
+  ASSERT_TRUE(fresh->ApplyGradients({4}, {0.25f}).ok());
+  EXPECT_EQ(Lookup(*t, {4})[0], Lookup(*fresh, {4})[0]);
+  t->ForEachRow([](const EmbeddingTable::RowView& r) {
+    if (r.id == 4) {
+      EXPECT_EQ(r.aux, 1u);
+    }
+  });
 }
 
 }  // namespace
