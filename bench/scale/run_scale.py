@@ -2,11 +2,11 @@
 """The scale run: every figure of docs/SCALE.md, measured end to end on this machine.
 
     python3 bench/scale/run_scale.py                  # full size; writes docs/SCALE.md
-    python3 bench/scale/run_scale.py --quick          # 1/100 of the size; writes t2diff-run/scale/SCALE-quick.md
+    python3 bench/scale/run_scale.py --quick          # 1/100 of the size; writes t2diff-run/scale-quick/SCALE-quick.md
     python3 bench/scale/run_scale.py --parts tables   # one part (tables, catalogue, stream, hosts, model)
     python3 bench/scale/run_scale.py --render         # rewrite the page from the stored parts
 
-Parts (each stores its record in docs/results/scale.json, or t2diff-run/scale/scale-quick.json with --quick, and
+Parts (each stores its record in docs/results/scale.json, or t2diff-run/scale-quick/scale-quick.json with --quick, and
 the page is re-rendered from all stored records after each part, so parts can run in separate
 sittings):
   tables     4 parameter servers + 2 workers holding a user table (dim 16) and an item table
@@ -190,7 +190,8 @@ def part_catalogue(args, size, work):
                                        3600, "train")
     servers = re.findall(r"shard (\d+) memory: (.*)$", text, re.M)
     pulled = [int(x) for x in re.findall(r"server stats: .*?pulled_rows: (\d+)", text)]
-    samples_s = grab(r"(\d+(?:\.\d+)?) samples/s", text)
+    # "trained 300 steps in 12.4s (...; 12567 samples/s training)"
+    samples_s = grab(r"^trained \d+ steps in .*; (\d+) samples/s training\)", text)
     log("catalogue: evaluate %d test users against the whole catalogue, exact and IVF" % size["eval_users"])
     eval_s, eval_rss, text = checked(MPI + ["-n", "4", binary, "eval", "-c", config],
                                      os.path.join(work, "catalogue-eval.log"), 3600, "eval")
@@ -391,6 +392,8 @@ def render_catalogue(rec):
     out.append("| generate: wall, peak RSS | %.0f s, %s |" % (rec["generate_s"], gb(rec["generate_peak_rss"])))
     out.append("| train: wall (start-up included), peak RSS of the largest rank | %.0f s, %s |" % (
         rec["train_s"], gb(rec["train_peak_rss"])))
+    out.append("| training steps alone (worker 0's report) | %s samples/s |" % (
+        "{:,.0f}".format(rec["train_samples_s"]) if rec["train_samples_s"] else "–"))
     for i, m in enumerate(rec["server_memory"]):
         out.append("| server %d at the end | %s |" % (i, m))
     if rec["server_pulled_rows"]:
@@ -484,7 +487,7 @@ def render(store, quick):
              "Written by `python3 bench/scale/run_scale.py%s` from the records in `%s`; each part "
              "says when, where and at which revision it ran. Figures from different parts or machines are not "
              "compared with each other." % (" --quick" if quick else "",
-                                            "t2diff-run/scale/scale-quick.json" if quick else "docs/results/scale.json"), ""]
+                                            "t2diff-run/scale-quick/scale-quick.json" if quick else "docs/results/scale.json"), ""]
     rows = summary_rows(store)
     if rows:
         lines += ["## Targets", "", "| item | target | measured | verdict |", "|---|---|---|---|"]
@@ -513,13 +516,16 @@ def store_name(quick):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1/100 of the size; writes t2diff-run/scale/SCALE-quick.md")
+    ap.add_argument("--quick", action="store_true", help="1/100 of the size; writes t2diff-run/scale-quick/SCALE-quick.md")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS))
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--work", default=os.path.join(ROOT, "t2diff-run", "scale"), help="scratch folder")
+    ap.add_argument("--work", default=None, help="scratch folder and logs (default t2diff-run/scale, or "
+                    "t2diff-run/scale-quick with --quick, so a quick run keeps the full run's logs)")
     ap.add_argument("--render", action="store_true", help="only rewrite the page from the stored records")
     args = ap.parse_args()
     args.build_dir = os.path.abspath(args.build_dir)
+    if args.work is None:
+        args.work = os.path.join(ROOT, "t2diff-run", "scale-quick" if args.quick else "scale")
     parts = [p for p in args.parts.split(",") if p]
     for p in parts:
         if p not in PARTS:
