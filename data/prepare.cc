@@ -1,7 +1,12 @@
 #include "data/prepare.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 
@@ -16,6 +21,7 @@
 #include "data/generator.h"
 #include "data/shard_set.h"
 #include "data/sources.h"
+#include "data/user_sort.h"
 #include "google/protobuf/text_format.h"
 
 namespace t2d::data {
@@ -28,7 +34,10 @@ std::string ShardFileName(const std::string& split, int shard, int num_shards) {
 }
 
 uint64_t DatasetId(const DataConfig& config) {
-  return Mix64(std::hash<std::string>()(config.SerializeAsString()));
+  // The sort buffer changes how prepare runs, not what it writes.
+  DataConfig identity = config;
+  identity.clear_prepare_buffer_mb();
+  return Mix64(std::hash<std::string>()(identity.SerializeAsString()));
 }
 
 absl::Status PrepareOutputDir(const std::string& dir, bool force) {
@@ -41,6 +50,9 @@ absl::Status PrepareOutputDir(const std::string& dir, bool force) {
       const std::string name = e.path().filename().string();
       if (name == kManifestFile || absl::EndsWith(name, ".t2ds") || absl::EndsWith(name, ".t2ds.tmp")) {
         ours.push_back(e.path());
+      } else if (absl::StartsWith(name, kScratchPrefix) && absl::EndsWith(name, ".tmp")) {
+        fs::remove(e.path(), ec);  // sort runs of a prepare that was killed
+        ec.clear();
       }
     }
     if (ec) return absl::PermissionDeniedError(absl::StrCat(dir, ": cannot list: ", ec.message()));
@@ -199,8 +211,56 @@ absl::Status CheckDataConfig(const DataConfig& c) {
   return absl::OkStatus();
 }
 
+// A file of int64 values written raw, removed with this object.
+class ValueSpill {
+ public:
+  explicit ValueSpill(std::string path) : path_(std::move(path)), file_(std::fopen(path_.c_str(), "wb")) {}
+  ~ValueSpill() {
+    if (file_ != nullptr) std::fclose(file_);
+    std::error_code ec;
+    fs::remove(path_, ec);
+  }
+  absl::Status Add(int64_t v) {
+    if (file_ == nullptr || std::fwrite(&v, sizeof(v), 1, file_) != 1) {
+      return absl::ResourceExhaustedError(absl::StrCat(path_, ": cannot write: ", std::strerror(errno)));
+    }
+    ++count_;
+    return absl::OkStatus();
+  }
+  absl::Status Close() {
+    const bool ok = file_ != nullptr && std::fclose(file_) == 0;
+    file_ = nullptr;
+    if (!ok) return absl::ResourceExhaustedError(absl::StrCat(path_, ": cannot write: ", std::strerror(errno)));
+    return absl::OkStatus();
+  }
+  const std::string& path() const { return path_; }
+  int64_t count() const { return count_; }
+
+ private:
+  std::string path_;
+  std::FILE* file_;
+  int64_t count_ = 0;
+};
+
+// A raw log becomes a data set in bounded memory: its rows are grouped by user through an
+// external sort (data/user_sort.h) and each user is written as it comes out, in ascending id
+// order, so that neither the log nor its sequences are ever held whole. PAPER (which permutes
+// the kept users) and GLOBAL_TIME (whose cut-offs are quantiles of the kept behaviours' times)
+// read the sorted log once more before writing.
 absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::chrono::steady_clock::time_point t0) {
-  T2D_ASSIGN_OR_RETURN(InteractionLog log, ReadSource(c));
+  const bool by_time = c.sequence_order() == DataConfig::TIME;
+  T2D_ASSIGN_OR_RETURN(auto sorter,
+                       UserRowSorter::Create(c.dataset_dir(), int64_t{c.prepare_buffer_mb()} << 20, by_time));
+  InteractionLog log;  // everything but the rows, which go to the sorter
+  int64_t positives = 0;
+  T2D_RETURN_IF_ERROR(ReadSourceRows(
+      c,
+      [&](const Interaction& row, bool positive) {
+        positives += positive ? 1 : 0;
+        return sorter->Add(row, positive);
+      },
+      &log));
+  T2D_RETURN_IF_ERROR(sorter->Finish());
   // An input without a usable row, or whose users are all filtered out, would make a data set
   // of 0 users that only fails later, in training; say so here, naming the input.
   const std::string inputs = absl::StrJoin(c.input_paths(), ", ");
@@ -222,33 +282,44 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   summary.set_rows_filtered(log.rows_filtered);
   summary.set_bad_lines(log.bad_lines.count);
   for (const auto& e : log.bad_lines.examples) summary.add_bad_line_examples(e);
-  std::vector<UserSequence> seqs = BuildSequences(log, c.min_seq_len(), &summary, c.sequence_order() == DataConfig::TIME);
-  log.interactions.clear();
-  log.interactions.shrink_to_fit();
+  summary.set_sort_runs(sorter->runs());
+  int64_t empty_users = 0;
   auto no_user_left = [&](int64_t too_short) {
     return absl::InvalidArgumentError(absl::StrCat(
-        inputs, ": no user is left to prepare (", summary.input_users() + log.empty_users, " users read: ",
-        log.empty_users, " without positives (", log.rows_filtered, " rows filtered by min_rating and the filters), ",
+        inputs, ": no user is left to prepare (", summary.input_users() + empty_users, " users read: ", empty_users,
+        " without positives (", log.rows_filtered, " rows filtered by min_rating and the filters), ",
         summary.short_users_dropped(), " with fewer than min_seq_len ", c.min_seq_len(), " positives, ", too_short,
         " too short for the ", DataConfig::SplitProtocol_Name(c.split()), " split)"));
   };
-  if (seqs.empty()) return no_user_left(0);
+  const size_t min_len = static_cast<size_t>(std::max(1, c.min_seq_len()));
 
   SplitOptions options = MakeSplitOptions(c);
-  if (c.split() == DataConfig::GLOBAL_TIME) {
-    std::vector<int64_t> times;  // not empty: every kept user has at least one behaviour
-    for (const auto& s : seqs) times.insert(times.end(), s.times.begin(), s.times.end());
-    auto quantile = [&](double q) {
-      size_t k = std::min(times.size() - 1, static_cast<size_t>(q * static_cast<double>(times.size())));
-      std::nth_element(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(k), times.end());
-      return times[k];
-    };
-    options.valid_cut = quantile(1.0 - c.valid_time_fraction() - c.test_time_fraction());
-    options.test_cut = quantile(1.0 - c.test_time_fraction());
-  }
   std::vector<Split> groups;
-  if (c.split() == DataConfig::PAPER) {
-    groups = PaperGroups(seqs.size(), c.train_user_fraction(), c.valid_user_fraction(), c.seed());
+  if (c.split() == DataConfig::PAPER || c.split() == DataConfig::GLOBAL_TIME) {
+    const bool global_time = c.split() == DataConfig::GLOBAL_TIME;
+    ValueSpill times((fs::path(c.dataset_dir()) / absl::StrCat(kScratchPrefix, "times-", getpid(), ".tmp")).string());
+    int64_t kept = 0;
+    const absl::Status counted = sorter->ForEachUser([&](int64_t, absl::Span<const Interaction> rows, int64_t) -> absl::Status {
+      if (rows.size() < min_len) return absl::OkStatus();
+      ++kept;
+      if (global_time) {
+        for (const auto& x : rows) T2D_RETURN_IF_ERROR(times.Add(x.time));
+      }
+      return absl::OkStatus();
+    });
+    T2D_RETURN_IF_ERROR(counted);
+    T2D_RETURN_IF_ERROR(times.Close());
+    if (kept > 0 && global_time) {
+      const int64_t n = times.count();
+      auto quantile = [&](double q) {
+        return KthSmallestInFile(times.path(), n, std::min(n - 1, static_cast<int64_t>(q * static_cast<double>(n))));
+      };
+      T2D_ASSIGN_OR_RETURN(options.valid_cut, quantile(1.0 - c.valid_time_fraction() - c.test_time_fraction()));
+      T2D_ASSIGN_OR_RETURN(options.test_cut, quantile(1.0 - c.test_time_fraction()));
+    }
+    if (c.split() == DataConfig::PAPER) {
+      groups = PaperGroups(static_cast<size_t>(kept), c.train_user_fraction(), c.valid_user_fraction(), c.seed());
+    }
   }
 
   const uint64_t dataset_id = DatasetId(c);
@@ -262,17 +333,25 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   std::array<int64_t, kNumSplits> users_in{0, 0, 0};
   std::vector<absl::Span<const int64_t>> tags;
   int64_t too_short = 0;
-  for (size_t u = 0; u < seqs.size(); ++u) {
-    const UserSequence& s = seqs[u];
+  SequenceBuilder builder(c.min_seq_len(), &summary);
+  UserSequence s;
+  size_t u = 0;  // index of the kept user
+  const absl::Status written = sorter->ForEachUser([&](int64_t user, absl::Span<const Interaction> rows, int64_t) -> absl::Status {
+    if (rows.empty()) {
+      ++empty_users;
+      return absl::OkStatus();
+    }
+    if (!builder.Add(user, rows, &s)) return absl::OkStatus();
+    const size_t index = u++;
     tags.clear();
     for (int64_t item : s.items) {
       item_counts.try_emplace(item, 0);
       auto it = log.item_tags.find(item);
       tags.emplace_back(it == log.item_tags.end() ? absl::Span<const int64_t>(no_tags) : absl::Span<const int64_t>(it->second));
     }
-    if (!UserTargets(options, s.user, groups.empty() ? kTrain : groups[u], s.times, &targets)) {
+    if (!UserTargets(options, s.user, groups.empty() ? kTrain : groups[index], s.times, &targets)) {
       ++too_short;
-      continue;
+      return absl::OkStatus();
     }
     for (const TargetRef& t : targets[kTrain]) ++item_counts[s.items[t.target]];
     const int shard = static_cast<int>(Mix64(c.seed() ^ static_cast<uint64_t>(s.user)) % static_cast<uint64_t>(c.num_shards()));
@@ -282,7 +361,11 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
       T2D_ASSIGN_OR_RETURN(SampleFileWriter * w, out->writer(static_cast<Split>(sp), shard));
       T2D_RETURN_IF_ERROR(WriteUserTargets(w, s.user, s.items, s.times, tags, targets[sp], c.max_seq_len()));
     }
-  }
+    return absl::OkStatus();
+  });
+  T2D_RETURN_IF_ERROR(written);
+  builder.Finish(positives, empty_users);
+  if (builder.users() == 0) return no_user_left(0);
   // Nothing has been written yet but the .tmp files that `out` removes.
   if (users_in[kTrain] + users_in[kValid] + users_in[kTest] == 0) return no_user_left(too_short);
   std::vector<int64_t> ids;
@@ -345,6 +428,9 @@ std::string FormatSummary(const PrepareSummary& s) {
     }
   }
   for (const auto& e : s.bad_line_examples()) absl::StrAppend(&out, "\nbad line: ", e);
+  if (s.sort_runs() > 0) {
+    absl::StrAppend(&out, "\ngrouped by user through ", s.sort_runs(), " sort runs on disk (data.prepare_buffer_mb)");
+  }
   absl::StrAppend(&out, absl::StrFormat("\ntook %.2f s", s.seconds()));
   return out;
 }

@@ -6,6 +6,9 @@
 //   {train,valid,test}-SSSSS-of-NNNNN.t2ds   user records of each split, N = data.num_shards
 // A user's records of all splits go to shard Mix64(seed ^ user) % N (the generator: by user id).
 // The manifest is written last, so a folder with a manifest holds a complete data set.
+// A raw log is grouped by user through an external sort (data/user_sort.h) in at most
+// data.prepare_buffer_mb of memory plus per-item state and, under PAPER, 8 bytes a user: its
+// scratch files (".prepare-*.tmp") live in dataset_dir while it runs.
 //
 // Errors: a folder that already holds a data set (manifest or .t2ds files) is AlreadyExists
 // unless `force`; with `force` only this layout's files are removed. Config problems are
@@ -24,6 +27,9 @@ namespace t2d::data {
 
 inline constexpr char kManifestFile[] = "manifest.textproto";
 inline constexpr char kItemsFile[] = "items.t2ds";
+// Scratch files of a running prepare (sort runs, times) start with this and end in ".tmp"; a
+// prepare removes those a killed one left.
+inline constexpr char kScratchPrefix[] = ".prepare-";
 
 // "train-00003-of-00008.t2ds"
 std::string ShardFileName(const std::string& split, int shard, int num_shards);

@@ -35,6 +35,53 @@ void AddToHistogram(int64_t length, PrepareSummary* summary) {
   }
 }
 
+bool SequenceBuilder::Add(int64_t user, absl::Span<const Interaction> positives, UserSequence* out) {
+  const int64_t len = static_cast<int64_t>(positives.size());
+  if (len == 0) return false;
+  for (const auto& x : positives) input_items_.insert(x.item);
+  ++input_users_;
+  if (len == 1) ++one_item_;
+  if (len < min_len_) {
+    ++short_dropped_;
+    return false;
+  }
+  out->user = user;
+  out->items.clear();
+  out->times.clear();
+  out->items.reserve(positives.size());
+  out->times.reserve(positives.size());
+  for (const auto& x : positives) {
+    out->items.push_back(x.item);
+    out->times.push_back(x.time);
+    kept_items_.insert(x.item);
+  }
+  kept_interactions_ += len;
+  AddToHistogram(len, summary_);
+  min_seen_ = kept_users_ == 0 ? len : std::min(min_seen_, len);
+  max_seen_ = std::max(max_seen_, len);
+  ++kept_users_;
+  return true;
+}
+
+void SequenceBuilder::Finish(int64_t input_interactions, int64_t empty_users) {
+  PrepareSummary* s = summary_;
+  if (s->seq_len_histogram_size() == 0) {
+    for (const auto& b : EmptyLengthHistogram()) *s->add_seq_len_histogram() = b;
+  }
+  s->set_input_users(input_users_);
+  s->set_input_items(static_cast<int64_t>(input_items_.size()));
+  s->set_input_interactions(input_interactions);
+  s->set_empty_users(empty_users);
+  s->set_one_item_users(one_item_);
+  s->set_short_users_dropped(short_dropped_);
+  s->set_users(kept_users_);
+  s->set_items(static_cast<int64_t>(kept_items_.size()));
+  s->set_interactions(kept_interactions_);
+  s->set_min_seq_len(min_seen_);
+  s->set_max_seq_len(max_seen_);
+  s->set_mean_seq_len(kept_users_ == 0 ? 0.0 : static_cast<double>(kept_interactions_) / kept_users_);
+}
+
 std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary, bool by_time) {
   std::vector<uint32_t> order(log.interactions.size());
   std::iota(order.begin(), order.end(), 0u);
@@ -43,54 +90,17 @@ std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len,
     if (in[a].user != in[b].user) return in[a].user < in[b].user;
     return by_time && in[a].time < in[b].time;
   });
-  absl::flat_hash_set<int64_t> input_items, kept_items;
-  for (const auto& x : in) input_items.insert(x.item);
+  SequenceBuilder builder(min_len, summary);
   std::vector<UserSequence> out;
-  int64_t input_users = 0, one_item = 0, short_dropped = 0, kept_interactions = 0;
-  int64_t min_seen = 0, max_seen = 0;
+  std::vector<Interaction> rows;
+  UserSequence s;
   for (size_t i = 0; i < order.size();) {
-    size_t j = i;
+    rows.clear();
     const int64_t user = in[order[i]].user;
-    while (j < order.size() && in[order[j]].user == user) ++j;
-    const int64_t len = static_cast<int64_t>(j - i);
-    ++input_users;
-    if (len == 1) ++one_item;
-    if (len < min_len) {
-      ++short_dropped;
-      i = j;
-      continue;
-    }
-    UserSequence s;
-    s.user = user;
-    s.items.reserve(len);
-    s.times.reserve(len);
-    for (size_t k = i; k < j; ++k) {
-      s.items.push_back(in[order[k]].item);
-      s.times.push_back(in[order[k]].time);
-      kept_items.insert(in[order[k]].item);
-    }
-    kept_interactions += len;
-    AddToHistogram(len, summary);
-    min_seen = out.empty() ? len : std::min(min_seen, len);
-    max_seen = std::max(max_seen, len);
-    out.push_back(std::move(s));
-    i = j;
+    for (; i < order.size() && in[order[i]].user == user; ++i) rows.push_back(in[order[i]]);
+    if (builder.Add(user, rows, &s)) out.push_back(std::move(s));
   }
-  if (summary->seq_len_histogram_size() == 0) {
-    for (const auto& b : EmptyLengthHistogram()) *summary->add_seq_len_histogram() = b;
-  }
-  summary->set_input_users(input_users);
-  summary->set_input_items(static_cast<int64_t>(input_items.size()));
-  summary->set_input_interactions(static_cast<int64_t>(in.size()));
-  summary->set_empty_users(log.empty_users);
-  summary->set_one_item_users(one_item);
-  summary->set_short_users_dropped(short_dropped);
-  summary->set_users(static_cast<int64_t>(out.size()));
-  summary->set_items(static_cast<int64_t>(kept_items.size()));
-  summary->set_interactions(kept_interactions);
-  summary->set_min_seq_len(min_seen);
-  summary->set_max_seq_len(max_seen);
-  summary->set_mean_seq_len(out.empty() ? 0.0 : static_cast<double>(kept_interactions) / out.size());
+  builder.Finish(static_cast<int64_t>(in.size()), log.empty_users);
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/types/span.h"
 #include "data/data_config.pb.h"
 #include "data/dataset.pb.h"
@@ -37,6 +38,26 @@ struct UserSequence {
 // and the min/max/mean length of `summary`.
 std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary,
                                          bool by_time = true);
+
+// BuildSequences one user at a time, for logs grouped elsewhere (data/user_sort.h): users are
+// added in ascending id order, each with its positives already in sequence order.
+class SequenceBuilder {
+ public:
+  SequenceBuilder(int min_len, PrepareSummary* summary) : min_len_(min_len), summary_(summary) {}
+  // Counts the user; returns true and fills *out when it is long enough to keep.
+  bool Add(int64_t user, absl::Span<const Interaction> positives, UserSequence* out);
+  // Writes the counts to the summary. input_interactions: every positive read; empty_users:
+  // users with rows but no positive.
+  void Finish(int64_t input_interactions, int64_t empty_users);
+  int64_t users() const { return kept_users_; }
+
+ private:
+  int min_len_;
+  PrepareSummary* summary_;
+  absl::flat_hash_set<int64_t> input_items_, kept_items_;
+  int64_t input_users_ = 0, one_item_ = 0, short_dropped_ = 0, kept_users_ = 0, kept_interactions_ = 0;
+  int64_t min_seen_ = 0, max_seen_ = 0;
+};
 
 // Start of the current session for a target at index `target` whose history window starts at
 // `window_begin` (so the history is times[window_begin, target)). LAST_K: the last k

@@ -90,34 +90,27 @@ std::string Quote(absl::string_view line) {
   return absl::StrCat("\"", line, "\"");
 }
 
-// Shared state of one ReadSource call.
+// Shared state of one ReadSourceRows call.
 struct Context {
   const DataConfig& config;
   InteractionLog* log;
+  RowSink sink;
   BadLineHandler bad;
   TagVocab vocab;
-  absl::flat_hash_set<int64_t> all_users, positive_users;
 
-  Context(const DataConfig& c, InteractionLog* l) : config(c), log(l), bad(c.skip_bad_lines(), &l->bad_lines) {}
+  Context(const DataConfig& c, RowSink s, InteractionLog* l)
+      : config(c), log(l), sink(s), bad(c.skip_bad_lines(), &l->bad_lines) {}
 
-  void AddRow(int64_t user, int64_t item, int64_t time, bool positive) {
+  absl::Status AddRow(int64_t user, int64_t item, int64_t time, bool positive) {
     ++log->rows_read;
-    all_users.insert(user);
-    if (!positive) {
-      ++log->rows_filtered;
-      return;
-    }
-    positive_users.insert(user);
-    log->interactions.push_back({user, item, time});
+    if (!positive) ++log->rows_filtered;
+    return sink({user, item, time}, positive);
   }
   void SetTags(int64_t item, std::vector<int64_t> tags) {
     if (config.first_tag_only() && tags.size() > 1) tags.resize(1);
     log->item_tags.try_emplace(item, std::move(tags));
   }
-  void Finish() {
-    log->empty_users = static_cast<int64_t>(all_users.size() - positive_users.size());
-    vocab.Finish(log);
-  }
+  void Finish() { vocab.Finish(log); }
 };
 
 // What a line parser makes of one line: the empty string when the line is good, what is wrong
@@ -159,7 +152,7 @@ absl::Status ReadColonRatings(const std::string& path, Context* ctx) {
         !ParseInt(f[3], &time)) {
       return Expected("user::item::rating::timestamp", line);
     }
-    ctx->AddRow(user, item, time, rating >= ctx->config.min_rating());
+    T2D_RETURN_IF_ERROR(ctx->AddRow(user, item, time, rating >= ctx->config.min_rating()));
     return std::string();
   });
 }
@@ -192,7 +185,7 @@ absl::Status ReadUData(const std::string& path, Context* ctx) {
         !ParseInt(f[3], &time)) {
       return Expected("user<TAB>item<TAB>rating<TAB>timestamp", line);
     }
-    ctx->AddRow(user, item, time, rating >= ctx->config.min_rating());
+    T2D_RETURN_IF_ERROR(ctx->AddRow(user, item, time, rating >= ctx->config.min_rating()));
     return std::string();
   });
 }
@@ -245,7 +238,7 @@ absl::Status ReadSequenceFile(const std::string& path, Context* ctx) {
     for (size_t i = 0; ok && i < items.size(); ++i) ok = ParseInt(f[i + 1], &items[i]);
     // A line is added whole or not at all.
     if (!ok) return Expected("\"user item item ...\" (integers)", line);
-    for (size_t i = 0; i < items.size(); ++i) ctx->AddRow(user, items[i], static_cast<int64_t>(i), true);
+    for (size_t i = 0; i < items.size(); ++i) T2D_RETURN_IF_ERROR(ctx->AddRow(user, items[i], static_cast<int64_t>(i), true));
     return std::string();
   });
 }
@@ -347,7 +340,7 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
     bool keep = label >= ctx->config.min_rating();
     for (const auto& [c, value] : filters) keep = keep && absl::StripAsciiWhitespace(f[c]) == value;
     if (time_col < 0) time = position[user]++;
-    ctx->AddRow(user, item, time, keep);
+    if (absl::Status added = ctx->AddRow(user, item, time, keep); !added.ok()) return added;
     return std::string();
   }));
   if (num_fields < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
@@ -459,12 +452,12 @@ bool SplitCsvLine(absl::string_view line, char delimiter, std::vector<absl::stri
 
 std::string SourceName(config::DataConfig::SourceKind kind) { return config::DataConfig::SourceKind_Name(kind); }
 
-absl::StatusOr<InteractionLog> ReadSource(const DataConfig& given) {
+absl::Status ReadSourceRows(const DataConfig& given, RowSink sink, InteractionLog* out) {
   DataConfig config = given;
   // KuaiRand's label is is_click (0/1): positives are clicks unless the config says otherwise.
   if (config.source() == DataConfig::KUAIRAND && !config.has_min_rating()) config.set_min_rating(1);
-  InteractionLog log;
-  Context ctx(config, &log);
+  InteractionLog& log = *out;
+  Context ctx(config, sink, &log);
   const auto& paths = config.input_paths();
   if (paths.empty()) return absl::InvalidArgumentError("data.input_paths: no input file given");
   switch (config.source()) {
@@ -494,6 +487,24 @@ absl::StatusOr<InteractionLog> ReadSource(const DataConfig& given) {
                                                      " is not a file source"));
   }
   ctx.Finish();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<InteractionLog> ReadSource(const DataConfig& config) {
+  InteractionLog log;
+  absl::flat_hash_set<int64_t> all_users, positive_users;
+  T2D_RETURN_IF_ERROR(ReadSourceRows(
+      config,
+      [&](const Interaction& row, bool positive) {
+        all_users.insert(row.user);
+        if (positive) {
+          positive_users.insert(row.user);
+          log.interactions.push_back(row);
+        }
+        return absl::OkStatus();
+      },
+      &log));
+  log.empty_users = static_cast<int64_t>(all_users.size() - positive_users.size());
   return log;
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "data/data_config.pb.h"
@@ -50,8 +51,16 @@ struct InteractionLog {
 };
 
 // Reads the source described by `config` (source, input_paths, item_path, csv, min_rating,
-// first_tag_only, skip_bad_lines).
+// first_tag_only, skip_bad_lines) into memory.
 absl::StatusOr<InteractionLog> ReadSource(const config::DataConfig& config);
+
+// Where ReadSourceRows puts each data row, in input order, with whether it passed the positives
+// filter. An error status ends the read and is returned.
+using RowSink = absl::FunctionRef<absl::Status(const Interaction& row, bool positive)>;
+
+// ReadSource for logs larger than memory: every row goes to `sink`; `*log` gets everything else
+// (tags, counts, bad lines, has_timestamps) but neither interactions nor empty_users.
+absl::Status ReadSourceRows(const config::DataConfig& config, RowSink sink, InteractionLog* log);
 
 // Splits one delimited line into fields, honouring double quotes ("a,b" and "" inside quotes).
 // Returns false for an unterminated quote. Fields point into `line` or into `storage`.

@@ -3,7 +3,7 @@
 
     python3 bench/scale/run_scale.py                  # full size; writes docs/SCALE.md
     python3 bench/scale/run_scale.py --quick          # 1/100 of the size; writes t2diff-run/scale-quick/SCALE-quick.md
-    python3 bench/scale/run_scale.py --parts tables   # one part (tables, catalogue, stream, hosts, model)
+    python3 bench/scale/run_scale.py --parts tables   # one part (tables, catalogue, stream, prepare, hosts, model)
     python3 bench/scale/run_scale.py --render         # rewrite the page from the stored parts
 
 Parts (each stores its record in docs/results/scale.json, or t2diff-run/scale-quick/scale-quick.json with --quick, and
@@ -17,8 +17,8 @@ sittings):
              2 servers + 2 workers, then distributed evaluation of a sample of test users against
              the whole catalogue, exact and through an IVF index (t2diff).
   stream     the generator's shards at two sizes: bytes on disk per interaction, the peak RSS of
-             generating, and of every rank of a fixed number of training steps from them; and
-             `prepare` of a raw CSV at two sizes, its peak RSS.
+             generating, and of every rank of a fixed number of training steps from them.
+  prepare    `prepare` of a raw CSV at two sizes (10^7 and 10^8 rows), its peak RSS.
   hosts      bench/bench_multihost.sh: pull, push and allreduce between three network-namespace
              hosts against within one.
   model      bench_model: the model kinds at the authors' and the industrial size (D = 64,
@@ -38,7 +38,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MPI = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
-PARTS = ["tables", "catalogue", "stream", "hosts", "model"]
+PARTS = ["tables", "catalogue", "stream", "prepare", "hosts", "model"]
 
 # Sizes: full, and the quick mode's 1/100 (about).
 SIZES = {
@@ -46,14 +46,17 @@ SIZES = {
         "tables": {"user_rows": 100_000_000, "item_rows": 1_000_000},
         "catalogue": {"users": 1_000_000, "items": 1_000_000, "steps": 300, "eval_users": 10_000},
         # 10^8 and 10^9 interactions (about 2 and 21 GB of deflated shards).
-        "stream": {"users": [2_500_000, 25_000_000], "seq_len": 40, "train_steps": 200,
-                   "csv_rows": [10_000_000, 100_000_000]},
+        "stream": {"users": [2_500_000, 25_000_000], "seq_len": 40, "train_steps": 200},
+        "prepare": {"csv_rows": [10_000_000, 100_000_000]},
         "hosts": {"iterations": 300},
     },
     "quick": {
         "tables": {"user_rows": 1_000_000, "item_rows": 10_000},
         "catalogue": {"users": 10_000, "items": 10_000, "steps": 60, "eval_users": 1_000},
-        "stream": {"users": [25_000, 250_000], "seq_len": 40, "train_steps": 50, "csv_rows": [100_000, 1_000_000]},
+        "stream": {"users": [25_000, 250_000], "seq_len": 40, "train_steps": 50},
+        # The sort buffer and the sample files' chunks are scaled down with the log, so that both
+        # sizes sort through runs on disk and fill the writers' chunk buffers.
+        "prepare": {"csv_rows": [100_000, 1_000_000], "buffer_mb": 2, "chunk_bytes": 16384},
         "hosts": {"iterations": 50},
     },
 }
@@ -228,14 +231,15 @@ eval { max_samples: 100 }
 """ % dict(work=work, tag=tag, users=users, seq=seq_len, steps=steps)
 
 
-def csv_config(work, tag):
+def csv_config(work, tag, buffer_mb=None, chunk_bytes=None):
     return """tables { name: "item_id" dim: 16 }
 tables { name: "item_tag" dim: 4 }
 data {
   source: CSV input_paths: "%(work)s/raw-%(tag)s.csv" dataset_dir: "%(work)s/prepared-%(tag)s" max_seq_len: 50
-  split: LAST_ITEM num_shards: 16 csv { }
+  split: LAST_ITEM num_shards: 16 csv { }%(buffer)s%(chunk)s
 }
-""" % dict(work=work, tag=tag)
+""" % dict(work=work, tag=tag, buffer=" prepare_buffer_mb: %d" % buffer_mb if buffer_mb else "",
+           chunk=" chunk_bytes: %d" % chunk_bytes if chunk_bytes else "")
 
 
 def write_csv(path, rows, users):
@@ -278,19 +282,26 @@ def part_stream(args, size, work):
                              "generate_log": text[-2000:]})
         for d in (data, data + "-out", data + "-ckpt"):
             shutil.rmtree(d, ignore_errors=True)
+    return rec
+
+
+def part_prepare(args, size, work):
+    binary = os.path.join(args.build_dir, "launcher", "t2diff")
+    rec = {"csv": []}
     for rows in size["csv_rows"]:
         tag = "r%d" % rows
         raw = os.path.join(work, "raw-%s.csv" % tag)
-        log("stream: write a raw CSV of %d rows, then prepare it" % rows)
+        log("prepare: write a raw CSV of %d rows, then prepare it" % rows)
         write_csv(raw, rows, max(1000, rows // 40))
         config = os.path.join(work, "prepare-%s.textproto" % tag)
         with open(config, "w") as f:
-            f.write(csv_config(work, tag))
+            f.write(csv_config(work, tag, size.get("buffer_mb"), size.get("chunk_bytes")))
         shutil.rmtree(os.path.join(work, "prepared-" + tag), ignore_errors=True)
-        prep_s, prep_rss, _ = checked([binary, "prepare", "-c", config, "--force"],
-                                      os.path.join(work, "prepare-%s.log" % tag), 4 * 3600, "prepare")
+        prep_s, prep_rss, text = checked([binary, "prepare", "-c", config, "--force"],
+                                         os.path.join(work, "prepare-%s.log" % tag), 4 * 3600, "prepare")
+        runs = grab(r"through (\d+) sort runs on disk", text, int) or 0
         rec["csv"].append({"rows": rows, "csv_bytes": os.path.getsize(raw), "prepare_s": prep_s,
-                           "prepare_peak_rss": prep_rss})
+                           "prepare_peak_rss": prep_rss, "sort_runs": runs})
         os.remove(raw)
         shutil.rmtree(os.path.join(work, "prepared-" + tag), ignore_errors=True)
     return rec
@@ -313,7 +324,8 @@ def part_model(args, size, work):
     return {"seconds": secs, "output": text[-8000:]}
 
 
-RUNNERS = {"tables": part_tables, "catalogue": part_catalogue, "stream": part_stream, "hosts": part_hosts,
+RUNNERS = {"tables": part_tables, "catalogue": part_catalogue, "stream": part_stream, "prepare": part_prepare,
+           "hosts": part_hosts,
            "model": part_model}
 
 
@@ -423,16 +435,23 @@ def render_stream(rec):
             out.append("%s: %.2fx at %.0fx the data: %s" % (
                 what.replace("_", " "), r, b["users"] / a["users"],
                 "bounded (does not grow with the data)" if r < 1.25 else "**grows with the data**"))
-    out += ["", "| raw CSV rows | CSV size | prepare | prepare peak RSS |", "|---|---|---|---|"]
+    out.append("")
+    return out
+
+
+def render_prepare(rec):
+    out = ["## Preparing a raw log (item 4)", "",
+           "`t2diff prepare` of a raw CSV (user_id,item_id,timestamp; users' lines interleaved), grouped by user "
+           "through an external sort in `data.prepare_buffer_mb` (256 MiB by default) of memory.", "",
+           "| raw CSV rows | CSV size | prepare | sort runs on disk | prepare peak RSS |", "|---|---|---|---|---|"]
     for c in rec["csv"]:
-        out.append("| %s | %s | %.0f s | %s |" % ("{:,}".format(c["rows"]), gb(c["csv_bytes"]), c["prepare_s"],
-                                                  gb(c["prepare_peak_rss"])))
+        out.append("| %s | %s | %.0f s | %s | %s |" % ("{:,}".format(c["rows"]), gb(c["csv_bytes"]), c["prepare_s"],
+                                                       c.get("sort_runs", "?"), gb(c["prepare_peak_rss"])))
     if len(rec["csv"]) == 2:
         a, b = rec["csv"]
         r = b["prepare_peak_rss"] / max(1, a["prepare_peak_rss"])
         out += ["", "prepare peak RSS: %.2fx at %.0fx the rows: %s" % (
-            r, b["rows"] / a["rows"], "bounded" if r < 1.25 else "**grows with the data** (prepare holds the whole "
-            "log in memory to order each user's behaviours)")]
+            r, b["rows"] / a["rows"], "bounded" if r < 1.25 else "**grows with the data**")]
     out.append("")
     return out
 
@@ -466,8 +485,9 @@ def summary_rows(store):
             r = b[what] / max(1, a[what])
             rows.append(("4", "peak RSS of %s does not grow with the data (%.0fx the data)" % (label, b["users"] / a["users"]),
                          "%s -> %s (%.2fx)" % (gb(a[what]), gb(b[what]), r), met(r < 1.25)))
-    if stream and len(stream["csv"]) == 2:
-        a, b = stream["csv"]
+    prepare = store.get("prepare", {}).get("result")
+    if prepare and len(prepare["csv"]) == 2:
+        a, b = prepare["csv"]
         r = b["prepare_peak_rss"] / max(1, a["prepare_peak_rss"])
         rows.append(("4", "peak RSS of prepare (raw CSV of %s rows) does not grow with the data" % "{:,}".format(b["rows"]),
                      "%s -> %s (%.2fx at %.0fx the rows)" % (gb(a["prepare_peak_rss"]), gb(b["prepare_peak_rss"]), r,
@@ -501,6 +521,7 @@ def render(store, quick):
             lines += ["## %s" % part, "", "Not run yet (`--parts %s`)." % part, ""]
             continue
         body = {"tables": render_tables, "catalogue": render_catalogue, "stream": render_stream,
+                "prepare": render_prepare,
                 "hosts": lambda r: render_text("## Several hosts (item 6)", r),
                 "model": lambda r: render_text("## Industrial-size model cost (item 7)", r)}[part](rec["result"])
         body.insert(1, "")

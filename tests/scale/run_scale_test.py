@@ -79,14 +79,19 @@ class Page(unittest.TestCase):
     def test_rss_that_grows_with_the_data_is_called_so(self):
         size = {"interactions": 1000, "disk_bytes": 93_000, "generate_s": 1, "train_s": 1}
         rec = {"sizes": [dict(size, users=10, generate_peak_rss=100, train_peak_rss=100),
-                         dict(size, users=100, generate_peak_rss=110, train_peak_rss=300)],
-               "csv": [{"rows": 10, "csv_bytes": 1, "prepare_s": 1, "prepare_peak_rss": 100},
-                       {"rows": 100, "csv_bytes": 1, "prepare_s": 1, "prepare_peak_rss": 124}]}
+                         dict(size, users=100, generate_peak_rss=110, train_peak_rss=300)]}
         page = "\n".join(rs.render_stream(rec))
         self.assertIn("| 93.0 |", page)
         self.assertIn("generate peak rss: 1.10x at 10x the data: bounded", page)
         self.assertIn("train peak rss: 3.00x at 10x the data: **grows with the data**", page)
+        csv = {"csv": [{"rows": 10, "csv_bytes": 1, "prepare_s": 1, "prepare_peak_rss": 100, "sort_runs": 2},
+                       {"rows": 100, "csv_bytes": 1, "prepare_s": 1, "prepare_peak_rss": 124, "sort_runs": 20}]}
+        page = "\n".join(rs.render_prepare(csv))
+        self.assertIn("| 100 | 0.00 GB | 1 s | 20 | 0.00 GB |", page)
         self.assertIn("prepare peak RSS: 1.24x at 10x the rows: bounded", page)
+        csv["csv"][1]["prepare_peak_rss"] = 126
+        rows = rs.summary_rows({"prepare": {"result": csv}})
+        self.assertEqual(rows[-1][3], "**missed**")
 
     def test_parts_not_run_say_so_and_runs_say_where(self):
         page = rs.render({"tables": stored({"fill": tables_run(1, 6e6, 10e6), "load": tables_run(1, 6e6, 10e6, True),
