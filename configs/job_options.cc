@@ -62,11 +62,12 @@ absl::Status CheckDenseModelFits(const JobConfig& job, int64_t memory_bytes) {
   auto gb = [](double b) { return absl::StrFormat("%.3g GB", b / 1e9); };
   return absl::ResourceExhaustedError(absl::StrCat(
       "model: the dense model (D = ", dims.id_dim + dims.tag_dim, ", model.unet_levels = ", job.model().unet_levels(),
+      job.model().unet_channels() > 0 ? absl::StrCat(", model.unet_channels = ", job.model().unet_channels()) : "",
       ") has ", absl::StrFormat("%.3g", static_cast<double>(bytes / kBytesPerDenseParameter)),
       " parameters; a worker needs at least ", gb(static_cast<double>(bytes)),
       " for them (values, gradients, Adam moments), ", workers, workers == 1 ? " worker" : " workers",
       " on this machine ", gb(need), ", but it has ", gb(static_cast<double>(memory_bytes)),
-      " of memory; lower the tables' dim or model.unet_levels"));
+      " of memory; lower the tables' dim, model.unet_levels or model.unet_channels"));
 }
 
 data::ReaderOptions ReaderOptionsOf(const JobConfig& job, const std::string& split, int rank, int world_size) {

@@ -76,8 +76,10 @@ UserRowSorter::~UserRowSorter() {
 absl::Status UserRowSorter::Add(const Interaction& row, bool positive) {
   if (finished_) return absl::FailedPreconditionError("UserRowSorter::Add after Finish");
   if (buffer_.size() == capacity_) T2D_RETURN_IF_ERROR(Spill());
-  // Grow by doubling but never past the capacity, so the buffer stays within its bytes.
-  if (buffer_.size() == buffer_.capacity()) buffer_.reserve(std::min(capacity_, std::max<size_t>(1024, 2 * buffer_.size())));
+  // The whole buffer at once: growing it by doubling would leave the smaller copies behind in
+  // the heap (the launcher keeps freed memory, model/malloc_tuning.h), about doubling the peak.
+  // Pages are resident only once written, so a small log costs only its rows.
+  if (buffer_.capacity() < capacity_) buffer_.reserve(capacity_);
   buffer_.push_back({row.user, row.item, row.time, static_cast<uint32_t>(buffer_.size()), positive ? 1u : 0u});
   ++rows_;
   return absl::OkStatus();

@@ -66,9 +66,10 @@ Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& 
 
   // Registration order: the down path, the up path from the deepest level, the output layer.
   const int levels = config.unet_levels();
+  const int64_t c0 = config.unet_channels() > 0 ? config.unet_channels() : d;
   int64_t in = 2 * d;
   for (int l = 0; l < levels; ++l) {
-    const int64_t c = d << l;
+    const int64_t c = c0 << l;
     ConvBlock b;
     b.conv = Linear::Register(params, absl::StrCat("unet.down", l, ".conv"), 3 * in, c, true, true);
     b.norm = Norm::Register(params, absl::StrCat("unet.down", l, ".norm"), c, true);
@@ -77,16 +78,17 @@ Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& 
   }
   up_.resize(static_cast<size_t>(levels - 1));
   for (int l = levels - 2; l >= 0; --l) {
-    const int64_t c = d << l;
+    const int64_t c = c0 << l;
     UpLevel& u = up_[static_cast<size_t>(l)];
     u.proj = Linear::Register(params, absl::StrCat("unet.up", l, ".proj"), 2 * c, c, true, true);
     u.block.conv = Linear::Register(params, absl::StrCat("unet.up", l, ".conv"), 3 * 2 * c, c, true, true);
     u.block.norm = Norm::Register(params, absl::StrCat("unet.up", l, ".norm"), c, true);
   }
-  out_ = Linear::Register(params, "unet.out", d, d, true, true);
+  out_ = Linear::Register(params, "unet.out", c0, d, true, true);
 
   // Offsets are fixed at registration: the plain-C++ kernel's layout is known now.
   kernel_layout_.d = d;
+  kernel_layout_.channels = c0;
   kernel_layout_.levels = levels;
   for (const ConvBlock& b : down_) {
     kernel_layout_.down.push_back({b.conv.w.offset(), b.conv.b.offset(), b.norm.g.offset(), b.norm.b.offset()});
@@ -102,24 +104,29 @@ Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& 
 absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const Tensor& targets,
                                                         const SequenceMask& mask, uint64_t noise_seed,
                                                         const TrainNoise* noise) const {
-  const int64_t b = x.size(0), n = x.size(1);
+  const int64_t b = x.size(0), n = x.size(1), w = Window(n);
   // Stop-gradient at the module's inputs (spec section 6).
   const Tensor xd = x.detach();
   const Tensor td = targets.detach();
-  const Tensor mk = mask.mask.unsqueeze(2);
   const Tensor next = at::cat({xd.narrow(1, 1, n - 1), td.unsqueeze(1)}, 1);
-  const Tensor z0 = (drift_ ? next - xd : next) * mk;
+  // With model.diffusion_window the module sees the newest w positions only.
+  const Tensor xw = w < n ? xd.narrow(1, n - w, w) : xd;
+  const Tensor mw = w < n ? mask.mask.narrow(1, n - w, w) : mask.mask;
+  const Tensor nw = w < n ? next.narrow(1, n - w, w) : next;
+  const int64_t valid = w < n ? static_cast<int64_t>(mw.sum().item<double>()) : mask.valid;
+  const Tensor z0 = (drift_ ? nw - xw : nw) * mw.unsqueeze(2);
   Tensor r, eps;
   if (noise != nullptr) {
     r = noise->steps.to(at::kLong).view({b});
     eps = noise->eps.to(at::kFloat);
+    if (w < n) eps = eps.narrow(1, n - w, w);
     if (r.min().item<int64_t>() < 1 || r.max().item<int64_t>() > schedule_.steps()) {
       return absl::InvalidArgumentError(absl::StrCat("TrainNoise.steps must lie in 1..", schedule_.steps()));
     }
   } else {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(noise_seed);
     r = at::randint(1, schedule_.steps() + 1, {b}, gen, at::kLong);
-    eps = at::randn({b, n, d_}, gen, at::kFloat);
+    eps = at::randn({b, w, d_}, gen, at::kFloat);
   }
   const Tensor zr = noising_.Apply(z0, r, eps);
   // Draws of the consistency options come from their own generator, so that the spec's noise
@@ -127,22 +134,22 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
   const float drop = config_.guidance_drop_fraction(), generated_fraction = config_.train_generated_token_fraction();
   std::optional<at::Generator> extra;
   if (drop > 0 || generated_fraction > 0) extra = at::make_generator<at::CPUGeneratorImpl>(noise_seed ^ 0x6775696465ULL);
-  Tensor cond = xd;
+  Tensor cond = xw;
   if (drop > 0) {
     // Classifier-free guidance: some samples learn z_0 without the history condition.
     const Tensor keep = (at::rand({b}, *extra, at::kFloat) >= drop).to(at::kFloat);
-    cond = xd * keep.view({b, 1, 1});
+    cond = xw * keep.view({b, 1, 1});
   }
-  const Tensor z0_hat = Unet(UnetInput(zr, cond, step_emb_.index_select(0, r).unsqueeze(1)), mask.mask);
+  const Tensor z0_hat = Unet(UnetInput(zr, cond, step_emb_.index_select(0, r).unsqueeze(1)), mw);
   const Tensor diff = z0_hat - z0;
   TrainOutput out;
   if (config_.diffusion_loss() == ModelConfig::SQUARED) {
     out.loss = diff.pow(2).sum() / static_cast<double>(b);
   } else {
-    out.loss = at::linalg_vector_norm(diff, 2, {2}).sum() / static_cast<double>(std::max<int64_t>(1, mask.valid));
+    out.loss = at::linalg_vector_norm(diff, 2, {2}).sum() / static_cast<double>(std::max<int64_t>(1, valid));
   }
   // Stop-gradient at the output: x_hat is a constant for the towers.
-  out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_hat.select(1, n - 1) : z0_hat.select(1, n - 1)).detach();
+  out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_hat.select(1, w - 1) : z0_hat.select(1, w - 1)).detach();
   if (generated_fraction > 0) {
     // Some samples' towers see the token of the reverse process from pure noise (what inference
     // gives them) instead of the one rebuilt from the noised target.
@@ -204,7 +211,16 @@ Tensor Diffusion::Unet(Tensor x, Tensor m) const {
   return left > 0 ? h.narrow(1, left, n) : h;
 }
 
-Tensor Diffusion::Generate(const Tensor& x, const Tensor& mask_in, const InferenceOptions& opt) const {
+int64_t Diffusion::Window(int64_t n) const {
+  const int64_t k = config_.diffusion_window();
+  return k > 0 && k < n ? k : n;
+}
+
+Tensor Diffusion::Generate(const Tensor& x_in, const Tensor& mask_full, const InferenceOptions& opt) const {
+  // With model.diffusion_window the reverse process runs on the newest positions only.
+  const int64_t w = Window(x_in.size(1));
+  const Tensor x = w < x_in.size(1) ? x_in.narrow(1, x_in.size(1) - w, w) : x_in;
+  const Tensor mask_in = w < x_in.size(1) ? mask_full.narrow(1, x_in.size(1) - w, w) : mask_full;
   const int samples = opt.num_samples > 0 ? opt.num_samples : config_.inference_samples();
   const int rsteps = opt.reverse_steps >= 0 ? opt.reverse_steps : config_.inference_reverse_steps();
   const std::vector<ReverseStep> plan = schedule_.ReverseSteps(rsteps, config_.reverse_update());

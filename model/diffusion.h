@@ -5,7 +5,8 @@
 //
 // What is diffused: T2DIFF diffuses the drift z_0 = X_{2..n+1} - X_{1..n} and adds x_n back to the
 // generated last position; T2DIFF_NO_DRIFT diffuses z_0 = X_{2..n+1} itself. The U-Net is
-// conditioned on X_{1..n} and the sinusoidal step embedding.
+// conditioned on X_{1..n} and the sinusoidal step embedding. model.diffusion_window = k restricts
+// all of it to the newest k positions; model.unet_channels sets the U-Net's width apart from D.
 //
 // Ownership: a Diffusion registers its U-Net in the model's ParameterRegistry and reads it there
 // (the registry must outlive it). Thread-safety: const methods, safe to call concurrently (each
@@ -80,6 +81,8 @@ class Diffusion {
   };
 
   Diffusion(const config::ModelConfig& config, int64_t d, const NoiseSchedule& schedule, ParameterRegistry& params);
+  // Positions the module works on for histories of n slots (model.diffusion_window).
+  int64_t Window(int64_t n) const;
   // x [B, n, 2D] -> z0_hat [B, n, D]; m [B, n] float validity.
   at::Tensor Unet(at::Tensor x, at::Tensor m) const;
   at::Tensor UnetInput(const at::Tensor& z, const at::Tensor& cond, const at::Tensor& emb) const;

@@ -157,7 +157,7 @@ T2D_INLINE void ConvSwishNormMask(const float* h, int64_t hs, const ConvRef& cv,
 
 // The scratch planes of one call (all sequences have the same n).
 struct Level {
-  int64_t len = 0, stride = 0, ch = 0;  // positions, plane stride, channels d << l
+  int64_t len = 0, stride = 0, ch = 0;  // positions, plane stride, channels C << l
   float* pool = nullptr;  // l > 0: the max-pooled output of level l - 1 (its channels)
   float* down = nullptr;  // down-path block output (the skip), ch planes
   float* proj = nullptr;  // l < levels - 1: conv1 of the level below's output, ch planes at stride of l + 1
@@ -329,23 +329,24 @@ UnetKernel::Norm UnetKernel::MakeNorm(const float* g, const float* b, int64_t c)
   return n;
 }
 
-UnetKernel::UnetKernel(const UnetKernelLayout& layout, const float* params) : d_(layout.d), levels_(layout.levels) {
+UnetKernel::UnetKernel(const UnetKernelLayout& layout, const float* params)
+    : d_(layout.d), c_(layout.channels > 0 ? layout.channels : layout.d), levels_(layout.levels) {
   int64_t in = 2 * d_;
   for (int l = 0; l < levels_; ++l) {
     const auto& s = layout.down[static_cast<size_t>(l)];
-    const int64_t c = d_ << l;
+    const int64_t c = c_ << l;
     down_conv_.push_back(MakeConv(params + s.w, params + s.b, in, c, 3));
     down_norm_.push_back(MakeNorm(params + s.g, params + s.beta, c));
     in = c;
   }
   for (int l = 0; l + 1 < levels_; ++l) {
     const auto& s = layout.up[static_cast<size_t>(l)];
-    const int64_t c = d_ << l;
+    const int64_t c = c_ << l;
     up_proj_.push_back(MakeConv(params + s.pw, params + s.pb, 2 * c, c, 1));
     up_conv_.push_back(MakeConv(params + s.w, params + s.b, 2 * c, c, 3));
     up_norm_.push_back(MakeNorm(params + s.g, params + s.beta, c));
   }
-  out_ = MakeConv(params + layout.out_w, params + layout.out_b, d_, d_, 1);
+  out_ = MakeConv(params + layout.out_w, params + layout.out_b, c_, d_, 1);
 }
 
 void UnetKernel::Reverse(const std::vector<ReverseStep>& plan, const float* step_emb, int64_t sequences, int64_t n,
@@ -376,7 +377,7 @@ void UnetKernel::Reverse(const std::vector<ReverseStep>& plan, const float* step
     Level& lv = net.lv[l];
     lv.len = np >> l;
     lv.stride = Stride(lv.len);
-    lv.ch = d << l;
+    lv.ch = c_ << l;
     if (l > 0) {
       off[l].pool = floats;
       floats += net.lv[l - 1].ch * lv.stride;

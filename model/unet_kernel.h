@@ -33,10 +33,11 @@ struct UnetKernelLayout {
     int64_t pw = 0, pb = 0, w = 0, b = 0, g = 0, beta = 0;  // proj [c, 2c], conv [c, 3 * 2c], LayerNorm
   };
   int64_t d = 0;
+  int64_t channels = 0;  // C: level l has C << l channels
   int levels = 0;
   std::vector<Down> down;  // level 0 .. levels - 1
   std::vector<Up> up;      // level 0 .. levels - 2
-  int64_t out_w = 0, out_b = 0;  // [D, D], [D]
+  int64_t out_w = 0, out_b = 0;  // [D, C], [D]
 };
 
 class UnetKernel {
@@ -74,7 +75,7 @@ class UnetKernel {
   static Conv MakeConv(const float* w, const float* b, int64_t in, int64_t out, int64_t taps);
   static Norm MakeNorm(const float* g, const float* b, int64_t c);
 
-  int64_t d_ = 0;
+  int64_t d_ = 0, c_ = 0;  // D, and C (channels of level 0)
   int levels_ = 0;
   std::vector<Conv> down_conv_, up_conv_, up_proj_;
   std::vector<Norm> down_norm_, up_norm_;

@@ -6,7 +6,9 @@ FFN user vector and with a plain concatenation, on ML-1M in time order at D = 4 
 "2x2"); T2Diff variants that make the generated token consistent between training and inference
 (part "consistency": tokens from the reverse process at training, classifier-free guidance, a DDIM
 sampler, and the token-at-inference probe x_hat := x_n); and T2Diff against no diffusion on
-MovieLens-100k and MovieTweetings (part "datasets"). Every model runs under the distributed
+MovieLens-100k and MovieTweetings (part "datasets"); and on the synthetic set at D = 16, the
+options that make T2Diff affordable at a large D (part "industrial": a narrower U-Net, diffusion
+over the newest slots only, fewer reverse steps). Every model runs under the distributed
 trainer (`t2diff launch`: 1 parameter server + 2 workers under mpirun) for 5 seeds, each seed
 redrawing the split (data.seed); two models are compared on the same test targets by the paired
 difference of Recall@20 and NDCG@20 with a 95% t-interval over the seeds' mean differences
@@ -638,6 +640,31 @@ CONSISTENCY = [
       ("nodrift.final", "nodrift.probe", "the generated token at inference (items diffused)")]),
 ]
 
+# The industrial part: what the options that make T2Diff affordable at a large D cost in quality
+# (docs/model.md): a U-Net narrower than D, diffusion over the newest k slots only, and fewer
+# reverse steps at inference, alone and together, against the paper's layout.
+LEAN = ["model.unet_channels=4", "model.diffusion_window=10"]
+INDUSTRIAL_ARMS = [
+    Arm("t2diff", "T2Diff (U-Net width D, diffusion over all n = 50)", "T2DIFF", keep=True),
+    Arm("t2diff.final", "T2Diff, final checkpoint", parent="t2diff"),
+    Arm("t2diff.ddim10", "T2Diff, final checkpoint, DDIM 10 steps at inference", parent="t2diff", eval_sets=DDIM10),
+    Arm("narrow", "T2Diff, U-Net width 4 (unet_channels)", "T2DIFF", ["model.unet_channels=4"]),
+    Arm("window", "T2Diff, diffusion over the newest 10 slots (diffusion_window)", "T2DIFF",
+        ["model.diffusion_window=10"]),
+    Arm("lean", "T2Diff, U-Net width 4 and diffusion over the newest 10 slots", "T2DIFF", LEAN, keep=True),
+    Arm("lean.final", "the same, final checkpoint", parent="lean"),
+    Arm("lean.ddim10", "the same, final checkpoint, DDIM 10 steps at inference", parent="lean", eval_sets=DDIM10),
+    Arm("nodiff", "no diffusion (FFN)", "T2DIFF_NO_DIFFUSION"),
+]
+INDUSTRIAL_COMPARISONS = [
+    ("narrow", "t2diff", "U-Net width 4 against width D = 16"),
+    ("window", "t2diff", "diffusion over the newest 10 slots against all 50"),
+    ("lean", "t2diff", "both against the paper's layout"),
+    ("t2diff.ddim10", "t2diff.final", "DDIM 10 steps against the 50-step DDPM sampler (paper's layout)"),
+    ("lean.ddim10", "t2diff.final", "both options and DDIM 10 steps against the paper's layout"),
+    ("lean", "nodiff", "both options against no diffusion"),
+]
+
 
 def paired_blocks():
     """The study. Epochs: the suites' own (validation-selected epochs in earlier studies were
@@ -653,7 +680,9 @@ def paired_blocks():
     ] + [Block("datasets", s, 4, e, q, ev, core_arms()[:2] + core_arms()[4:], [CORE_COMPARISONS[0]] + PROBE_COMPARISONS)
          for s, e, q, ev in (("ml100k_paper", 60, 20, 5), ("ml100k_clean", 3, 1, 1),
                              ("movietweetings_paper", 60, 20, 5), ("movietweetings_clean", 3, 1, 1),
-                             ("synthetic_paper", 10, 3, 2))]
+                             ("synthetic_paper", 10, 3, 2))] + [
+        Block("industrial", "synthetic_paper", 16, 6, 2, 2, INDUSTRIAL_ARMS, INDUSTRIAL_COMPARISONS),
+    ]
 
 
 QUICK_BLOCKS = [("2x2", "ml1m_time_paper", 4)]
@@ -1387,7 +1416,7 @@ def main():
     p.add_argument("--classic", action="store_true",
                    help="instead of the paired study: every model on every suite, fixed split, 3 seeds (the earlier "
                         "page; with --beyond, widths and inference variants)")
-    p.add_argument("--parts", default="2x2,consistency,datasets",
+    p.add_argument("--parts", default="2x2,consistency,datasets,industrial",
                    help="paired study: which parts (comma-separated of 2x2, consistency, datasets; "
                         "consistency:tokens, consistency:sampler or consistency:items for one block)")
     p.add_argument("--widths", default="", help="paired study: only these D (comma-separated; default all)")
@@ -1421,7 +1450,7 @@ def main():
         args.widths = [int(w) for w in args.widths.split(",") if w]
     except ValueError:
         die("--widths: comma-separated integers, got %r" % args.widths)
-    known = {"2x2", "consistency", "datasets"} | {"consistency:" + name for name, _, _ in CONSISTENCY}
+    known = {"2x2", "consistency", "datasets", "industrial"} | {"consistency:" + name for name, _, _ in CONSISTENCY}
     unknown_parts = set(args.parts.split(",")) - known
     if unknown_parts:
         die("--parts: unknown part(s) %s; known: %s" % (", ".join(sorted(unknown_parts)), ", ".join(sorted(known))))

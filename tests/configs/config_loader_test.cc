@@ -98,7 +98,7 @@ TEST(ConfigLoader, DenseModelLargerThanThisMachineIsRefused) {
   const std::string e = Error("tables { name: \"item_id\" dim: 4096 }\ntables {\n name: \"item_tag\"\n dim: 4096\n}\n");
   EXPECT_NE(e.find("job.textproto:1: model: the dense model (D = 8192, model.unet_levels = 4) has "), std::string::npos)
       << e;
-  EXPECT_NE(e.find("of memory; lower the tables' dim or model.unet_levels"), std::string::npos) << e;
+  EXPECT_NE(e.find("of memory; lower the tables' dim, model.unet_levels or model.unet_channels"), std::string::npos) << e;
 }
 
 TEST(ConfigLoader, RequiredFields) {

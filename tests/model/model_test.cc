@@ -232,6 +232,67 @@ TEST(ModelTest, PaddedSequenceEqualsUnpadded) {
   }
 }
 
+// model.diffusion_window = k: the diffusion module of a history of n slots computes exactly what
+// it computes on the newest k slots alone (loss, training token and reverse process), while the
+// towers still see all n.
+TEST(ModelTest, DiffusionWindowSeesTheNewestPositionsOnly) {
+  const ModelDims d = Dims(2, 2, 3);
+  for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
+    for (auto loss : {ModelConfig::SQUARED, ModelConfig::NORM}) {
+      SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::DiffusionLoss_Name(loss));
+      ModelConfig windowed = Config(kind);
+      windowed.set_diffusion_loss(loss);
+      windowed.set_diffusion_window(4);
+      ModelConfig plain = windowed;
+      plain.set_diffusion_window(0);
+      auto mw = MakeModel(windowed, d);
+      auto m0 = MakeModel(plain, d);
+      const Rows rows = MakeRows(12, 4, d, 5);
+      const Candidates cands = AllItems(12, 4, true);
+      const Batch b7 = MakeBatch({{1, 2, 3, 4, 5, 6, 7}, {8, 9}}, {3, 10}, 7, 4, true);
+      const Batch b4 = MakeBatch({{4, 5, 6, 7}, {8, 9}}, {3, 10}, 4, 4, true);
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(9);
+      TrainNoise n7, n4;
+      n7.steps = at::tensor(std::vector<int64_t>{5, 40});
+      n7.eps = at::randn({2, 7, 4}, gen, at::kFloat);
+      n4.steps = n7.steps;
+      n4.eps = n7.eps.narrow(1, 3, 4).contiguous();
+      auto ow = mw->Forward(b7, rows, cands, 1, &n7);
+      auto o0 = m0->Forward(b4, rows, cands, 1, &n4);
+      ASSERT_TRUE(ow.ok() && o0.ok()) << ow.status() << o0.status();
+      ExpectClose(ow->diffusion_loss, o0->diffusion_loss, 1e-6, "diffusion loss");
+      ExpectClose(ow->x_hat, o0->x_hat, 1e-6, "x_hat");
+      // The plain model on all seven slots sees more positions: another loss.
+      auto full = m0->Forward(b7, rows, cands, 1, &n7);
+      ASSERT_TRUE(full.ok());
+      EXPECT_GT(std::abs(full->diffusion_loss.item<double>() - ow->diffusion_loss.item<double>()), 1e-6);
+      for (bool tensor_ops : {false, true}) {
+        InferenceOptions o;
+        o.seed = 11;
+        o.force_tensor_ops = tensor_ops;
+        auto gw = mw->GenerateNextItem(b7, rows, o);
+        auto g0 = m0->GenerateNextItem(b4, rows, o);
+        ASSERT_TRUE(gw.ok() && g0.ok());
+        ExpectClose(*gw, *g0, 1e-6, "reverse process");
+      }
+    }
+  }
+}
+
+// model.unet_channels = C sets the U-Net's width apart from D. Counted by hand for D = 4, L = 2,
+// C = 3: down0 conv 24x3 + 3, norm 6; down1 conv 9x6 + 6, norm 12; up0 proj 6x3 + 3, conv 18x3 + 3,
+// norm 6; out 3x4 + 4: 253 parameters, against 5,112 for the default C = D = 4, L = 4.
+TEST(ModelTest, UnetChannelsSetTheUnetWidth) {
+  const ModelDims d = Dims(2, 2, 3);
+  ModelConfig narrow = Config(ModelConfig::T2DIFF);
+  narrow.set_unet_levels(2);
+  narrow.set_unet_channels(3);
+  auto a = Model::DenseParameterCount(narrow, d);
+  auto b = Model::DenseParameterCount(Config(ModelConfig::T2DIFF), d);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a - *b, 253 - 5112);
+}
+
 TEST(ModelTest, ReverseProcessIsSeededAndKernelMatchesTensorOps) {
   const ModelDims d = Dims(2, 2, 3);
   for (auto update : {ModelConfig::PAPER, ModelConfig::AUTHORS, ModelConfig::DDIM}) {
@@ -292,17 +353,23 @@ TEST(ModelTest, KernelMatchesTensorOpsOnBatches) {
   struct Case {
     int64_t id_dim, tag_dim;
     int levels;
+    int channels = 0;  // model.unet_channels
+    int window = 0;    // model.diffusion_window
   };
-  const Case cases[] = {{2, 2, 4}, {2, 2, 1}, {3, 0, 2}, {5, 2, 3}, {8, 8, 4}, {16, 0, 2}};
+  const Case cases[] = {{2, 2, 4}, {2, 2, 1}, {3, 0, 2}, {5, 2, 3}, {8, 8, 4}, {16, 0, 2},
+                        {2, 2, 4, 3}, {8, 8, 3, 5, 6}, {5, 2, 2, 0, 4}};
   for (const Case& cs : cases) {
     for (auto update : {ModelConfig::PAPER, ModelConfig::AUTHORS}) {
       for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
         SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::ReverseUpdate_Name(update) + " D=" +
-                     std::to_string(cs.id_dim + cs.tag_dim) + " levels=" + std::to_string(cs.levels));
+                     std::to_string(cs.id_dim + cs.tag_dim) + " levels=" + std::to_string(cs.levels) +
+                     " channels=" + std::to_string(cs.channels) + " window=" + std::to_string(cs.window));
         const ModelDims d = Dims(cs.id_dim, cs.tag_dim, 3);
         ModelConfig c = Config(kind);
         c.set_reverse_update(update);
         c.set_unet_levels(cs.levels);
+        c.set_unet_channels(cs.channels);
+        c.set_diffusion_window(cs.window);
         c.set_attention_heads(1);  // divides every D
         auto model = MakeModel(c, d);
         ASSERT_NE(model, nullptr);
