@@ -378,6 +378,20 @@ class Paired(unittest.TestCase):
                 self.assertIn(a, b.arms)
                 self.assertIn(b_, b.arms)
 
+    def test_industrial_block_compares_its_own_arms(self):
+        # The industrial part: the lean layout sets both options, evaluation arms read kept
+        # checkpoints, and every comparison names arms of the block.
+        [block] = [b for b in rs.paired_blocks() if b.part == "industrial"]
+        self.assertEqual((block.suite, block.width), ("synthetic_paper", 16))
+        self.assertEqual(block.arms["lean"].sets, ["model.unet_channels=4", "model.diffusion_window=10"])
+        for arm in block.arms.values():
+            if arm.parent:
+                self.assertTrue(block.arms[arm.parent].keep, arm.name)
+        self.assertEqual(block.arms["lean.ddim10"].eval_sets, rs.DDIM10)
+        for a, b, _ in block.comparisons:
+            self.assertIn(a, block.arms)
+            self.assertIn(b, block.arms)
+
     def test_store_keeps_other_blocks_and_orders_them(self):
         def rec(part, suite, width, name=""):
             return {"part": part, "suite": suite, "width": width, "name": name, "x": 1}
