@@ -94,6 +94,12 @@ INSTANTIATE_TEST_SUITE_P(
                            {"data.session_mode=TIME_GAP", "model.kind=T2DIFF", "model.time_lag_feature=true"}},
                       Case{"LastK_NoDiffusion", {"data.session_mode=LAST_K", "model.kind=T2DIFF_NO_DIFFUSION"}},
                       Case{"TimeGap_NoDiffusion", {"data.session_mode=TIME_GAP", "model.kind=T2DIFF_NO_DIFFUSION"}},
+                      // The industrial options: a U-Net narrower than D over the newest slots,
+                      // sampled with DDIM in a few steps.
+                      Case{"LastK_T2Diff_LeanDiffusion",
+                           {"data.session_mode=LAST_K", "model.kind=T2DIFF", "model.unet_channels=3",
+                            "model.diffusion_window=4", "model.reverse_update=DDIM",
+                            "model.inference_reverse_steps=5"}},
                       Case{"LastK_T2Diff_UserIds",
                            {"data.session_mode=LAST_K", "model.kind=T2DIFF", "model.user_id_table=user_id"},
                            R"(tables { name: "user_id" dim: 3 optimizer { kind: ADAGRAD learning_rate: 0.05 } })"}),
