@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
@@ -296,23 +297,25 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   SplitOptions options = MakeSplitOptions(c);
   std::vector<Split> groups;
   if (c.split() == DataConfig::PAPER || c.split() == DataConfig::GLOBAL_TIME) {
-    const bool global_time = c.split() == DataConfig::GLOBAL_TIME;
-    ValueSpill times((fs::path(c.dataset_dir()) / absl::StrCat(kScratchPrefix, "times-", getpid(), ".tmp")).string());
+    std::optional<ValueSpill> times;  // GLOBAL_TIME: the kept behaviours' times
+    if (c.split() == DataConfig::GLOBAL_TIME) {
+      times.emplace((fs::path(c.dataset_dir()) / absl::StrCat(kScratchPrefix, "times-", getpid(), ".tmp")).string());
+    }
     int64_t kept = 0;
     const absl::Status counted = sorter->ForEachUser([&](int64_t, absl::Span<const Interaction> rows, int64_t) -> absl::Status {
       if (rows.size() < min_len) return absl::OkStatus();
       ++kept;
-      if (global_time) {
-        for (const auto& x : rows) T2D_RETURN_IF_ERROR(times.Add(x.time));
+      if (times) {
+        for (const auto& x : rows) T2D_RETURN_IF_ERROR(times->Add(x.time));
       }
       return absl::OkStatus();
     });
     T2D_RETURN_IF_ERROR(counted);
-    T2D_RETURN_IF_ERROR(times.Close());
-    if (kept > 0 && global_time) {
-      const int64_t n = times.count();
+    if (times) T2D_RETURN_IF_ERROR(times->Close());
+    if (kept > 0 && times) {
+      const int64_t n = times->count();
       auto quantile = [&](double q) {
-        return KthSmallestInFile(times.path(), n, std::min(n - 1, static_cast<int64_t>(q * static_cast<double>(n))));
+        return KthSmallestInFile(times->path(), n, std::min(n - 1, static_cast<int64_t>(q * static_cast<double>(n))));
       };
       T2D_ASSIGN_OR_RETURN(options.valid_cut, quantile(1.0 - c.valid_time_fraction() - c.test_time_fraction()));
       T2D_ASSIGN_OR_RETURN(options.test_cut, quantile(1.0 - c.test_time_fraction()));
