@@ -3,13 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <functional>
-#include <optional>
+#include <memory>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
@@ -212,37 +209,6 @@ absl::Status CheckDataConfig(const DataConfig& c) {
   return absl::OkStatus();
 }
 
-// A file of int64 values written raw, removed with this object.
-class ValueSpill {
- public:
-  explicit ValueSpill(std::string path) : path_(std::move(path)), file_(std::fopen(path_.c_str(), "wb")) {}
-  ~ValueSpill() {
-    if (file_ != nullptr) std::fclose(file_);
-    std::error_code ec;
-    fs::remove(path_, ec);
-  }
-  absl::Status Add(int64_t v) {
-    if (file_ == nullptr || std::fwrite(&v, sizeof(v), 1, file_) != 1) {
-      return absl::ResourceExhaustedError(absl::StrCat(path_, ": cannot write: ", std::strerror(errno)));
-    }
-    ++count_;
-    return absl::OkStatus();
-  }
-  absl::Status Close() {
-    const bool ok = file_ != nullptr && std::fclose(file_) == 0;
-    file_ = nullptr;
-    if (!ok) return absl::ResourceExhaustedError(absl::StrCat(path_, ": cannot write: ", std::strerror(errno)));
-    return absl::OkStatus();
-  }
-  const std::string& path() const { return path_; }
-  int64_t count() const { return count_; }
-
- private:
-  std::string path_;
-  std::FILE* file_;
-  int64_t count_ = 0;
-};
-
 // A raw log becomes a data set in bounded memory: its rows are grouped by user through an
 // external sort (data/user_sort.h) and each user is written as it comes out, in ascending id
 // order, so that neither the log nor its sequences are ever held whole. PAPER (which permutes
@@ -297,9 +263,10 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   SplitOptions options = MakeSplitOptions(c);
   std::vector<Split> groups;
   if (c.split() == DataConfig::PAPER || c.split() == DataConfig::GLOBAL_TIME) {
-    std::optional<ValueSpill> times;  // GLOBAL_TIME: the kept behaviours' times
+    std::unique_ptr<Int64Spill> times;  // GLOBAL_TIME: the kept behaviours' times
     if (c.split() == DataConfig::GLOBAL_TIME) {
-      times.emplace((fs::path(c.dataset_dir()) / absl::StrCat(kScratchPrefix, "times-", getpid(), ".tmp")).string());
+      T2D_ASSIGN_OR_RETURN(times, Int64Spill::Create((fs::path(c.dataset_dir()) /
+                                                      absl::StrCat(kScratchPrefix, "times-", getpid(), ".tmp")).string()));
     }
     int64_t kept = 0;
     const absl::Status counted = sorter->ForEachUser([&](int64_t, absl::Span<const Interaction> rows, int64_t) -> absl::Status {

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <numeric>
+#include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "common/hash.h"
+#include "common/status_macros.h"
+#include "data/user_sort.h"
 
 namespace t2d::data {
 
@@ -82,25 +85,21 @@ void SequenceBuilder::Finish(int64_t input_interactions, int64_t empty_users) {
   s->set_mean_seq_len(kept_users_ == 0 ? 0.0 : static_cast<double>(kept_interactions_) / kept_users_);
 }
 
-std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary, bool by_time) {
-  std::vector<uint32_t> order(log.interactions.size());
-  std::iota(order.begin(), order.end(), 0u);
-  const auto& in = log.interactions;
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
-    if (in[a].user != in[b].user) return in[a].user < in[b].user;
-    return by_time && in[a].time < in[b].time;
-  });
+absl::StatusOr<std::vector<UserSequence>> BuildSequences(const InteractionLog& log, int min_len,
+                                                        PrepareSummary* summary, bool by_time) {
+  // prepare's own grouping (data/user_sort.h), with a buffer that holds the whole log.
+  const int64_t rows = static_cast<int64_t>(log.interactions.size());
+  T2D_ASSIGN_OR_RETURN(auto sorter, UserRowSorter::Create("", (rows + 1) * int64_t{sizeof(UserRowSorter::Row)}, by_time));
+  for (const auto& x : log.interactions) T2D_RETURN_IF_ERROR(sorter->Add(x, true));
+  T2D_RETURN_IF_ERROR(sorter->Finish());
   SequenceBuilder builder(min_len, summary);
   std::vector<UserSequence> out;
-  std::vector<Interaction> rows;
   UserSequence s;
-  for (size_t i = 0; i < order.size();) {
-    rows.clear();
-    const int64_t user = in[order[i]].user;
-    for (; i < order.size() && in[order[i]].user == user; ++i) rows.push_back(in[order[i]]);
-    if (builder.Add(user, rows, &s)) out.push_back(std::move(s));
-  }
-  builder.Finish(static_cast<int64_t>(in.size()), log.empty_users);
+  T2D_RETURN_IF_ERROR(sorter->ForEachUser([&](int64_t user, absl::Span<const Interaction> positives, int64_t) {
+    if (builder.Add(user, positives, &s)) out.push_back(std::move(s));
+    return absl::OkStatus();
+  }));
+  builder.Finish(rows, log.empty_users);
   return out;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "data/data_config.pb.h"
 #include "data/dataset.pb.h"
@@ -36,8 +37,10 @@ struct UserSequence {
 // Groups `log` into sequences (users by ascending id), each sorted by time (stably) or, with
 // by_time = false, kept in input order; drops users shorter than `min_len`. Fills the input_* / empty / one_item / short / kept counts, the length histogram
 // and the min/max/mean length of `summary`.
-std::vector<UserSequence> BuildSequences(const InteractionLog& log, int min_len, PrepareSummary* summary,
-                                         bool by_time = true);
+// Runs prepare's grouping (data/user_sort.h) in memory (a log of 2^32 rows or more would spill
+// sort runs into the current folder); errors are the sorter's.
+absl::StatusOr<std::vector<UserSequence>> BuildSequences(const InteractionLog& log, int min_len,
+                                                        PrepareSummary* summary, bool by_time = true);
 
 // BuildSequences one user at a time, for logs grouped elsewhere (data/user_sort.h): users are
 // added in ascending id order, each with its positives already in sequence order.

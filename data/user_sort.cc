@@ -177,6 +177,32 @@ absl::Status UserRowSorter::ForEachUser(UserFn fn) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<Int64Spill>> Int64Spill::Create(std::string path) {
+  T2D_ASSIGN_OR_RETURN(File f, OpenFile(path, "wb"));
+  return std::unique_ptr<Int64Spill>(new Int64Spill(std::move(path), f.release()));
+}
+
+Int64Spill::~Int64Spill() {
+  if (file_ != nullptr) std::fclose(file_);
+  std::error_code ec;
+  std::filesystem::remove(path_, ec);
+}
+
+absl::Status Int64Spill::Add(int64_t value) {
+  if (file_ == nullptr || std::fwrite(&value, sizeof(value), 1, file_) != 1) {
+    return absl::ResourceExhaustedError(absl::StrCat(path_, ": cannot write: ", std::strerror(errno)));
+  }
+  ++count_;
+  return absl::OkStatus();
+}
+
+absl::Status Int64Spill::Close() {
+  const bool ok = file_ != nullptr && std::fclose(file_) == 0;
+  file_ = nullptr;
+  if (!ok) return absl::ResourceExhaustedError(absl::StrCat(path_, ": cannot write: ", std::strerror(errno)));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> KthSmallestInFile(const std::string& path, int64_t count, int64_t k) {
   if (k < 0 || k >= count) return absl::InvalidArgumentError(absl::StrCat("rank ", k, " of ", count, " values"));
   // Values as unsigned keys in the same order; each pass fixes the next 16 bits of the answer.

@@ -14,8 +14,10 @@
 // Thread-safety: none; one thread uses a sorter.
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -71,6 +73,27 @@ class UserRowSorter {
   std::vector<Row> buffer_;
   std::vector<std::string> run_paths_;
   std::vector<int64_t> run_rows_;
+};
+
+// int64 values written raw to a scratch file, for KthSmallestInFile; the file is removed with the
+// object. Create fails naming the file if it cannot be made; Add and Close when it cannot be written.
+class Int64Spill {
+ public:
+  static absl::StatusOr<std::unique_ptr<Int64Spill>> Create(std::string path);
+  ~Int64Spill();
+  Int64Spill(const Int64Spill&) = delete;
+  Int64Spill& operator=(const Int64Spill&) = delete;
+
+  absl::Status Add(int64_t value);
+  absl::Status Close();  // before reading the file
+  const std::string& path() const { return path_; }
+  int64_t count() const { return count_; }
+
+ private:
+  Int64Spill(std::string path, std::FILE* f) : path_(std::move(path)), file_(f) {}
+  std::string path_;
+  std::FILE* file_;
+  int64_t count_ = 0;
 };
 
 // The k-th smallest (0-based) of the int64 values stored raw, native order, in `path` (`count`

@@ -18,7 +18,9 @@ TEST(BuildSequencesTest, StableTimeSortMinLengthAndCounts) {
   log.interactions = {{2, 30, 100}, {5, 1, 1}, {2, 10, 100}, {2, 20, 50}, {9, 7, 3}, {9, 8, 2}};
   log.empty_users = 4;
   PrepareSummary s;
-  auto seqs = BuildSequences(log, 2, &s);
+  auto built = BuildSequences(log, 2, &s);
+  ASSERT_TRUE(built.ok()) << built.status();
+  const auto& seqs = *built;
   ASSERT_EQ(seqs.size(), 2u);
   EXPECT_EQ(seqs[0].user, 2);
   EXPECT_EQ(seqs[0].items, (std::vector<int64_t>{20, 30, 10}));
@@ -50,7 +52,9 @@ TEST(BuildSequencesTest, FileOrderKeepsInputOrder) {
   InteractionLog log;
   log.interactions = {{2, 30, 100}, {2, 10, 5}, {2, 20, 50}};
   PrepareSummary s;
-  auto seqs = BuildSequences(log, 1, &s, /*by_time=*/false);
+  auto built = BuildSequences(log, 1, &s, /*by_time=*/false);
+  ASSERT_TRUE(built.ok()) << built.status();
+  const auto& seqs = *built;
   ASSERT_EQ(seqs.size(), 1u);
   EXPECT_EQ(seqs[0].items, (std::vector<int64_t>{30, 10, 20}));
   EXPECT_EQ(seqs[0].times, (std::vector<int64_t>{100, 5, 50}));

@@ -192,6 +192,25 @@ TEST(KthSmallestInFileTest, MatchesNthElement) {
   EXPECT_NE(short_file.status().message().find("small.bin"), std::string::npos);
 }
 
+// The scratch file GLOBAL_TIME's quantiles read: written, selected from, removed; a folder that
+// does not exist is an error naming the file.
+TEST(KthSmallestInFileTest, Int64SpillFeedsItAndCleansUp) {
+  TempDir dir;
+  {
+    auto spill = Int64Spill::Create(dir.File("times.tmp"));
+    ASSERT_TRUE(spill.ok()) << spill.status();
+    for (int64_t v : {7, -2, 7, 40}) ASSERT_TRUE((*spill)->Add(v).ok());
+    ASSERT_TRUE((*spill)->Close().ok());
+    EXPECT_EQ((*spill)->count(), 4);
+    EXPECT_EQ(*KthSmallestInFile((*spill)->path(), 4, 2), 7);
+    EXPECT_FALSE((*spill)->Add(1).ok()) << "Add after Close";
+  }
+  EXPECT_EQ(FilesIn(dir.path()), 0);
+  auto missing = Int64Spill::Create(dir.File("no/such/folder/times.tmp"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("times.tmp"), std::string::npos) << missing.status();
+}
+
 std::string ReadAll(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
