@@ -218,6 +218,19 @@ void CheckCrossField(const JobConfig& c, const Locations& where, std::vector<std
       err("model.user_id_table", absl::StrCat("table \"", m.user_id_table(), "\" also holds items; users need a table of their own"));
     }
   }
+  if (!m.user_feature_table().empty()) {
+    if (FindTable(c, m.user_feature_table()) < 0) {
+      err("model.user_feature_table", absl::StrCat("no table named \"", m.user_feature_table(), "\" (tables: ",
+                                                   absl::StrJoin(names, ", "), ")"));
+    } else if (m.user_feature_table() == m.item_id_table() || m.user_feature_table() == m.item_tag_table() ||
+               m.user_feature_table() == m.user_id_table()) {
+      // Profile keys are fingerprints that may equal an item or user id; a shared table would mix rows.
+      err("model.user_feature_table",
+          absl::StrCat("table \"", m.user_feature_table(), "\" also holds ",
+                       m.user_feature_table() == m.user_id_table() ? "user ids" : "items",
+                       "; profile values need a table of their own"));
+    }
+  }
   if (c.data().session_len() > c.data().max_seq_len()) {
     err("data.session_len", absl::StrCat("session_len ", c.data().session_len(), " exceeds max_seq_len ",
                                          c.data().max_seq_len()));

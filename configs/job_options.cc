@@ -14,6 +14,7 @@ model::StepBuilder::Options StepBuilderOptionsOf(const JobConfig& job) {
   o.num_negatives = job.model().num_negatives();
   o.use_tags = !job.model().item_tag_table().empty();
   o.use_user_ids = !job.model().user_id_table().empty();
+  o.use_user_features = !job.model().user_feature_table().empty();
   o.time_lags = job.model().time_lag_feature();
   o.time_gap_sessions = job.data().session_mode() == DataConfig::TIME_GAP;
   return o;
@@ -29,14 +30,37 @@ absl::StatusOr<int64_t> TableDim(const JobConfig& job, const char* field, const 
   return job.tables(table).dim();
 }
 
-}  // namespace
-
-absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
+// The dims a job's config alone gives (no profile fields), not yet validated.
+absl::StatusOr<model::ModelDims> ConfigDims(const JobConfig& job) {
   model::ModelDims dims;
   T2D_ASSIGN_OR_RETURN(dims.id_dim, TableDim(job, "item_id_table", job.model().item_id_table(), false));
   T2D_ASSIGN_OR_RETURN(dims.tag_dim, TableDim(job, "item_tag_table", job.model().item_tag_table(), true));
   T2D_ASSIGN_OR_RETURN(dims.user_dim, TableDim(job, "user_id_table", job.model().user_id_table(), true));
   dims.session_len = job.data().session_len();
+  return dims;
+}
+
+}  // namespace
+
+absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job) {
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, ConfigDims(job));
+  T2D_RETURN_IF_ERROR(model::ValidateModelConfig(job.model(), dims));
+  return dims;
+}
+
+absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job, const data::DatasetManifest& dataset) {
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, ConfigDims(job));
+  const std::string& table = job.model().user_feature_table();
+  T2D_ASSIGN_OR_RETURN(dims.user_feature_dim, TableDim(job, "user_feature_table", table, true));
+  if (!table.empty()) {
+    dims.user_fields = dataset.user_feature_names_size();
+    if (dims.user_fields == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model.user_feature_table: \"", table, "\" is set but the data set (", job.data().dataset_dir(),
+          ") has no user profile fields; prepare it with data.user_path or data.generator.user_profile_fields, "
+          "or leave model.user_feature_table empty"));
+    }
+  }
   T2D_RETURN_IF_ERROR(model::ValidateModelConfig(job.model(), dims));
   return dims;
 }

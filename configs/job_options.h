@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "comm/roles.h"
 #include "configs/job_config.pb.h"
+#include "data/dataset.pb.h"
 #include "data/sample_reader.h"
 #include "model/model_options.h"
 #include "model/step_builder.h"
@@ -27,12 +28,21 @@ namespace t2d::config {
 // mode): one answer for training, evaluation and serving.
 model::StepBuilder::Options StepBuilderOptionsOf(const JobConfig& job);
 
-// The sizes of the model (model.item_id_table / item_tag_table widths, data.session_len), after
-// model::ValidateModelConfig. Errors: InvalidArgument naming the field.
+// The sizes of the model (model.item_id_table / item_tag_table / user_id_table widths,
+// data.session_len), after model::ValidateModelConfig. Errors: InvalidArgument naming the field.
+// Without the data set the number of user profile fields is unknown: these dims have none (no
+// profile term even with model.user_feature_table set); use the overload below to build a model.
 absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job);
+// The same, with the profile fields of `dataset` (the data set the model trains on or was trained
+// on): with model.user_feature_table set, its width D_f and F = the manifest's
+// user_feature_names; without it, no profile term whatever the data set has. Errors: as above,
+// and InvalidArgument naming model.user_feature_table when it is set and the data set has no
+// profile fields.
+absl::StatusOr<model::ModelDims> ModelDimsOf(const JobConfig& job, const data::DatasetManifest& dataset);
 
 // Memory one worker's dense model needs at least, in bytes: 16 a dense parameter (values,
-// gradients and Adam's two moments), counted as model::Model::Create would lay them out.
+// gradients and Adam's two moments), counted as model::Model::Create would lay them out (with
+// ModelDimsOf(job): without the profile projection, F * D_f * E parameters, for want of F).
 // Errors: as ModelDimsOf.
 absl::StatusOr<int64_t> DenseModelBytesOf(const JobConfig& job);
 

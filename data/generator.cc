@@ -9,6 +9,7 @@
 #include "common/status_macros.h"
 #include "data/prepare.h"
 #include "data/shard_set.h"
+#include "data/user_profiles.h"
 
 namespace t2d::data {
 namespace {
@@ -96,7 +97,13 @@ void SyntheticWorld::ItemTags(int64_t item, std::vector<int64_t>* tags) const {
   }
 }
 
-void SyntheticWorld::GenerateUser(int64_t user, UserSequence* out) const {
+std::vector<std::string> SyntheticWorld::ProfileFields() const {
+  std::vector<std::string> fields;
+  for (int f = 0; f < config_.user_profile_fields(); ++f) fields.push_back(absl::StrCat("p", f + 1));
+  return fields;
+}
+
+void SyntheticWorld::GenerateUser(int64_t user, UserSequence* out, std::vector<int64_t>* profile) const {
   SplitMix64 rng(HashCombine(seed_ ^ 0x75736572ULL, static_cast<uint64_t>(user)));
   out->user = user;
   out->items.clear();
@@ -106,6 +113,19 @@ void SyntheticWorld::GenerateUser(int64_t user, UserSequence* out) const {
       config_.min_seq_len() + Geometric(config_.mean_seq_len() - config_.min_seq_len(), &rng));
   std::vector<int64_t> interests(static_cast<size_t>(config_.interests_per_user()));
   for (auto& c : interests) c = static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(clusters_));
+  if (profile != nullptr) {
+    // From a generator of its own, so that the sequences do not depend on the fields.
+    SplitMix64 prng(HashCombine(seed_ ^ 0x70726f66ULL, static_cast<uint64_t>(user)));
+    const uint64_t values = static_cast<uint64_t>(config_.user_profile_values());
+    profile->clear();
+    for (int f = 0; f < config_.user_profile_fields(); ++f) {
+      const bool signal = prng.NextDouble() < config_.user_profile_signal();
+      const uint64_t r = prng.Next();
+      const uint64_t value = signal ? static_cast<uint64_t>(interests[static_cast<size_t>(f) % interests.size()]) % values
+                                    : r % values;
+      profile->push_back(UserFeatureKey(absl::StrCat("p", f + 1), absl::StrCat(value + 1)));
+    }
+  }
   double t = static_cast<double>(config_.start_time()) + Uniform(&rng) * kUserStartSpreadS;
   const double in_gap_cap = session_gap_s_ > 0 ? session_gap_s_ : 1e300;
   bool first_session = true;
@@ -157,7 +177,7 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
     options.test_cut = q(1.0 - c.test_time_fraction());
   }
   const uint64_t dataset_id = DatasetId(c);
-  T2D_ASSIGN_OR_RETURN(auto out, ShardSetWriter::Create(c, dataset_id));
+  T2D_ASSIGN_OR_RETURN(auto out, ShardSetWriter::Create(c, dataset_id, g.user_profile_fields()));
   const int num_shards = c.num_shards();
   int threads = g.num_threads() > 0 ? g.num_threads() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   threads = std::min(threads, num_shards);
@@ -174,12 +194,14 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
     Partial& p = partial[k];
     p.train_targets.assign(static_cast<size_t>(g.num_items()), 0);
     UserSequence s;
+    std::vector<int64_t> profile;
+    std::vector<int64_t>* want_profile = g.user_profile_fields() > 0 ? &profile : nullptr;
     std::vector<std::vector<int64_t>> tag_store;
     std::vector<absl::Span<const int64_t>> tags;
     std::array<std::vector<TargetRef>, kNumSplits> targets;
     for (int shard = k; shard < num_shards && p.status.ok(); shard += threads) {
       for (int64_t u = shard + 1; u <= g.num_users(); u += num_shards) {
-        world.GenerateUser(u, &s);
+        world.GenerateUser(u, &s, want_profile);
         const int64_t len = static_cast<int64_t>(s.items.size());
         p.interactions += len;
         if (len == 1) ++p.one_item;
@@ -208,7 +230,8 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
           if (targets[sp].empty()) continue;
           ++p.users[sp];
           auto w = out->writer(static_cast<Split>(sp), shard);
-          p.status = w.ok() ? WriteUserTargets(*w, u, s.items, s.times, tags, targets[sp], c.max_seq_len()) : w.status();
+          p.status = w.ok() ? WriteUserTargets(*w, u, s.items, s.times, tags, targets[sp], c.max_seq_len(), profile)
+                           : w.status();
           if (!p.status.ok()) return;
         }
       }
@@ -258,6 +281,7 @@ absl::StatusOr<PrepareSummary> GenerateDataset(const config::DataConfig& c, std:
   FillManifestOptions(c, dataset_id, &manifest);
   manifest.set_has_timestamps(true);
   manifest.set_max_tags_per_item(max_tags);
+  for (const auto& f : world.ProfileFields()) manifest.add_user_feature_names(f);
   T2D_RETURN_IF_ERROR(out->Finish(&manifest));
   summary.set_rows_read(interactions);
   summary.set_input_users(g.num_users());

@@ -54,8 +54,11 @@ class SyntheticWorld {
   // The j-th fixed successor of `item` (same cluster), j in [0, successors).
   int64_t Successor(int64_t item, int j) const;
   void ItemTags(int64_t item, std::vector<int64_t>* tags) const;
-  // The user's whole time-ordered sequence.
-  void GenerateUser(int64_t user, UserSequence* out) const;
+  // The user's whole time-ordered sequence; with `profile`, also the user's profile keys
+  // (GeneratorConfig.user_profile_fields of them; UserFeatureKey of field "p<f+1>").
+  void GenerateUser(int64_t user, UserSequence* out, std::vector<int64_t>* profile = nullptr) const;
+  // The profile field names ("p1", "p2", ...).
+  std::vector<std::string> ProfileFields() const;
 
  private:
   int64_t ClusterSize(int64_t c) const { return (items_ - 1 - c) / clusters_ + 1; }

@@ -21,11 +21,18 @@ LiveSampleBuilder::LiveSampleBuilder(const DatasetManifest& manifest, const Cata
   session_mode_ = mode;
 }
 
-void LiveSampleBuilder::Reset(int size, SampleBatch* batch) const { ResizeSampleBatch(size, n_, t_, batch); }
+void LiveSampleBuilder::Reset(int size, SampleBatch* batch) const {
+  ResizeSampleBatch(size, n_, t_, manifest_.user_feature_names_size(), batch);
+}
 
 absl::Status LiveSampleBuilder::Fill(const LiveRequest& r, int b, SampleBatch* batch) const {
   const size_t total = r.items.size();
   if (total == 0) return absl::InvalidArgumentError("items: empty history (give at least one item id)");
+  const int fields = manifest_.user_feature_names_size();
+  if (!r.user_features.empty() && static_cast<int>(r.user_features.size()) != fields) {
+    return absl::InvalidArgumentError(absl::StrCat("user_features: ", r.user_features.size(), " values, this model's data set has ",
+                                                   fields, " profile fields"));
+  }
   std::vector<int64_t> positions;
   absl::Span<const int64_t> times = r.times;
   if (times.empty()) {
@@ -97,6 +104,7 @@ absl::Status LiveSampleBuilder::Fill(const LiveRequest& r, int b, SampleBatch* b
   w.len = static_cast<int>(target - wb);
   w.session_begin = static_cast<int32_t>(std::max(session, wb) - wb);
   w.target_time = now;
+  if (!r.user_features.empty()) w.user_feature = r.user_features.data();
   FillHistory(w, b, batch);
   batch->target_id[static_cast<size_t>(b)] = 0;
   batch->target_tag_count[static_cast<size_t>(b)] = 0;

@@ -38,6 +38,9 @@ struct LiveRequest {
   // When the request is answered; the target's time in evaluation. Unset: the newest
   // behaviour's time. Time lags are measured from it.
   std::optional<int64_t> time;
+  // The user's profile keys, one per field of the data set (DatasetManifest.user_feature_names;
+  // UserFeatureKey, 0: missing); empty: every field missing.
+  absl::Span<const int64_t> user_features;
 };
 
 class LiveSampleBuilder {

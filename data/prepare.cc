@@ -19,6 +19,7 @@
 #include "data/generator.h"
 #include "data/shard_set.h"
 #include "data/sources.h"
+#include "data/user_profiles.h"
 #include "data/user_sort.h"
 #include "google/protobuf/text_format.h"
 
@@ -71,8 +72,10 @@ absl::Status PrepareOutputDir(const std::string& dir, bool force) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ShardSetWriter>> ShardSetWriter::Create(const DataConfig& config, uint64_t dataset_id) {
+absl::StatusOr<std::unique_ptr<ShardSetWriter>> ShardSetWriter::Create(const DataConfig& config, uint64_t dataset_id,
+                                                                        int user_fields) {
   auto w = std::make_unique<ShardSetWriter>();
+  w->user_fields_ = user_fields;
   w->dir_ = config.dataset_dir();
   w->num_shards_ = config.num_shards();
   w->window_ = config.max_seq_len();
@@ -98,6 +101,7 @@ SampleFileHeader ShardSetWriter::Header(Split split, int shard) const {
   h.set_num_shards(num_shards_);
   h.set_window(window_);
   h.set_dataset_id(dataset_id_);
+  if (user_fields_ > 0) h.set_user_fields(user_fields_);
   return h;
 }
 
@@ -228,6 +232,7 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
       },
       &log));
   T2D_RETURN_IF_ERROR(sorter->Finish());
+  T2D_ASSIGN_OR_RETURN(const UserProfiles profiles, UserProfiles::Read(c, &log.bad_lines));
   // An input without a usable row, or whose users are all filtered out, would make a data set
   // of 0 users that only fails later, in training; say so here, naming the input.
   const std::string inputs = absl::StrJoin(c.input_paths(), ", ");
@@ -293,8 +298,9 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   }
 
   const uint64_t dataset_id = DatasetId(c);
-  T2D_ASSIGN_OR_RETURN(auto out, ShardSetWriter::Create(c, dataset_id));
+  T2D_ASSIGN_OR_RETURN(auto out, ShardSetWriter::Create(c, dataset_id, profiles.num_fields()));
   const std::vector<int64_t> no_tags;
+  int64_t without_profile = 0;  // kept users the user file does not list
   // Every item seen enters the catalogue; its count is its number of training targets (what the
   // popularity baseline, negative sampling and logQ may know: validation and test targets must
   // not leak into them).
@@ -324,12 +330,18 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
       return absl::OkStatus();
     }
     for (const TargetRef& t : targets[kTrain]) ++item_counts[s.items[t.target]];
+    absl::Span<const int64_t> profile;
+    if (profiles.num_fields() > 0) {
+      const int64_t* keys = profiles.Find(s.user);
+      if (keys == nullptr) ++without_profile;
+      if (keys != nullptr) profile = absl::MakeConstSpan(keys, static_cast<size_t>(profiles.num_fields()));
+    }
     const int shard = static_cast<int>(Mix64(c.seed() ^ static_cast<uint64_t>(s.user)) % static_cast<uint64_t>(c.num_shards()));
     for (int sp = 0; sp < kNumSplits; ++sp) {
       if (targets[sp].empty()) continue;
       ++users_in[sp];
       T2D_ASSIGN_OR_RETURN(SampleFileWriter * w, out->writer(static_cast<Split>(sp), shard));
-      T2D_RETURN_IF_ERROR(WriteUserTargets(w, s.user, s.items, s.times, tags, targets[sp], c.max_seq_len()));
+      T2D_RETURN_IF_ERROR(WriteUserTargets(w, s.user, s.items, s.times, tags, targets[sp], c.max_seq_len(), profile));
     }
     return absl::OkStatus();
   });
@@ -354,6 +366,11 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
   manifest.set_has_timestamps(log.has_timestamps);
   manifest.set_max_tags_per_item(max_tags);
   for (const auto& n : log.tag_names) manifest.add_tag_names(n);
+  for (const auto& f : profiles.fields()) manifest.add_user_feature_names(f);
+  if (profiles.num_fields() > 0) {
+    summary.set_profile_users(profiles.num_users());
+    summary.set_users_without_profile(without_profile);
+  }
   T2D_RETURN_IF_ERROR(out->Finish(&manifest));
   summary.set_users_too_short_for_split(too_short);
   summary.set_train_samples(manifest.splits(kTrain).samples());
@@ -398,6 +415,10 @@ std::string FormatSummary(const PrepareSummary& s) {
     }
   }
   for (const auto& e : s.bad_line_examples()) absl::StrAppend(&out, "\nbad line: ", e);
+  if (s.has_profile_users()) {
+    absl::StrAppend(&out, "\nuser profiles: ", s.profile_users(), " users in the user file; ", s.users_without_profile(),
+                    " users with samples are not in it (their profile values are missing)");
+  }
   if (s.sort_runs() > 0) {
     absl::StrAppend(&out, "\ngrouped by user through ", s.sort_runs(), " sort runs on disk (data.prepare_buffer_mb)");
   }

@@ -15,7 +15,9 @@ namespace {
 // {records, samples, chunks}.
 constexpr ChunkFileFormat kFormat = {"T2DSAMPL", kSampleFormatVersion, 2, 3, "a t2d sample file",
                                      kOldestSampleFormatVersion};
-constexpr uint32_t kSamplesChunk = 1, kItemsChunk = 2, kDeflatedSamplesChunk = 4;
+constexpr uint32_t kSamplesChunk = 1, kItemsChunk = 2, kDeflatedSamplesChunk = 4, kDeflatedProfileSamplesChunk = 5;
+// Most profile fields a record may carry (data/user_profiles.h, kMaxUserFields).
+constexpr int kMaxRecordFields = 64;
 // zlib's level 1: most of the size for a fraction of the time of the higher levels (the
 // generator writes hundreds of MB/s of records).
 constexpr int kDeflateLevel = 1;
@@ -33,18 +35,28 @@ constexpr uint16_t kMaxTagsPerItem = 65535;
 absl::StatusOr<std::unique_ptr<SampleFileWriter>> SampleFileWriter::Create(const std::string& path,
                                                                           const SampleFileHeader& header,
                                                                           size_t chunk_bytes) {
+  const int fields = header.kind() == SampleFileHeader::SAMPLES ? header.user_fields() : 0;
+  if (fields < 0 || fields > kMaxRecordFields) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", fields, " profile fields (0 to ", kMaxRecordFields, ")"));
+  }
   T2D_ASSIGN_OR_RETURN(auto file, ChunkFileWriter::Create(path, kFormat, header.SerializeAsString()));
-  const uint32_t kind = header.kind() == SampleFileHeader::ITEMS ? kItemsChunk : kDeflatedSamplesChunk;
-  return std::unique_ptr<SampleFileWriter>(new SampleFileWriter(path, std::move(file), kind, chunk_bytes));
+  const uint32_t kind = header.kind() == SampleFileHeader::ITEMS ? kItemsChunk
+                        : fields > 0                             ? kDeflatedProfileSamplesChunk
+                                                                 : kDeflatedSamplesChunk;
+  return std::unique_ptr<SampleFileWriter>(new SampleFileWriter(path, std::move(file), kind, chunk_bytes, fields));
 }
 
 SampleFileWriter::SampleFileWriter(std::string path, std::unique_ptr<ChunkFileWriter> file, uint32_t data_kind,
-                                   size_t chunk_bytes)
-    : path_(std::move(path)), file_(std::move(file)), data_kind_(data_kind), chunk_bytes_(chunk_bytes) {}
+                                   size_t chunk_bytes, int user_fields)
+    : path_(std::move(path)),
+      file_(std::move(file)),
+      data_kind_(data_kind),
+      chunk_bytes_(chunk_bytes),
+      user_fields_(user_fields) {}
 
 absl::Status SampleFileWriter::MaybeFlush(bool always) {
   if (chunk_records_ == 0 || (!always && payload_.size() < chunk_bytes_)) return absl::OkStatus();
-  if (data_kind_ == kDeflatedSamplesChunk) {
+  if (data_kind_ == kDeflatedSamplesChunk || data_kind_ == kDeflatedProfileSamplesChunk) {
     // The framing refuses payloads of 2 GiB or more; the raw records obey the same limit so
     // that every file written here reads back.
     if (payload_.size() >= kMaxRawChunkBytes) {
@@ -73,8 +85,13 @@ absl::Status SampleFileWriter::MaybeFlush(bool always) {
 absl::Status SampleFileWriter::AddUser(int64_t user_id, absl::Span<const int64_t> items,
                                        absl::Span<const int64_t> times,
                                        absl::Span<const absl::Span<const int64_t>> tags,
-                                       absl::Span<const TargetRef> targets) {
+                                       absl::Span<const TargetRef> targets,
+                                       absl::Span<const int64_t> user_features) {
   const size_t n = items.size();
+  if (!user_features.empty() && user_features.size() != static_cast<size_t>(user_fields_)) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": user ", user_id, ": ", user_features.size(),
+                                                   " profile keys, the file has ", user_fields_, " fields"));
+  }
   if (times.size() != n || tags.size() != n) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": user ", user_id, ": items/times/tags sizes differ"));
   }
@@ -88,6 +105,7 @@ absl::Status SampleFileWriter::AddUser(int64_t user_id, absl::Span<const int64_t
   PutLe<int64_t>(&payload_, user_id);
   PutLe<uint32_t>(&payload_, static_cast<uint32_t>(n));
   PutLe<uint32_t>(&payload_, static_cast<uint32_t>(targets.size()));
+  for (int f = 0; f < user_fields_; ++f) PutLe<int64_t>(&payload_, user_features.empty() ? 0 : user_features[static_cast<size_t>(f)]);
   PutLeArray(&payload_, items.data(), n);
   PutLeArray(&payload_, times.data(), n);
   for (size_t i = 0; i < n; ++i) {
@@ -135,13 +153,19 @@ absl::StatusOr<std::unique_ptr<SampleFileReader>> SampleFileReader::Open(const s
 
 absl::Status SampleFileReader::Init() {
   if (!header_.ParseFromString(file_->header())) return absl::DataLossError(absl::StrCat(path(), ": unreadable header"));
+  if (header_.user_fields() < 0 || header_.user_fields() > kMaxRecordFields) {
+    return absl::DataLossError(absl::StrCat(path(), ": header says ", header_.user_fields(), " profile fields (0 to ",
+                                            kMaxRecordFields, ")"));
+  }
   ChunkInfo c;
   while (true) {
     T2D_ASSIGN_OR_RETURN(bool more, file_->NextChunk(&c));
     if (!more) break;
     // Each file kind has its chunk kinds; deflated records came with version 2.
-    const bool known = header_.kind() == SampleFileHeader::ITEMS
-                           ? c.kind == kItemsChunk
+    // Records carry profile keys exactly when the header has fields.
+    const bool known = header_.kind() == SampleFileHeader::ITEMS ? c.kind == kItemsChunk
+                       : header_.user_fields() > 0
+                           ? c.kind == kDeflatedProfileSamplesChunk
                            : c.kind == kSamplesChunk || (c.kind == kDeflatedSamplesChunk && file_->version() >= 2);
     if (!known) {
       return absl::DataLossError(absl::StrCat(path(), ": unknown chunk kind ", c.kind, " (chunk ", c.index, ")"));
@@ -169,11 +193,12 @@ absl::Status SampleFileReader::ReadChunk(int i, DecodedChunk* out) {
   T2D_RETURN_IF_ERROR(ReadPayload(i, &scratch_));
   const ChunkInfo& c = chunks_[i];
   absl::string_view records = scratch_;
-  if (c.kind == kDeflatedSamplesChunk) {
+  if (c.kind == kDeflatedSamplesChunk || c.kind == kDeflatedProfileSamplesChunk) {
     T2D_RETURN_IF_ERROR(Inflate(i));
     records = inflated_;
   }
   out->user_ids.clear();
+  out->user_features.clear();
   out->user_begin.assign(1, 0);
   out->items.clear();
   out->times.clear();
@@ -190,6 +215,7 @@ absl::Status SampleFileReader::ReadChunk(int i, DecodedChunk* out) {
     int64_t user = 0;
     uint32_t n = 0, nt = 0;
     if (!d.Get(&user) || !d.Get(&n) || !d.Get(&nt)) return bad("record header");
+    if (!d.GetArray(static_cast<size_t>(header_.user_fields()), &out->user_features)) return bad("profile keys");
     const uint32_t base = static_cast<uint32_t>(out->items.size());
     if (!d.GetArray(n, &out->items) || !d.GetArray(n, &out->times)) return bad("items");
     counts.clear();

@@ -11,7 +11,9 @@
 //   chunk*:  u32 'CHNK' | u32 kind | u32 records | u32 samples | u32 payload_bytes | u32 crc | payload
 //   end:     a chunk of kind 3 whose payload is i64 records | i64 samples | i64 chunks
 // Chunk kinds: 1 user records, 2 catalogue items, 4 user records deflated (payload: u32 size of
-// the records | zlib stream of them). Version 2 writes samples as kind 4, because the raw records
+// the records | zlib stream of them), 5 as 4 with the user's F profile keys (i64 each) after
+// each record's header, written when the header's user_fields F is above 0 (so files without
+// profile fields are as before, and an older build refuses kind 5 by name). Version 2 writes samples as kind 4, because the raw records
 // take about 93 bytes a behaviour (ids, times and tags as 64-bit values, and a user's history
 // again in each split's file) and deflate takes that to about a quarter; version 1 files (kind
 // 1) still read.
@@ -49,6 +51,7 @@ struct TargetRef {
 // A chunk of a samples file, decoded. Items of all users are concatenated.
 struct DecodedChunk {
   std::vector<int64_t> user_ids;      // per record
+  std::vector<int64_t> user_features; // per record: header.user_fields profile keys (0: missing)
   std::vector<uint32_t> user_begin;   // per record: first item (index into items); + end sentinel
   std::vector<int64_t> items;
   std::vector<int64_t> times;
@@ -80,8 +83,10 @@ class SampleFileWriter {
 
   // Appends one user record. items/times/tags have one entry per behaviour (tags[i] are the
   // tags of items[i]); targets are sorted, within range and each has session_begin <= target.
+  // user_features: the header's user_fields profile keys (empty: all missing).
   absl::Status AddUser(int64_t user_id, absl::Span<const int64_t> items, absl::Span<const int64_t> times,
-                       absl::Span<const absl::Span<const int64_t>> tags, absl::Span<const TargetRef> targets);
+                       absl::Span<const absl::Span<const int64_t>> tags, absl::Span<const TargetRef> targets,
+                       absl::Span<const int64_t> user_features = {});
   // Appends one catalogue item (ITEMS files).
   absl::Status AddItem(int64_t id, absl::Span<const int64_t> tags, int64_t count);
   // Writes the end chunk, flushes, fsyncs and renames into place.
@@ -91,7 +96,8 @@ class SampleFileWriter {
   int64_t samples() const { return samples_; }
 
  private:
-  SampleFileWriter(std::string path, std::unique_ptr<ChunkFileWriter> file, uint32_t data_kind, size_t chunk_bytes);
+  SampleFileWriter(std::string path, std::unique_ptr<ChunkFileWriter> file, uint32_t data_kind, size_t chunk_bytes,
+                   int user_fields);
   // Writes the pending records as a chunk once they reach chunk_bytes_ (or `always`).
   absl::Status MaybeFlush(bool always = false);
 
@@ -99,6 +105,7 @@ class SampleFileWriter {
   std::unique_ptr<ChunkFileWriter> file_;
   uint32_t data_kind_;
   size_t chunk_bytes_;
+  int user_fields_;
   std::string payload_;
   std::string deflated_;  // scratch for a deflated chunk
   uint32_t chunk_records_ = 0, chunk_samples_ = 0;

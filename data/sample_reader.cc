@@ -43,6 +43,7 @@ absl::StatusOr<std::unique_ptr<SampleReader>> SampleReader::Open(const std::stri
   }
   r->n_ = options.max_seq_len > 0 ? options.max_seq_len : m.window();
   r->t_ = options.max_tags > 0 ? options.max_tags : std::max(1, m.max_tags_per_item());
+  r->f_ = m.user_feature_names_size();
   const DatasetManifest::Split* split = nullptr;
   for (const auto& s : m.splits()) {
     if (s.name() == options.split) split = &s;
@@ -61,9 +62,9 @@ absl::StatusOr<std::unique_ptr<SampleReader>> SampleReader::Open(const std::stri
     T2D_ASSIGN_OR_RETURN(auto f, SampleFileReader::Open(path));
     const SampleFileHeader& h = f->header();
     if (h.kind() != SampleFileHeader::SAMPLES || h.dataset_id() != m.dataset_id() || h.split() != options.split ||
-        h.shard_index() != s || f->total_samples() != split->shard_samples(s)) {
+        h.shard_index() != s || f->total_samples() != split->shard_samples(s) || h.user_fields() != r->f_) {
       return absl::DataLossError(absl::StrCat(path, ": does not match ", kManifestFile,
-                                              " (other data set, split, shard or sample count)"));
+                                              " (other data set, split, shard, sample count or profile fields)"));
     }
     const int fi = static_cast<int>(r->files_.size());
     for (int c = 0; c < f->num_chunks(); ++c) r->chunks_.push_back({fi, c, f->chunk_samples(c)});
@@ -125,12 +126,14 @@ absl::Status SampleReader::LoadWindow(int64_t w) {
   return absl::OkStatus();
 }
 
-void ResizeSampleBatch(int size, int n, int T, SampleBatch* batch) {
+void ResizeSampleBatch(int size, int n, int T, int F, SampleBatch* batch) {
   const size_t B = static_cast<size_t>(size), N = static_cast<size_t>(n), TT = static_cast<size_t>(T);
   batch->size = size;
   batch->max_seq_len = n;
   batch->max_tags = T;
+  batch->user_fields = F;
   batch->user_id.resize(B);
+  batch->user_feature.resize(B * static_cast<size_t>(F));
   batch->history_id.resize(B * N);
   batch->history_len.resize(B);
   batch->session_begin.resize(B);
@@ -147,6 +150,12 @@ void ResizeSampleBatch(int size, int n, int T, SampleBatch* batch) {
 void FillHistory(const HistoryWindow& w, int b, SampleBatch* batch) {
   const int n = batch->max_seq_len, T = batch->max_tags, len = w.len;
   batch->user_id[b] = w.user;
+  int64_t* features = batch->user_feature.data() + static_cast<size_t>(b) * static_cast<size_t>(batch->user_fields);
+  if (w.user_feature != nullptr) {
+    std::copy_n(w.user_feature, batch->user_fields, features);
+  } else {
+    std::fill_n(features, batch->user_fields, 0);
+  }
   batch->history_len[b] = len;
   batch->session_begin[b] = w.session_begin;
   batch->target_time[b] = w.target_time;
@@ -191,6 +200,7 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
   w.len = static_cast<int>(s.target - wb);
   w.session_begin = static_cast<int32_t>(std::max(s.session_begin, wb) - wb);
   w.target_time = c.times[s.target];
+  if (f_ > 0) w.user_feature = c.user_features.data() + static_cast<size_t>(s.record) * static_cast<size_t>(f_);
   FillHistory(w, b, batch);
   batch->target_id[b] = c.items[s.target];
   const uint32_t tb = c.tag_begin[s.target];
@@ -203,7 +213,7 @@ void SampleReader::FillSample(const DecodedChunk& c, const DecodedChunk::Sample&
 
 absl::StatusOr<bool> SampleReader::Next(SampleBatch* batch) {
   const int B = options_.batch_size;
-  ResizeSampleBatch(B, n_, t_, batch);
+  ResizeSampleBatch(B, n_, t_, f_, batch);
   int b = 0;
   while (true) {
     if (options_.epochs > 0 && epoch_ >= options_.epochs) break;
@@ -226,7 +236,7 @@ absl::StatusOr<bool> SampleReader::Next(SampleBatch* batch) {
     if (++b == B) break;
   }
   // Shrink the per-sample arrays to the real batch size.
-  if (b < B) ResizeSampleBatch(b, n_, t_, batch);
+  if (b < B) ResizeSampleBatch(b, n_, t_, f_, batch);
   batch->size = b;
   return b > 0;
 }

@@ -18,6 +18,9 @@
 //   history positions [0, history_len) hold the behaviours before the target, oldest first;
 //   positions [history_len, n) are padding (id 0, tag count 0, time 0, lag 0).
 //   The current session is positions [session_begin, history_len); the rest is the history.
+//   user_feature holds F = user_fields keys per sample, the user's profile values (data set
+//   field order, DatasetManifest.user_feature_names; UserFeatureKey in data/user_profiles.h),
+//   0 where the user has no value for a field.
 //   time_lag = target_time - history_time in seconds (in positions when the data set has no
 //   timestamps, see DatasetManifest.has_timestamps); a difference that does not fit an int64
 //   is taken in double precision.
@@ -56,7 +59,9 @@ struct SampleBatch {
   int size = 0;         // B: samples in this batch (the last of an epoch may be short)
   int max_seq_len = 0;  // n
   int max_tags = 0;     // T
+  int user_fields = 0;  // F: profile fields of the data set (0: none)
   std::vector<int64_t> user_id;            // [B]
+  std::vector<int64_t> user_feature;       // [B, F]: profile value keys, 0 = missing
   std::vector<int64_t> history_id;         // [B, n]
   std::vector<int32_t> history_len;        // [B]
   std::vector<int32_t> session_begin;      // [B]
@@ -70,9 +75,9 @@ struct SampleBatch {
   std::vector<int32_t> target_tag_count;   // [B]
 };
 
-// Sizes every per-sample array of `batch` for `size` samples of n positions and T tags
-// (values of the new elements are unspecified until a row is filled).
-void ResizeSampleBatch(int size, int n, int T, SampleBatch* batch);
+// Sizes every per-sample array of `batch` for `size` samples of n positions, T tags and F profile
+// fields (values of the new elements are unspecified until a row is filled).
+void ResizeSampleBatch(int size, int n, int T, int F, SampleBatch* batch);
 
 // The history part of sample b: the behaviours of one window, oldest first. Shared by the
 // reader (prepared files) and by serving (data/live_sample.h), so that a live request and an
@@ -86,8 +91,9 @@ struct HistoryWindow {
   int len = 0;                        // <= batch->max_seq_len
   int32_t session_begin = 0;          // in [0, len]
   int64_t target_time = 0;            // time lags are taken from it
+  const int64_t* user_feature = nullptr;  // [batch->user_fields] profile keys; null: all missing
 };
-// Fills user_id, history_*, session_begin, time_lag and target_time of sample b (padding after
+// Fills user_id, user_feature, history_*, session_begin, time_lag and target_time of sample b (padding after
 // len); tags beyond batch->max_tags are dropped. The target id and tags are not touched.
 void FillHistory(const HistoryWindow& w, int b, SampleBatch* batch);
 
@@ -108,6 +114,7 @@ class SampleReader {
   const DatasetManifest& manifest() const { return manifest_; }
   int max_seq_len() const { return n_; }
   int max_tags() const { return t_; }
+  int user_fields() const { return f_; }
 
  private:
   struct ChunkRef {
@@ -126,7 +133,7 @@ class SampleReader {
 
   ReaderOptions options_;
   DatasetManifest manifest_;
-  int n_ = 0, t_ = 1;
+  int n_ = 0, t_ = 1, f_ = 0;
   int64_t window_ = 1;
   std::vector<std::unique_ptr<SampleFileReader>> files_;
   std::vector<ChunkRef> chunks_;

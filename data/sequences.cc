@@ -212,7 +212,8 @@ Split PaperGroupOfUser(int64_t user, double train_fraction, double valid_fractio
 
 absl::Status WriteUserTargets(SampleFileWriter* writer, int64_t user, absl::Span<const int64_t> items,
                               absl::Span<const int64_t> times, absl::Span<const absl::Span<const int64_t>> tags,
-                              absl::Span<const TargetRef> targets, int window) {
+                              absl::Span<const TargetRef> targets, int window,
+                              absl::Span<const int64_t> user_features) {
   if (targets.empty()) return absl::OkStatus();
   const uint32_t n = static_cast<uint32_t>(window);
   const uint32_t first = targets.front().target;
@@ -226,7 +227,7 @@ absl::Status WriteUserTargets(SampleFileWriter* writer, int64_t user, absl::Span
     t.session_begin -= begin;
   }
   return writer->AddUser(user, items.subspan(begin, end - begin), times.subspan(begin, end - begin),
-                         tags.subspan(begin, end - begin), rebased);
+                         tags.subspan(begin, end - begin), rebased, user_features);
 }
 
 }  // namespace t2d::data

@@ -98,10 +98,12 @@ std::vector<Split> PaperGroups(size_t num_users, double train_fraction, double v
 Split PaperGroupOfUser(int64_t user, double train_fraction, double valid_fraction, uint64_t seed);
 
 // Writes the part of a user's sequence that `targets` need (from the first target's window
-// start to the last target) to `writer`, with indices rebased to that slice.
+// start to the last target) to `writer`, with indices rebased to that slice, and the user's
+// profile keys (empty: none, or all missing).
 absl::Status WriteUserTargets(SampleFileWriter* writer, int64_t user, absl::Span<const int64_t> items,
                               absl::Span<const int64_t> times, absl::Span<const absl::Span<const int64_t>> tags,
-                              absl::Span<const TargetRef> targets, int window);
+                              absl::Span<const TargetRef> targets, int window,
+                              absl::Span<const int64_t> user_features = {});
 
 // Bucket edges of the sequence length histogram.
 std::vector<HistogramBucket> EmptyLengthHistogram();

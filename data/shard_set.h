@@ -24,7 +24,9 @@ absl::Status PrepareOutputDir(const std::string& dir, bool force);
 
 class ShardSetWriter {
  public:
-  static absl::StatusOr<std::unique_ptr<ShardSetWriter>> Create(const config::DataConfig& config, uint64_t dataset_id);
+  // user_fields: profile keys per user record (0: none).
+  static absl::StatusOr<std::unique_ptr<ShardSetWriter>> Create(const config::DataConfig& config, uint64_t dataset_id,
+                                                                int user_fields);
 
   // The writer of (split, shard), created on first use.
   absl::StatusOr<SampleFileWriter*> writer(Split split, int shard);
@@ -44,6 +46,7 @@ class ShardSetWriter {
   int window_ = 0;
   size_t chunk_bytes_ = 0;
   uint64_t dataset_id_ = 0;
+  int user_fields_ = 0;
   std::array<std::vector<std::unique_ptr<SampleFileWriter>>, kNumSplits> writers_;
   std::array<std::vector<int64_t>, kNumSplits> samples_;  // per finished shard
   std::vector<char> finished_;

@@ -490,6 +490,77 @@ absl::Status ReadSourceRows(const DataConfig& given, RowSink sink, InteractionLo
   return absl::OkStatus();
 }
 
+absl::Status ReadUserFile(const DataConfig& config, BadLines* bad_lines, std::vector<std::string>* fields,
+                          UserRowSink sink) {
+  const std::string& path = config.user_path();
+  BadLineHandler bad(config.skip_bad_lines(), bad_lines);
+  std::vector<absl::string_view> f;
+  std::vector<absl::string_view> values;
+  fields->clear();
+  // A fixed layout: `sep` between the id and the named fields, in this order.
+  auto fixed = [&](absl::string_view sep, std::vector<std::string> names, absl::string_view format) {
+    *fields = std::move(names);
+    const size_t num = fields->size() + 1;
+    return ForEachLine(path, &bad, [&](absl::string_view line) -> ParseResult {
+      f = absl::StrSplit(line, sep);
+      int64_t user;
+      if (f.size() != num || !ParseInt(f[0], &user)) return Expected(format, line);
+      values.clear();
+      for (size_t i = 1; i < num; ++i) values.push_back(absl::StripAsciiWhitespace(f[i]));
+      T2D_RETURN_IF_ERROR(sink(user, values));
+      return std::string();
+    });
+  };
+  switch (config.source()) {
+    case DataConfig::MOVIELENS_DAT:
+    case DataConfig::ML1M_SEQUENCES:
+      return fixed("::", {"gender", "age", "occupation", "zip"}, "UserID::Gender::Age::Occupation::Zip-code");
+    case DataConfig::MOVIELENS_100K:
+      return fixed("|", {"age", "gender", "occupation", "zip"}, "id|age|gender|occupation|zip");
+    case DataConfig::KUAIRAND:
+    case DataConfig::CSV: {
+      const CsvFormat& csv = config.csv();
+      if (csv.user_feature_columns().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("data.csv.user_feature_columns: name the profile columns of ", path));
+      }
+      T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
+      std::vector<std::string> storage, header;
+      int num_fields = -1, id_col = -1;
+      std::vector<int> cols;
+      T2D_RETURN_IF_ERROR(ForEachLine(path, &bad, [&](absl::string_view line) -> ParseResult {
+        if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
+        if (num_fields < 0) {
+          num_fields = static_cast<int>(f.size());
+          if (csv.has_header()) {
+            for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
+          }
+          T2D_ASSIGN_OR_RETURN(id_col, ColumnIndex(path, header, csv.has_header(), "the user id", csv.user_file_id_column(), num_fields));
+          for (const std::string& name : csv.user_feature_columns()) {
+            T2D_ASSIGN_OR_RETURN(int c, ColumnIndex(path, header, csv.has_header(), "a profile field", name, num_fields));
+            cols.push_back(c);
+            fields->push_back(name);
+          }
+          if (csv.has_header()) return std::string();
+        }
+        int64_t user;
+        if (static_cast<int>(f.size()) != num_fields || !ParseInt(f[id_col], &user)) {
+          return Expected(absl::StrCat(num_fields, " fields with an integer user id"), line);
+        }
+        values.clear();
+        for (int c : cols) values.push_back(absl::StripAsciiWhitespace(f[c]));
+        if (absl::Status taken = sink(user, values); !taken.ok()) return taken;
+        return std::string();
+      }));
+      if (num_fields < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
+      return absl::OkStatus();
+    }
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("data.user_path: source ", SourceName(config.source()),
+                                                     " has no user file layout (MOVIELENS_DAT, ML1M_SEQUENCES, "
+                                                     "MOVIELENS_100K, CSV or KUAIRAND)"));
+  }
+}
+
 absl::StatusOr<InteractionLog> ReadSource(const DataConfig& config) {
   InteractionLog log;
   absl::flat_hash_set<int64_t> all_users, positive_users;

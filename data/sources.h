@@ -20,6 +20,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "data/data_config.pb.h"
 
 namespace t2d::data {
@@ -61,6 +62,17 @@ using RowSink = absl::FunctionRef<absl::Status(const Interaction& row, bool posi
 // ReadSource for logs larger than memory: every row goes to `sink`; `*log` gets everything else
 // (tags, counts, bad lines, has_timestamps) but neither interactions nor empty_users.
 absl::Status ReadSourceRows(const config::DataConfig& config, RowSink sink, InteractionLog* log);
+
+// What ReadUserFile hands over for each user line: the user id and the text of each profile
+// field (trimmed; empty: no value), in the order of the field names.
+using UserRowSink = absl::FunctionRef<absl::Status(int64_t user, absl::Span<const absl::string_view> values)>;
+
+// Reads DataConfig.user_path by the layout of DataConfig.source (data/user_profiles.h): sets
+// *fields to the profile field names, then calls `sink` for every user line. Malformed lines
+// are errors "FILE:LINE: what", or counted into *bad with skip_bad_lines; an error status from
+// `sink` ends the read.
+absl::Status ReadUserFile(const config::DataConfig& config, BadLines* bad, std::vector<std::string>* fields,
+                          UserRowSink sink);
 
 // Splits one delimited line into fields, honouring double quotes ("a,b" and "" inside quotes).
 // Returns false for an unterminated quote. Fields point into `line` or into `storage`.

@@ -100,6 +100,7 @@ absl::Status RunWorker(const config::JobConfig& config, const RunOptions& option
         out["id_rows_changed"] = delta.id_rows_changed;
         out["tag_rows_changed"] = delta.tag_rows_changed;
         out["user_rows_changed"] = delta.user_rows_changed;
+        out["user_feature_rows_changed"] = delta.user_feature_rows_changed;
       }
       std::cout << out.dump() << std::endl;
     }

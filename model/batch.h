@@ -3,7 +3,8 @@
 // pipeline and the trainer can build it without torch.
 //
 // With a user feature, each sample also names one row of a third matrix, user rows [U_user,
-// D_user] (Batch::user_rows).
+// D_user] (Batch::user_rows); with user profile fields, F rows of a fourth, profile value rows
+// [U_f, D_f] (Batch::user_feature_rows, -1 for a missing value).
 //
 // Rows: the trainer pulls, for the ids of a batch, one embedding row per unique id from the
 // embedding store and hands them to the model as two matrices, id rows [U, D_id] and tag rows
@@ -50,6 +51,10 @@ struct Batch {
   // With a user feature (model.user_id_table): [B], each sample's row in Rows::user_rows.
   // Empty without one.
   std::vector<int64_t> user_rows;
+  // With user profile fields (model.user_feature_table, F fields): [B * F] row-major, sample b's
+  // value of field f at b * F + f, as a row of Rows::user_feature_rows or -1 when the sample has
+  // no value for the field (its slot of the profile input is then a zero vector). Empty without.
+  std::vector<int64_t> user_feature_rows;
   // Optional [B * n]: seconds between the target's time and each behaviour (>= 0), for the
   // time-lag feature. Values at padding slots are ignored.
   std::vector<float> time_lags;

@@ -2,8 +2,9 @@
 // modules: the diffusion module (diffusion.h), the user tower of the configured kind
 // (user_tower.h) and the item tower (layers.h), whose dense parameters live in one
 // ParameterRegistry (parameters.h). The registration order here — U-Net, user tower, item tower,
-// then the user feature's projection when there is one — fixes the parameters' order in the flat
-// buffer and their initial values (a model without a user feature is unchanged by it).
+// then the user feature's projection when there is one, then the profile fields' projection when
+// there are some — fixes the parameters' order in the flat buffer and their initial values (a
+// model without a user feature or profile fields is unchanged by them).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
@@ -66,11 +67,24 @@ struct Model::Impl {
   std::unique_ptr<UserTower> user_tower;
   ItemTower item_tower;
   std::optional<Linear> user_feature;  // D_user -> E, no bias; only with a user feature
+  std::optional<Linear> user_profile;  // F * D_f -> E, no bias; only with profile fields
 
-  // e_u plus the projected user rows (with a user feature).
+  // e_u plus the projected user rows (with a user feature) and the projected profile values
+  // (with profile fields): e_u + W_user e_user + W_feat p.
   Tensor AddUserFeature(const Tensor& e_u, const Batch& batch, const Rows& rows) const {
-    if (!user_feature) return e_u;
-    return e_u + (*user_feature)(rows.user_rows.index_select(0, LongTensor(batch.user_rows)));
+    Tensor out = e_u;
+    if (user_feature) out = out + (*user_feature)(rows.user_rows.index_select(0, LongTensor(batch.user_rows)));
+    if (user_profile) out = out + (*user_profile)(ProfileInput(batch, rows));
+    return out;
+  }
+  // p [B, F * D_f]: per sample, the rows of its F profile values side by side, a zero vector for
+  // a missing one (row -1). The zero row is a constant put in front of the value rows, so a
+  // missing value sends no gradient anywhere.
+  Tensor ProfileInput(const Batch& batch, const Rows& rows) const {
+    const Tensor& values = rows.user_feature_rows;
+    const Tensor table = at::cat({at::zeros({1, dims.user_feature_dim}, values.options()), values}, 0);
+    const Tensor index = LongTensor(batch.user_feature_rows).add(1);
+    return table.index_select(0, index).view({batch.batch_size, dims.user_fields * dims.user_feature_dim});
   }
 
   // Item embeddings [S, D] of the gathered slots.
@@ -88,6 +102,10 @@ struct Model::Impl {
     if (dims.user_dim > 0) {
       user_feature = Linear::Register(params, "user_feature.linear", dims.user_dim, user_tower->output_dim(),
                                       /*bias=*/false, /*diffusion=*/false);
+    }
+    if (dims.user_fields > 0) {
+      user_profile = Linear::Register(params, "user_profile.linear", dims.user_fields * dims.user_feature_dim,
+                                      user_tower->output_dim(), /*bias=*/false, /*diffusion=*/false);
     }
   }
   // The history embeddings [B, n, D] alone (inference).
@@ -150,6 +168,12 @@ absl::Status CheckRows(const Rows& rows, const ModelDims& dims) {
     return absl::InvalidArgumentError(
         absl::StrCat("rows.user_rows must be a float [U_user, ", dims.user_dim, "] tensor (model.user_id_table)"));
   }
+  if (dims.user_fields > 0 &&
+      (!rows.user_feature_rows.defined() || rows.user_feature_rows.dim() != 2 ||
+       rows.user_feature_rows.size(1) != dims.user_feature_dim || rows.user_feature_rows.scalar_type() != at::kFloat)) {
+    return absl::InvalidArgumentError(absl::StrCat("rows.user_feature_rows must be a float [U_f, ", dims.user_feature_dim,
+                                                   "] tensor (model.user_feature_table)"));
+  }
   return absl::OkStatus();
 }
 
@@ -168,6 +192,29 @@ absl::Status CheckUserRows(const Batch& batch, const Rows& rows, const ModelDims
     if (batch.user_rows[i] < 0 || batch.user_rows[i] >= u) {
       return absl::InvalidArgumentError(
           absl::StrCat("batch.user_rows[", i, "] = ", batch.user_rows[i], " is outside [0, ", u, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Batch::user_feature_rows against the model's profile fields and the profile rows given.
+absl::Status CheckUserFeatureRows(const Batch& batch, const Rows& rows, const ModelDims& dims) {
+  if (dims.user_fields == 0) {
+    if (batch.user_feature_rows.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        "batch.user_feature_rows: the model has no profile fields (model.user_feature_table is empty)");
+  }
+  if (static_cast<int64_t>(batch.user_feature_rows.size()) != batch.batch_size * dims.user_fields) {
+    return absl::InvalidArgumentError(absl::StrCat("batch.user_feature_rows has ", batch.user_feature_rows.size(),
+                                                   " entries, expected ", batch.batch_size, " samples x ",
+                                                   dims.user_fields, " profile fields (model.user_feature_table)"));
+  }
+  const int64_t u = rows.user_feature_rows.size(0);
+  for (size_t i = 0; i < batch.user_feature_rows.size(); ++i) {
+    const int64_t r = batch.user_feature_rows[i];
+    if (r < -1 || r >= u) {
+      return absl::InvalidArgumentError(absl::StrCat("batch.user_feature_rows[", i, "] = ", r, " is outside [-1, ", u,
+                                                     ") (-1: no value)"));
     }
   }
   return absl::OkStatus();
@@ -250,6 +297,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
   const int64_t u = rows.id_rows.size(0), ut = TagRowCount(rows, m.dims);
   T2D_RETURN_IF_ERROR(ValidateBatch(batch, u, ut));
   T2D_RETURN_IF_ERROR(CheckUserRows(batch, rows, m.dims));
+  T2D_RETURN_IF_ERROR(CheckUserFeatureRows(batch, rows, m.dims));
   T2D_RETURN_IF_ERROR(ValidateSlots(candidates.items, "candidates.items", u, ut, false));
   T2D_RETURN_IF_ERROR(ValidateTrainingInputs(batch, candidates, m.config, m.d, noise));
   const int64_t b = batch.batch_size, n = batch.seq_len, c = candidates.items.size();
@@ -355,6 +403,7 @@ absl::Status ValidateInferenceBatch(const Batch& batch, const Rows& rows, const 
   if (dims.tag_dim == 0) probe.targets.tag_offsets.clear();
   T2D_RETURN_IF_ERROR(ValidateBatch(probe, std::max<int64_t>(1, rows.id_rows.size(0)), TagRowCount(rows, dims)));
   T2D_RETURN_IF_ERROR(CheckUserRows(batch, rows, dims));
+  T2D_RETURN_IF_ERROR(CheckUserFeatureRows(batch, rows, dims));
   if (config.time_lag_feature() && batch.time_lags.empty()) {
     return absl::InvalidArgumentError("batch.time_lags: model.time_lag_feature is on but the batch has no time lags");
   }

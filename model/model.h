@@ -46,6 +46,9 @@ struct Rows {
   at::Tensor id_rows;   // [U, D_id]
   at::Tensor tag_rows;  // [U_tag, D_tag]; undefined when D_tag = 0
   at::Tensor user_rows; // [U_user, D_user]; undefined when D_user = 0 (no user feature)
+  // [U_f, D_f], one row per distinct profile value key of the batch (U_f may be 0); undefined
+  // without profile fields (ModelDims::user_fields = 0).
+  at::Tensor user_feature_rows;
 };
 
 struct ForwardOutput {

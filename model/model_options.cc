@@ -9,6 +9,11 @@ namespace t2d::model {
 
 absl::Status ValidateModelConfig(const config::ModelConfig& c, const ModelDims& dims) {
   if (dims.user_dim < 0) return absl::InvalidArgumentError(absl::StrCat("model: user-id width ", dims.user_dim, " must be >= 0"));
+  if (dims.user_feature_dim < 0 || dims.user_fields < 0 || (dims.user_feature_dim > 0) != (dims.user_fields > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.user_feature_table: profile table width ", dims.user_feature_dim, " with ", dims.user_fields,
+        " profile fields; both must be 0 (no profile fields) or both >= 1"));
+  }
   if (dims.id_dim < 1 || dims.tag_dim < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("model: item-id width ", dims.id_dim, " must be >= 1 and tag width ", dims.tag_dim, " >= 0"));

@@ -19,6 +19,11 @@ struct ModelDims {
   int64_t id_dim = 0;       // D_id, width of the item-id table
   int64_t tag_dim = 0;      // D_tag, width of the tag table; 0: no tag feature
   int64_t user_dim = 0;     // D_user, width of the user-id table; 0: no user feature
+  // User profile fields (model.user_feature_table): D_f, the width of the profile value table,
+  // and F, the data set's number of profile fields (DatasetManifest.user_feature_names). Both 0
+  // (no profile term) or both >= 1.
+  int64_t user_feature_dim = 0;
+  int64_t user_fields = 0;
   int64_t session_len = 10; // k, the current session's length cap
 };
 

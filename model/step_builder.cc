@@ -40,6 +40,19 @@ absl::Status StepBuilder::FillHistory(const data::SampleBatch& in, StepInput* ou
   if (options_.use_user_ids) {
     for (int s = 0; s < in.size; ++s) b.user_rows.push_back(user_rows_.RowOf(in.user_id[static_cast<size_t>(s)]));
   }
+  user_feature_rows_.Reset(&out->user_feature_keys);
+  if (options_.use_user_features) {
+    const size_t count = static_cast<size_t>(in.size) * static_cast<size_t>(in.user_fields);
+    if (in.user_feature.size() < count) {
+      return absl::InvalidArgumentError(absl::StrCat("the batch has ", in.user_feature.size(), " profile keys for ",
+                                                     in.size, " samples of ", in.user_fields, " fields"));
+    }
+    b.user_feature_rows.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      const int64_t key = in.user_feature[i];
+      b.user_feature_rows.push_back(key == 0 ? -1 : user_feature_rows_.RowOf(key));
+    }
+  }
   if (options_.time_lags) b.time_lags.assign(static_cast<size_t>(in.size) * static_cast<size_t>(n), 0.0f);
   for (int s = 0; s < in.size; ++s) {
     const int len = in.history_len[static_cast<size_t>(s)];

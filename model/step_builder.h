@@ -29,6 +29,9 @@ struct StepInput {
   std::vector<int64_t> id_keys;
   std::vector<int64_t> tag_keys;
   std::vector<int64_t> user_keys;  // with Options::use_user_ids: the batch's distinct users
+  // With Options::use_user_features: the batch's distinct profile value keys (never 0, the
+  // missing value), in row order of model::Rows::user_feature_rows.
+  std::vector<int64_t> user_feature_keys;
 };
 
 class StepBuilder {
@@ -38,6 +41,9 @@ class StepBuilder {
     int num_negatives = 0;  // SAMPLED_SOFTMAX only
     bool use_tags = true;   // false: no tag table
     bool use_user_ids = false;  // fill Batch::user_rows and StepInput::user_keys (user-id table)
+    // Fill Batch::user_feature_rows and StepInput::user_feature_keys from the samples' profile
+    // keys (data::SampleBatch::user_feature; model.user_feature_table).
+    bool use_user_features = false;
     bool time_lags = false; // fill Batch::time_lags
     // Sessions were cut by time gaps (data.session_mode = TIME_GAP): pass each sample's
     // session length (from data::SampleBatch::session_begin) instead of the fixed last k.
@@ -79,7 +85,7 @@ class StepBuilder {
 
   const data::Catalogue* catalogue_;
   Options options_;
-  RowIndex id_rows_, tag_rows_, user_rows_;
+  RowIndex id_rows_, tag_rows_, user_rows_, user_feature_rows_;
   std::vector<int64_t> scratch_tags_;
 };
 

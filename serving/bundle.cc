@@ -12,12 +12,14 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/checksum.h"
 #include "common/file_util.h"
 #include "common/sealed_folder.h"
 #include "common/status_macros.h"
 #include "configs/config_loader.h"
 #include "configs/job_options.h"
+#include "data/user_profiles.h"
 #include "embedding/initializer.h"
 #include "model/dense_state.h"
 #include "model/model.h"
@@ -97,6 +99,29 @@ absl::StatusOr<RowTable> ReadRows(const std::string& dir, const std::string& nam
   return t;
 }
 
+// The profile keys of `query`'s named values (Query::user_features) in the order of `fields` (0 for
+// a field not given); left empty when the query names none.
+absl::Status ProfileKeys(const Query& query, const std::vector<std::string>& fields, std::vector<int64_t>* keys) {
+  keys->clear();
+  if (query.user_features.empty()) return absl::OkStatus();
+  if (!query.request.user_features.empty()) {
+    return absl::InvalidArgumentError("user_features: given both by name and as keys (user_feature_keys)");
+  }
+  keys->assign(fields.size(), 0);
+  for (const UserFeatureValue& v : query.user_features) {
+    const auto it = std::find(fields.begin(), fields.end(), v.first);
+    if (it == fields.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "user_features.", v.first, ": unknown profile field (",
+          fields.empty() ? std::string("this model's data set has no profile fields")
+                         : absl::StrCat("this model's data set has: ", absl::StrJoin(fields, ", ")),
+          ")"));
+    }
+    (*keys)[static_cast<size_t>(it - fields.begin())] = data::UserFeatureKey(v.first, v.second);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> FolderVersion(const std::string& dir) {
   T2D_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(dir + "/MANIFEST"));
   return Sha256Hex(manifest.data(), manifest.size());
@@ -110,6 +135,8 @@ struct Bundle::Impl {
   std::shared_ptr<const data::Catalogue> catalogue;
   std::shared_ptr<const data::LiveSampleBuilder> live;
   model::StepBuilder::Options builder_options;
+  model::ModelDims dims;  // with the data set's profile fields
+  std::vector<std::string> user_feature_names;  // the data set's profile fields, in order
   uint64_t eval_seed = 0;
   std::string version, delta_version;
   int64_t step = 0;
@@ -117,8 +144,8 @@ struct Bundle::Impl {
   std::unique_ptr<model::Model> model;
   std::vector<float> item_vectors;  // [N, E]
   int64_t dim = 0;                  // E
-  RowTable id_rows, tag_rows, user_rows;
-  bool has_tags = false, has_users = false;
+  RowTable id_rows, tag_rows, user_rows, user_feature_rows;
+  bool has_tags = false, has_users = false, has_user_features = false;
   // The approximate index (catalogues above serving.exact_max_items); null: exact search.
   std::shared_ptr<const ItemIndex> index;
 
@@ -155,7 +182,9 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
   if (!google::protobuf::TextFormat::ParseFromString(dataset_text, &dataset)) {
     return absl::DataLossError(absl::StrCat(dir, "/dataset.textproto: not a data set manifest"));
   }
-  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(job));
+  T2D_ASSIGN_OR_RETURN(b.dims, config::ModelDimsOf(job, dataset));
+  const model::ModelDims& dims = b.dims;
+  b.user_feature_names.assign(dataset.user_feature_names().begin(), dataset.user_feature_names().end());
   T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(job.model(), dims));
   T2D_RETURN_IF_ERROR(model::LoadDenseState(dir + "/dense.t2dd", b.model.get(), nullptr));
   T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> item_ids, ReadNpyInt64(dir + "/item_ids.npy"));
@@ -202,6 +231,11 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::Load(const std::string& dir) {
     const int user_table = config::FindTable(job, job.model().user_id_table());
     T2D_ASSIGN_OR_RETURN(b.user_rows, ReadRows(dir, "user", dims.user_dim, job.tables(user_table)));
   }
+  b.has_user_features = !job.model().user_feature_table().empty();
+  if (b.has_user_features) {
+    const int table = config::FindTable(job, job.model().user_feature_table());
+    T2D_ASSIGN_OR_RETURN(b.user_feature_rows, ReadRows(dir, "user_feature", dims.user_feature_dim, job.tables(table)));
+  }
   return std::unique_ptr<Bundle>(new Bundle(std::move(impl)));
 }
 
@@ -216,6 +250,7 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
   std::vector<absl::StatusOr<Retrieved>> out(queries.size(), absl::UnknownError("not answered"));
   // The valid queries, in order, become samples 0..m-1.
   std::vector<size_t> sample_of;
+  std::vector<int64_t> profile_keys;  // one query's profile keys, read by Fill
   data::SampleBatch batch;
   b.live->Reset(static_cast<int>(queries.size()), &batch);
   for (size_t q = 0; q < queries.size(); ++q) {
@@ -230,7 +265,10 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
       continue;
     }
     const int row = static_cast<int>(sample_of.size());
-    absl::Status filled = b.live->Fill(query.request, row, &batch);
+    data::LiveRequest request = query.request;
+    absl::Status filled = ProfileKeys(query, b.user_feature_names, &profile_keys);
+    if (filled.ok() && !query.user_features.empty()) request.user_features = profile_keys;
+    if (filled.ok()) filled = b.live->Fill(request, row, &batch);
     if (filled.ok() && b.builder_options.time_lags) {
       // The model checks a whole batch's lags; a query whose time precedes one of its behaviours
       // (possible in a data set in file order) is refused here, alone.
@@ -247,7 +285,7 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
   }
   const int m = static_cast<int>(sample_of.size());
   if (m == 0) return out;
-  if (m < static_cast<int>(queries.size())) ResizeSampleBatch(m, batch.max_seq_len, batch.max_tags, &batch);
+  if (m < static_cast<int>(queries.size())) ResizeSampleBatch(m, batch.max_seq_len, batch.max_tags, batch.user_fields, &batch);
   auto fail_all = [&](const absl::Status& s) {
     for (size_t q : sample_of) out[q] = s;
     return out;
@@ -259,6 +297,7 @@ std::vector<absl::StatusOr<Retrieved>> Bundle::Search(absl::Span<const Query> qu
   rows.id_rows = b.id_rows.Gather(in.id_keys);
   if (b.has_tags) rows.tag_rows = b.tag_rows.Gather(in.tag_keys);
   if (b.has_users) rows.user_rows = b.user_rows.Gather(in.user_keys);
+  if (b.has_user_features) rows.user_feature_rows = b.user_feature_rows.Gather(in.user_feature_keys);
   model::InferenceOptions io;
   for (int i = 0; i < m; ++i) {
     const Query& query = queries[sample_of[static_cast<size_t>(i)]];
@@ -331,12 +370,13 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir
   b.catalogue = base.catalogue;
   b.live = base.live;
   b.builder_options = base.builder_options;
+  b.dims = base.dims;
+  b.user_feature_names = base.user_feature_names;
   b.eval_seed = base.eval_seed;
   b.version = base.version;
   T2D_ASSIGN_OR_RETURN(b.delta_version, FolderVersion(dir));
   b.step = delta.step;
-  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(job));
-  T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(job.model(), dims));
+  T2D_ASSIGN_OR_RETURN(b.model, model::Model::Create(job.model(), b.dims));
   T2D_RETURN_IF_ERROR(model::LoadDenseState(dir + "/dense.t2dd", b.model.get(), nullptr));
   b.dim = base.dim;
   b.item_vectors = base.item_vectors;
@@ -361,7 +401,9 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir
   };
   if (delta.id_rows.size() != delta.id_keys.size() * static_cast<size_t>(base.id_rows.dim) ||
       delta.tag_rows.size() != delta.tag_keys.size() * static_cast<size_t>(base.tag_rows.dim) ||
-      delta.user_rows.size() != delta.user_keys.size() * static_cast<size_t>(base.user_rows.dim)) {
+      delta.user_rows.size() != delta.user_keys.size() * static_cast<size_t>(base.user_rows.dim) ||
+      delta.user_feature_rows.size() !=
+          delta.user_feature_keys.size() * static_cast<size_t>(base.user_feature_rows.dim)) {
     return absl::DataLossError(absl::StrCat(dir, ": embedding rows of another width than the bundle's"));
   }
   copy_rows(base.id_rows, &b.id_rows);
@@ -375,6 +417,11 @@ absl::StatusOr<std::unique_ptr<Bundle>> Bundle::WithDelta(const std::string& dir
   if (b.has_users) {
     copy_rows(base.user_rows, &b.user_rows);
     b.user_rows.Update(delta.user_keys, delta.user_rows);
+  }
+  b.has_user_features = base.has_user_features;
+  if (b.has_user_features) {
+    copy_rows(base.user_feature_rows, &b.user_feature_rows);
+    b.user_feature_rows.Update(delta.user_feature_keys, delta.user_feature_rows);
   }
   if (delta.has_index) {
     T2D_ASSIGN_OR_RETURN(b.index, ItemIndex::Read(dir + "/item_index.faiss", n, b.dim, job.serving()));

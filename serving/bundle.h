@@ -3,9 +3,9 @@
 // the embedding rows it reads, the catalogue with its item vectors, and the data set's options.
 // Answers top-k queries the way evaluation scores a sample:
 //   - a query carries what an evaluation sample carries (user id, behaviours with their times,
-//     the request time), and becomes model input through the same code as evaluation
-//     (data::LiveSampleBuilder -> model::StepBuilder -> Model::UserVectors), with the reverse
-//     diffusion seeded per user by EvalSampleSeed unless the query names a seed;
+//     the request time, the user's profile values), and becomes model input through the same
+//     code as evaluation (data::LiveSampleBuilder -> model::StepBuilder -> Model::UserVectors),
+//     with the reverse diffusion seeded per user by EvalSampleSeed unless the query names a seed;
 //   - so a query with an evaluation sample's behaviours, user and target time gets the user
 //     vector evaluation computed, and every item evaluation ranked above the target.
 //
@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,8 +33,17 @@ namespace t2d::serving {
 // The most behaviours one query may carry (a request that long is a client bug, not a user).
 inline constexpr int64_t kMaxQueryItems = 100000;
 
+// A user profile value by field name (a field of the data set, DatasetManifest.user_feature_names)
+// and value text, as a client sends it.
+using UserFeatureValue = std::pair<std::string, std::string>;
+
 struct Query {
   data::LiveRequest request;
+  // The user's profile values by field name (the protocol's "user_features"). The bundle turns
+  // them into request.user_features, data::UserFeatureKey(field, value) in its data set's field
+  // order; a field not given is missing. A name the data set has no field of is an error for
+  // this query, as is giving both these and request.user_features.
+  absl::Span<const UserFeatureValue> user_features;
   int k = 10;
   // Seed of the reverse diffusion process; unset: EvalSampleSeed(eval.seed, user), as evaluation.
   std::optional<uint64_t> seed;

@@ -70,6 +70,9 @@ std::vector<std::string> BundleFiles(const config::JobConfig& job) {
                                     "item_tags.npy",     "item_vectors.npy",     "job.textproto"};
   if (!job.model().item_tag_table().empty()) files.insert(files.end(), {"tag_keys.npy", "tag_rows.npy"});
   if (!job.model().user_id_table().empty()) files.insert(files.end(), {"user_keys.npy", "user_rows.npy"});
+  if (!job.model().user_feature_table().empty()) {
+    files.insert(files.end(), {"user_feature_keys.npy", "user_feature_rows.npy"});
+  }
   return files;
 }
 
@@ -79,6 +82,9 @@ std::vector<std::string> DeltaFiles(const config::JobConfig& job, int64_t num_it
   if (DeltaShipsIndex(job, num_items)) files.push_back("item_index.faiss");
   if (!job.model().item_tag_table().empty()) files.insert(files.end(), {"tag_keys.npy", "tag_rows.npy"});
   if (!job.model().user_id_table().empty()) files.insert(files.end(), {"user_keys.npy", "user_rows.npy"});
+  if (!job.model().user_feature_table().empty()) {
+    files.insert(files.end(), {"user_feature_keys.npy", "user_feature_rows.npy"});
+  }
   return files;
 }
 
@@ -98,6 +104,11 @@ absl::Status WriteBundle(const std::string& dir, const BundleContents& c) {
   if (c.user_dim > 0) {
     T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_keys.npy", c.user_keys, {Size(c.user_keys)}));
     T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_rows.npy", c.user_rows, {Size(c.user_keys), c.user_dim}));
+  }
+  if (c.user_feature_dim > 0) {
+    T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_feature_keys.npy", c.user_feature_keys, {Size(c.user_feature_keys)}));
+    T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_feature_rows.npy", c.user_feature_rows,
+                                 {Size(c.user_feature_keys), c.user_feature_dim}));
   }
   T2D_RETURN_IF_ERROR(model::SaveDenseState(dir + "/dense.t2dd", *c.model, nullptr));
   T2D_RETURN_IF_ERROR(WriteText(dir + "/job.textproto", *c.job));
@@ -149,8 +160,8 @@ absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const Bundle
     item_rows.push_back(static_cast<int64_t>(i));
     item_vectors.insert(item_vectors.end(), v, v + e);
   }
-  std::vector<int64_t> id_keys, tag_keys, user_keys;
-  std::vector<float> id_rows, tag_rows, user_rows;
+  std::vector<int64_t> id_keys, tag_keys, user_keys, user_feature_keys;
+  std::vector<float> id_rows, tag_rows, user_rows, user_feature_rows;
   {
     T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> keys, ReadNpyInt64(base_dir + "/id_keys.npy"));
     T2D_ASSIGN_OR_RETURN(NpyArray<float> rows, ReadNpyFloat(base_dir + "/id_rows.npy"));
@@ -166,10 +177,17 @@ absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const Bundle
     T2D_ASSIGN_OR_RETURN(NpyArray<float> rows, ReadNpyFloat(base_dir + "/user_rows.npy"));
     ChangedRows(c.user_keys, c.user_rows, c.user_dim, keys.data, rows.data, &user_keys, &user_rows);
   }
+  if (c.user_feature_dim > 0) {
+    T2D_ASSIGN_OR_RETURN(NpyArray<int64_t> keys, ReadNpyInt64(base_dir + "/user_feature_keys.npy"));
+    T2D_ASSIGN_OR_RETURN(NpyArray<float> rows, ReadNpyFloat(base_dir + "/user_feature_rows.npy"));
+    ChangedRows(c.user_feature_keys, c.user_feature_rows, c.user_feature_dim, keys.data, rows.data,
+                &user_feature_keys, &user_feature_rows);
+  }
   stats.items_changed = Size(item_rows);
   stats.id_rows_changed = Size(id_keys);
   stats.tag_rows_changed = Size(tag_keys);
   stats.user_rows_changed = Size(user_keys);
+  stats.user_feature_rows_changed = Size(user_feature_keys);
   T2D_RETURN_IF_ERROR(FreshFolder(dir));
   T2D_RETURN_IF_ERROR(WriteNpy(dir + "/item_rows.npy", item_rows, {Size(item_rows)}));
   T2D_RETURN_IF_ERROR(WriteNpy(dir + "/item_vectors.npy", item_vectors, {Size(item_rows), c.vector_dim}));
@@ -182,6 +200,11 @@ absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const Bundle
   if (c.user_dim > 0) {
     T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_keys.npy", user_keys, {Size(user_keys)}));
     T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_rows.npy", user_rows, {Size(user_keys), c.user_dim}));
+  }
+  if (c.user_feature_dim > 0) {
+    T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_feature_keys.npy", user_feature_keys, {Size(user_feature_keys)}));
+    T2D_RETURN_IF_ERROR(WriteNpy(dir + "/user_feature_rows.npy", user_feature_rows,
+                                 {Size(user_feature_keys), c.user_feature_dim}));
   }
   T2D_RETURN_IF_ERROR(model::SaveDenseState(dir + "/dense.t2dd", *c.model, nullptr));
   T2D_RETURN_IF_ERROR(WriteText(dir + "/job.textproto", *c.job));
@@ -231,7 +254,10 @@ absl::StatusOr<BundleDelta> ReadBundleDelta(const std::string& dir) {
   T2D_RETURN_IF_ERROR(read_rows("id", &d.id_keys, &d.id_rows));
   if (!d.job.model().item_tag_table().empty()) T2D_RETURN_IF_ERROR(read_rows("tag", &d.tag_keys, &d.tag_rows));
   if (!d.job.model().user_id_table().empty()) T2D_RETURN_IF_ERROR(read_rows("user", &d.user_keys, &d.user_rows));
-  for (const auto* v : {&d.item_vectors, &d.id_rows, &d.tag_rows, &d.user_rows}) {
+  if (!d.job.model().user_feature_table().empty()) {
+    T2D_RETURN_IF_ERROR(read_rows("user_feature", &d.user_feature_keys, &d.user_feature_rows));
+  }
+  for (const auto* v : {&d.item_vectors, &d.id_rows, &d.tag_rows, &d.user_rows, &d.user_feature_rows}) {
     if (std::any_of(v->begin(), v->end(), [](float x) { return !std::isfinite(x); })) {
       return absl::DataLossError(absl::StrCat(dir, ": non-finite value in the delta's vectors or rows"));
     }

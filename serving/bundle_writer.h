@@ -53,6 +53,12 @@ struct BundleContents {
   absl::Span<const int64_t> user_keys;
   absl::Span<const float> user_rows;        // [W, D_user]
   int64_t user_dim = 0;
+  // [P] the profile value table's stored rows (model.user_feature_table, keyed by
+  // data::UserFeatureKey); empty and user_feature_dim 0 without one. A value without a row reads
+  // the table's initial value for its key, as in training.
+  absl::Span<const int64_t> user_feature_keys;
+  absl::Span<const float> user_feature_rows;  // [P, D_f]
+  int64_t user_feature_dim = 0;
   std::vector<int64_t> item_tag_offsets;    // [N + 1]: item i's tags are tags[offsets[i], offsets[i+1])
   std::vector<int64_t> item_tags;
 };
@@ -62,7 +68,7 @@ absl::Status WriteBundle(const std::string& dir, const BundleContents& contents)
 // What WriteBundleDelta wrote, as counts (for the export report).
 struct DeltaStats {
   int64_t items_changed = 0, items_total = 0;
-  int64_t id_rows_changed = 0, tag_rows_changed = 0, user_rows_changed = 0;
+  int64_t id_rows_changed = 0, tag_rows_changed = 0, user_rows_changed = 0, user_feature_rows_changed = 0;
 };
 // Writes to `dir` a delta of `contents` against the full bundle at `base_dir` (verified first).
 absl::StatusOr<DeltaStats> WriteBundleDelta(const std::string& dir, const BundleContents& contents,
@@ -76,15 +82,15 @@ struct BundleDelta {
   std::vector<int64_t> item_rows;    // catalogue rows whose vectors changed
   std::vector<float> item_vectors;   // [rows, E]
   int64_t vector_dim = 0;
-  std::vector<int64_t> id_keys, tag_keys, user_keys;
-  std::vector<float> id_rows, tag_rows, user_rows;
+  std::vector<int64_t> id_keys, tag_keys, user_keys, user_feature_keys;
+  std::vector<float> id_rows, tag_rows, user_rows, user_feature_rows;
   bool has_index = false;            // dir/item_index.faiss: a whole new index (HNSW)
 };
 // Reads the delta at `dir` (the dense state stays in dir/dense.t2dd for the caller to load).
 absl::StatusOr<BundleDelta> ReadBundleDelta(const std::string& dir);
 
-// The files of a bundle (or a delta of a catalogue of `num_items`) of `job`: the tag (user) files
-// only when its model has a tag (user) table; a delta's index file only when it ships a whole index
+// The files of a bundle (or a delta of a catalogue of `num_items`) of `job`: the tag (user, profile)
+// files only when its model has a tag (user-id, profile value) table; a delta's index file only when it ships a whole index
 // (DeltaShipsIndex). What the writer seals and the reader verifies.
 std::vector<std::string> BundleFiles(const config::JobConfig& job);
 std::vector<std::string> DeltaFiles(const config::JobConfig& job, int64_t num_items);

@@ -1,11 +1,13 @@
 #include "serving/protocol.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "data/user_profiles.h"
 
 namespace t2d::serving {
 namespace {
@@ -38,6 +40,29 @@ absl::Status IntArray(const Json& v, const std::string& where, std::vector<int64
   return absl::OkStatus();
 }
 
+// "user_features": an object from field name to value text; a number is written as its JSON text
+// (25 -> "25"), null as no value ("").
+absl::Status UserFeatures(const Json& v, const std::string& where, std::vector<UserFeatureValue>* out) {
+  if (!v.is_object()) return Bad(where, ": not an object of profile field names to values");
+  if (v.size() > static_cast<size_t>(data::kMaxUserFields)) {
+    return Bad(where, absl::StrCat(": ", v.size(), " fields, more than the limit of ", data::kMaxUserFields));
+  }
+  for (const auto& [field, value] : v.items()) {
+    if (field.empty()) return Bad(where, ": an empty field name");
+    if (value.is_string()) {
+      out->emplace_back(field, value.get<std::string>());
+    } else if (value.is_number()) {
+      if (value.is_number_float() && !std::isfinite(value.get<double>())) return Bad(where + "." + field, ": not finite");
+      out->emplace_back(field, value.dump());
+    } else if (value.is_null()) {
+      out->emplace_back(field, std::string());
+    } else {
+      return Bad(where + "." + field, ": not a string or number");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ParsedQuery> ParseQuery(const Json& q, const std::string& prefix) {
   if (!q.is_object()) return Bad(prefix.empty() ? "request" : prefix, ": not a JSON object");
   ParsedQuery p;
@@ -62,13 +87,21 @@ absl::StatusOr<ParsedQuery> ParseQuery(const Json& q, const std::string& prefix)
       if (!x.ok()) return x.status();
       if (*x < 1 || *x > kMaxK) return Bad(where, absl::StrCat(": ", *x, " is outside 1..", kMaxK));
       p.k = static_cast<int>(*x);
+    } else if (key == "user_features") {
+      if (absl::Status s = UserFeatures(value, where, &p.user_features); !s.ok()) return s;
+    } else if (key == "user_feature_keys") {
+      if (absl::Status s = IntArray(value, where, &p.user_feature_keys); !s.ok()) return s;
+      if (p.user_feature_keys.size() > static_cast<size_t>(data::kMaxUserFields)) {
+        return Bad(where, absl::StrCat(": ", p.user_feature_keys.size(), " keys, more than the limit of ",
+                                       data::kMaxUserFields));
+      }
     } else if (key == "seed") {
       if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0)) {
         return Bad(where, ": not a non-negative integer");
       }
       p.seed = value.get<uint64_t>();
     } else {
-      return Bad(where, ": unknown field (known: user, items, times, time, k, seed)");
+      return Bad(where, ": unknown field (known: user, items, times, time, k, seed, user_features, user_feature_keys)");
     }
   }
   if (!has_items) return Bad(prefix + "items", ": missing");
@@ -86,6 +119,8 @@ Query ParsedQuery::View() const {
   q.request.time = time;
   q.k = k;
   q.seed = seed;
+  q.user_features = user_features;
+  q.request.user_features = user_feature_keys;
   return q;
 }
 

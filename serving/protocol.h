@@ -2,13 +2,20 @@
 // The request/reply protocol of `t2diff serve` and `t2diff retrieve` (docs/serving.md): one JSON
 // object per line each way.
 //
-// Request:  {"id": any, "user": 17, "items": [5, 9, 2], "times": [t1, t2, t3], "time": t, "k": 10, "seed": 3}
+// Request:  {"id": any, "user": 17, "items": [5, 9, 2], "times": [t1, t2, t3], "time": t, "k": 10, "seed": 3,
+//            "user_features": {"gender": "M", "age": 25}}
 //           or several queries at once: {"id": any, "queries": [{"user": ..., "items": ...}, ...]}
 //           or an update: {"id": any, "update": "/path/to/delta-or-bundle"}
 //           or the server's state: {"id": any, "info": true}
 // "id" is a number, string, boolean or null, echoed in the reply.
 // Only "items" is required in a query (times too when the model's data set has timestamps);
 // "k" defaults to 10; the k of a request's queries add up to at most kMaxResultsPerRequest.
+// "user_features" maps profile field names to value texts (a number stands for its JSON text,
+// 25 for "25"; null or "" is no value); the bundle refuses a name its data set has no field of
+// (serving/bundle.h, Query::user_features), and fields not given are missing. Instead, a query
+// may carry "user_feature_keys": the keys themselves (data::UserFeatureKey), one per field of the
+// data set in its order, 0 for no value: what `t2diff eval --dump-ranks` writes, since evaluation
+// knows a sample's keys, not the value texts.
 // Every other field is refused by name.
 // Reply:    {"id": any, "items": [...], "scores": [...], "user_tower_ms": x, "search_ms": y}
 //           {"id": any, "results": [{"items": ..., "scores": ...} or {"error": "..."}, ...]}
@@ -42,6 +49,8 @@ struct ParsedQuery {
   std::optional<int64_t> time;
   int k = 10;
   std::optional<uint64_t> seed;
+  std::vector<UserFeatureValue> user_features;  // "user_features", sorted by field name
+  std::vector<int64_t> user_feature_keys;       // "user_feature_keys"
 
   Query View() const;  // valid while this object lives
 };

@@ -127,6 +127,7 @@ config::JobConfig RunDefiningConfig(const config::JobConfig& job) {
   d->clear_dataset_dir();
   d->clear_input_paths();
   d->clear_item_path();
+  d->clear_user_path();
   auto* m = c.mutable_model();
   m->clear_inference_samples();
   m->clear_inference_reverse_steps();

@@ -117,7 +117,7 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
     T2D_ASSIGN_OR_RETURN(bool more, reader->Next(&batch));
     if (!more) break;
     if (cap >= 0 && taken + batch.size > cap) {
-      data::ResizeSampleBatch(static_cast<int>(cap - taken), batch.max_seq_len, batch.max_tags, &batch);
+      data::ResizeSampleBatch(static_cast<int>(cap - taken), batch.max_seq_len, batch.max_tags, batch.user_fields, &batch);
     }
     taken += batch.size;
     const auto b_size = static_cast<size_t>(batch.size);
@@ -211,6 +211,11 @@ absl::StatusOr<EvalResult> Evaluator::EvaluateUnguarded(const std::string& split
         if (has_timestamps) {
           line["times"] = std::vector<int64_t>(batch.history_time.begin() + row, batch.history_time.begin() + row + len);
           line["time"] = batch.target_time[b];
+        }
+        if (batch.user_fields > 0) {
+          // The profile as keys (evaluation has no value texts), in the data set's field order.
+          const auto* keys = batch.user_feature.data() + b * static_cast<size_t>(batch.user_fields);
+          line["user_feature_keys"] = std::vector<int64_t>(keys, keys + batch.user_fields);
         }
         dump << line.dump() << '\n';
       }

@@ -15,7 +15,8 @@ RowFetcher::RowFetcher(const RunContext* context)
     : ctx_(*context),
       id_dim_(context->store->dim(context->id_table)),
       tag_dim_(context->tag_table >= 0 ? context->store->dim(context->tag_table) : 0),
-      user_dim_(context->user_table >= 0 ? context->store->dim(context->user_table) : 0) {}
+      user_dim_(context->user_table >= 0 ? context->store->dim(context->user_table) : 0),
+      user_feature_dim_(context->user_feature_table >= 0 ? context->store->dim(context->user_feature_table) : 0) {}
 
 absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const model::StepInput& in) {
   Pending p;
@@ -25,6 +26,9 @@ absl::StatusOr<RowFetcher::Pending> RowFetcher::Request(const model::StepInput& 
   }
   if (ctx_.user_table >= 0) {
     T2D_ASSIGN_OR_RETURN(p.user_ticket, ctx_.store->Pull(ctx_.user_table, in.user_keys));
+  }
+  if (ctx_.user_feature_table >= 0) {
+    T2D_ASSIGN_OR_RETURN(p.user_feature_ticket, ctx_.store->Pull(ctx_.user_feature_table, in.user_feature_keys));
   }
   p.active = true;
   return p;
@@ -47,6 +51,12 @@ absl::StatusOr<model::Rows> RowFetcher::Take(const model::StepInput& in, Pending
     T2D_RETURN_IF_ERROR(ctx_.store->Wait(pending->user_ticket, Floats(rows.user_rows)));
     rows.user_rows.set_requires_grad(requires_grad);
   }
+  if (ctx_.user_feature_table >= 0) {
+    rows.user_feature_rows =
+        at::empty({static_cast<int64_t>(in.user_feature_keys.size()), user_feature_dim_}, at::kFloat);
+    T2D_RETURN_IF_ERROR(ctx_.store->Wait(pending->user_feature_ticket, Floats(rows.user_feature_rows)));
+    rows.user_feature_rows.set_requires_grad(requires_grad);
+  }
   return rows;
 }
 
@@ -59,6 +69,10 @@ absl::Status RowFetcher::Push(const model::StepInput& in, const model::Rows& row
   T2D_RETURN_IF_ERROR(PushTable(ctx_.id_table, in.id_keys, rows.id_rows, skip));
   if (ctx_.tag_table >= 0) T2D_RETURN_IF_ERROR(PushTable(ctx_.tag_table, in.tag_keys, rows.tag_rows, skip));
   if (ctx_.user_table >= 0) T2D_RETURN_IF_ERROR(PushTable(ctx_.user_table, in.user_keys, rows.user_rows, skip));
+  // Missing profile values (key 0) have no row here: their zero input sends no gradient.
+  if (ctx_.user_feature_table >= 0) {
+    T2D_RETURN_IF_ERROR(PushTable(ctx_.user_feature_table, in.user_feature_keys, rows.user_feature_rows, skip));
+  }
   return absl::OkStatus();
 }
 

@@ -28,7 +28,7 @@ class RowFetcher {
  public:
   // Requested rows of one model::StepInput, to be taken once.
   struct Pending {
-    embedding::EmbeddingStore::Ticket id_ticket = 0, tag_ticket = 0, user_ticket = 0;
+    embedding::EmbeddingStore::Ticket id_ticket = 0, tag_ticket = 0, user_ticket = 0, user_feature_ticket = 0;
     bool active = false;
   };
 
@@ -37,8 +37,8 @@ class RowFetcher {
   RowFetcher(const RowFetcher&) = delete;
   RowFetcher& operator=(const RowFetcher&) = delete;
 
-  // Sends the pulls of in.id_keys (and in.tag_keys, in.user_keys when the job has a tag table, a
-  // user table).
+  // Sends the pulls of in.id_keys (and in.tag_keys, in.user_keys, in.user_feature_keys when the
+  // job has a tag table, a user table, a profile table).
   absl::StatusOr<Pending> Request(const model::StepInput& in);
   // Waits for the rows of `pending` (REQUIRES: requested for `in`) and marks it taken.
   absl::StatusOr<model::Rows> Take(const model::StepInput& in, Pending* pending, bool requires_grad);
@@ -54,7 +54,7 @@ class RowFetcher {
   absl::Status PushTable(int table, const std::vector<int64_t>& keys, const at::Tensor& rows, bool skip);
 
   const RunContext& ctx_;
-  const int64_t id_dim_, tag_dim_, user_dim_;
+  const int64_t id_dim_, tag_dim_, user_dim_, user_feature_dim_;
 };
 
 }  // namespace t2d::trainer

@@ -30,6 +30,7 @@ struct RunContext {
   int id_table = -1;   // index of model.item_id_table in config->tables()
   int tag_table = -1;  // index of model.item_tag_table; -1: no tag feature
   int user_table = -1; // index of model.user_id_table; -1: no user feature
+  int user_feature_table = -1;  // index of model.user_feature_table; -1: no profile fields
 
   const config::JobConfig& cfg() const { return *config; }
   // The deadline of a collective call started now (cluster.timeout_s).

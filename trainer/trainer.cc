@@ -94,6 +94,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   ctx.id_table = config::FindTable(cfg, cfg.model().item_id_table());
   ctx.tag_table = cfg.model().item_tag_table().empty() ? -1 : config::FindTable(cfg, cfg.model().item_tag_table());
   ctx.user_table = cfg.model().user_id_table().empty() ? -1 : config::FindTable(cfg, cfg.model().user_id_table());
+  ctx.user_feature_table =
+      cfg.model().user_feature_table().empty() ? -1 : config::FindTable(cfg, cfg.model().user_feature_table());
   if (ctx.id_table < 0) return absl::InvalidArgumentError("model.item_id_table names no table");
   if (cfg.data().dataset_dir().empty()) return absl::InvalidArgumentError("data.dataset_dir is empty: run `t2diff prepare` first");
   T2D_ASSIGN_OR_RETURN(t.catalogue, data::Catalogue::Load(cfg.data().dataset_dir()));
@@ -104,7 +106,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
         "model.full_softmax_max_items (", cfg.model().full_softmax_max_items(),
         ") use model.loss SAMPLED_SOFTMAX, or raise the limit"));
   }
-  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(cfg));
+  // The data set says how many profile fields the model reads (model.user_feature_table).
+  T2D_ASSIGN_OR_RETURN(const data::DatasetManifest dataset, data::ReadManifest(cfg.data().dataset_dir()));
+  T2D_ASSIGN_OR_RETURN(model::ModelDims dims, config::ModelDimsOf(cfg, dataset));
   T2D_ASSIGN_OR_RETURN(t.model, model::Model::Create(cfg.model(), dims));
   model::DenseAdamOptions opt;
   opt.learning_rate = cfg.training().learning_rate();
@@ -290,19 +294,28 @@ absl::StatusOr<TrainResult> Trainer::Train() {
 
 namespace {
 
-// The stored rows of table `table` (id order): the store writes all its tables' shard files to a
-// scratch folder beside `dir`, and the one table is read back. A table has no other way out of
+// One table's stored rows (id order).
+struct StoredTable {
+  int table = -1;
+  std::vector<int64_t> keys;
+  std::vector<float> rows;
+};
+
+// The stored rows of each of `tables`: the store writes all its tables' shard files to a scratch
+// folder beside `dir` (once), and those tables are read back. A table has no other way out of
 // the servers; the bundle needs the rows the servers hold, not the ones a data set names.
-absl::Status StoredRows(embedding::EmbeddingStore* store, int table, const std::string& dir,
-                        std::vector<int64_t>* keys, std::vector<float>* rows) {
+absl::Status StoredRows(embedding::EmbeddingStore* store, const std::string& dir,
+                        const std::vector<StoredTable*>& tables) {
+  if (tables.empty()) return absl::OkStatus();
   const std::string scratch = dir + ".stored-rows";
   std::error_code ec;
   std::filesystem::remove_all(scratch, ec);
   std::filesystem::create_directories(scratch, ec);
   if (ec) return absl::InternalError(absl::StrCat("export: cannot create ", scratch, ": ", ec.message()));
-  const config::TableConfig& spec = store->table_config(table);
   absl::Status status = store->Save(scratch);
-  if (status.ok()) {
+  for (StoredTable* t : tables) {
+    if (!status.ok()) break;
+    const config::TableConfig& spec = store->table_config(t->table);
     absl::StatusOr<std::vector<std::string>> paths = embedding::FindShardFiles(scratch, spec.name());
     absl::StatusOr<std::unique_ptr<embedding::EmbeddingTable>> copy = embedding::EmbeddingTable::Create(spec);
     if (!paths.ok()) {
@@ -314,8 +327,8 @@ absl::Status StoredRows(embedding::EmbeddingStore* store, int table, const std::
       if (status.ok()) {
         const size_t dim = static_cast<size_t>(spec.dim());
         (*copy)->ForEachRow([&](const embedding::EmbeddingTable::RowView& r) {
-          keys->push_back(r.id);
-          rows->insert(rows->end(), r.values, r.values + dim);
+          t->keys.push_back(r.id);
+          t->rows.insert(t->rows.end(), r.values, r.values + dim);
         });
       }
     }
@@ -352,13 +365,24 @@ absl::Status Trainer::Export(const std::string& dir, const std::string& base_dir
       c.tag_rows = absl::MakeConstSpan(rows.tag_rows.data_ptr<float>(), static_cast<size_t>(rows.tag_rows.numel()));
       c.tag_dim = rows.tag_rows.size(1);
     }
-    std::vector<int64_t> user_keys;
-    std::vector<float> user_rows;
-    if (t.ctx.user_table >= 0) {
-      T2D_RETURN_IF_ERROR(StoredRows(t.ctx.store, t.ctx.user_table, dir, &user_keys, &user_rows));
-      c.user_keys = user_keys;
-      c.user_rows = user_rows;
-      c.user_dim = t.ctx.store->dim(t.ctx.user_table);
+    // The user tables' rows: every row the servers hold (users and profile values are not
+    // enumerable from the catalogue).
+    StoredTable users, profiles;
+    users.table = t.ctx.user_table;
+    profiles.table = t.ctx.user_feature_table;
+    std::vector<StoredTable*> stored;
+    if (users.table >= 0) stored.push_back(&users);
+    if (profiles.table >= 0) stored.push_back(&profiles);
+    T2D_RETURN_IF_ERROR(StoredRows(t.ctx.store, dir, stored));
+    if (users.table >= 0) {
+      c.user_keys = users.keys;
+      c.user_rows = users.rows;
+      c.user_dim = t.ctx.store->dim(users.table);
+    }
+    if (profiles.table >= 0) {
+      c.user_feature_keys = profiles.keys;
+      c.user_feature_rows = profiles.rows;
+      c.user_feature_dim = t.ctx.store->dim(profiles.table);
     }
     c.item_tag_offsets.push_back(0);
     for (int64_t i = 0; i < t.catalogue->size(); ++i) {
@@ -372,7 +396,7 @@ absl::Status Trainer::Export(const std::string& dir, const std::string& base_dir
       T2D_ASSIGN_OR_RETURN(serving::DeltaStats stats, serving::WriteBundleDelta(dir, c, base_dir));
       LOG(INFO) << "delta of " << base_dir << ": items changed=" << stats.items_changed << "/" << stats.items_total
                 << " id rows=" << stats.id_rows_changed << " tag rows=" << stats.tag_rows_changed
-                << " user rows=" << stats.user_rows_changed;
+                << " user rows=" << stats.user_rows_changed << " profile rows=" << stats.user_feature_rows_changed;
       if (delta != nullptr) *delta = stats;
     }
     LOG(INFO) << "export written: dir=" << dir << " items=" << t.catalogue->size() << " dim=" << c.vector_dim

@@ -117,6 +117,18 @@ TEST(ConfigLoader, CrossFieldChecks) {
   e = Error(std::string(kBase) + "model { user_id_table: \"item_id\" }\n");
   EXPECT_NE(e.find("model.user_id_table: table \"item_id\" also holds items; users need a table of their own"),
             std::string::npos) << e;
+  e = Error(std::string(kBase) + "model { user_feature_table: \"profile\" }\n");
+  EXPECT_NE(e.find("model.user_feature_table: no table named \"profile\" (tables: item_id, item_tag)"),
+            std::string::npos) << e;
+  e = Error(std::string(kBase) + "model { user_feature_table: \"item_id\" }\n");
+  EXPECT_NE(e.find("model.user_feature_table: table \"item_id\" also holds items; profile values need a table of "
+                   "their own"),
+            std::string::npos) << e;
+  e = Error(std::string(kBase) + "model { user_feature_table: \"item_tag\" }\n");
+  EXPECT_NE(e.find("model.user_feature_table: table \"item_tag\" also holds items"), std::string::npos) << e;
+  e = Error(std::string(kBase) + "tables { name: \"users\" dim: 2 }\n" +
+            "model { user_id_table: \"users\" user_feature_table: \"users\" }\n");
+  EXPECT_NE(e.find("model.user_feature_table: table \"users\" also holds user ids"), std::string::npos) << e;
   e = Error(std::string(kBase) + "data { max_seq_len: 5 session_len: 6 }\n");
   EXPECT_NE(e.find("data.session_len: session_len 6 exceeds max_seq_len 5"), std::string::npos) << e;
   e = Error(std::string(kBase) + "cluster { allreduce_backend: \"gloo\" }\n");

@@ -29,6 +29,51 @@ TEST(JobOptionsTest, ModelDimsFromTheTables) {
   EXPECT_EQ(dims->tag_dim, 0);
 }
 
+// The profile fields come from the data set: F = the manifest's field names when
+// model.user_feature_table is set (an error naming the field when the data set has none), none
+// without it whatever the data set has, and none from the config alone.
+TEST(JobOptionsTest, ModelDimsTakeProfileFieldsFromTheDataSet) {
+  auto job = ParseJobConfig(
+      "tables { name: \"item_id\" dim: 2 } tables { name: \"item_tag\" dim: 2 } tables { name: \"profile\" dim: 3 }"
+      " data { dataset_dir: \"/data/ml\" session_len: 4 } model { user_feature_table: \"profile\" }",
+      "mem");
+  ASSERT_TRUE(job.ok()) << job.status();
+  data::DatasetManifest dataset;
+  dataset.add_user_feature_names("gender");
+  dataset.add_user_feature_names("age");
+  auto dims = ModelDimsOf(*job, dataset);
+  ASSERT_TRUE(dims.ok()) << dims.status();
+  EXPECT_EQ(dims->user_feature_dim, 3);
+  EXPECT_EQ(dims->user_fields, 2);
+  EXPECT_EQ(dims->id_dim, 2);
+  EXPECT_EQ(dims->session_len, 4);
+  EXPECT_TRUE(StepBuilderOptionsOf(*job).use_user_features);
+  auto model = model::Model::Create(job->model(), *dims);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->Parameters().back().name, "user_profile.linear.weight");
+  // The config alone: no profile term.
+  auto config_only = ModelDimsOf(*job);
+  ASSERT_TRUE(config_only.ok()) << config_only.status();
+  EXPECT_EQ(config_only->user_fields, 0);
+  EXPECT_EQ(config_only->user_feature_dim, 0);
+  // A data set without profile fields: an error naming the field and how to get them.
+  data::DatasetManifest none;
+  absl::Status s = ModelDimsOf(*job, none).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(std::string(s.message()).find("model.user_feature_table: \"profile\" is set but the data set (/data/ml) "
+                                          "has no user profile fields; prepare it with data.user_path or "
+                                          "data.generator.user_profile_fields"),
+            std::string::npos)
+      << s;
+  // No table: the data set's fields are ignored.
+  job->mutable_model()->clear_user_feature_table();
+  EXPECT_FALSE(StepBuilderOptionsOf(*job).use_user_features);
+  dims = ModelDimsOf(*job, dataset);
+  ASSERT_TRUE(dims.ok()) << dims.status();
+  EXPECT_EQ(dims->user_fields, 0);
+  EXPECT_EQ(dims->user_feature_dim, 0);
+}
+
 TEST(JobOptionsTest, DenseModelMemory) {
   auto job = ParseJobConfig("tables { name: \"item_id\" dim: 6 } tables { name: \"item_tag\" dim: 2 }", "mem");
   ASSERT_TRUE(job.ok()) << job.status();

@@ -1065,6 +1065,133 @@ TEST(ModelTest, UserFeatureAddsTheProjectedUserRow) {
   }
 }
 
+// User profile fields (model.user_feature_table): e_u gains W_feat p, p the F = 2 value rows side
+// by side with a zero vector for a missing value (row -1), the projection registered after every
+// other parameter. Checked for every kind against a hand-computed product; the tower loss
+// reaches the named value rows and W_feat, and a field missing in every sample leaves W_feat's
+// columns of that field without gradient. With a user-id table too, the profile projection
+// comes after the user-id one.
+TEST(ModelTest, UserProfileFieldsAddTheProjectedValueRows) {
+  constexpr int64_t kF = 2, kDf = 2;
+  ModelDims with = Dims();
+  with.user_feature_dim = kDf;
+  with.user_fields = kF;
+  for (ModelConfig::Kind kind : kAllKinds) {
+    SCOPED_TRACE(ModelConfig::Kind_Name(kind));
+    auto plain = MakeModel(Config(kind), Dims());
+    auto profiled = MakeModel(Config(kind), with);
+    ASSERT_TRUE(plain && profiled);
+    const auto& infos = profiled->Parameters();
+    ASSERT_EQ(infos.size(), plain->Parameters().size() + 1);
+    EXPECT_EQ(infos.back().name, "user_profile.linear.weight");
+    const int64_t e = profiled->output_dim();
+    ASSERT_EQ(infos.back().shape, (std::vector<int64_t>{e, kF * kDf}));
+    for (size_t i = 0; i + 1 < infos.size(); ++i) {
+      ASSERT_TRUE(profiled->ParameterTensor(i).equal(plain->ParameterTensor(i))) << infos[i].name;
+    }
+    Problem p = RandomProblem(4, 5, 10, Dims(), 3);
+    Batch b = p.batch;
+    // Sample 1 has no value for field 0, sample 2 none for field 1, sample 3 none at all.
+    b.user_feature_rows = {0, 2, -1, 1, 2, -1, -1, -1};
+    Rows rows = p.rows;
+    const std::vector<float> v = {0.5f, -1.f, 2.f, 0.25f, -1.5f, 1.f, 3.f, 3.f};  // row 3: unused
+    rows.user_feature_rows = at::tensor(v, at::kFloat).view({4, kDf}).clone().requires_grad_(true);
+    InferenceOptions io;
+    io.seed = 7;
+    auto got = profiled->UserVectors(b, rows, io);
+    auto base = plain->UserVectors(p.batch, p.rows, io);
+    ASSERT_TRUE(got.ok() && base.ok()) << got.status() << base.status();
+    const at::Tensor w = profiled->ParameterTensor(infos.size() - 1).contiguous();
+    const float* wp = w.data_ptr<float>();
+    for (int64_t s = 0; s < 4; ++s) {
+      // p by hand: [F * D_f], zeros for a missing value.
+      std::vector<double> pv(kF * kDf, 0.0);
+      for (int64_t f = 0; f < kF; ++f) {
+        const int64_t r = b.user_feature_rows[static_cast<size_t>(s * kF + f)];
+        for (int64_t c = 0; r >= 0 && c < kDf; ++c) pv[static_cast<size_t>(f * kDf + c)] = v[static_cast<size_t>(r * kDf + c)];
+      }
+      for (int64_t j = 0; j < e; ++j) {
+        double want = (*base)[s][j].item<double>();
+        for (int64_t c = 0; c < kF * kDf; ++c) want += wp[j * kF * kDf + c] * pv[static_cast<size_t>(c)];
+        EXPECT_NEAR((*got)[s][j].item<double>(), want, 1e-5) << "sample " << s << " dim " << j;
+      }
+    }
+    // A sample without any value gets e_u unchanged.
+    for (int64_t j = 0; j < e; ++j) EXPECT_EQ((*got)[3][j].item<float>(), (*base)[3][j].item<float>());
+
+    // Training: the tower loss reaches the named value rows and W_feat, not the unused row.
+    profiled->ZeroGradients();
+    ASSERT_TRUE(profiled->ForwardBackward(b, rows, p.candidates, 1).ok());
+    ASSERT_TRUE(rows.user_feature_rows.grad().defined());
+    for (int64_t r = 0; r < 3; ++r) {
+      EXPECT_GT(rows.user_feature_rows.grad()[r].abs().sum().item<double>(), 0) << "row " << r;
+    }
+    EXPECT_EQ(rows.user_feature_rows.grad()[3].abs().sum().item<double>(), 0);
+    const ParameterInfo& wi = infos.back();
+    auto w_grad = [&](int64_t j, int64_t c) {
+      return profiled->DenseGradients()[static_cast<size_t>(wi.offset + j * kF * kDf + c)];
+    };
+    double field0 = 0, field1 = 0;
+    for (int64_t j = 0; j < e; ++j) {
+      for (int64_t c = 0; c < kDf; ++c) {
+        field0 += std::abs(w_grad(j, c));
+        field1 += std::abs(w_grad(j, kDf + c));
+      }
+    }
+    EXPECT_GT(field0, 0);
+    EXPECT_GT(field1, 0);
+    // Field 1 missing in every sample: its slot of p is zero, so are W_feat's columns for it.
+    Batch missing = b;
+    missing.user_feature_rows = {0, -1, 2, -1, 1, -1, -1, -1};
+    Rows fresh = p.rows;
+    fresh.user_feature_rows = at::tensor(v, at::kFloat).view({4, kDf}).clone().requires_grad_(true);
+    profiled->ZeroGradients();
+    ASSERT_TRUE(profiled->ForwardBackward(missing, fresh, p.candidates, 1).ok());
+    field0 = field1 = 0;
+    for (int64_t j = 0; j < e; ++j) {
+      for (int64_t c = 0; c < kDf; ++c) {
+        field0 += std::abs(w_grad(j, c));
+        field1 += std::abs(w_grad(j, kDf + c));
+      }
+    }
+    EXPECT_GT(field0, 0);
+    EXPECT_EQ(field1, 0);
+    EXPECT_EQ(fresh.user_feature_rows.grad()[3].abs().sum().item<double>(), 0);
+
+    // Batches that do not fit.
+    auto error_of = [&](const Model& m, const Batch& batch, const Rows& r) {
+      auto out = m.UserVectors(batch, r, io);
+      EXPECT_FALSE(out.ok());
+      return out.ok() ? std::string() : std::string(out.status().message());
+    };
+    EXPECT_NE(error_of(*profiled, p.batch, rows).find("batch.user_feature_rows has 0 entries, expected 4 samples x 2"),
+              std::string::npos);
+    Batch far = b;
+    far.user_feature_rows[5] = 4;
+    EXPECT_NE(error_of(*profiled, far, rows).find("batch.user_feature_rows[5] = 4 is outside [-1, 4)"), std::string::npos);
+    far.user_feature_rows[5] = -2;
+    EXPECT_NE(error_of(*profiled, far, rows).find("batch.user_feature_rows[5] = -2"), std::string::npos);
+    EXPECT_NE(error_of(*profiled, b, p.rows).find("rows.user_feature_rows must be a float [U_f, 2] tensor"),
+              std::string::npos);
+    EXPECT_NE(error_of(*plain, b, p.rows).find("the model has no profile fields"), std::string::npos);
+  }
+  // With a user-id table too: W_user, then W_feat, after everything else.
+  ModelDims both = with;
+  both.user_dim = 3;
+  auto model = MakeModel(Config(ModelConfig::T2DIFF), both);
+  ASSERT_TRUE(model);
+  const auto& infos = model->Parameters();
+  ASSERT_GE(infos.size(), 2u);
+  EXPECT_EQ(infos[infos.size() - 2].name, "user_feature.linear.weight");
+  EXPECT_EQ(infos.back().name, "user_profile.linear.weight");
+  // Profile dims must come in pairs.
+  ModelDims half = Dims();
+  half.user_feature_dim = 2;
+  auto bad = Model::Create(Config(ModelConfig::T2DIFF), half);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("model.user_feature_table"), std::string::npos) << bad.status();
+}
+
 TEST(ModelTest, RejectsBadInputs) {
   const ModelDims d = Dims();
   auto model = MakeModel(Config(ModelConfig::T2DIFF), d);

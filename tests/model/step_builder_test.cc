@@ -80,6 +80,34 @@ TEST(StepBuilder, UserRowsNumberTheBatchsDistinctUsers) {
   EXPECT_EQ(out.batch.user_rows, (std::vector<int64_t>{0, 0}));
 }
 
+// With profile fields each sample's F keys become rows among the batch's distinct nonzero keys
+// (first seen first, shared across fields and samples), a missing value (key 0) row -1; without
+// the option nothing is filled.
+TEST(StepBuilder, UserFeatureRowsNumberTheBatchsDistinctKeys) {
+  auto cat = MakeCatalogue();
+  data::SampleBatch in = MakeBatch();
+  in.user_fields = 3;
+  in.user_feature = {11, 0, 22, 22, 33, 0};
+  StepBuilder::Options o;
+  StepInput out;
+  ASSERT_TRUE(StepBuilder(cat.get(), o).BuildTraining(in, 1, &out).ok());
+  EXPECT_TRUE(out.user_feature_keys.empty());
+  EXPECT_TRUE(out.batch.user_feature_rows.empty());
+  o.use_user_features = true;
+  StepBuilder builder(cat.get(), o);
+  ASSERT_TRUE(builder.BuildTraining(in, 1, &out).ok());
+  EXPECT_EQ(out.user_feature_keys, (std::vector<int64_t>{11, 22, 33}));
+  EXPECT_EQ(out.batch.user_feature_rows, (std::vector<int64_t>{0, -1, 1, 1, 2, -1}));
+  // A batch with every value missing pulls no row.
+  in.user_feature = {0, 0, 0, 0, 0, 0};
+  ASSERT_TRUE(builder.BuildUsers(in, &out).ok());
+  EXPECT_TRUE(out.user_feature_keys.empty());
+  EXPECT_EQ(out.batch.user_feature_rows, (std::vector<int64_t>(6, -1)));
+  // Fewer keys than samples x fields: refused.
+  in.user_feature.resize(5);
+  EXPECT_FALSE(builder.BuildUsers(in, &out).ok());
+}
+
 TEST(StepBuilder, SampledSoftmaxDrawsNegativesByPopularity) {
   auto cat = MakeCatalogue();
   StepBuilder::Options o;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <cstring>
 #include <filesystem>
@@ -31,6 +32,7 @@
 #include "serving/protocol.h"
 #include "serving/server.h"
 #include "data/live_sample.h"
+#include "data/user_profiles.h"
 
 namespace t2d::serving {
 namespace {
@@ -580,6 +582,156 @@ TEST(ProtocolTest, BadRequestsAreNamed) {
   EXPECT_EQ(*q.seed, 9u);
   EXPECT_EQ(RequestIdJson(R"({"id": "r7", "items": )"), "null");  // unparsable: no id
   EXPECT_EQ(ErrorReply(R"("r7")", "bad"), R"({"error":"bad","id":"r7"})");
+}
+
+// "user_features" maps field names to value texts: numbers are their decimal text, null no value;
+// anything else is refused naming the field.
+TEST(ProtocolTest, ParsesUserFeatures) {
+  auto ok = ParseRequest(R"({"items": [1], "user_features": {"gender": "M", "age": 25, "zip": null}})");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_EQ(ok->queries.size(), 1u);
+  const std::vector<UserFeatureValue> want = {{"age", "25"}, {"gender", "M"}, {"zip", ""}};  // by name
+  EXPECT_EQ(ok->queries[0].user_features, want);
+  const Query view = ok->queries[0].View();
+  ASSERT_EQ(view.user_features.size(), 3u);
+  EXPECT_EQ(view.user_features[1].second, "M");
+  auto batched = ParseRequest(R"({"queries": [{"items": [1]}, {"items": [2], "user_features": {"age": "18-24"}}]})");
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  EXPECT_TRUE(batched->queries[0].user_features.empty());
+  EXPECT_EQ(batched->queries[1].user_features, (std::vector<UserFeatureValue>{{"age", "18-24"}}));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"items": [1], "user_features": ["M"]})", "user_features: not an object of profile field names to values"},
+      {R"({"items": [1], "user_features": {"gender": true}})", "user_features.gender: not a string or number"},
+      {R"({"items": [1], "user_features": {"gender": {"x": 1}}})", "user_features.gender: not a string or number"},
+      {R"({"items": [1], "user_features": {"": "M"}})", "user_features: an empty field name"},
+      {R"({"queries": [{"items": [1], "user_features": {"a": [1]}}]})", "queries[0].user_features.a: not a string"},
+  };
+  for (const auto& [line, message] : cases) {
+    auto r = ParseRequest(line);
+    ASSERT_FALSE(r.ok()) << line;
+    EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << line;
+    EXPECT_NE(r.status().message().find(message), std::string::npos) << line << " -> " << r.status();
+  }
+}
+
+// A model with profile fields (model.user_feature_table) over a data set with fields gender and
+// age: the bundle holds the profile table's rows; a query's "user_features" become keys
+// UserFeatureKey(field, value) in the data set's field order, a value the bundle does not hold
+// reads the table's initial row, and e_u moves by exactly W_feat p. An unknown field name is an
+// error for that query (and the server's reply); a delta carries changed profile rows.
+TEST_F(ServingTest, BundleTurnsProfileValuesIntoKeys) {
+  auto job = config::ParseJobConfig(absl::StrCat(R"(
+      tables { name: "item_id" dim: 2 } tables { name: "profile" dim: 2 }
+      data { dataset_dir: ")", dir_, R"(/data" max_seq_len: 4 session_len: 2 }
+      model { kind: TWO_TOWER_MEAN item_tag_table: "" user_feature_table: "profile" })"), "profile.textproto");
+  ASSERT_TRUE(job.ok()) << job.status();
+  data::DatasetManifest dataset = Dataset(4, 2);
+  dataset.add_user_feature_names("gender");
+  dataset.add_user_feature_names("age");
+  EXPECT_FALSE(config::ModelDimsOf(*job, Dataset(4, 2)).ok());  // a data set without fields
+  auto dims = config::ModelDimsOf(*job, dataset);
+  ASSERT_TRUE(dims.ok()) << dims.status();
+  auto model = model::Model::Create(job->model(), *dims);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t e = (*model)->output_dim();
+  // E items with unit vectors: item j + 1's score is e_u[j].
+  std::vector<int64_t> ids;
+  std::vector<float> vectors(static_cast<size_t>(e * e), 0.0f);
+  for (int64_t j = 0; j < e; ++j) {
+    ids.push_back(j + 1);
+    vectors[static_cast<size_t>(j * e + j)] = 1.0f;
+  }
+  const std::vector<int64_t> id_keys = {1};
+  const std::vector<float> id_rows = {0.1f, 0.2f};
+  const int64_t male = data::UserFeatureKey("gender", "M"), age = data::UserFeatureKey("age", "25");
+  ASSERT_NE(male, 0);
+  ASSERT_NE(male, age);
+  const std::vector<int64_t> profile_keys = {male};
+  std::vector<float> profile_rows = {0.75f, -1.25f};
+  BundleContents c;
+  c.job = &*job;
+  c.dataset = &dataset;
+  c.model = model->get();
+  c.item_ids = ids;
+  c.item_vectors = vectors;
+  c.vector_dim = e;
+  c.id_keys = id_keys;
+  c.id_rows = id_rows;
+  c.id_dim = 2;
+  c.user_feature_keys = profile_keys;
+  c.user_feature_rows = profile_rows;
+  c.user_feature_dim = 2;
+  c.item_tag_offsets.assign(static_cast<size_t>(e + 1), 0);
+  ASSERT_TRUE(WriteBundle(dir_ + "/base", c).ok());
+  const auto files = BundleFiles(*job);
+  EXPECT_NE(std::find(files.begin(), files.end(), "user_feature_rows.npy"), files.end());
+  auto bundle = Bundle::Load(dir_ + "/base");
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+
+  // e_u of a query, from the scores of the unit items.
+  auto user_vector = [&](const Bundle& b, const std::vector<UserFeatureValue>& features) {
+    ParsedQuery q = Q({1, 2}, static_cast<int>(e), 7);
+    q.user_features = features;
+    auto r = b.TopK(q.View());
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::vector<double> u(static_cast<size_t>(e), 0.0);
+    for (size_t i = 0; r.ok() && i < r->items.size(); ++i) u[static_cast<size_t>(r->items[i] - 1)] = r->scores[i];
+    return u;
+  };
+  const std::vector<double> none = user_vector(**bundle, {});
+  const std::vector<double> both = user_vector(**bundle, {{"age", "25"}, {"gender", "M"}});
+  // p = [row of M (exported), row of age 25 (not exported: its initial row)].
+  std::vector<float> p = {0.75f, -1.25f, 0.0f, 0.0f};
+  embedding::RowInitializer(job->tables(1).initializer()).Fill(age, absl::MakeSpan(p).subspan(2, 2));
+  const at::Tensor w = (*model)->ParameterTensor((*model)->Parameters().size() - 1).contiguous();
+  ASSERT_EQ(w.size(1), 4);
+  double total = 0;
+  for (int64_t j = 0; j < e; ++j) {
+    double moved = 0;
+    for (int64_t k = 0; k < 4; ++k) moved += w[j][k].item<double>() * p[static_cast<size_t>(k)];
+    EXPECT_NEAR(both[static_cast<size_t>(j)] - none[static_cast<size_t>(j)], moved, 1e-5) << "dim " << j;
+    total += std::abs(moved);
+  }
+  EXPECT_GT(total, 1e-3);
+  // A number is its decimal text; the order of the fields in the request does not matter.
+  const std::vector<double> number = user_vector(**bundle, {{"gender", "M"}, {"age", "25"}});
+  for (int64_t j = 0; j < e; ++j) EXPECT_NEAR(number[static_cast<size_t>(j)], both[static_cast<size_t>(j)], 1e-6);
+  auto parsed = ParseRequest(R"({"items": [1, 2], "times": [100, 200], "k": 4, "seed": 7,
+                                 "user_features": {"age": 25, "gender": "M"}})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto from_json = (*bundle)->TopK(parsed->queries[0].View());
+  ASSERT_TRUE(from_json.ok()) << from_json.status();
+  for (size_t i = 0; i < from_json->items.size(); ++i) {
+    EXPECT_NEAR(from_json->scores[i], both[static_cast<size_t>(from_json->items[i] - 1)], 1e-6);
+  }
+  // An unknown field: an error for its query alone.
+  ParsedQuery good = Q({1}, 2, 7), bad = Q({1}, 2, 7);
+  bad.user_features = {{"zip", "10115"}};
+  auto answers = (*bundle)->Search({good.View(), bad.View()});
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_TRUE(answers[0].ok()) << answers[0].status();
+  ASSERT_FALSE(answers[1].ok());
+  EXPECT_EQ(answers[1].status().message(),
+            "user_features.zip: unknown profile field (this model's data set has: gender, age)");
+
+  // A delta carries the changed profile row; applied, it answers as the full bundle.
+  profile_rows[0] = -2.0f;
+  ASSERT_TRUE(WriteBundle(dir_ + "/full", c).ok());
+  auto stats = WriteBundleDelta(dir_ + "/delta", c, dir_ + "/base");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->user_feature_rows_changed, 1);
+  EXPECT_EQ(stats->id_rows_changed, 0);
+  auto updated = (*bundle)->WithDelta(dir_ + "/delta");
+  auto full = Bundle::Load(dir_ + "/full");
+  ASSERT_TRUE(updated.ok() && full.ok()) << updated.status() << full.status();
+  EXPECT_EQ(user_vector(**updated, {{"gender", "M"}}), user_vector(**full, {{"gender", "M"}}));
+  EXPECT_NE(user_vector(**updated, {{"gender", "M"}}), user_vector(**bundle, {{"gender", "M"}}));
+
+  // Through the server: the unknown field's message is the reply's error.
+  Server server(std::move(*bundle), ServerOptions());
+  const std::string reply = server.Handle(R"({"id": 1, "items": [1], "times": [5], "user_features": {"zip": "1"}})");
+  EXPECT_NE(reply.find("user_features.zip: unknown profile field (this model's data set has: gender, age)"),
+            std::string::npos) << reply;
 }
 
 // Live samples are cut as prepare + the reader cut a user's sequence: the data set's window,

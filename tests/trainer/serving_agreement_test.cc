@@ -2,8 +2,8 @@
 // split evaluated with a dump of every sample as a serving request, and every request answered
 // by the bundle (serving::Bundle, the code behind `t2diff serve`) must rank the sample's target
 // exactly where evaluation ranked it. For both session modes, with and without the diffusion
-// module, with the time-lag feature, with a user-id table, and in batches of several sizes (a query's answer must not
-// depend on the batch it is in).
+// module, with the time-lag feature, with a user-id table, with user profile fields, and in
+// batches of several sizes (a query's answer must not depend on the batch it is in).
 
 #include <gtest/gtest.h>
 
@@ -59,6 +59,13 @@ TEST_P(ServingAgreementTest, ServingRanksEveryTestTargetAsEvaluationDid) {
     parsed.push_back(request->queries[0]);
   }
   ASSERT_EQ(static_cast<int64_t>(parsed.size()), eval->model.count());
+  if (!job.model().user_feature_table().empty()) {
+    // The generator gives every user a value in every field: every request carries its keys.
+    for (const auto& q : parsed) {
+      ASSERT_EQ(q.user_feature_keys.size(), static_cast<size_t>(job.data().generator().user_profile_fields()));
+      for (int64_t key : q.user_feature_keys) ASSERT_NE(key, 0);
+    }
+  }
   ASSERT_GE(parsed.size(), 50u);
   for (size_t batch : {size_t{1}, size_t{7}, parsed.size()}) {
     SCOPED_TRACE(::testing::Message() << "batches of " << batch);
@@ -102,7 +109,19 @@ INSTANTIATE_TEST_SUITE_P(
                             "model.inference_reverse_steps=5"}},
                       Case{"LastK_T2Diff_UserIds",
                            {"data.session_mode=LAST_K", "model.kind=T2DIFF", "model.user_id_table=user_id"},
-                           R"(tables { name: "user_id" dim: 3 optimizer { kind: ADAGRAD learning_rate: 0.05 } })"}),
+                           R"(tables { name: "user_id" dim: 3 optimizer { kind: ADAGRAD learning_rate: 0.05 } })"},
+                      // Profile fields from the generator: the dump carries each sample's keys
+                      // (user_feature_keys), and the bundle reads the profile table's rows.
+                      Case{"TimeGap_T2Diff_ProfileFields",
+                           {"data.session_mode=TIME_GAP", "model.kind=T2DIFF", "model.user_feature_table=profile",
+                            "data.generator.user_profile_fields=3", "data.generator.user_profile_values=4",
+                            "data.generator.user_profile_signal=0.5"},
+                           R"(tables { name: "profile" dim: 2 optimizer { kind: ADAGRAD learning_rate: 0.05 } })"},
+                      Case{"LastK_TwoTowerMean_UserIdsAndProfileFields",
+                           {"data.session_mode=LAST_K", "model.kind=TWO_TOWER_MEAN", "model.user_id_table=user_id",
+                            "model.user_feature_table=profile", "data.generator.user_profile_fields=2"},
+                           R"(tables { name: "user_id" dim: 3 optimizer { kind: ADAGRAD learning_rate: 0.05 } }
+                              tables { name: "profile" dim: 2 optimizer { kind: ADAGRAD learning_rate: 0.05 } })"}),
     [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
 
 }  // namespace
