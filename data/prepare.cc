@@ -232,7 +232,20 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
       },
       &log));
   T2D_RETURN_IF_ERROR(sorter->Finish());
-  T2D_ASSIGN_OR_RETURN(const UserProfiles profiles, UserProfiles::Read(c, &log.bad_lines));
+  UserProfiles profiles;
+  if (!log.user_feature_names.empty()) {
+    // Profile columns of the interaction file (csv.user_feature_columns without a user file).
+    std::vector<int64_t> users, keys;
+    users.reserve(log.user_features.size());
+    for (const auto& [user, k] : log.user_features) {
+      users.push_back(user);
+      keys.insert(keys.end(), k.begin(), k.end());
+    }
+    log.user_features.clear();
+    T2D_ASSIGN_OR_RETURN(profiles, UserProfiles::FromKeys(log.user_feature_names, std::move(users), std::move(keys)));
+  } else {
+    T2D_ASSIGN_OR_RETURN(profiles, UserProfiles::Read(c, &log.bad_lines));
+  }
   // An input without a usable row, or whose users are all filtered out, would make a data set
   // of 0 users that only fails later, in training; say so here, naming the input.
   const std::string inputs = absl::StrJoin(c.input_paths(), ", ");

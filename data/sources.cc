@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "data/line_reader.h"
+#include "data/user_profiles.h"
 
 namespace t2d::data {
 namespace {
@@ -300,6 +301,10 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
   std::vector<std::pair<int, std::string>> filters;
   std::vector<int64_t> tags;
   absl::flat_hash_map<int64_t, int64_t> position;  // no time column: per-user running position
+  // Profile columns of the interaction file itself (no user file).
+  const bool profile_columns = ctx->config.user_path().empty() && csv.user_feature_columns_size() > 0;
+  std::vector<int> profile_cols;
+  InteractionLog& log = *ctx->log;
   T2D_RETURN_IF_ERROR(ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
     if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
     if (num_fields < 0) {
@@ -318,6 +323,14 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
       for (const auto& flt : csv.filter()) {
         T2D_ASSIGN_OR_RETURN(int c, col("a filter", flt.column()));
         filters.emplace_back(c, flt.value());
+      }
+      if (profile_columns) {
+        log.user_feature_names.clear();
+        for (const std::string& name : csv.user_feature_columns()) {
+          T2D_ASSIGN_OR_RETURN(int c, col("a profile field", name));
+          profile_cols.push_back(c);
+          log.user_feature_names.push_back(name);
+        }
       }
       if (csv.has_header()) return std::string();
     }
@@ -340,6 +353,14 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
     bool keep = label >= ctx->config.min_rating();
     for (const auto& [c, value] : filters) keep = keep && absl::StripAsciiWhitespace(f[c]) == value;
     if (time_col < 0) time = position[user]++;
+    if (!profile_cols.empty()) {
+      std::vector<int64_t>& keys = log.user_features[user];
+      keys.resize(profile_cols.size(), 0);
+      for (size_t i = 0; i < profile_cols.size(); ++i) {
+        const absl::string_view v = absl::StripAsciiWhitespace(f[static_cast<size_t>(profile_cols[i])]);
+        if (!v.empty()) keys[i] = UserFeatureKey(log.user_feature_names[i], std::string_view(v.data(), v.size()));
+      }
+    }
     if (absl::Status added = ctx->AddRow(user, item, time, keep); !added.ok()) return added;
     return std::string();
   }));

@@ -49,6 +49,11 @@ struct InteractionLog {
   int64_t rows_filtered = 0;  // dropped by the positives / column filters
   int64_t empty_users = 0;    // users with rows but no positive
   BadLines bad_lines;
+  // CSV / KuaiRand without a user file: profile fields read from the interaction file's
+  // csv.user_feature_columns, each user's keys (UserFeatureKey) in field order; a field keeps
+  // the last non-empty value of the user's rows in file order. Empty names: none.
+  std::vector<std::string> user_feature_names;
+  absl::flat_hash_map<int64_t, std::vector<int64_t>> user_features;
 };
 
 // Reads the source described by `config` (source, input_paths, item_path, csv, min_rating,

@@ -10,7 +10,8 @@
 // embedding table.
 //
 // Sources: a user file next to the interaction log (DataConfig.user_path; MovieLens users.dat
-// and u.user by their published layouts, CSV by DataConfig.csv.user_feature_columns), or the
+// and u.user by their published layouts, CSV by DataConfig.csv.user_feature_columns), columns of
+// a CSV interaction file itself (data/sources.h, InteractionLog::user_features), or the
 // synthetic generator's profile fields (data/generator.h).
 //
 // Memory: UserProfiles holds 8 bytes of id plus 8 bytes per field for every user of the file.

@@ -227,6 +227,42 @@ TEST(PrepareProfileTest, SamplesCarryTheUsersProfile) {
   EXPECT_NE(DatasetId(c), DatasetId(other));
 }
 
+// Without a user file, the profile columns are read from the interaction file: the last
+// non-empty value of each user's rows wins.
+TEST(PrepareProfileTest, ProfileColumnsOfTheInteractionFile) {
+  TempDir dir;
+  DataConfig c;
+  c.set_source(DataConfig::CSV);
+  c.add_input_paths(WriteText(dir.File("log.csv"), "user_id,item_id,timestamp,tier,region\n"
+                                                   "1,11,100,silver,eu\n1,12,200,gold,\n1,13,300,,\n"
+                                                   "2,21,10,,us\n2,22,20,,\n2,23,30,,\n"));
+  c.mutable_csv()->add_user_feature_columns("tier");
+  c.mutable_csv()->add_user_feature_columns("region");
+  c.set_dataset_dir(dir.File("out"));
+  c.set_num_shards(1);
+  auto summary = Prepare(c, false);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->users_without_profile(), 0);
+  ReaderOptions o;
+  o.split = "test";
+  auto r = SampleReader::Open(c.dataset_dir(), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  SampleBatch b;
+  auto more = (*r)->Next(&b);
+  ASSERT_TRUE(more.ok() && *more);
+  ASSERT_EQ(b.size, 2);
+  ASSERT_EQ(b.user_fields, 2);
+  std::map<int64_t, std::vector<int64_t>> got;
+  for (int i = 0; i < b.size; ++i) got[b.user_id[i]] = {b.user_feature[2 * i], b.user_feature[2 * i + 1]};
+  EXPECT_EQ(got[1], (std::vector<int64_t>{UserFeatureKey("tier", "gold"), UserFeatureKey("region", "eu")}));
+  EXPECT_EQ(got[2], (std::vector<int64_t>{0, UserFeatureKey("region", "us")}));
+
+  c.mutable_csv()->add_user_feature_columns("age");
+  auto unknown = Prepare(c, true);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("unknown column \"age\""), std::string::npos) << unknown.status();
+}
+
 TEST(GeneratorProfileTest, FieldsFollowTheInterestAndLeaveTheSequencesAlone) {
   config::GeneratorConfig g;
   g.set_num_users(400);
