@@ -115,6 +115,8 @@ PAIRED_ONLY_SUITES = [
     Suite("synthetic_paper", "Synthetic (data/generator.h, ML-1M's size), authors' protocol", True, 10, 3, 2),
     Suite("synthetic_short", "Synthetic, short histories (about 10) with 3 user profile fields, authors' protocol",
           True, 10, 3, 2),
+    Suite("synthetic_cold", "Synthetic, very short histories (about 4) with 3 user profile fields, authors' protocol",
+          True, 10, 3, 2),
 ]
 
 
@@ -699,7 +701,8 @@ def paired_blocks():
                              ("movietweetings_paper", 60, 20, 5), ("movietweetings_clean", 3, 1, 1),
                              ("synthetic_paper", 10, 3, 2))] + [
         Block("industrial", "synthetic_paper", 16, 6, 2, 2, INDUSTRIAL_ARMS, INDUSTRIAL_COMPARISONS),
-        Block("profile", "synthetic_short", 4, 10, 3, 2, PROFILE_ARMS, PROFILE_COMPARISONS),
+        Block("profile", "synthetic_short", 4, 20, 3, 4, PROFILE_ARMS, PROFILE_COMPARISONS),
+        Block("profile", "synthetic_cold", 4, 20, 3, 4, PROFILE_ARMS, PROFILE_COMPARISONS, "cold"),
     ]
 
 
@@ -1437,7 +1440,7 @@ def main():
     p.add_argument("--parts", default="2x2,consistency,datasets,industrial,profile",
                    help="paired study: which parts (comma-separated of 2x2, consistency, datasets; "
                         "consistency:tokens, consistency:sampler or consistency:items for one block; "
-                        "industrial; profile)")
+                        "industrial; profile, or profile:cold for its very short histories alone)")
     p.add_argument("--widths", default="", help="paired study: only these D (comma-separated; default all)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per model (paired: default 5, 2 with --quick; classic: 3, 1 with --quick)")
@@ -1469,7 +1472,8 @@ def main():
         args.widths = [int(w) for w in args.widths.split(",") if w]
     except ValueError:
         die("--widths: comma-separated integers, got %r" % args.widths)
-    known = {"2x2", "consistency", "datasets", "industrial", "profile"} | {"consistency:" + name for name, _, _ in CONSISTENCY}
+    known = ({"2x2", "consistency", "datasets", "industrial", "profile", "profile:cold"} |
+             {"consistency:" + name for name, _, _ in CONSISTENCY})
     unknown_parts = set(args.parts.split(",")) - known
     if unknown_parts:
         die("--parts: unknown part(s) %s; known: %s" % (", ".join(sorted(unknown_parts)), ", ".join(sorted(known))))
