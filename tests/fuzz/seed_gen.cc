@@ -46,6 +46,19 @@ bool SampleFiles(const fs::path& dir) {
     if (!Check((*w)->AddUser(u, items, times, tags, targets), "samples")) return false;
   }
   if (!Check((*w)->Finish(), "samples")) return false;
+  // The same users with two profile keys each (chunk kind 5), one of them missing.
+  h.set_user_fields(2);
+  auto pw = data::SampleFileWriter::Create((dir / "samples_profile.t2ds").string(), h, 96);
+  if (!Check(pw.status(), "samples with profile keys")) return false;
+  for (int u = 0; u < 3; ++u) {
+    std::vector<int64_t> items{100 + u, 200, 300, 400};
+    std::vector<int64_t> times{1, 2, 3, 4};
+    std::vector<absl::Span<const int64_t>> tags{tag_a, tag_b, none, tag_a};
+    std::vector<data::TargetRef> targets{{2, 1}, {3, 3}};
+    std::vector<int64_t> keys{int64_t{1} << 40 | u, 0};
+    if (!Check((*pw)->AddUser(u, items, times, tags, targets, keys), "samples with profile keys")) return false;
+  }
+  if (!Check((*pw)->Finish(), "samples with profile keys")) return false;
   data::SampleFileHeader ih;
   ih.set_kind(data::SampleFileHeader::ITEMS);
   auto iw = data::SampleFileWriter::Create((dir / "items.t2ds").string(), ih, 48);
@@ -123,6 +136,8 @@ void Requests(const fs::path& dir) {
   WriteBytes(dir / "queries", R"({"id":"b","queries":[{"items":[1],"times":[1]},{"items":[2,3],"k":2}]})");
   WriteBytes(dir / "update", R"({"id":3,"update":"/tmp/delta"})");
   WriteBytes(dir / "info", R"({"info":true})");
+  WriteBytes(dir / "profile", R"({"items":[1,2],"user_features":{"gender":"M","age":25,"zip":null}})");
+  WriteBytes(dir / "profile_keys", R"({"items":[1],"user_feature_keys":[7,0,-3]})");
   WriteBytes(dir / "unknown_field", R"({"items":[1],"colour":"red"})");
   WriteBytes(dir / "big_numbers", R"({"items":[18446744073709551615,-9223372036854775808],"k":1e3})");
 }
