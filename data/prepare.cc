@@ -345,9 +345,11 @@ absl::StatusOr<PrepareSummary> PrepareFromFiles(const DataConfig& c, const std::
     for (const TargetRef& t : targets[kTrain]) ++item_counts[s.items[t.target]];
     absl::Span<const int64_t> profile;
     if (profiles.num_fields() > 0) {
-      const int64_t* keys = profiles.Find(s.user);
-      if (keys == nullptr) ++without_profile;
-      if (keys != nullptr) profile = absl::MakeConstSpan(keys, static_cast<size_t>(profiles.num_fields()));
+      if (const int64_t* keys = profiles.Find(s.user)) {
+        profile = absl::MakeConstSpan(keys, static_cast<size_t>(profiles.num_fields()));
+      } else {
+        ++without_profile;
+      }
     }
     const int shard = static_cast<int>(Mix64(c.seed() ^ static_cast<uint64_t>(s.user)) % static_cast<uint64_t>(c.num_shards()));
     for (int sp = 0; sp < kNumSplits; ++sp) {

@@ -290,13 +290,44 @@ absl::Status ParseTags(absl::string_view field, const CsvFormat& csv, Context* c
   return absl::OkStatus();
 }
 
-// A delimited file with a header (or index-named columns).
-absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx) {
+// Resolves a reader's column by name (or, without a header, index): ColumnIndex on the file's
+// first line.
+using ColumnOf = absl::FunctionRef<absl::StatusOr<int>(const std::string& what, const std::string& name)>;
+using CsvRow = absl::FunctionRef<ParseResult(const std::vector<absl::string_view>& fields, absl::string_view line,
+                                             int num_fields)>;
+
+// The line loop of every delimited file of `csv`'s format: at the first line `columns` resolves
+// the reader's columns (an unknown one ends the read), then `row` gets each data line's fields
+// (the header line is not one). Returns the first line's number of fields; -1: the file has no
+// line.
+absl::StatusOr<int> ForEachCsvRow(const std::string& path, const CsvFormat& csv, BadLineHandler* bad,
+                                  absl::FunctionRef<absl::Status(ColumnOf col)> columns, CsvRow row) {
   T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
   std::vector<absl::string_view> f;
-  std::vector<std::string> storage;
-  std::vector<std::string> header;
+  std::vector<std::string> storage, header;
   int num_fields = -1;
+  T2D_RETURN_IF_ERROR(ForEachLine(path, bad, [&](absl::string_view line) -> ParseResult {
+    if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
+    if (num_fields < 0) {
+      num_fields = static_cast<int>(f.size());
+      if (csv.has_header()) {
+        for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
+      }
+      if (absl::Status resolved = columns([&](const std::string& what, const std::string& name) {
+            return ColumnIndex(path, header, csv.has_header(), what, name, num_fields);
+          });
+          !resolved.ok()) {
+        return resolved;
+      }
+      if (csv.has_header()) return std::string();
+    }
+    return row(f, line, num_fields);
+  }));
+  return num_fields;
+}
+
+// A delimited file with a header (or index-named columns).
+absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx) {
   int user_col = -1, item_col = -1, time_col = -1, label_col = -1, tags_col = -1;
   std::vector<std::pair<int, std::string>> filters;
   std::vector<int64_t> tags;
@@ -305,35 +336,27 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
   const bool profile_columns = ctx->config.user_path().empty() && csv.user_feature_columns_size() > 0;
   std::vector<int> profile_cols;
   InteractionLog& log = *ctx->log;
-  T2D_RETURN_IF_ERROR(ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
-    if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
-    if (num_fields < 0) {
-      num_fields = static_cast<int>(f.size());
-      if (csv.has_header()) {
-        for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
-      }
-      auto col = [&](const std::string& what, const std::string& name) {
-        return ColumnIndex(path, header, csv.has_header(), what, name, num_fields);
-      };
-      T2D_ASSIGN_OR_RETURN(user_col, col("the user", csv.user_column()));
-      T2D_ASSIGN_OR_RETURN(item_col, col("the item", csv.item_column()));
-      if (!csv.time_column().empty()) { T2D_ASSIGN_OR_RETURN(time_col, col("the time", csv.time_column())); }
-      if (!csv.label_column().empty()) { T2D_ASSIGN_OR_RETURN(label_col, col("the label", csv.label_column())); }
-      if (!csv.tags_column().empty()) { T2D_ASSIGN_OR_RETURN(tags_col, col("the tags", csv.tags_column())); }
-      for (const auto& flt : csv.filter()) {
-        T2D_ASSIGN_OR_RETURN(int c, col("a filter", flt.column()));
-        filters.emplace_back(c, flt.value());
-      }
-      if (profile_columns) {
-        log.user_feature_names.clear();
-        for (const std::string& name : csv.user_feature_columns()) {
-          T2D_ASSIGN_OR_RETURN(int c, col("a profile field", name));
-          profile_cols.push_back(c);
-          log.user_feature_names.push_back(name);
-        }
-      }
-      if (csv.has_header()) return std::string();
+  auto columns = [&](ColumnOf col) -> absl::Status {
+    T2D_ASSIGN_OR_RETURN(user_col, col("the user", csv.user_column()));
+    T2D_ASSIGN_OR_RETURN(item_col, col("the item", csv.item_column()));
+    if (!csv.time_column().empty()) { T2D_ASSIGN_OR_RETURN(time_col, col("the time", csv.time_column())); }
+    if (!csv.label_column().empty()) { T2D_ASSIGN_OR_RETURN(label_col, col("the label", csv.label_column())); }
+    if (!csv.tags_column().empty()) { T2D_ASSIGN_OR_RETURN(tags_col, col("the tags", csv.tags_column())); }
+    for (const auto& flt : csv.filter()) {
+      T2D_ASSIGN_OR_RETURN(int c, col("a filter", flt.column()));
+      filters.emplace_back(c, flt.value());
     }
+    if (profile_columns) {
+      log.user_feature_names.clear();
+      for (const std::string& name : csv.user_feature_columns()) {
+        T2D_ASSIGN_OR_RETURN(int c, col("a profile field", name));
+        profile_cols.push_back(c);
+        log.user_feature_names.push_back(name);
+      }
+    }
+    return absl::OkStatus();
+  };
+  auto row = [&](const std::vector<absl::string_view>& f, absl::string_view line, int num_fields) -> ParseResult {
     if (static_cast<int>(f.size()) != num_fields) return absl::StrCat("expected ", num_fields, " fields, got ", f.size());
     int64_t user, item, time = 0;
     double label = 1;
@@ -363,7 +386,8 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
     }
     if (absl::Status added = ctx->AddRow(user, item, time, keep); !added.ok()) return added;
     return std::string();
-  }));
+  };
+  T2D_ASSIGN_OR_RETURN(const int num_fields, ForEachCsvRow(path, csv, &ctx->bad, columns, row));
   if (num_fields < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
   if (time_col < 0) ctx->log->has_timestamps = false;
   return absl::OkStatus();
@@ -371,24 +395,14 @@ absl::Status ReadCsv(const std::string& path, const CsvFormat& csv, Context* ctx
 
 // Item file of a CSV source: item id column and tags column.
 absl::Status ReadCsvItems(const std::string& path, const CsvFormat& csv, Context* ctx) {
-  T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
-  std::vector<absl::string_view> f;
-  std::vector<std::string> storage;
-  std::vector<std::string> header;
-  int num_fields = -1, id_col = -1, tags_col = -1;
+  int id_col = -1, tags_col = -1;
   std::vector<int64_t> tags;
-  return ForEachLine(path, &ctx->bad, [&](absl::string_view line) -> ParseResult {
-    if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
-    if (num_fields < 0) {
-      num_fields = static_cast<int>(f.size());
-      if (csv.has_header()) {
-        for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
-      }
-      T2D_ASSIGN_OR_RETURN(id_col, ColumnIndex(path, header, csv.has_header(), "the item id", csv.item_id_column(), num_fields));
-      T2D_ASSIGN_OR_RETURN(tags_col,
-                           ColumnIndex(path, header, csv.has_header(), "the item tags", csv.item_tags_column(), num_fields));
-      if (csv.has_header()) return std::string();
-    }
+  auto columns = [&](ColumnOf col) -> absl::Status {
+    T2D_ASSIGN_OR_RETURN(id_col, col("the item id", csv.item_id_column()));
+    T2D_ASSIGN_OR_RETURN(tags_col, col("the item tags", csv.item_tags_column()));
+    return absl::OkStatus();
+  };
+  auto row = [&](const std::vector<absl::string_view>& f, absl::string_view line, int num_fields) -> ParseResult {
     int64_t item;
     if (static_cast<int>(f.size()) != num_fields || !ParseInt(f[id_col], &item)) {
       return Expected(absl::StrCat(num_fields, " fields with an integer item id"), line);
@@ -396,7 +410,8 @@ absl::Status ReadCsvItems(const std::string& path, const CsvFormat& csv, Context
     if (absl::Status s = ParseTags(f[tags_col], csv, ctx, &tags); !s.ok()) return std::string(s.message());
     ctx->SetTags(item, tags);
     return std::string();
-  });
+  };
+  return ForEachCsvRow(path, csv, &ctx->bad, columns, row).status();
 }
 
 // KuaiRand's published column names, filled in where the config left them unset.
@@ -544,34 +559,28 @@ absl::Status ReadUserFile(const DataConfig& config, BadLines* bad_lines, std::ve
       if (csv.user_feature_columns().empty()) {
         return absl::InvalidArgumentError(absl::StrCat("data.csv.user_feature_columns: name the profile columns of ", path));
       }
-      T2D_ASSIGN_OR_RETURN(const char delim, Delimiter(csv));
-      std::vector<std::string> storage, header;
-      int num_fields = -1, id_col = -1;
+      int id_col = -1;
       std::vector<int> cols;
-      T2D_RETURN_IF_ERROR(ForEachLine(path, &bad, [&](absl::string_view line) -> ParseResult {
-        if (!SplitCsvLine(line, delim, &f, &storage)) return std::string("unterminated quote");
-        if (num_fields < 0) {
-          num_fields = static_cast<int>(f.size());
-          if (csv.has_header()) {
-            for (auto h : f) header.emplace_back(absl::StripAsciiWhitespace(h));
-          }
-          T2D_ASSIGN_OR_RETURN(id_col, ColumnIndex(path, header, csv.has_header(), "the user id", csv.user_file_id_column(), num_fields));
-          for (const std::string& name : csv.user_feature_columns()) {
-            T2D_ASSIGN_OR_RETURN(int c, ColumnIndex(path, header, csv.has_header(), "a profile field", name, num_fields));
-            cols.push_back(c);
-            fields->push_back(name);
-          }
-          if (csv.has_header()) return std::string();
+      auto columns = [&](ColumnOf col) -> absl::Status {
+        T2D_ASSIGN_OR_RETURN(id_col, col("the user id", csv.user_file_id_column()));
+        for (const std::string& name : csv.user_feature_columns()) {
+          T2D_ASSIGN_OR_RETURN(int c, col("a profile field", name));
+          cols.push_back(c);
+          fields->push_back(name);
         }
+        return absl::OkStatus();
+      };
+      auto row = [&](const std::vector<absl::string_view>& r, absl::string_view line, int num_fields) -> ParseResult {
         int64_t user;
-        if (static_cast<int>(f.size()) != num_fields || !ParseInt(f[id_col], &user)) {
+        if (static_cast<int>(r.size()) != num_fields || !ParseInt(r[id_col], &user)) {
           return Expected(absl::StrCat(num_fields, " fields with an integer user id"), line);
         }
         values.clear();
-        for (int c : cols) values.push_back(absl::StripAsciiWhitespace(f[c]));
+        for (int c : cols) values.push_back(absl::StripAsciiWhitespace(r[c]));
         if (absl::Status taken = sink(user, values); !taken.ok()) return taken;
         return std::string();
-      }));
+      };
+      T2D_ASSIGN_OR_RETURN(const int num_fields, ForEachCsvRow(path, csv, &bad, columns, row));
       if (num_fields < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
       return absl::OkStatus();
     }

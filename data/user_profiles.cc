@@ -31,19 +31,17 @@ int64_t UserFeatureKey(std::string_view field, std::string_view value) {
 }
 
 absl::StatusOr<UserProfiles> UserProfiles::Read(const config::DataConfig& config, BadLines* bad) {
-  UserProfiles p;
-  if (config.user_path().empty()) return p;
-  std::vector<int64_t> keys;
-  T2D_RETURN_IF_ERROR(ReadUserFile(config, bad, &p.fields_, [&](int64_t user, absl::Span<const absl::string_view> values) {
-    p.users_.push_back(user);
+  if (config.user_path().empty()) return UserProfiles();
+  std::vector<std::string> fields;
+  std::vector<int64_t> users, keys;
+  T2D_RETURN_IF_ERROR(ReadUserFile(config, bad, &fields, [&](int64_t user, absl::Span<const absl::string_view> values) {
+    users.push_back(user);
     for (size_t f = 0; f < values.size(); ++f) {
-      keys.push_back(UserFeatureKey(p.fields_[f], std::string_view(values[f].data(), values[f].size())));
+      keys.push_back(UserFeatureKey(fields[f], std::string_view(values[f].data(), values[f].size())));
     }
     return absl::OkStatus();
   }));
-  if (p.users_.empty()) return absl::InvalidArgumentError(absl::StrCat(config.user_path(), ": no user line"));
-  std::vector<std::string> fields = std::move(p.fields_);
-  std::vector<int64_t> users = std::move(p.users_);
+  if (users.empty()) return absl::InvalidArgumentError(absl::StrCat(config.user_path(), ": no user line"));
   auto made = FromKeys(std::move(fields), std::move(users), std::move(keys));
   if (!made.ok()) return absl::Status(made.status().code(), absl::StrCat(config.user_path(), ": ", made.status().message()));
   return made;
