@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/hash.h"
 #include "model/fused_ops.h"
+#include "model/unet_kernel.h"
 
 namespace t2d::model {
 namespace {
@@ -19,7 +21,78 @@ namespace {
 using at::Tensor;
 using config::ModelConfig;
 
-constexpr int64_t kKernelMaxDim = 16;  // largest D for which the reverse process uses the plain-C++ U-Net
+constexpr int64_t kKernelMaxDim = 16;  // largest D for which the U-Net runs in the plain-C++ kernel
+constexpr int64_t kTrainChunk = 16;    // sequences a training-kernel call (a fixed split: see Diffusion::Train)
+
+// What UnetLossFunction needs besides tensors.
+struct KernelCall {
+  const UnetKernelLayout* layout;
+  const float* params;  // the model's flat parameter values
+  int64_t total;        // their count
+  const std::vector<ParameterRef>* unet;  // the U-Net's parameters, as passed to apply()
+  UnetLoss loss;
+  double scale;    // the loss is scale * sum of per-position losses
+  bool want_grad;  // compute the gradient (training under grad mode)
+};
+
+// The diffusion loss through UnetKernel::TrainLoss. forward(unet parameters, input [B, w, 2D],
+// mask [B, w], z0 [B, w, D], call) -> {loss (scalar), z0_hat at the last position [B, D] (not
+// differentiable)}. The kernel computes the parameter gradient along with the loss, chunk by
+// chunk in parallel, the chunks' partial sums added in chunk order; backward scales it by the
+// incoming gradient. Only the parameters get a gradient (the inputs are constants: stop-gradient).
+struct UnetLossFunction : public torch::autograd::Function<UnetLossFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList unet,
+                                                const Tensor& input, const Tensor& mask, const Tensor& z0,
+                                                const KernelCall& call) {
+    const int64_t b = input.size(0), w = input.size(1), d = z0.size(2), total = call.total;
+    const int64_t chunks = (b + kTrainChunk - 1) / kTrainChunk;
+    std::vector<double> seq_loss(static_cast<size_t>(b));
+    Tensor last = at::empty({b, d}, at::kFloat);
+    std::vector<float> partial(call.want_grad ? static_cast<size_t>(chunks * total) : 0);
+    const float* in = input.data_ptr<float>();
+    const float* mk = mask.data_ptr<float>();
+    const float* tg = z0.data_ptr<float>();
+    float* lp = last.data_ptr<float>();
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      UnetKernel kernel(*call.layout, call.params);
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t s0 = c * kTrainChunk, count = std::min(kTrainChunk, b - s0);
+        kernel.TrainLoss(count, w, in + s0 * w * 2 * d, mk + s0 * w, tg + s0 * w * d, call.loss,
+                         static_cast<float>(call.scale), seq_loss.data() + s0, lp + s0 * d,
+                         call.want_grad ? partial.data() + c * total : nullptr);
+      }
+    });
+    double sum = 0;
+    for (double v : seq_loss) sum += v;
+    Tensor loss = at::scalar_tensor(sum * call.scale, at::kFloat);
+    ctx->mark_non_differentiable({last});
+    if (call.want_grad) {
+      Tensor flat = at::zeros({total}, at::kFloat);
+      float* fp = flat.data_ptr<float>();
+      for (const ParameterRef& p : *call.unet) {
+        const int64_t off = p.offset(), numel = p.tensor().numel();
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float* src = partial.data() + c * total + off;
+          for (int64_t i = 0; i < numel; ++i) fp[off + i] += src[i];
+        }
+      }
+      std::vector<Tensor> grads;
+      for (const ParameterRef& p : *call.unet) grads.push_back(flat.narrow(0, p.offset(), p.tensor().numel()).view(p.tensor().sizes()));
+      ctx->saved_data["grads"] = grads;
+    }
+    (void)unet;
+    return {loss, last};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const std::vector<Tensor> grads = ctx->saved_data["grads"].toTensorVector();
+    torch::autograd::variable_list result;
+    for (const Tensor& g : grads) result.push_back(g * grad_out[0]);
+    for (int i = 0; i < 4; ++i) result.emplace_back();  // input, mask, z0, call
+    return result;
+  }
+};
 
 }  // namespace
 
@@ -99,6 +172,12 @@ Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& 
   }
   kernel_layout_.out_w = out_.w.offset();
   kernel_layout_.out_b = out_.b.offset();
+  for (const ConvBlock& b : down_) unet_params_.insert(unet_params_.end(), {b.conv.w, b.conv.b, b.norm.g, b.norm.b});
+  for (const UpLevel& u : up_) {
+    unet_params_.insert(unet_params_.end(), {u.proj.w, u.proj.b, u.block.conv.w, u.block.conv.b, u.block.norm.g,
+                                             u.block.norm.b});
+  }
+  unet_params_.insert(unet_params_.end(), {out_.w, out_.b});
 }
 
 absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const Tensor& targets,
@@ -140,16 +219,36 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
     const Tensor keep = (at::rand({b}, *extra, at::kFloat) >= drop).to(at::kFloat);
     cond = xw * keep.view({b, 1, 1});
   }
-  const Tensor z0_hat = Unet(UnetInput(zr, cond, step_emb_.index_select(0, r).unsqueeze(1)), mw);
-  const Tensor diff = z0_hat - z0;
+  const Tensor input = UnetInput(zr, cond, step_emb_.index_select(0, r).unsqueeze(1));
+  const bool squared = config_.diffusion_loss() == ModelConfig::SQUARED;
+  const double scale = 1.0 / static_cast<double>(squared ? b : std::max<int64_t>(1, valid));
   TrainOutput out;
-  if (config_.diffusion_loss() == ModelConfig::SQUARED) {
-    out.loss = diff.pow(2).sum() / static_cast<double>(b);
+  Tensor z0_last;  // z0_hat at the newest position [B, D]
+  if (d_ <= kKernelMaxDim && (noise == nullptr || !noise->force_tensor_ops)) {
+    std::vector<Tensor> unet;
+    bool want_grad = at::GradMode::is_enabled();
+    for (const ParameterRef& p : unet_params_) {
+      unet.push_back(p.tensor());
+      want_grad = want_grad && p.tensor().requires_grad();
+    }
+    const KernelCall call{&kernel_layout_, params_.values().data_ptr<float>(), params_.values().numel(),
+                          &unet_params_, squared ? UnetLoss::kSquared : UnetLoss::kNorm, scale, want_grad};
+    torch::autograd::variable_list outs =
+        UnetLossFunction::apply(at::TensorList(unet), input.contiguous(), mw.to(at::kFloat).contiguous(), z0.contiguous(), call);
+    out.loss = outs[0];
+    z0_last = outs[1];
   } else {
-    out.loss = at::linalg_vector_norm(diff, 2, {2}).sum() / static_cast<double>(std::max<int64_t>(1, valid));
+    const Tensor z0_hat = Unet(input, mw);
+    const Tensor diff = z0_hat - z0;
+    if (squared) {
+      out.loss = diff.pow(2).sum() * scale;
+    } else {
+      out.loss = at::linalg_vector_norm(diff, 2, {2}).sum() * scale;
+    }
+    z0_last = z0_hat.select(1, w - 1);
   }
   // Stop-gradient at the output: x_hat is a constant for the towers.
-  out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_hat.select(1, w - 1) : z0_hat.select(1, w - 1)).detach();
+  out.x_hat = (drift_ ? xd.select(1, n - 1) + z0_last : z0_last).detach();
   if (generated_fraction > 0) {
     // Some samples' towers see the token of the reverse process from pure noise (what inference
     // gives them) instead of the one rebuilt from the noised target.

@@ -59,6 +59,10 @@ class Diffusion {
   // model.guidance_drop_fraction zeroes the condition of some samples; with
   // model.train_generated_token_fraction some samples' x_hat comes from Generate (from pure
   // noise) instead; both draw from their own generator seeded from noise_seed.
+  // With D <= 16 the U-Net's forward and backward run in the plain-C++ kernel
+  // (UnetKernel::TrainLoss) unless noise->force_tensor_ops: per sequence, split over the
+  // intra-op threads in fixed chunks of sequences, so the gradient's bits do not depend on the
+  // thread count. Its work is done in the forward; backward only scales the saved gradient.
   absl::StatusOr<TrainOutput> Train(const at::Tensor& x, const at::Tensor& targets, const SequenceMask& mask,
                                     uint64_t noise_seed, const TrainNoise* noise) const;
 
@@ -98,6 +102,7 @@ class Diffusion {
   std::vector<UpLevel> up_;
   Linear out_;
   UnetKernelLayout kernel_layout_;
+  std::vector<ParameterRef> unet_params_;  // every U-Net parameter, in registration order
 };
 
 }  // namespace t2d::model

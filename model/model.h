@@ -65,6 +65,9 @@ struct ForwardOutput {
 struct TrainNoise {
   at::Tensor steps;  // [B] int64, r in 1..T
   at::Tensor eps;    // [B, n, D] float; values at padding positions are ignored
+  // The U-Net's loss through tensor ops even where the plain-C++ training kernel would run
+  // (tests compare the two).
+  bool force_tensor_ops = false;
 };
 
 struct InferenceOptions {

@@ -40,6 +40,12 @@ struct UnetKernelLayout {
   int64_t out_w = 0, out_b = 0;  // [D, C], [D]
 };
 
+// The diffusion loss of UnetKernel::TrainLoss: per valid position j of a sequence,
+// ||z0_hat_j - z0_j||^2 (kSquared) or ||z0_hat_j - z0_j|| (kNorm).
+enum class UnetLoss { kSquared, kNorm };
+
+struct UnetPlanes;  // the scratch planes of one call (unet_kernel.cc)
+
 class UnetKernel {
  public:
   UnetKernel(const UnetKernelLayout& layout, const float* params);
@@ -55,6 +61,19 @@ class UnetKernel {
                const float* mask, const float* cond, const float* const* noise, int64_t noise_step_stride,
                float* z, float guidance = 0);
 
+  // Training: the diffusion loss of `sequences` independent sequences of length n and its gradient
+  // with respect to the U-Net's parameters, one sequence at a time (forward, loss, backward while
+  // its activations are in cache). input [sequences, n, 2D] is the U-Net's input before masking
+  // (z_r and the condition, each plus the step embedding), mask [sequences, n], target
+  // [sequences, n, D] is z_0 (zero at masked positions). Writes seq_loss[s] (the sequence's sum of
+  // per-position losses) and last [sequences, D] (z0_hat at position n - 1). With `grad` non-null,
+  // ADDS d(grad_scale * sum_s seq_loss[s]) / d(parameter) into grad, indexed like the model's flat
+  // parameter buffer (the layout's offsets); gradient lanes are summed in a fixed order, so the
+  // result depends only on the sequences of this call. The gradient of ||.|| is 0 where the norm
+  // is 0 (as torch's).
+  void TrainLoss(int64_t sequences, int64_t n, const float* input, const float* mask, const float* target,
+                 UnetLoss loss, float grad_scale, double* seq_loss, float* last, float* grad);
+
   // Tested against std::exp (model_test): exp(x) for float vectors, relative error below 2e-7
   // (about 2 ulp) where the result is a normal float (-87.3 < x < 88.72); denormal results are
   // computed with gradual underflow, below -104 the result is 0 and above 88.7228 it saturates
@@ -68,12 +87,18 @@ class UnetKernel {
   struct Conv {
     int64_t in = 0, out = 0, taps = 0;
     std::vector<float> w, b;
+    std::vector<float> wb;  // [taps][out][in], for the input gradient
+    int64_t w_off = 0, b_off = 0;  // in the flat parameter buffer ([out][taps * in] there)
   };
   struct Norm {
     std::vector<float> g, b;
+    int64_t g_off = 0, b_off = 0;
   };
-  static Conv MakeConv(const float* w, const float* b, int64_t in, int64_t out, int64_t taps);
-  static Norm MakeNorm(const float* g, const float* b, int64_t c);
+  static Conv MakeConv(const float* params, int64_t w_off, int64_t b_off, int64_t in, int64_t out, int64_t taps);
+  static Norm MakeNorm(const float* params, int64_t g_off, int64_t b_off, int64_t c);
+  // Lays out the scratch planes (and, with `training`, the pre-activation and gradient planes)
+  // for sequences of length n and points `net` at them.
+  void Bind(int64_t n, bool training, UnetPlanes* net);
 
   int64_t d_ = 0, c_ = 0;  // D, and C (channels of level 0)
   int levels_ = 0;
@@ -82,6 +107,7 @@ class UnetKernel {
   Conv out_;
   std::vector<float> scratch_;      // activation planes, see unet_kernel.cc
   std::vector<uint32_t> mask_bits_;  // per-level masks as all-ones / zero words
+  std::vector<float> lanes_;         // training: gradient accumulators, 8 lanes a parameter
 };
 
 }  // namespace t2d::model

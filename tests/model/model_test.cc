@@ -393,6 +393,95 @@ TEST(ModelTest, KernelMatchesTensorOpsOnBatches) {
   }
 }
 
+// Training runs the U-Net's forward and backward in the plain-C++ kernel for D <= 16: its loss,
+// x_hat and every gradient (the U-Net's and, through the towers, the rest) must agree with the
+// tensor ops' autograd on batches with padding, both losses and kinds, U-Net depths 1..4, widths
+// apart from D, and a diffusion window.
+TEST(ModelTest, TrainingKernelMatchesTensorOps) {
+  struct Case {
+    int64_t id_dim, tag_dim;
+    int levels;
+    int channels = 0;  // model.unet_channels
+    int window = 0;    // model.diffusion_window
+  };
+  const Case cases[] = {{2, 2, 4}, {2, 2, 1}, {3, 0, 2}, {5, 2, 3}, {8, 8, 4}, {16, 0, 2},
+                        {2, 2, 4, 3}, {8, 8, 3, 5, 6}, {5, 2, 2, 0, 4}};
+  for (const Case& cs : cases) {
+    for (auto loss : {ModelConfig::SQUARED, ModelConfig::NORM}) {
+      for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
+        SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::DiffusionLoss_Name(loss) + " D=" +
+                     std::to_string(cs.id_dim + cs.tag_dim) + " levels=" + std::to_string(cs.levels) +
+                     " channels=" + std::to_string(cs.channels) + " window=" + std::to_string(cs.window));
+        const ModelDims d = Dims(cs.id_dim, cs.tag_dim, 3);
+        const int64_t dim = cs.id_dim + cs.tag_dim, bsz = 21, n = 11;
+        ModelConfig c = Config(kind);
+        c.set_diffusion_loss(loss);
+        c.set_unet_levels(cs.levels);
+        c.set_unet_channels(cs.channels);
+        c.set_diffusion_window(cs.window);
+        c.set_attention_heads(1);
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+        TrainNoise noise;
+        noise.steps = at::randint(1, 51, {bsz}, gen, at::kLong);
+        noise.eps = at::randn({bsz, n, dim}, gen, at::kFloat);
+        std::vector<std::vector<float>> dense;
+        std::vector<ForwardOutput> outs;
+        std::vector<at::Tensor> row_grads;
+        for (bool tensor_ops : {false, true}) {
+          auto model = MakeModel(c, d);
+          ASSERT_NE(model, nullptr);
+          Problem p = RandomProblem(bsz, n, 12, d, 17);  // lengths 1..11: padding in most rows; 2 chunks
+          noise.force_tensor_ops = tensor_ops;
+          model->ZeroGradients();
+          auto out = model->Forward(p.batch, p.rows, p.candidates, 1, &noise);
+          ASSERT_TRUE(out.ok()) << out.status();
+          out->total_loss.backward();
+          outs.push_back(*out);
+          dense.emplace_back(model->DenseGradients().begin(), model->DenseGradients().end());
+          row_grads.push_back(p.rows.id_rows.grad().clone());
+        }
+        EXPECT_GT(outs[0].diffusion_loss.item<double>(), 0);
+        ExpectClose(outs[0].diffusion_loss, outs[1].diffusion_loss, 1e-5 * outs[1].diffusion_loss.item<double>(),
+                    "diffusion loss");
+        ExpectClose(outs[0].x_hat, outs[1].x_hat, 1e-5, "x_hat");
+        ExpectClose(outs[0].total_loss, outs[1].total_loss, 1e-5 * outs[1].total_loss.item<double>(), "total loss");
+        ASSERT_EQ(dense[0].size(), dense[1].size());
+        const at::Tensor kernel_grad = at::tensor(dense[0]), tensor_grad = at::tensor(dense[1]);
+        EXPECT_GT(MaxAbs(tensor_grad), 0);
+        // Sums in a different order: float rounding differs (measured up to 2e-5 of the largest).
+        ExpectClose(kernel_grad, tensor_grad, 1e-4 * std::max(1.0, MaxAbs(tensor_grad)), "dense gradients");
+        ExpectClose(row_grads[0], row_grads[1], 1e-5, "row gradients");
+      }
+    }
+  }
+}
+
+// The training kernel splits a batch into fixed chunks of sequences: its loss and gradient are
+// bit-identical on one thread and on two; under no-grad it computes the loss alone.
+TEST(ModelTest, TrainingKernelIsBitIdenticalAcrossThreadCounts) {
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<float>> dense;
+  std::vector<double> losses;
+  for (int t : {1, 2}) {
+    at::set_num_threads(t);
+    auto model = MakeModel(Config(ModelConfig::T2DIFF), Dims());
+    Problem p = RandomProblem(70, 9, 30, Dims(), 5);
+    model->ZeroGradients();
+    auto l = model->ForwardBackward(p.batch, p.rows, p.candidates, 7, false);
+    ASSERT_TRUE(l.ok()) << l.status();
+    losses.push_back(l->diffusion);
+    dense.emplace_back(model->DenseGradients().begin(), model->DenseGradients().end());
+    at::NoGradGuard no_grad;
+    auto eval = model->Forward(p.batch, p.rows, p.candidates, 7);
+    ASSERT_TRUE(eval.ok()) << eval.status();
+    EXPECT_EQ(eval->diffusion_loss.item<double>(), l->diffusion);
+  }
+  at::set_num_threads(threads);
+  EXPECT_EQ(losses[0], losses[1]);
+  ASSERT_EQ(dense[0].size(), dense[1].size());
+  EXPECT_EQ(std::memcmp(dense[0].data(), dense[1].data(), dense[0].size() * sizeof(float)), 0);
+}
+
 // A sample's output is a function of its seed and history only: bit-identical alone, inside a
 // batch, and wherever it sits in the batch (any batch split over threads as well).
 TEST(ModelTest, KernelSampleIsBitIdenticalAloneAndInABatch) {
