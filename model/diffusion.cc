@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -44,6 +45,7 @@ struct UnetLossFunction : public torch::autograd::Function<UnetLossFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList unet,
                                                 const Tensor& input, const Tensor& mask, const Tensor& z0,
                                                 const KernelCall& call) {
+    RECORD_FUNCTION("UnetTrainKernel", std::vector<c10::IValue>());
     const int64_t b = input.size(0), w = input.size(1), d = z0.size(2), total = call.total;
     const int64_t chunks = (b + kTrainChunk - 1) / kTrainChunk;
     std::vector<double> seq_loss(static_cast<size_t>(b));

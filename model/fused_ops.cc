@@ -2,11 +2,15 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
+
+#include "model/simd.h"
 
 namespace t2d::model {
 namespace {
@@ -40,30 +44,159 @@ struct XentFunction : public torch::autograd::Function<XentFunction> {
   }
 };
 
+constexpr int64_t kLossChunks = 8;  // fixed row chunks of the blocked softmax loss (see SoftmaxLossRows)
+constexpr int64_t kLossRows = 4;    // rows computed together, sharing each load of the item matrix
+
+// Rows r0 .. r1 - 1 of the blocked softmax loss. it [E][n8] is the item matrix transposed, its
+// n items padded to n8 (a multiple of 8) with zero columns. kLossRows rows at a time: their
+// logits (minus bias, -inf where excluded or padding) in buf [kLossRows][n8], a row's loss
+// log(sum exp) + max - logit[label] into row_loss, and with `grad` its gradient
+// g = scale * (softmax - onehot(label)) in place of the logits, then gu[row] = g . items
+// (written) and git += g^T users (added: the chunk's partial, [E][n8]). Everything a row needs
+// stays in L1/L2: the B x N logit matrix is never formed.
+__attribute__((target_clones("avx2", "default"))) void SoftmaxLossRows(
+    const float* users, int64_t e, const float* it, int64_t n, int64_t n8, const float* bias, const bool* exclude,
+    const int64_t* labels, int64_t r0, int64_t r1, float scale, bool grad, double* row_loss, float* gu, float* git,
+    float* buf) {
+  using namespace simd;  // NOLINT
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t r = r0; r < r1; r += kLossRows) {
+    const int64_t rows = std::min(kLossRows, r1 - r);
+    const float* u[kLossRows];
+    for (int64_t q = 0; q < kLossRows; ++q) u[q] = users + std::min(r + q, r1 - 1) * e;  // spare lanes: a copy
+    for (int64_t j0 = 0; j0 < n8; j0 += kW) {
+      V acc[kLossRows];
+      for (int64_t q = 0; q < kLossRows; ++q) acc[q] = Splat(0.f);
+      for (int64_t k = 0; k < e; ++k) {
+        const V iv = Load(it + k * n8 + j0);
+        for (int64_t q = 0; q < kLossRows; ++q) acc[q] = acc[q] + Splat(u[q][k]) * iv;
+      }
+      for (int64_t q = 0; q < kLossRows; ++q) Store(buf + q * n8 + j0, acc[q]);
+    }
+    for (int64_t q = 0; q < rows; ++q) {
+      const int64_t row = r + q;
+      float* l = buf + q * n8;
+      if (bias != nullptr) {
+        for (int64_t j = 0; j < n; ++j) l[j] -= bias[j];
+      }
+      if (exclude != nullptr) {
+        const bool* ex = exclude + row * n;
+        for (int64_t j = 0; j < n; ++j) l[j] = ex[j] ? -inf : l[j];
+      }
+      for (int64_t j = n; j < n8; ++j) l[j] = -inf;
+      const float picked = l[labels[row]];
+      V mv = Splat(-inf);
+      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
+        const V x = Load(l + j0);
+        mv = x > mv ? x : mv;
+      }
+      float m = mv[0];
+      for (int k = 1; k < kW; ++k) m = std::max(m, mv[k]);
+      V sv = Splat(0.f);
+      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
+        const V x = Load(l + j0);
+        const V p = Masked(Exp(x - Splat(m)), x > Splat(-inf));  // excluded: exactly 0
+        Store(l + j0, p);
+        sv = sv + p;
+      }
+      float sum = 0;
+      for (int k = 0; k < kW; ++k) sum += sv[k];
+      row_loss[row] = std::log(static_cast<double>(sum)) + m - picked;
+      if (!grad) continue;
+      const V k = Splat(scale / sum);
+      for (int64_t j0 = 0; j0 < n8; j0 += kW) Store(l + j0, Load(l + j0) * k);
+      l[labels[row]] -= scale;
+    }
+    if (!grad) continue;
+    for (int64_t k = 0; k < e; ++k) {
+      V acc[kLossRows];
+      for (int64_t q = 0; q < kLossRows; ++q) acc[q] = Splat(0.f);
+      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
+        const V iv = Load(it + k * n8 + j0);
+        for (int64_t q = 0; q < kLossRows; ++q) acc[q] = acc[q] + Load(buf + q * n8 + j0) * iv;
+      }
+      for (int64_t q = 0; q < rows; ++q) {
+        float v = 0;
+        for (int lane = 0; lane < kW; ++lane) v += acc[q][lane];
+        gu[(r + q) * e + k] = v;
+      }
+      float* gk = git + k * n8;
+      V uk[kLossRows];
+      for (int64_t q = 0; q < kLossRows; ++q) uk[q] = Splat(q < rows ? u[q][k] : 0.f);
+      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
+        V a = Load(gk + j0);
+        for (int64_t q = 0; q < kLossRows; ++q) a = a + Load(buf + q * n8 + j0) * uk[q];
+        Store(gk + j0, a);
+      }
+    }
+  }
+}
+
+struct LossParts {
+  Tensor loss;    // scalar: the mean over rows
+  Tensor gusers;  // [B, E] d(loss) / d(users); undefined without grad
+  Tensor gitems;  // [N, E]
+};
+
+// The softmax loss and (with `grad`) its gradient, rows split into kLossChunks fixed chunks run
+// in parallel; the chunks' item-gradient partials are added in chunk order, so the result does
+// not depend on the thread count.
+LossParts BlockedSoftmaxLoss(const Tensor& users_in, const Tensor& items, const Tensor& labels_in, const Tensor& bias_in,
+                             const Tensor& exclude_in, bool grad) {
+  const Tensor users = users_in.contiguous(), labels = labels_in.contiguous();
+  const Tensor bias = bias_in.numel() > 0 ? bias_in.contiguous() : Tensor();
+  const Tensor exclude = exclude_in.numel() > 0 ? exclude_in.contiguous() : Tensor();
+  const int64_t b = users.size(0), e = users.size(1), n = items.size(0), n8 = (n + 7) / 8 * 8;
+  TORCH_CHECK(items.size(1) == e && labels.numel() == b, "SoftmaxLoss: shapes");
+  Tensor it = at::zeros({e, n8}, at::kFloat);
+  it.narrow(1, 0, n).copy_(items.t());
+  const int64_t per_chunk = (b + kLossChunks - 1) / kLossChunks, chunks = (b + per_chunk - 1) / per_chunk;
+  std::vector<double> row_loss(static_cast<size_t>(b));
+  LossParts out;
+  Tensor partial;
+  if (grad) {
+    out.gusers = at::empty({b, e}, at::kFloat);
+    partial = at::zeros({chunks, e, n8}, at::kFloat);
+  }
+  const float* up = users.data_ptr<float>();
+  const float* ip = it.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const bool* ep = exclude.defined() ? exclude.data_ptr<bool>() : nullptr;
+  const int64_t* lp = labels.data_ptr<int64_t>();
+  float* gup = grad ? out.gusers.data_ptr<float>() : nullptr;
+  float* pp = grad ? partial.data_ptr<float>() : nullptr;
+  const float scale = 1.f / static_cast<float>(b);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> buf(static_cast<size_t>(kLossRows * n8));
+    for (int64_t c = c0; c < c1; ++c) {
+      SoftmaxLossRows(up, e, ip, n, n8, bp, ep, lp, c * per_chunk, std::min(b, (c + 1) * per_chunk), scale, grad,
+                      row_loss.data(), gup, grad ? pp + c * e * n8 : nullptr, buf.data());
+    }
+  });
+  double sum = 0;
+  for (double v : row_loss) sum += v;
+  out.loss = at::scalar_tensor(sum / static_cast<double>(b), at::kFloat);
+  if (grad) {
+    Tensor git = partial[0];
+    for (int64_t c = 1; c < chunks; ++c) git.add_(partial[c]);
+    out.gitems = git.narrow(1, 0, n).t().contiguous();
+  }
+  return out;
+}
+
+// The loss and its gradient are computed together in forward (the logits never leave cache);
+// backward scales the saved gradient.
 struct SoftmaxLossFunction : public torch::autograd::Function<SoftmaxLossFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& users, const Tensor& items, const Tensor& labels,
                         const Tensor& bias, const Tensor& exclude) {
-    const Tensor items_t = items.t().contiguous();
-    Tensor p = at::mm(users, items_t);  // logits, then probabilities, then the gradient
-    if (bias.numel() > 0) p.sub_(bias.view({1, -1}));
-    if (exclude.numel() > 0) p.masked_fill_(exclude, -std::numeric_limits<float>::infinity());
-    const Tensor lab = labels.view({-1, 1});
-    const Tensor picked = p.gather(1, lab);
-    const Tensor mx = std::get<0>(p.max(1, true));
-    p.sub_(mx).exp_();
-    const Tensor s = p.sum(1, true);
-    p.div_(s);
-    ctx->save_for_backward({users, items, p, labels});
-    return (s.log() + mx - picked).mean();
+    RECORD_FUNCTION("BlockedSoftmaxLoss", std::vector<c10::IValue>());
+    LossParts parts = BlockedSoftmaxLoss(users, items, labels, bias, exclude, true);
+    ctx->save_for_backward({parts.gusers, parts.gitems});
+    return parts.loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &users = saved[0], &items = saved[1], &labels = saved[3];
-    Tensor g = saved[2];
-    const Tensor scale = grad_out[0] / static_cast<double>(g.size(0));
-    g.mul_(scale);
-    g.scatter_add_(1, labels.view({-1, 1}), (-scale).expand({g.size(0), 1}));
-    return {at::mm(g, items), at::mm(g.t(), users), Tensor(), Tensor(), Tensor()};
+    return {saved[0] * grad_out[0], saved[1] * grad_out[0], Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -462,6 +595,11 @@ Tensor SoftmaxCrossEntropy(const Tensor& logits, const Tensor& labels) { return 
 
 Tensor SoftmaxLoss(const Tensor& users, const Tensor& items, const Tensor& labels, const Tensor& bias,
                    const Tensor& exclude) {
+  if (!at::GradMode::is_enabled() || !(users.requires_grad() || items.requires_grad())) {
+    return BlockedSoftmaxLoss(users, items, labels, bias.defined() ? bias : at::empty({0}),
+                              exclude.defined() ? exclude : at::empty({0}, at::kBool), false)
+        .loss;
+  }
   // Custom functions take no undefined tensors: "none" travels as an empty tensor.
   return SoftmaxLossFunction::apply(users, items, labels, bias.defined() ? bias : at::empty({0}, users.options()),
                                     exclude.defined() ? exclude : at::empty({0}, at::kBool));

@@ -990,6 +990,25 @@ TEST(ModelTest, FusedOpsMatchReference) {
   r.backward();
   ExpectClose(u1.grad(), u2.grad(), 1e-5, "softmax loss d users");
   ExpectClose(i1.grad(), i2.grad(), 1e-5, "softmax loss d items");
+
+  // Blocked: several row chunks, a last block of fewer than 4 rows, items not a multiple of 8,
+  // a scaled upstream gradient, and the same loss without grad.
+  {
+    const int64_t b = 37, n = 23, e = 5;
+    const at::Tensor u = at::randn({b, e}, gen, at::kFloat), items = at::randn({n, e}, gen, at::kFloat);
+    const at::Tensor targets = at::randint(0, n, {b}, gen, at::kLong);
+    at::Tensor ua = u.clone().requires_grad_(true), ia = items.clone().requires_grad_(true);
+    at::Tensor ub = u.clone().requires_grad_(true), ib = items.clone().requires_grad_(true);
+    const at::Tensor fa = SoftmaxLoss(ua, ia, targets, at::Tensor(), at::Tensor());
+    const at::Tensor fb = at::cross_entropy_loss(at::mm(ub, ib.t()), targets);
+    ExpectClose(fa, fb, 1e-5, "blocked softmax loss");
+    (fa * 3).backward();
+    (fb * 3).backward();
+    ExpectClose(ua.grad(), ub.grad(), 1e-5, "blocked d users");
+    ExpectClose(ia.grad(), ib.grad(), 1e-5, "blocked d items");
+    at::NoGradGuard no_grad;
+    EXPECT_EQ(SoftmaxLoss(u, items, targets, at::Tensor(), at::Tensor()).item<float>(), fa.item<float>());
+  }
 }
 
 TEST(ModelTest, ForwardBackwardAccumulatesIntoFlatGradients) {
