@@ -46,6 +46,7 @@ struct XentFunction : public torch::autograd::Function<XentFunction> {
 
 constexpr int64_t kLossChunks = 8;  // fixed row chunks of the blocked softmax loss (see SoftmaxLossRows)
 constexpr int64_t kLossRows = 4;    // rows computed together, sharing each load of the item matrix
+constexpr int64_t kBlockedLossMaxDim = 32;  // widest E for the blocked loss (BLAS wins above)
 
 // Rows r0 .. r1 - 1 of the blocked softmax loss. it [E][n8] is the item matrix transposed, its
 // n items padded to n8 (a multiple of 8) with zero columns. kLossRows rows at a time: their
@@ -183,6 +184,35 @@ LossParts BlockedSoftmaxLoss(const Tensor& users_in, const Tensor& items, const 
   }
   return out;
 }
+
+// The softmax loss through the whole B x N logit matrix and BLAS: for wide vectors (E > 32),
+// where the products are compute-bound and BLAS beats the blocked rows.
+struct SoftmaxLossMatrixFunction : public torch::autograd::Function<SoftmaxLossMatrixFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& users, const Tensor& items, const Tensor& labels,
+                        const Tensor& bias, const Tensor& exclude) {
+    const Tensor items_t = items.t().contiguous();
+    Tensor p = at::mm(users, items_t);  // logits, then probabilities, then the gradient
+    if (bias.numel() > 0) p.sub_(bias.view({1, -1}));
+    if (exclude.numel() > 0) p.masked_fill_(exclude, -std::numeric_limits<float>::infinity());
+    const Tensor lab = labels.view({-1, 1});
+    const Tensor picked = p.gather(1, lab);
+    const Tensor mx = std::get<0>(p.max(1, true));
+    p.sub_(mx).exp_();
+    const Tensor s = p.sum(1, true);
+    p.div_(s);
+    ctx->save_for_backward({users, items, p, labels});
+    return (s.log() + mx - picked).mean();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &users = saved[0], &items = saved[1], &labels = saved[3];
+    Tensor g = saved[2];
+    const Tensor scale = grad_out[0] / static_cast<double>(g.size(0));
+    g.mul_(scale);
+    g.scatter_add_(1, labels.view({-1, 1}), (-scale).expand({g.size(0), 1}));
+    return {at::mm(g, items), at::mm(g.t(), users), Tensor(), Tensor(), Tensor()};
+  }
+};
 
 // The loss and its gradient are computed together in forward (the logits never leave cache);
 // backward scales the saved gradient.
@@ -595,6 +625,11 @@ Tensor SoftmaxCrossEntropy(const Tensor& logits, const Tensor& labels) { return 
 
 Tensor SoftmaxLoss(const Tensor& users, const Tensor& items, const Tensor& labels, const Tensor& bias,
                    const Tensor& exclude) {
+  if (users.size(1) > kBlockedLossMaxDim) {
+    return SoftmaxLossMatrixFunction::apply(users, items, labels,
+                                            bias.defined() ? bias : at::empty({0}, users.options()),
+                                            exclude.defined() ? exclude : at::empty({0}, at::kBool));
+  }
   if (!at::GradMode::is_enabled() || !(users.requires_grad() || items.requires_grad())) {
     return BlockedSoftmaxLoss(users, items, labels, bias.defined() ? bias : at::empty({0}),
                               exclude.defined() ? exclude : at::empty({0}, at::kBool), false)

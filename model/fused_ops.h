@@ -3,7 +3,7 @@
 // libtorch 1.13 (Debian build) is slow at this model's shapes:
 //   - softmax cross-entropy over a large candidate set: at::log_softmax is not vectorised in
 //     this build (22 ms for 512 x 3706), and nll_loss's backward zero-fills a fresh B x C
-//     buffer; the fused version uses vectorised amax/exp/sum and one B x C buffer per pass;
+//     buffer; SoftmaxLoss avoids both, and at small E never forms the B x C matrix;
 //   - swish + LayerNorm over channels + mask, applied after every U-Net convolution: with tiny
 //     channel counts (D = 4) at::layer_norm costs ~1.4 ms forward and ~2.5 ms backward per
 //     call on 28k rows; plain loops over rows do it in a fraction of that.
@@ -21,9 +21,13 @@ at::Tensor SoftmaxCrossEntropy(const at::Tensor& logits, const at::Tensor& label
 // The tower loss straight from the vectors: logits = users [B, E] . items [N, E]^T, minus
 // `bias` [N] (the logQ correction; undefined: none), with logits where `exclude` [B, N] (bool;
 // undefined: none) is true removed from the softmax; mean over rows of the cross-entropy with
-// `labels` [B]. One B x N buffer serves the whole forward and backward (ops in place), and the
-// item matrix is transposed to contiguous first: OpenBLAS's NT path with a tiny inner dimension
-// (E = 8) is 25x slower here. Backward may run once (the buffer is reused for the gradient).
+// `labels` [B]. For E <= 32 the B x N logits are never formed: rows are done 4 at a time
+// against the transposed item matrix held in cache, the loss and both gradients in one pass
+// (forward computes the gradient; backward scales it), in 8 fixed row chunks over the intra-op
+// threads, so the bits do not depend on the thread count. Wider vectors go through one B x N
+// buffer and BLAS (the products are then compute-bound), the item matrix transposed to
+// contiguous first (OpenBLAS's NT path with a tiny inner dimension is 25x slower here).
+// Backward may run once.
 at::Tensor SoftmaxLoss(const at::Tensor& users, const at::Tensor& items, const at::Tensor& labels,
                        const at::Tensor& bias, const at::Tensor& exclude);
 

@@ -991,10 +991,12 @@ TEST(ModelTest, FusedOpsMatchReference) {
   ExpectClose(u1.grad(), u2.grad(), 1e-5, "softmax loss d users");
   ExpectClose(i1.grad(), i2.grad(), 1e-5, "softmax loss d items");
 
-  // Blocked: several row chunks, a last block of fewer than 4 rows, items not a multiple of 8,
-  // a scaled upstream gradient, and the same loss without grad.
-  {
-    const int64_t b = 37, n = 23, e = 5;
+  // Blocked (E <= 32): several row chunks, a last block of fewer than 4 rows, items not a
+  // multiple of 8, a scaled upstream gradient, and the same loss without grad; and E = 40, which
+  // takes the B x N matrix path.
+  for (const int64_t e : {5, 40}) {
+    SCOPED_TRACE("E = " + std::to_string(e));
+    const int64_t b = 37, n = 23;
     const at::Tensor u = at::randn({b, e}, gen, at::kFloat), items = at::randn({n, e}, gen, at::kFloat);
     const at::Tensor targets = at::randint(0, n, {b}, gen, at::kLong);
     at::Tensor ua = u.clone().requires_grad_(true), ia = items.clone().requires_grad_(true);
@@ -1007,7 +1009,7 @@ TEST(ModelTest, FusedOpsMatchReference) {
     ExpectClose(ua.grad(), ub.grad(), 1e-5, "blocked d users");
     ExpectClose(ia.grad(), ib.grad(), 1e-5, "blocked d items");
     at::NoGradGuard no_grad;
-    EXPECT_EQ(SoftmaxLoss(u, items, targets, at::Tensor(), at::Tensor()).item<float>(), fa.item<float>());
+    EXPECT_NEAR(SoftmaxLoss(u, items, targets, at::Tensor(), at::Tensor()).item<float>(), fa.item<float>(), 1e-6);
   }
 }
 
