@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -25,7 +26,8 @@ using config::ModelConfig;
 constexpr int64_t kKernelMaxDim = 16;  // largest D for which the U-Net runs in the plain-C++ kernel
 constexpr int64_t kTrainChunk = 16;    // sequences a training-kernel call (a fixed split: see Diffusion::Train)
 
-// What UnetLossFunction needs besides tensors.
+// What UnetLossFunction needs besides tensors. The pointers are the Diffusion's and the model's,
+// which outlive the step's autograd graph.
 struct KernelCall {
   const UnetKernelLayout* layout;
   const float* params;  // the model's flat parameter values
@@ -34,63 +36,114 @@ struct KernelCall {
   UnetLoss loss;
   double scale;    // the loss is scale * sum of per-position losses
   bool want_grad;  // compute the gradient (training under grad mode)
+  bool deferred;   // compute the gradient in backward (see UnetLossFunction)
 };
+
+// Runs UnetKernel::TrainLoss over the batch in fixed chunks of kTrainChunk sequences, in
+// parallel; writes the loss and z0_hat's last position, and with `grad` returns the U-Net's
+// gradient (flat parameter layout), the chunks' partial sums added in chunk order.
+// With `own_thread`, half of the chunks run on a thread of its own and the rest on the caller's,
+// whatever the intra-op setting (the parallel branches' forward, while the branch's thread idles).
+Tensor RunTrainKernel(const KernelCall& call, const Tensor& input, const Tensor& mask, const Tensor& z0, bool grad,
+                      Tensor* loss, Tensor* last, bool own_thread = false) {
+  const int64_t b = input.size(0), w = input.size(1), d = z0.size(2), total = call.total;
+  const int64_t chunks = (b + kTrainChunk - 1) / kTrainChunk;
+  std::vector<double> seq_loss(static_cast<size_t>(b));
+  Tensor z0_last = at::empty({b, d}, at::kFloat);
+  std::vector<float> partial(grad ? static_cast<size_t>(chunks * total) : 0);
+  const float* in = input.data_ptr<float>();
+  const float* mk = mask.data_ptr<float>();
+  const float* tg = z0.data_ptr<float>();
+  float* lp = z0_last.data_ptr<float>();
+  auto run = [&](int64_t begin, int64_t end) {
+    UnetKernel kernel(*call.layout, call.params);
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t s0 = c * kTrainChunk, count = std::min(kTrainChunk, b - s0);
+      kernel.TrainLoss(count, w, in + s0 * w * 2 * d, mk + s0 * w, tg + s0 * w * d, call.loss,
+                       static_cast<float>(call.scale), seq_loss.data() + s0, lp + s0 * d,
+                       grad ? partial.data() + c * total : nullptr);
+    }
+  };
+  if (own_thread && chunks > 1) {
+    std::thread helper(run, chunks / 2, chunks);  // TrainLoss does not throw (only std::bad_alloc)
+    run(0, chunks / 2);
+    helper.join();
+  } else {
+    at::parallel_for(0, chunks, 1, run);
+  }
+  double sum = 0;
+  for (double v : seq_loss) sum += v;
+  if (loss != nullptr) *loss = at::scalar_tensor(sum * call.scale, at::kFloat);
+  if (last != nullptr) *last = z0_last;
+  if (!grad) return Tensor();
+  Tensor flat = at::zeros({total}, at::kFloat);
+  float* fp = flat.data_ptr<float>();
+  for (const ParameterRef& p : *call.unet) {
+    const int64_t off = p.offset(), numel = p.tensor().numel();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* src = partial.data() + c * total + off;
+      for (int64_t i = 0; i < numel; ++i) fp[off + i] += src[i];
+    }
+  }
+  return flat;
+}
 
 // The diffusion loss through UnetKernel::TrainLoss. forward(unet parameters, input [B, w, 2D],
 // mask [B, w], z0 [B, w, D], call) -> {loss (scalar), z0_hat at the last position [B, D] (not
-// differentiable)}. The kernel computes the parameter gradient along with the loss, chunk by
-// chunk in parallel, the chunks' partial sums added in chunk order; backward scales it by the
-// incoming gradient. Only the parameters get a gradient (the inputs are constants: stop-gradient).
+// differentiable)}. Only the parameters get a gradient (the inputs are constants:
+// stop-gradient). Normally the kernel computes the gradient along with the loss in forward and
+// backward scales it by the incoming gradient. Deferred (the model's parallel branches),
+// forward runs the U-Net's forward alone (the towers wait only for x_hat) and backward, on the
+// diffusion branch's thread, runs the whole kernel again: the same chunks, so the same bits.
 struct UnetLossFunction : public torch::autograd::Function<UnetLossFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList unet,
                                                 const Tensor& input, const Tensor& mask, const Tensor& z0,
                                                 const KernelCall& call) {
     RECORD_FUNCTION("UnetTrainKernel", std::vector<c10::IValue>());
-    const int64_t b = input.size(0), w = input.size(1), d = z0.size(2), total = call.total;
-    const int64_t chunks = (b + kTrainChunk - 1) / kTrainChunk;
-    std::vector<double> seq_loss(static_cast<size_t>(b));
-    Tensor last = at::empty({b, d}, at::kFloat);
-    std::vector<float> partial(call.want_grad ? static_cast<size_t>(chunks * total) : 0);
-    const float* in = input.data_ptr<float>();
-    const float* mk = mask.data_ptr<float>();
-    const float* tg = z0.data_ptr<float>();
-    float* lp = last.data_ptr<float>();
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      UnetKernel kernel(*call.layout, call.params);
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t s0 = c * kTrainChunk, count = std::min(kTrainChunk, b - s0);
-        kernel.TrainLoss(count, w, in + s0 * w * 2 * d, mk + s0 * w, tg + s0 * w * d, call.loss,
-                         static_cast<float>(call.scale), seq_loss.data() + s0, lp + s0 * d,
-                         call.want_grad ? partial.data() + c * total : nullptr);
-      }
-    });
-    double sum = 0;
-    for (double v : seq_loss) sum += v;
-    Tensor loss = at::scalar_tensor(sum * call.scale, at::kFloat);
+    (void)unet;
+    Tensor loss, last;
+    const Tensor flat =
+        RunTrainKernel(call, input, mask, z0, call.want_grad && !call.deferred, &loss, &last, call.deferred);
     ctx->mark_non_differentiable({last});
     if (call.want_grad) {
-      Tensor flat = at::zeros({total}, at::kFloat);
-      float* fp = flat.data_ptr<float>();
-      for (const ParameterRef& p : *call.unet) {
-        const int64_t off = p.offset(), numel = p.tensor().numel();
-        for (int64_t c = 0; c < chunks; ++c) {
-          const float* src = partial.data() + c * total + off;
-          for (int64_t i = 0; i < numel; ++i) fp[off + i] += src[i];
-        }
+      // The call's pointers (not owned; see KernelCall) travel as integers.
+      ctx->saved_data["layout"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(call.layout));
+      ctx->saved_data["params"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(call.params));
+      ctx->saved_data["unet"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(call.unet));
+      ctx->saved_data["total"] = call.total;
+      ctx->saved_data["loss"] = static_cast<int64_t>(call.loss);
+      ctx->saved_data["scale"] = call.scale;
+      if (call.deferred) {
+        ctx->save_for_backward({input, mask, z0});
+      } else {
+        ctx->saved_data["flat"] = flat;
       }
-      std::vector<Tensor> grads;
-      for (const ParameterRef& p : *call.unet) grads.push_back(flat.narrow(0, p.offset(), p.tensor().numel()).view(p.tensor().sizes()));
-      ctx->saved_data["grads"] = grads;
     }
-    (void)unet;
     return {loss, last};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
-    const std::vector<Tensor> grads = ctx->saved_data["grads"].toTensorVector();
+    auto& sd = ctx->saved_data;
+    KernelCall call{};
+    call.layout = reinterpret_cast<const UnetKernelLayout*>(static_cast<intptr_t>(sd["layout"].toInt()));
+    call.params = reinterpret_cast<const float*>(static_cast<intptr_t>(sd["params"].toInt()));
+    call.unet = reinterpret_cast<const std::vector<ParameterRef>*>(static_cast<intptr_t>(sd["unet"].toInt()));
+    call.total = sd["total"].toInt();
+    call.loss = static_cast<UnetLoss>(sd["loss"].toInt());
+    call.scale = sd["scale"].toDouble();
+    Tensor flat;
+    if (sd.count("flat") > 0) {
+      flat = sd["flat"].toTensor();
+    } else {
+      RECORD_FUNCTION("UnetTrainKernel (deferred)", std::vector<c10::IValue>());
+      const auto saved = ctx->get_saved_variables();
+      flat = RunTrainKernel(call, saved[0], saved[1], saved[2], true, nullptr, nullptr);
+    }
     torch::autograd::variable_list result;
-    for (const Tensor& g : grads) result.push_back(g * grad_out[0]);
+    for (const ParameterRef& p : *call.unet) {
+      result.push_back(flat.narrow(0, p.offset(), p.tensor().numel()).view(p.tensor().sizes()) * grad_out[0]);
+    }
     for (int i = 0; i < 4; ++i) result.emplace_back();  // input, mask, z0, call
     return result;
   }
@@ -184,7 +237,7 @@ Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& 
 
 absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const Tensor& targets,
                                                         const SequenceMask& mask, uint64_t noise_seed,
-                                                        const TrainNoise* noise) const {
+                                                        const TrainNoise* noise, bool defer_gradient) const {
   const int64_t b = x.size(0), n = x.size(1), w = Window(n);
   // Stop-gradient at the module's inputs (spec section 6).
   const Tensor xd = x.detach();
@@ -234,7 +287,8 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
       want_grad = want_grad && p.tensor().requires_grad();
     }
     const KernelCall call{&kernel_layout_, params_.values().data_ptr<float>(), params_.values().numel(),
-                          &unet_params_, squared ? UnetLoss::kSquared : UnetLoss::kNorm, scale, want_grad};
+                          &unet_params_, squared ? UnetLoss::kSquared : UnetLoss::kNorm, scale, want_grad,
+                          defer_gradient};
     torch::autograd::variable_list outs =
         UnetLossFunction::apply(at::TensorList(unet), input.contiguous(), mw.to(at::kFloat).contiguous(), z0.contiguous(), call);
     out.loss = outs[0];

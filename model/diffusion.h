@@ -63,8 +63,11 @@ class Diffusion {
   // (UnetKernel::TrainLoss) unless noise->force_tensor_ops: per sequence, split over the
   // intra-op threads in fixed chunks of sequences, so the gradient's bits do not depend on the
   // thread count. Its work is done in the forward; backward only scales the saved gradient.
+  // With defer_gradient (the model's parallel branches) forward runs the U-Net's forward alone
+  // and backward runs the whole kernel, so that the towers, which wait for x_hat only, overlap
+  // the U-Net's gradient; the results are bit-identical.
   absl::StatusOr<TrainOutput> Train(const at::Tensor& x, const at::Tensor& targets, const SequenceMask& mask,
-                                    uint64_t noise_seed, const TrainNoise* noise) const;
+                                    uint64_t noise_seed, const TrainNoise* noise, bool defer_gradient = false) const;
 
   // The reverse process from pure noise: x_hat [B, D] averaged over the samples. x [B, n, D],
   // mask [B, n]. With D <= 16 any batch runs the plain-C++ U-Net (model/unet_kernel.h), split

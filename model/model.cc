@@ -316,7 +316,8 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
     out.diffusion_loss = at::zeros({}, at::kFloat);
     if (m.diffusion != nullptr) {
       T2D_ASSIGN_OR_RETURN(Diffusion::TrainOutput diffused,
-                           m.diffusion->Train(x, all.narrow(0, b * n, b), mask, noise_seed, noise));
+                           m.diffusion->Train(x, all.narrow(0, b * n, b), mask, noise_seed, noise,
+                                                              after_diffusion != nullptr));
       out.diffusion_loss = diffused.loss;
       out.x_hat = diffused.x_hat;
     }
