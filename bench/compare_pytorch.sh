@@ -5,7 +5,9 @@
 #   bash bench/compare_pytorch.sh [ROUNDS]     (after scripts/build.sh; needs ../shared/data,
 #                                               ../shared/reference and Debian's python3-torch)
 #   environment: STEPS (200) steps per run at the authors' size; THREADS ("1"; "1 2" adds two
-#   threads); BIG_STEPS (3) steps per run at the industrial size, 0 skips it.
+#   threads); BIG_STEPS (3) steps per run at the industrial size, 0 skips it; MODELS ("t2diff";
+#   "t2diff meanpool nodiff" adds the mean-pooled two-tower and T2Diff without diffusion, the
+#   yardstick's other models, at the authors' size).
 #
 # ML-1M at the authors' size (D = 4: 2 id + 2 tag dims, n = 50, k = 10, batch 512, full softmax
 # over the 3,706 items, e_u = FFN(h_l, h_s)), the same thread count for both. The two alternate,
@@ -23,6 +25,7 @@ rounds=${1:-3}
 steps=${STEPS:-200}
 big_steps=${BIG_STEPS:-3}
 threads_list=${THREADS:-1}
+models=${MODELS:-t2diff}
 t2diff=${BUILD_DIR:-build}/launcher/t2diff
 data=../shared/data/ml-1m/ml-1m_sequences.txt.gz
 ref=../shared/reference/t2diff_ref.py
@@ -40,9 +43,13 @@ pid=
 trap '[ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"' EXIT
 cfg=configs/examples/ml1m.textproto
 
-# ref N D_ID D_TAG BATCH THREADS STEPS -> samples/s of the yardstick's training steps
+# The yardstick's model names and t2diff's model.kind for them.
+declare -A kind_of=([t2diff]=T2DIFF [meanpool]=TWO_TOWER_MEAN [nodiff]=T2DIFF_NO_DIFFUSION)
+model=t2diff
+
+# ref N D_ID D_TAG BATCH THREADS STEPS -> samples/s of the yardstick's training steps ($model)
 ref_rate() {
-  "$py" "$ref" --model t2diff --user_ffn --epochs 1 --no_eval --max_steps "$6" --n "$1" --d_id "$2" --d_tag "$3" \
+  "$py" "$ref" --model "$model" --user_ffn --epochs 1 --no_eval --max_steps "$6" --n "$1" --d_id "$2" --d_tag "$3" \
     --batch "$4" --threads "$5" --out "$work/ref.json" > "$work/ref.log" 2>&1 || { cat "$work/ref.log" >&2; exit 1; }
   "$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["samples_per_s"])' "$work/ref.json"
 }
@@ -54,7 +61,7 @@ t2diff_rate() {
   local sets=(--set "data.dataset_dir=$dir" --set "data.max_seq_len=$1" --set "tables[item_id].dim=$2"
               --set "tables[item_tag].dim=$3" --set "training.batch_size=$4" --set "cluster.torch_threads=$5"
               --set "training.max_steps=$6" --set training.epochs=1 --set training.log_every_steps=1000000
-              --set "training.output_dir=$out")
+              --set "training.output_dir=$out" --set "model.kind=${kind_of[$model]}")
   [ -d "$dir" ] || "$t2diff" prepare -c "$cfg" "${sets[@]:0:4}" > "$work/prepare.log" 2>&1 \
     || { cat "$work/prepare.log" >&2; exit 1; }
   rm -rf "$out"
@@ -94,10 +101,19 @@ compare() {
   fi
 }
 
-for th in $threads_list; do
-  target=; [ "$th" = 1 ] && target=3
-  compare "T2Diff, authors' size (ML-1M, D=4 n=50 k=10 B=512, full softmax over 3706 items)" 50 2 2 512 "$th" "$steps" "$target"
+declare -A label_of=([t2diff]="T2Diff" [meanpool]="Mean-pooled two-tower" [nodiff]="T2Diff without diffusion")
+for model in $models; do
+  [ -n "${kind_of[$model]:-}" ] || { echo "compare_pytorch: unknown model $model (t2diff, meanpool, nodiff)" >&2; exit 2; }
+  for th in $threads_list; do
+    target=
+    if [ "$th" = 1 ]; then
+      case $model in t2diff) target=3 ;; meanpool) target=2 ;; esac
+    fi
+    compare "${label_of[$model]}, authors' size (ML-1M, D=4 n=50 k=10 B=512, full softmax over 3706 items)" 50 2 2 512 \
+      "$th" "$steps" "$target"
+  done
 done
+model=t2diff
 if [ "$big_steps" -gt 0 ]; then
   for th in $threads_list; do
     compare "T2Diff, industrial size as the reference runs it (ML-1M, D=64 n=200 B=1024, full softmax over 3706 items, not 4096 sampled negatives)" \

@@ -50,12 +50,14 @@ constexpr int64_t kBlockedLossMaxDim = 32;  // widest E for the blocked loss (BL
 
 // Rows r0 .. r1 - 1 of the blocked softmax loss. it [E][n8] is the item matrix transposed, its
 // n items padded to n8 (a multiple of 8) with zero columns. kLossRows rows at a time: their
-// logits (minus bias, -inf where excluded or padding) in buf [kLossRows][n8], a row's loss
-// log(sum exp) + max - logit[label] into row_loss, and with `grad` its gradient
-// g = scale * (softmax - onehot(label)) in place of the logits, then gu[row] = g . items
-// (written) and git += g^T users (added: the chunk's partial, [E][n8]). Everything a row needs
-// stays in L1/L2: the B x N logit matrix is never formed.
-__attribute__((target_clones("avx2", "default"))) void SoftmaxLossRows(
+// logits (minus bias, -inf where excluded or padding) in buf [kLossRows][n8], then exp(logit -
+// max) in place, a row's loss log(sum exp) + max - logit[label] into row_loss, and with `grad`
+// the products of its gradient g = scale * (softmax - onehot(label)) (the normalisation and the
+// label folded into the products, not applied to buf): gu[row] = g . items (written) and
+// git += g^T users (added: the chunk's partial, [E][n8]). Everything a row needs stays in
+// L1/L2: the B x N logit matrix is never formed. The x86-64-v3 clone (AVX2 + FMA) contracts
+// multiply-adds: the loss need not give the same bits on every machine.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void SoftmaxLossRows(
     const float* users, int64_t e, const float* it, int64_t n, int64_t n8, const float* bias, const bool* exclude,
     const int64_t* labels, int64_t r0, int64_t r1, float scale, bool grad, double* row_loss, float* gu, float* git,
     float* buf) {
@@ -74,6 +76,7 @@ __attribute__((target_clones("avx2", "default"))) void SoftmaxLossRows(
       }
       for (int64_t q = 0; q < kLossRows; ++q) Store(buf + q * n8 + j0, acc[q]);
     }
+    float norm[kLossRows] = {};
     for (int64_t q = 0; q < rows; ++q) {
       const int64_t row = r + q;
       float* l = buf + q * n8;
@@ -103,10 +106,7 @@ __attribute__((target_clones("avx2", "default"))) void SoftmaxLossRows(
       float sum = 0;
       for (int k = 0; k < kW; ++k) sum += sv[k];
       row_loss[row] = std::log(static_cast<double>(sum)) + m - picked;
-      if (!grad) continue;
-      const V k = Splat(scale / sum);
-      for (int64_t j0 = 0; j0 < n8; j0 += kW) Store(l + j0, Load(l + j0) * k);
-      l[labels[row]] -= scale;
+      norm[q] = scale / sum;  // g = norm * p - scale * onehot(label), applied below without a pass
     }
     if (!grad) continue;
     for (int64_t k = 0; k < e; ++k) {
@@ -119,16 +119,17 @@ __attribute__((target_clones("avx2", "default"))) void SoftmaxLossRows(
       for (int64_t q = 0; q < rows; ++q) {
         float v = 0;
         for (int lane = 0; lane < kW; ++lane) v += acc[q][lane];
-        gu[(r + q) * e + k] = v;
+        gu[(r + q) * e + k] = norm[q] * v - scale * it[k * n8 + labels[r + q]];
       }
       float* gk = git + k * n8;
       V uk[kLossRows];
-      for (int64_t q = 0; q < kLossRows; ++q) uk[q] = Splat(q < rows ? u[q][k] : 0.f);
+      for (int64_t q = 0; q < kLossRows; ++q) uk[q] = Splat(q < rows ? norm[q] * u[q][k] : 0.f);
       for (int64_t j0 = 0; j0 < n8; j0 += kW) {
         V a = Load(gk + j0);
         for (int64_t q = 0; q < kLossRows; ++q) a = a + Load(buf + q * n8 + j0) * uk[q];
         Store(gk + j0, a);
       }
+      for (int64_t q = 0; q < rows; ++q) gk[labels[r + q]] -= scale * u[q][k];
     }
   }
 }

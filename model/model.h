@@ -126,7 +126,9 @@ class Model {
   // as soon as its forward is done, beside the towers' forward and backward. The diffusion
   // module sees its inputs detached and gives the towers a detached token, so the two backward
   // graphs share no node and no gradient memory: the gradients are bit for bit those of the
-  // single-threaded step. Meant for two cores with one intra-op thread each
+  // single-threaded step. With the plain-C++ U-Net (D <= 16) the diffusion forward computes
+  // x_hat alone (on both threads) and the U-Net's whole gradient pass runs on the second thread
+  // (Diffusion::Train, defer_gradient). Meant for two cores with one intra-op thread each
   // (at::set_num_threads(1)), where the small ops of the authors' size gain nothing from
   // intra-op threads.
   absl::StatusOr<Losses> ForwardBackward(const Batch& batch, const Rows& rows, const Candidates& candidates,
