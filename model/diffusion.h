@@ -59,7 +59,8 @@ class Diffusion {
   // model.guidance_drop_fraction zeroes the condition of some samples; with
   // model.train_generated_token_fraction some samples' x_hat comes from Generate (from pure
   // noise) instead; both draw from their own generator seeded from noise_seed.
-  // With D <= 16 the U-Net's forward and backward run in the plain-C++ kernel
+  // With D <= 16 and a U-Net no wider than 8 channels at level 0 (model.unet_channels, else D)
+  // the U-Net's forward and backward run in the plain-C++ kernel
   // (UnetKernel::TrainLoss) unless noise->force_tensor_ops: per sequence, split over the
   // intra-op threads in fixed chunks of sequences, so the gradient's bits do not depend on the
   // thread count. Its work is done in the forward; backward only scales the saved gradient.
