@@ -7,7 +7,10 @@
 #   environment: STEPS (200) steps per run at the authors' size; THREADS ("1"; "1 2" adds two
 #   threads); BIG_STEPS (3) steps per run at the industrial size, 0 skips it; MODELS ("t2diff";
 #   "t2diff meanpool nodiff" adds the mean-pooled two-tower and T2Diff without diffusion, the
-#   yardstick's other models, at the authors' size).
+#   yardstick's other models, at the authors' size); EVAL_ROUNDS (0) rounds of the evaluation
+#   comparison: T2Diff at D = 16 (8 id + 8 tag dims) after 10 training steps, full-catalogue
+#   ranking with all 50 reverse steps, users/s of the yardstick's timed test evaluation against
+#   `t2diff eval` (both splits, the command's wall time including the checkpoint load).
 #
 # ML-1M at the authors' size (D = 4: 2 id + 2 tag dims, n = 50, k = 10, batch 512, full softmax
 # over the 3,706 items, e_u = FFN(h_l, h_s)), the same thread count for both. The two alternate,
@@ -25,7 +28,7 @@ rounds=${1:-3}
 steps=${STEPS:-200}
 big_steps=${BIG_STEPS:-3}
 threads_list=${THREADS:-1}
-models=${MODELS:-t2diff}
+models=${MODELS-t2diff}  # empty: no training comparison
 t2diff=${BUILD_DIR:-build}/launcher/t2diff
 data=../shared/data/ml-1m/ml-1m_sequences.txt.gz
 ref=../shared/reference/t2diff_ref.py
@@ -82,6 +85,30 @@ t2diff_rate() {
   sed -n 's/.*"samples_per_s": *\([0-9.e+]*\).*/\1/p' <<< "$rec"
 }
 
+# eval_rates THREADS -> "REF T2DIFF" users/s of evaluation (T2Diff, D = 16, n = 50)
+eval_rates() {
+  "$py" "$ref" --model t2diff --user_ffn --epochs 1 --max_steps 10 --n 50 --d_id 8 --d_tag 8 --batch 512 \
+    --threads "$1" --out "$work/ref_eval.json" > "$work/ref.log" 2>&1 || { cat "$work/ref.log" >&2; exit 1; }
+  local r
+  r=$("$py" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["n_test"] / d["test_eval_s"])' "$work/ref_eval.json")
+  local dir="$work/data-eval" out="$work/out-eval"
+  local sets=(--set "data.dataset_dir=$dir" --set data.max_seq_len=50 --set "tables[item_id].dim=8"
+              --set "tables[item_tag].dim=8" --set "cluster.torch_threads=$1" --set "training.output_dir=$out"
+              --set "checkpoint.dir=$out/ckpt" --set model.kind=T2DIFF)
+  [ -d "$dir" ] || "$t2diff" prepare -c "$cfg" "${sets[@]:0:8}" > "$work/prepare.log" 2>&1 \
+    || { cat "$work/prepare.log" >&2; exit 1; }
+  rm -rf "$out"
+  "$t2diff" train -c "$cfg" "${sets[@]}" --set training.max_steps=10 --set training.epochs=1 \
+    --set training.batch_size=512 > "$work/t2diff.log" 2>&1 || { cat "$work/t2diff.log" >&2; exit 1; }
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$t2diff" eval -c "$cfg" "${sets[@]}" > "$work/eval.log" 2>&1 || { cat "$work/eval.log" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  local users
+  users=$(sed -n 's/^\(valid\|test\) (\([0-9]*\) samples).*/\2/p' "$work/eval.log" | awk '{ s += $1 } END { print s }')
+  echo "$r $(awk -v u="$users" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", u / (b - a) }')"
+}
+
 # compare LABEL N D_ID D_TAG BATCH THREADS STEPS TARGET: ROUNDS alternating rounds and their median ratio
 compare() {
   echo "$1, $6 thread(s), $7 steps per run:"
@@ -119,4 +146,16 @@ if [ "$big_steps" -gt 0 ]; then
     compare "T2Diff, industrial size as the reference runs it (ML-1M, D=64 n=200 B=1024, full softmax over 3706 items, not 4096 sampled negatives)" \
       200 32 32 1024 "$th" "$big_steps" ""
   done
+fi
+eval_rounds=${EVAL_ROUNDS:-0}
+if [ "$eval_rounds" -gt 0 ]; then
+  echo "T2Diff evaluation (ML-1M, D=16 n=50, all 50 reverse steps, full-catalogue ranking), 1 thread(s):"
+  ratios=()
+  for ((i = 1; i <= eval_rounds; i++)); do
+    read -r r t <<< "$(eval_rates 1)"
+    ratios+=("$(awk -v r="$r" -v t="$t" 'BEGIN { printf "%.3f", t / r }')")
+    printf '  round %d: PyTorch reference %8.1f users/s, t2diff %8.1f users/s, ratio %.2fx\n' "$i" "$r" "$t" "${ratios[-1]}"
+  done
+  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  awk -v m="$median" 'BEGIN { printf "  median ratio %.2fx (target >= 2x: %s)\n", m, (m >= 2) ? "met" : "missed" }'
 fi
