@@ -1,9 +1,13 @@
 #pragma once
 // A plain-C++ evaluation of the model's U-Net (the same function as the tensor version in
 // diffusion.cc, docs/model.md), used by the reverse process at inference (serving and
-// evaluation, any batch size, D <= kKernelMaxDim). With tensor ops each of the T reverse steps is
-// ~90 tiny ops whose per-op overhead dominates; the kernel runs one sequence at a time, with the
-// weights hot in cache, vectorised over 8 positions of the sequence.
+// evaluation, any batch size, D <= kKernelMaxDim) and, with its backward pass, by training
+// (TrainLoss; narrow U-Nets only, see Diffusion::Train). With tensor ops each of the T reverse
+// steps is ~90 tiny ops whose per-op overhead dominates, and a training step's U-Net ~300; the
+// kernel runs one sequence at a time, with the weights hot in cache, vectorised over 8 positions
+// of the sequence. Training accumulates each weight's gradient in 8 lanes (one per position of
+// a vector) and sums them at the end of a call, so a call's gradient depends on its sequences
+// only.
 //
 // Determinism: every output value of a sequence is computed by the same sequence of IEEE float
 // operations whatever the other sequences of the call are (no cross-sequence arithmetic), so a
