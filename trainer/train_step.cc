@@ -33,9 +33,17 @@ TrainStep::TrainStep(const RunContext* context, model::Model* model, model::Dens
     : ctx_(*context), model_(model), optimizer_(optimizer), builder_(builder), fetcher_(fetcher) {}
 
 absl::Status TrainStep::Prepare(const data::SampleBatch& batch, int64_t at, Prepared* p) {
+  T2D_RETURN_IF_ERROR(Build(batch, at, p));
+  return Request(p);
+}
+
+absl::Status TrainStep::Build(const data::SampleBatch& batch, int64_t at, Prepared* p) {
   p->seed = HashCombine(ctx_.cfg().training().seed(),
                         HashCombine(static_cast<uint64_t>(at), static_cast<uint64_t>(ctx_.rank)));
-  T2D_RETURN_IF_ERROR(builder_->BuildTraining(batch, p->seed, &p->in));
+  return builder_->BuildTraining(batch, p->seed, &p->in);
+}
+
+absl::Status TrainStep::Request(Prepared* p) {
   T2D_ASSIGN_OR_RETURN(p->rows, fetcher_->Request(p->in));
   return absl::OkStatus();
 }

@@ -14,7 +14,7 @@
 // is a pure function of its config and world size and a resumed run needs no RNG state.
 //
 // Ownership: every pointer passed in is not owned and must outlive the step.
-// Thread-safety: not thread-safe; one thread drives a worker.
+// Thread-safety: not thread-safe; one thread drives a worker (Build excepted, see there).
 // Errors: absl::Status; collective calls fail with the communicator's error (a dead or silent
 // worker), the model's errors come back as Internal.
 
@@ -51,8 +51,13 @@ class TrainStep {
   TrainStep(const RunContext* context, model::Model* model, model::DenseAdam* optimizer, model::StepBuilder* builder,
             RowFetcher* fetcher);
 
-  // Builds the input of global step `at` from `batch` and requests its rows.
+  // Builds the input of global step `at` from `batch` and requests its rows: Build, then Request.
   absl::Status Prepare(const data::SampleBatch& batch, int64_t at, Prepared* prepared);
+  // The input alone. It uses the step builder and nothing else, so ONE other thread may run it
+  // while Run trains the previous step (the trainer builds the next batch that way).
+  absl::Status Build(const data::SampleBatch& batch, int64_t at, Prepared* prepared);
+  // Requests the rows of a built input (in sync mode only after the previous step's pushes).
+  absl::Status Request(Prepared* prepared);
 
   // Trains step `step` (0-based) of `total_steps` on a prepared input.
   absl::StatusOr<Result> Run(Prepared& prepared, int64_t step, int64_t total_steps);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -187,18 +188,45 @@ absl::StatusOr<TrainResult> Trainer::Train() {
     std::swap(current, next);
     have_next = false;
     cursor_before_prefetch.reset();
-    if (t.prefetch && st.step + 1 < total_steps) {
-      // Request the following batch's rows now; they arrive while this step computes.
+    // The next batch is read and built while this step trains: on a helper thread in sync
+    // mode, whose rows are requested only after this step's pushes (the consistency contract);
+    // in async mode here, its rows requested at once (they arrive while this step computes).
+    // The helper touches only the reader, batch_data, `next` and the step builder, none of which
+    // the step uses; it is joined (`building`'s destructor at the latest) before anything reads
+    // them, the checkpoint's cursor included.
+    std::future<absl::StatusOr<bool>> building;
+    if (st.step + 1 < total_steps) {
       cursor_before_prefetch = t.reader->cursor();
-      T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
-      if (more) {
-        T2D_RETURN_IF_ERROR(t.stepper->Prepare(batch_data, st.step + 1, &next));
+      const int64_t at = st.step + 1;
+      if (t.prefetch) {
+        T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
+        if (more) {
+          T2D_RETURN_IF_ERROR(t.stepper->Prepare(batch_data, at, &next));
+          have_next = true;
+        } else {
+          cursor_before_prefetch.reset();
+        }
+      } else {
+        building = std::async(std::launch::async, [&t, &batch_data, &next, at]() -> absl::StatusOr<bool> {
+          T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
+          if (more) T2D_RETURN_IF_ERROR(t.stepper->Build(batch_data, at, &next));
+          return more;
+        });
+      }
+    }
+    absl::StatusOr<TrainStep::Result> ran = t.stepper->Run(current, st.step, schedule_steps);
+    if (building.valid()) {
+      absl::StatusOr<bool> more = building.get();
+      if (!ran.ok()) return ran.status();
+      if (!more.ok()) return more.status();
+      if (*more) {
+        T2D_RETURN_IF_ERROR(t.stepper->Request(&next));
         have_next = true;
       } else {
         cursor_before_prefetch.reset();
       }
     }
-    T2D_ASSIGN_OR_RETURN(TrainStep::Result r, t.stepper->Run(current, st.step, schedule_steps));
+    T2D_ASSIGN_OR_RETURN(TrainStep::Result r, std::move(ran));
     if (r.skipped) ++st.skipped_steps;
     ++st.step;
     const int every = cfg.training().replica_check_steps();
