@@ -26,8 +26,9 @@ using config::ModelConfig;
 constexpr int64_t kKernelMaxDim = 16;  // largest D for which the U-Net runs in the plain-C++ kernel
 constexpr int64_t kTrainChunk = 16;    // sequences a training-kernel call (a fixed split: see Diffusion::Train)
 // Widest level-0 U-Net width trained by the kernel. Wider U-Nets (their deepest level has 8x the
-// channels) are faster through BLAS: at D = 16 the tensor path trained ML-1M 1.3-1.5x faster,
-// at D = 8 the kernel 1.04-1.11x faster (t2diff train, 20-40 steps, same run).
+// channels) are faster through BLAS: in a hand A/B of two builds differing only in this limit
+// (t2diff train on ML-1M, 20-40 steps, alternating), the tensor path trained D = 16 1.3-1.5x
+// faster, and the kernel D = 8 1.04-1.11x faster.
 constexpr int64_t kTrainKernelMaxChannels = 8;
 
 // What UnetLossFunction needs besides tensors. The pointers are the Diffusion's and the model's,
