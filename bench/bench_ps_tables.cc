@@ -3,7 +3,8 @@
 //   mpirun --allow-run-as-root --oversubscribe --bind-to none -np 6 build/bench/bench_ps_tables
 //       --servers=4 --user_rows=100000000 --item_rows=1000000 --checkpoint=/tmp/t2d-tables
 //   mpirun ... -np 6 build/bench/bench_ps_tables --servers=4 --user_rows=... --load=/tmp/t2d-tables
-// Two tables, both row-wise Adagrad: "user" (dim 16) and "item" (dim 64). Phases:
+// Two tables, both row-wise Adagrad: "user_id" (dim 16) and "item_id" (dim 64), named as a job's
+// tables so that a job can warm-start from the saved shard set (`init_from`). Phases:
 //   1. in-process baseline (first worker, while the servers are empty): one LocalEmbeddingStore
 //      with the same tables, every row stored by bulk ApplyGradients, then Zipf batches of
 //      distinct ids looked up and updated; its resident memory per row; then freed;
@@ -65,9 +66,9 @@ absl::Time Later() { return absl::Now() + absl::Hours(2); }
 
 std::vector<config::TableConfig> Tables(const Flags& f) {
   std::vector<config::TableConfig> tables(2);
-  tables[0].set_name("user");
+  tables[0].set_name("user_id");
   tables[0].set_dim(f.user_dim);
-  tables[1].set_name("item");
+  tables[1].set_name("item_id");
   tables[1].set_dim(f.item_dim);
   for (auto& t : tables) {
     t.mutable_optimizer()->set_kind(config::SparseOptimizerConfig::ROWWISE_ADAGRAD);

@@ -105,6 +105,10 @@ class EmbeddingStore {
   virtual absl::Status Save(const std::string& dir) = 0;
   // Replaces the contents of every table with the shard files in `dir` (any number of shards).
   virtual absl::Status Load(const std::string& dir) = 0;
+  // Replaces the contents of `table` alone with its shard files in `dir` (found by the table's
+  // name; any number of shards), leaving the other tables as they are. Errors as Load, and
+  // InvalidArgument for a bad table index; a failed load leaves the table as it was.
+  virtual absl::Status LoadTable(int table, const std::string& dir) = 0;
 };
 
 }  // namespace t2d::embedding

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "embedding/shard_file.h"
 
 namespace t2d::embedding {
@@ -91,16 +92,21 @@ absl::Status LocalEmbeddingStore::Save(const std::string& dir) {
 }
 
 absl::Status LocalEmbeddingStore::Load(const std::string& dir) {
-  for (auto& e : tables_) {
-    std::lock_guard<std::shared_mutex> lock(e->mu);
-    auto files = FindShardFiles(dir, e->table->spec().name());
-    if (!files.ok()) return files.status();
-    // Load into a fresh table so a failed load leaves the current contents intact.
-    auto fresh = EmbeddingTable::Create(e->table->spec());
-    if (!fresh.ok()) return fresh.status();
-    if (auto s = LoadShardFiles(*files, shard_index_, num_shards_, fresh->get()); !s.ok()) return s;
-    e->table = *std::move(fresh);
-  }
+  for (int t = 0; t < num_tables(); ++t) T2D_RETURN_IF_ERROR(LoadTable(t, dir));
+  return absl::OkStatus();
+}
+
+absl::Status LocalEmbeddingStore::LoadTable(int table, const std::string& dir) {
+  if (auto s = CheckTable(table); !s.ok()) return s;
+  auto& e = tables_[static_cast<size_t>(table)];
+  std::lock_guard<std::shared_mutex> lock(e->mu);
+  auto files = FindShardFiles(dir, e->table->spec().name());
+  if (!files.ok()) return files.status();
+  // Load into a fresh table so a failed load leaves the current contents intact.
+  auto fresh = EmbeddingTable::Create(e->table->spec());
+  if (!fresh.ok()) return fresh.status();
+  if (auto s = LoadShardFiles(*files, shard_index_, num_shards_, fresh->get()); !s.ok()) return s;
+  e->table = *std::move(fresh);
   return absl::OkStatus();
 }
 

@@ -38,6 +38,7 @@ class LocalEmbeddingStore : public EmbeddingStore {
   // Files are named ShardFileName(table, shard_index, num_shards).
   absl::Status Save(const std::string& dir) override;
   absl::Status Load(const std::string& dir) override;
+  absl::Status LoadTable(int table, const std::string& dir) override;
 
   int shard_index() const { return shard_index_; }
   int num_shards() const { return num_shards_; }

@@ -291,12 +291,14 @@ absl::Status RemoteEmbeddingStore::Flush() {
 }
 
 absl::StatusOr<std::vector<RemoteEmbeddingStore::Reply>> RemoteEmbeddingStore::Broadcast(Header::Type type,
-                                                                                          const std::string& path) {
+                                                                                          const std::string& path,
+                                                                                          int table) {
   T2D_RETURN_IF_ERROR(broken_);
   std::vector<uint64_t> ids;
   for (int s = 0; s < options_.roles.num_servers; ++s) {
     Header h = NewRequest(type);
     if (!path.empty()) h.set_path(path);
+    if (table >= 0) h.set_table(table);
     T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, EncodeFrame(h)));
     ids.push_back(h.request_id());
   }
@@ -360,6 +362,14 @@ absl::Status RemoteEmbeddingStore::Save(const std::string& dir) {
 absl::Status RemoteEmbeddingStore::Load(const std::string& dir) {
   if (dir.empty()) return absl::InvalidArgumentError("load: empty folder name");
   return Broadcast(Header::LOAD, dir).status();
+}
+
+absl::Status RemoteEmbeddingStore::LoadTable(int table, const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("load: empty folder name");
+  if (table < 0 || table >= num_tables()) {
+    return absl::InvalidArgumentError(absl::StrCat("load: no table with index ", table, " (", num_tables(), " tables)"));
+  }
+  return Broadcast(Header::LOAD, dir, table).status();
 }
 
 absl::Status RemoteEmbeddingStore::Shutdown() {

@@ -19,8 +19,8 @@
 //
 // Collective calls: in sync mode every worker must call ApplyGradients for a table the same
 // number of times (one call = one round = one optimizer step on the servers). Stats and Save
-// are normally called by one worker at a step boundary; Load by one worker while the others
-// wait (a barrier), before any push of the run.
+// are normally called by one worker at a step boundary; Load and LoadTable by one worker while
+// the others wait (a barrier), before any push of the run.
 //
 // Prefetch:
 //   auto next = store.Pull(table, next_ids);     // request goes out now
@@ -71,6 +71,7 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   absl::StatusOr<std::vector<embedding::TableStats>> Stats() override;
   absl::Status Save(const std::string& dir) override;
   absl::Status Load(const std::string& dir) override;
+  absl::Status LoadTable(int table, const std::string& dir) override;
 
   // Waits for every outstanding push acknowledgement (async mode keeps some).
   absl::Status Flush();
@@ -108,7 +109,8 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   // Takes the reply of `request_id` (REQUIRES it was awaited) and returns its status.
   absl::StatusOr<Reply> TakeReply(uint64_t request_id);
   // Sends a payload-less request of `type` to every server and awaits the replies.
-  absl::StatusOr<std::vector<Reply>> Broadcast(Header::Type type, const std::string& path);
+  // `table` >= 0 is set in every request's header (LOAD of one table).
+  absl::StatusOr<std::vector<Reply>> Broadcast(Header::Type type, const std::string& path, int table = -1);
   absl::Status CheckTable(int table) const;
   absl::Status WaitOldestPushRound();
 

@@ -150,6 +150,10 @@ absl::Status ShardServer::Validate(int worker, const Frame& f, std::vector<int64
     case Header::SAVE:
     case Header::LOAD:
       if (h.path().empty()) return absl::InvalidArgumentError(absl::StrCat(TypeName(h.type()), " without a path"));
+      if (h.type() == Header::LOAD && h.has_table() && (h.table() < 0 || h.table() >= store_->num_tables())) {
+        return absl::InvalidArgumentError(absl::StrCat("LOAD of table index ", h.table(), ", which does not exist (",
+                                                       store_->num_tables(), " tables)"));
+      }
       return absl::OkStatus();
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown request type ", static_cast<int>(h.type())));
@@ -424,9 +428,10 @@ absl::Status ShardServer::Execute(int src, const Header& h, std::vector<int64_t>
           return ReplyError(src, h, absl::FailedPreconditionError("LOAD while sync push rounds are still incomplete"));
         }
       }
-      absl::Status s = store_->Load(h.path());
+      absl::Status s = h.has_table() ? store_->LoadTable(h.table(), h.path()) : store_->Load(h.path());
       if (!s.ok()) return ReplyError(src, h, s);
-      LOG(INFO) << "loaded shard " << shard_ << " from " << h.path();
+      LOG(INFO) << "loaded shard " << shard_ << (h.has_table() ? absl::StrCat(" of table ", h.table()) : "") << " from "
+                << h.path();
       return SendReply(src, EncodeFrame(ReplyHeader(h, s)));
     }
     case Header::SHUTDOWN:

@@ -116,6 +116,7 @@ config::JobConfig RunDefiningConfig(const config::JobConfig& job) {
   c.clear_eval();
   c.clear_checkpoint();
   c.clear_serving();
+  for (auto& table : *c.mutable_tables()) table.clear_init_from();
   auto* t = c.mutable_training();
   t->clear_epochs();
   t->clear_max_steps();

@@ -146,6 +146,21 @@ absl::Status RunState::CheckFreshStart() const {
   return dir.empty() ? absl::OkStatus() : CheckNoCheckpoints(dir);
 }
 
+absl::Status RunState::InitTables() {
+  const auto& tables = ctx_.cfg().tables();
+  for (int t = 0; t < tables.size(); ++t) {
+    const std::string& dir = tables[t].init_from();
+    if (dir.empty() || ctx_.rank != 0) continue;
+    const auto start = std::chrono::steady_clock::now();
+    if (absl::Status s = ctx_.store->LoadTable(t, dir); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("tables[", t, "] (\"", tables[t].name(), "\").init_from: ", s.message()));
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    LOG(INFO) << "table " << tables[t].name() << " warm-started from " << dir << absl::StrFormat(" in %.1f s", seconds);
+  }
+  return ctx_.workers->Barrier(ctx_.Deadline());
+}
+
 absl::StatusOr<bool> RunState::Resume(data::SampleReader* reader) {
   const std::string& dir = ctx_.cfg().checkpoint().dir();
   if (dir.empty()) return absl::FailedPreconditionError("no checkpoint.dir to load a checkpoint from");

@@ -57,6 +57,10 @@ class RunState {
   // holds checkpoints, so that a fresh run never overwrites or prunes another run's.
   absl::Status CheckFreshStart() const;
 
+  // Collective, for a run that starts fresh: fills every table that names a folder in
+  // `init_from` from that folder (the warm start). Errors name the table and the field.
+  absl::Status InitTables();
+
   // The evaluation history as stored, and back (DataLoss when it does not match eval.k).
   EvalHistory History() const;
   absl::Status SetHistory(const EvalHistory& history, const std::string& where);

@@ -144,11 +144,13 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   const auto& cfg = t.cfg();
   const RunContext& ctx = t.ctx;
   RunState& st = *t.state;
+  bool resumed = false;
   if (t.tc.resume) {
-    T2D_RETURN_IF_ERROR(st.Resume(t.reader.get()).status());
+    T2D_ASSIGN_OR_RETURN(resumed, st.Resume(t.reader.get()));
   } else {
     T2D_RETURN_IF_ERROR(st.CheckFreshStart());
   }
+  if (!resumed) T2D_RETURN_IF_ERROR(st.InitTables());
   // Opened only now, so that a refused start leaves the previous run's metrics as they were.
   if (ctx.rank == 0) {
     T2D_ASSIGN_OR_RETURN(t.report, RunReport::Open(t.tc.output_dir, t.tc.resume));

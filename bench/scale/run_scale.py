@@ -12,7 +12,9 @@ sittings):
   tables     4 parameter servers + 2 workers holding a user table (dim 16) and an item table
              (dim 64), both row-wise Adagrad: memory per server and table against
              rows x (payload + state) x 1.15 + 32 B/row, pull and push against the in-process
-             table, save and load of the shard set (bench_ps_tables, two runs).
+             table, save and load of the shard set (bench_ps_tables, two runs); between them a
+             training job against the filled tables, warm-started from the saved shard set
+             (t2diff launch, 4 servers + 2 workers, D = 64).
   catalogue  a synthetic catalogue with a user-id table: generate, train with sampled softmax on
              2 servers + 2 workers, then distributed evaluation of a sample of test users against
              the whole catalogue, exact and through an IVF index (t2diff).
@@ -43,7 +45,7 @@ PARTS = ["tables", "catalogue", "stream", "prepare", "hosts", "model"]
 # Sizes: full, and the quick mode's 1/100 (about).
 SIZES = {
     "full": {
-        "tables": {"user_rows": 100_000_000, "item_rows": 1_000_000},
+        "tables": {"user_rows": 100_000_000, "item_rows": 1_000_000, "train_users": 1_000_000, "train_steps": 200},
         "catalogue": {"users": 1_000_000, "items": 1_000_000, "steps": 300, "eval_users": 10_000},
         # 10^8 and 10^9 interactions (about 2 and 21 GB of deflated shards).
         "stream": {"users": [2_500_000, 25_000_000], "seq_len": 40, "train_steps": 200},
@@ -51,7 +53,7 @@ SIZES = {
         "hosts": {"iterations": 300},
     },
     "quick": {
-        "tables": {"user_rows": 1_000_000, "item_rows": 10_000},
+        "tables": {"user_rows": 1_000_000, "item_rows": 10_000, "train_users": 10_000, "train_steps": 40},
         "catalogue": {"users": 10_000, "items": 10_000, "steps": 60, "eval_users": 1_000},
         "stream": {"users": [25_000, 250_000], "seq_len": 40, "train_steps": 50},
         # The sort buffer and the sample files' chunks are scaled down with the log, so that both
@@ -149,15 +151,64 @@ def part_tables(args, size, work):
     log("tables: fill %d user + %d item rows on 4 servers, then save" % (size["user_rows"], size["item_rows"]))
     _, _, text = checked(cmd + ["--checkpoint=" + ckpt], os.path.join(work, "tables-fill.log"), 3 * 3600, "tables (fill)")
     fill = json_line(text, "bench_ps_tables")
+    train = part_tables_train(args, size, work, ckpt)
     log("tables: load the shard set into 4 fresh servers")
     # The in-process baseline again: pull rates on this machine vary between runs, so the ratio is
     # measured in both jobs.
     _, _, text = checked(cmd + ["--load=" + ckpt], os.path.join(work, "tables-load.log"), 3 * 3600, "tables (load)")
     load = json_line(text, "bench_ps_tables")
     shutil.rmtree(ckpt, ignore_errors=True)
-    return {"fill": fill, "load": load,
+    return {"fill": fill, "load": load, "train": train,
             "commands": [" ".join(["mpirun", "-np", "6", "build/bench/bench_ps_tables"] + flags + [f]) for f in
                          ("--checkpoint=DIR", "--load=DIR")]}
+
+
+def tables_train_config(work, ckpt, size):
+    return """cluster { num_servers: 4 num_workers: 2 timeout_s: 1800 }
+tables { name: "user_id" dim: 16 optimizer { kind: ROWWISE_ADAGRAD learning_rate: 0.05 } init_from: "%(ckpt)s" }
+tables { name: "item_id" dim: 64 optimizer { kind: ROWWISE_ADAGRAD learning_rate: 0.05 } init_from: "%(ckpt)s" }
+data {
+  source: SYNTHETIC dataset_dir: "%(work)s/tables-data" max_seq_len: 50 session_len: 10 split: LAST_ITEM num_shards: 8
+  generator { num_users: %(users)d num_items: %(items)d num_interests: 200 mean_seq_len: 20 min_seq_len: 5
+              num_threads: 2 }
+}
+model { loss: SAMPLED_SOFTMAX num_negatives: 1024 user_id_table: "user_id" item_tag_table: "" }
+training { batch_size: 256 epochs: 1 max_steps: %(steps)d log_every_steps: 20 output_dir: "%(work)s/tables-out" }
+""" % dict(work=work, ckpt=ckpt, users=size["train_users"], items=size["item_rows"], steps=size["train_steps"])
+
+
+# A training job against the filled tables: both start from the shard set the first job saved
+# (`init_from`), on 4 servers + 2 workers; the model's item width is the item table's 64.
+def part_tables_train(args, size, work, ckpt):
+    binary = os.path.join(args.build_dir, "launcher", "t2diff")
+    for d in ("tables-data", "tables-out"):
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+    config = os.path.join(work, "tables-train.textproto")
+    with open(config, "w") as f:
+        f.write(tables_train_config(work, ckpt, size))
+    log("tables: generate %d users x %d items to train against the tables" % (size["train_users"], size["item_rows"]))
+    checked([binary, "generate", "-c", config], os.path.join(work, "tables-gen.log"), 3600, "generate")
+    log("tables: train %d steps on 4 servers + 2 workers, both tables warm-started from the shard set" %
+        size["train_steps"])
+    train_s, train_rss, text = checked([binary, "launch", "-c", config], os.path.join(work, "tables-train.log"), 3 * 3600,
+                                       "train against the tables")
+    warm = {name: float(sec) for name, sec in re.findall(r"table (\w+) warm-started from \S+ in ([0-9.]+) s", text)}
+    servers = []
+    for shard, line in sorted(re.findall(r"shard (\d+) memory: (.*)$", text, re.M), key=lambda x: int(x[0])):
+        rows = {name: int(n) for name, n in re.findall(r"(\w+) (\d+) rows", line)}
+        rss = grab(r"process RSS ([0-9.]+) MB", line)
+        peak = grab(r"\(peak ([0-9.]+) MB\)", line)
+        servers.append({"shard": int(shard), "rows": rows, "rss_mb": rss, "peak_rss_mb": peak})
+    rec = {"users": size["train_users"], "steps": size["train_steps"], "wall_s": train_s, "peak_rss": train_rss,
+           "warm_start_s": warm, "servers": servers,
+           "samples_s": grab(r"^trained \d+ steps in .*; (\d+) samples/s training\)", text),
+           "pulled_rows": [int(x) for x in re.findall(r"server stats: .*?pulled_rows: (\d+)", text)],
+           "first_loss": grab(r"first loss ([0-9.]+)", text), "last_loss": grab(r"last loss ([0-9.]+)", text),
+           "config": tables_train_config("WORK", "DIR", size),
+           "commands": ["t2diff generate -c tables-train.textproto", "t2diff launch -c tables-train.textproto"]}
+    for d in ("tables-data", "tables-out"):
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+    return rec
 
 
 def catalogue_config(work, size):
@@ -390,6 +441,41 @@ def render_tables(rec):
             "pushes, the second loaded them)." % (
                 f["batch"], f["zipf"]), ""]
     out += ["Commands:", "", "```"] + rec["commands"] + ["```", ""]
+    if rec.get("train"):
+        out += render_tables_train(rec["train"], f)
+    return out
+
+
+def tables_train_rss(t):
+    return sum(s["rss_mb"] or 0 for s in t["servers"]) * 1e6
+
+
+def render_tables_train(t, f):
+    out = ["### Training against the filled tables", "",
+           "A third job, between the two above, trained T2Diff against the same tables: `t2diff launch` on %d servers + "
+           "%d workers, both tables warm-started (`tables[].init_from`) from the shard set the first job saved. "
+           "Synthetic data of %s users (ids inside the user table) over the table's %s items; D = 64 (the item "
+           "table's width) with the 16-wide user row projected into the user vector, sequences of 50, batch 256, sampled "
+           "softmax with 1,024 negatives, %d steps." % (
+               f["servers"], f["workers"], "{:,}".format(t["users"]), "{:,}".format(f["item_rows"]), t["steps"]),
+           "", "| server | user rows | item rows | RSS at the end | peak RSS |", "|---|---|---|---|---|"]
+    for s in t["servers"]:
+        out.append("| %d | %s | %s | %.2f GB | %.2f GB |" % (
+            s["shard"], "{:,}".format(s["rows"].get("user_id", 0)), "{:,}".format(s["rows"].get("item_id", 0)),
+            (s["rss_mb"] or 0) / 1e3, (s["peak_rss_mb"] or 0) / 1e3))
+    rss = tables_train_rss(t)
+    out += ["", "| figure | value | target |", "|---|---|---|"]
+    out.append("| warm start (user table / item table) | %.1f s / %.1f s | |" % (
+        t["warm_start_s"].get("user_id", 0), t["warm_start_s"].get("item_id", 0)))
+    out.append("| training steps | %d at %s samples/s (loss %s -> %s) | |" % (
+        t["steps"], "{:,.0f}".format(t["samples_s"] or 0), t["first_loss"], t["last_loss"]))
+    out.append("| rows pulled per server | %s | |" % ", ".join("{:,}".format(p) for p in t["pulled_rows"]))
+    out.append("| total server RSS at the end | %s | <= %s: %s |" % (
+        gb(rss), gb(f["rss_bound_bytes"]), met(rss <= f["rss_bound_bytes"])))
+    out.append("| the whole job: wall (generation excluded), peak RSS of the largest rank | %.0f s, %s | |" % (
+        t["wall_s"], gb(t["peak_rss"])))
+    out += ["", "Commands (the config is in docs/results/scale.json, `tables.result.train.config`):", "", "```"] + \
+        t["commands"] + ["```", ""]
     return out
 
 
@@ -475,6 +561,13 @@ def summary_rows(store):
                     ratio = r["pull"][t] / r["local_pull"][t]
                     rows.append(("5", "%s pull through %d servers >= 0.5x the in-process table (%s)" % (
                         name, r["servers"], job), "%.2fx" % ratio, met(ratio >= 0.5)))
+        t = tables.get("train")
+        if t:
+            rss = tables_train_rss(t)
+            rows.append(("5", "trained against the filled tables (warm start, %d steps): total server RSS within the "
+                         "same bound" % t["steps"], "%s against %s; %s samples/s" % (
+                             gb(rss), gb(tables["fill"]["rss_bound_bytes"]), "{:,.0f}".format(t["samples_s"] or 0)),
+                         met(rss <= tables["fill"]["rss_bound_bytes"])))
     stream = store.get("stream", {}).get("result")
     if stream and len(stream["sizes"]) == 2:
         a, b = stream["sizes"]

@@ -54,6 +54,21 @@ TEST(LocalEmbeddingStore, SaveLoadAndFailedLoadKeepsContents) {
   ASSERT_TRUE(fresh->Lookup(1, {7}, absl::MakeSpan(out)).ok());
   EXPECT_NEAR(out[0], -0.1, 1e-6);
 
+  // One table alone: table "a" keeps what it had.
+  auto partial = MakeStore();
+  ASSERT_TRUE(partial->ApplyGradients(0, {1}, {3, 3}).ok());
+  ASSERT_TRUE(partial->LoadTable(1, dir.string()).ok());
+  std::vector<float> a(2);
+  ASSERT_TRUE(partial->Lookup(0, {1}, absl::MakeSpan(a)).ok());
+  EXPECT_EQ(a, (std::vector<float>{-3, -3}));
+  ASSERT_TRUE(partial->Lookup(1, {7}, absl::MakeSpan(out)).ok());
+  EXPECT_NEAR(out[0], -0.1, 1e-6);
+  EXPECT_TRUE(absl::IsInvalidArgument(partial->LoadTable(2, dir.string())));
+  fs::create_directories(dir / "empty");
+  auto none = partial->LoadTable(1, (dir / "empty").string());
+  EXPECT_FALSE(none.ok());
+  EXPECT_NE(none.message().find("\"b\""), std::string::npos) << none;
+
   // A damaged file: the load fails naming it, and the store keeps what it had.
   fs::resize_file(dir / "b.shard-00000-of-00001.t2demb", 30);
   auto s = fresh->Load(dir.string());

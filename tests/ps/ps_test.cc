@@ -196,6 +196,13 @@ TEST(ShardServer, MalformedRequestsGetErrorRepliesAndServingContinues) {
          return EncodeFrame(h);
        }(),
        ""},
+      {"load of no such table",
+       [] {
+         Header h = Req(Header::LOAD, 19, 7, 0, 0);
+         h.set_path("/tmp");
+         return EncodeFrame(h);
+       }(),
+       "LOAD of table index 7, which does not exist"},
       {"stats with payload", EncodeFrame(Req(Header::STATS, 18, 0, 0, 0), "zz"), "unexpected payload"},
   };
   for (const auto& bad : cases) {
@@ -438,6 +445,16 @@ TEST(RemoteEmbeddingStore, SaveWithTwoServersLoadWithOneAndThree) {
   for (const auto& s : first.server_status) ASSERT_TRUE(s.ok()) << s;
   for (int servers : {1, 3}) {
     auto second = testutil::RunPsJob(servers, 1, tables, TestOptions(), [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
+      // One table alone (the warm start of `init_from`): table 1 stays empty.
+      ASSERT_TRUE(store.LoadTable(0, dir).ok());
+      std::vector<float> rows0(saved.size());
+      ASSERT_TRUE(store.Lookup(0, probe, absl::MakeSpan(rows0)).ok());
+      EXPECT_EQ(std::memcmp(rows0.data(), saved.data(), rows0.size() * 4), 0) << servers << " servers";
+      auto only = store.Stats();
+      ASSERT_TRUE(only.ok());
+      EXPECT_GT((*only)[0].rows, 0);
+      EXPECT_EQ((*only)[1].rows, 0);
+      EXPECT_TRUE(absl::IsInvalidArgument(store.LoadTable(2, dir)));
       ASSERT_TRUE(store.Load(dir).ok());
       std::vector<float> rows(saved.size());
       ASSERT_TRUE(store.Lookup(0, probe, absl::MakeSpan(rows)).ok());

@@ -106,6 +106,7 @@ TEST_F(CheckpointTest, RunIdentityLeavesOutWhatAResumeMayChange) {
   same.mutable_model()->set_inference_samples(8);
   same.mutable_data()->set_dataset_dir("/moved");
   same.mutable_training()->set_seed(1);  // set to its default
+  same.mutable_tables(0)->set_init_from("/warm/start");
   EXPECT_EQ(RunId(same), RunId(job_));
   config::JobConfig other = job_;
   other.mutable_training()->set_learning_rate(0.5f);

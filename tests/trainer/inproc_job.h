@@ -90,6 +90,9 @@ class InProcJobTest : public ::testing::Test {
     std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
   }
 
+  // The store of the newest trainer NewTrainer made.
+  embedding::LocalEmbeddingStore& last_store() { return *stores_.back(); }
+
   std::string dir_;
 
  private:

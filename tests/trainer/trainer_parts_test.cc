@@ -19,7 +19,7 @@
 #include "configs/job_options.h"
 #include "data/prepare.h"
 #include "embedding/local_embedding_store.h"
-#include "tests/trainer/inproc_job.h"
+#include "embedding/sharding.h"
 #include "trainer/checkpoint.h"
 #include "trainer/run_report.h"
 #include "trainer/run_state.h"
@@ -143,6 +143,73 @@ TEST_F(InProcessJobTest, ResumeEqualsAnUninterruptedRun) {
   EXPECT_DOUBLE_EQ(s["recall@10"].get<double>(), b->test.model.Recall(10));
   // The resumed run's history keeps each evaluation's epoch.
   for (size_t i = 0; i < a->validation.size(); ++i) EXPECT_EQ(a->validation[i].epoch, b->validation[i].epoch);
+}
+
+// tables[].init_from: a fresh run starts the table from a shard set (any shard count); a resumed
+// run reads its checkpoint and ignores it; a missing folder or a table of another shape is an
+// error naming the field.
+TEST_F(InProcessJobTest, WarmStartFillsATableFromAShardSet) {
+  const std::string user_table =
+      R"(tables { name: "user_id" dim: 3 optimizer { kind: ROWWISE_ADAGRAD learning_rate: 0.05 } })";
+  config::JobConfig job = Job({"model.user_id_table=user_id", "training.max_steps=2"}, user_table);
+  PrepareData(job);
+  // The shard set: user 5000, in no sample, stored with a known row, written by 2 shards.
+  const std::string warm = dir_ + "/warm";
+  std::filesystem::create_directories(warm);
+  std::vector<float> want(3);
+  for (int shard = 0; shard < 2; ++shard) {
+    auto s = *embedding::LocalEmbeddingStore::Create(config::TablesOf(job), shard, 2);
+    if (embedding::ShardOf(5000, 2) == shard) {
+      ASSERT_TRUE(s->ApplyGradients(2, {5000}, {1, -2, 3}).ok());
+      ASSERT_TRUE(s->Lookup(2, {5000}, absl::MakeSpan(want)).ok());
+    }
+    ASSERT_TRUE(s->Save(warm).ok());
+  }
+  std::vector<float> got(3), initial(3);
+  {
+    auto t = NewTrainer(job, false);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE((*t)->Train().ok());
+    ASSERT_TRUE(last_store().Lookup(2, {5000}, absl::MakeSpan(initial)).ok());
+  }
+  EXPECT_NE(initial, want);
+  job.mutable_tables(2)->set_init_from(warm);
+  job.mutable_checkpoint()->set_dir(dir_ + "/ckpt");
+  {
+    auto t = NewTrainer(job, false);
+    ASSERT_TRUE(t.ok()) << t.status();
+    auto r = (*t)->Train();
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(last_store().Lookup(2, {5000}, absl::MakeSpan(got)).ok());
+    EXPECT_EQ(got, want);
+  }
+  // Resumed: the checkpoint's tables, and init_from is not read (it may even be gone).
+  job.mutable_tables(2)->set_init_from(dir_ + "/gone");
+  job.mutable_training()->set_max_steps(3);
+  {
+    auto t = NewTrainer(job, true);
+    ASSERT_TRUE(t.ok()) << t.status();
+    auto r = (*t)->Train();
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(last_store().Lookup(2, {5000}, absl::MakeSpan(got)).ok());
+    EXPECT_EQ(got, want);
+  }
+  // A fresh run from a missing folder, and from a table of another width.
+  job.clear_checkpoint();
+  auto missing = Run(job, false);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("tables[2] (\"user_id\").init_from"), std::string::npos) << missing.status();
+  EXPECT_NE(missing.status().message().find("gone"), std::string::npos) << missing.status();
+  const std::string wide = dir_ + "/wide";
+  std::filesystem::create_directories(wide);
+  config::JobConfig other = job;
+  other.mutable_tables(2)->set_dim(5);
+  ASSERT_TRUE((*embedding::LocalEmbeddingStore::Create(config::TablesOf(other)))->Save(wide).ok());
+  job.mutable_tables(2)->set_init_from(wide);
+  auto shape = Run(job, false);
+  ASSERT_FALSE(shape.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(shape.status())) << shape.status();
+  EXPECT_NE(shape.status().message().find("dim 5"), std::string::npos) << shape.status();
 }
 
 // cluster.parallel_branches: the diffusion backward on its own thread trains the same model, to
