@@ -220,8 +220,8 @@ T2D_INLINE void UnetPass(const Net& net, const float* emb, bool conditioned, flo
   UnetLayers(net, out);
 }
 
-// One sequence's whole reverse process.
-__attribute__((target_clones("avx2", "default"))) void ReverseSequence(
+// One sequence's whole reverse process. The x86-64-v3 version fuses multiply-adds (unet_kernel.h).
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void ReverseSequence(
     const Net& net, const ReverseStep* plan, int64_t steps, const float* step_emb, const float* cond,
     const float* noise, int64_t noise_stride, float* z) {
   const int64_t d = net.d, d2 = 2 * d, n = net.n, left = net.left;
