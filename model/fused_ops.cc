@@ -47,6 +47,7 @@ struct XentFunction : public torch::autograd::Function<XentFunction> {
 constexpr int64_t kLossChunks = 8;  // fixed row chunks of the blocked softmax loss (see SoftmaxLossRows)
 constexpr int64_t kLossRows = 4;    // rows computed together, sharing each load of the item matrix
 constexpr int64_t kBlockedLossMaxDim = 32;  // widest E for the blocked loss (BLAS wins above)
+constexpr int64_t kLossGradBlock = 256;     // columns of a block of the gradient products (4 KB of 4 rows)
 
 // Rows r0 .. r1 - 1 of the blocked softmax loss. it [E][n8] is the item matrix transposed, its
 // n items padded to n8 (a multiple of 8) with zero columns. kLossRows rows at a time: their
@@ -67,7 +68,27 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void SoftmaxLossRows
     const int64_t rows = std::min(kLossRows, r1 - r);
     const float* u[kLossRows];
     for (int64_t q = 0; q < kLossRows; ++q) u[q] = users + std::min(r + q, r1 - 1) * e;  // spare lanes: a copy
-    for (int64_t j0 = 0; j0 < n8; j0 += kW) {
+    // Two vectors of columns at a time, so that each broadcast of a user value serves both.
+    int64_t jl = 0;
+    for (; jl + 2 * kW <= n8; jl += 2 * kW) {
+      const int64_t j0 = jl;
+      V acc[kLossRows], acc2[kLossRows];
+      for (int64_t q = 0; q < kLossRows; ++q) acc[q] = acc2[q] = Splat(0.f);
+      for (int64_t k = 0; k < e; ++k) {
+        const V iv = Load(it + k * n8 + j0), iv2 = Load(it + k * n8 + j0 + kW);
+        for (int64_t q = 0; q < kLossRows; ++q) {
+          const V uv = Splat(u[q][k]);
+          acc[q] = acc[q] + uv * iv;
+          acc2[q] = acc2[q] + uv * iv2;
+        }
+      }
+      for (int64_t q = 0; q < kLossRows; ++q) {
+        Store(buf + q * n8 + j0, acc[q]);
+        Store(buf + q * n8 + j0 + kW, acc2[q]);
+      }
+    }
+    for (; jl < n8; jl += kW) {
+      const int64_t j0 = jl;
       V acc[kLossRows];
       for (int64_t q = 0; q < kLossRows; ++q) acc[q] = Splat(0.f);
       for (int64_t k = 0; k < e; ++k) {
@@ -89,13 +110,23 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void SoftmaxLossRows
       }
       for (int64_t j = n; j < n8; ++j) l[j] = -inf;
       const float picked = l[labels[row]];
-      V mv = Splat(-inf);
-      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
-        const V x = Load(l + j0);
-        mv = x > mv ? x : mv;
+      // The maximum in four independent chains (a max is exact: any order gives the same).
+      V mv[4] = {Splat(-inf), Splat(-inf), Splat(-inf), Splat(-inf)};
+      int64_t jm = 0;
+      for (; jm + 4 * kW <= n8; jm += 4 * kW) {
+        for (int c = 0; c < 4; ++c) {
+          const V x = Load(l + jm + c * kW);
+          mv[c] = x > mv[c] ? x : mv[c];
+        }
       }
-      float m = mv[0];
-      for (int k = 1; k < kW; ++k) m = std::max(m, mv[k]);
+      for (; jm < n8; jm += kW) {
+        const V x = Load(l + jm);
+        mv[0] = x > mv[0] ? x : mv[0];
+      }
+      float m = -inf;
+      for (int c = 0; c < 4; ++c) {
+        for (int k = 0; k < kW; ++k) m = std::max(m, mv[c][k]);
+      }
       V sv = Splat(0.f);
       for (int64_t j0 = 0; j0 < n8; j0 += kW) {
         const V x = Load(l + j0);
@@ -109,26 +140,44 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void SoftmaxLossRows
       norm[q] = scale / sum;  // g = norm * p - scale * onehot(label), applied below without a pass
     }
     if (!grad) continue;
-    for (int64_t k = 0; k < e; ++k) {
-      V acc[kLossRows];
-      for (int64_t q = 0; q < kLossRows; ++q) acc[q] = Splat(0.f);
-      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
-        const V iv = Load(it + k * n8 + j0);
-        for (int64_t q = 0; q < kLossRows; ++q) acc[q] = acc[q] + Load(buf + q * n8 + j0) * iv;
+    // The gradient products, column blocks outer and E inner, so that a block of the rows'
+    // exp(logit - max) stays in L1 across all E (row-major over buf, it would come from L2 2E
+    // times). Each lane sums the same terms in the same order as a pass per k would.
+    float ukf[kLossRows][kBlockedLossMaxDim];
+    alignas(32) float lanes[kLossRows][kBlockedLossMaxDim][kW] = {};
+    for (int64_t q = 0; q < kLossRows; ++q) {
+      for (int64_t k = 0; k < e; ++k) ukf[q][k] = q < rows ? norm[q] * u[q][k] : 0.f;
+    }
+    for (int64_t jb = 0; jb < n8; jb += kLossGradBlock) {
+      const int64_t je = std::min(n8, jb + kLossGradBlock);
+      for (int64_t k = 0; k < e; ++k) {
+        const float* itk = it + k * n8;
+        float* gk = git + k * n8;
+        V acc[kLossRows], uk[kLossRows];
+        for (int64_t q = 0; q < kLossRows; ++q) {
+          acc[q] = Load(lanes[q][k]);
+          uk[q] = Splat(ukf[q][k]);
+        }
+        for (int64_t j0 = jb; j0 < je; j0 += kW) {
+          const V iv = Load(itk + j0);
+          V a = Load(gk + j0);
+          for (int64_t q = 0; q < kLossRows; ++q) {
+            const V p = Load(buf + q * n8 + j0);
+            acc[q] = acc[q] + p * iv;
+            a = a + p * uk[q];
+          }
+          Store(gk + j0, a);
+        }
+        for (int64_t q = 0; q < kLossRows; ++q) Store(lanes[q][k], acc[q]);
       }
+    }
+    for (int64_t k = 0; k < e; ++k) {
       for (int64_t q = 0; q < rows; ++q) {
         float v = 0;
-        for (int lane = 0; lane < kW; ++lane) v += acc[q][lane];
+        for (int lane = 0; lane < kW; ++lane) v += lanes[q][k][lane];
         gu[(r + q) * e + k] = norm[q] * v - scale * it[k * n8 + labels[r + q]];
       }
       float* gk = git + k * n8;
-      V uk[kLossRows];
-      for (int64_t q = 0; q < kLossRows; ++q) uk[q] = Splat(q < rows ? norm[q] * u[q][k] : 0.f);
-      for (int64_t j0 = 0; j0 < n8; j0 += kW) {
-        V a = Load(gk + j0);
-        for (int64_t q = 0; q < kLossRows; ++q) a = a + Load(buf + q * n8 + j0) * uk[q];
-        Store(gk + j0, a);
-      }
       for (int64_t q = 0; q < rows; ++q) gk[labels[r + q]] -= scale * u[q][k];
     }
   }

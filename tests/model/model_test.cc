@@ -993,11 +993,12 @@ TEST(ModelTest, FusedOpsMatchReference) {
   ExpectClose(i1.grad(), i2.grad(), 1e-5, "softmax loss d items");
 
   // Blocked (E <= 32): several row chunks, a last block of fewer than 4 rows, items not a
-  // multiple of 8, a scaled upstream gradient, and the same loss without grad; and E = 40, which
-  // takes the B x N matrix path.
-  for (const int64_t e : {5, 40}) {
-    SCOPED_TRACE("E = " + std::to_string(e));
-    const int64_t b = 37, n = 23;
+  // multiple of 8 (and 300 of them: more than one block of the gradient products, and the
+  // column loops' wide and narrow steps), a scaled upstream gradient, and the same loss without
+  // grad; and E = 40, which takes the B x N matrix path.
+  for (const auto& [e, n] : std::vector<std::pair<int64_t, int64_t>>{{5, 23}, {5, 300}, {40, 23}}) {
+    SCOPED_TRACE("E = " + std::to_string(e) + ", items " + std::to_string(n));
+    const int64_t b = 37;
     const at::Tensor u = at::randn({b, e}, gen, at::kFloat), items = at::randn({n, e}, gen, at::kFloat);
     const at::Tensor targets = at::randint(0, n, {b}, gen, at::kLong);
     at::Tensor ua = u.clone().requires_grad_(true), ia = items.clone().requires_grad_(true);
