@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -148,6 +149,10 @@ absl::Status RunState::CheckFreshStart() const {
 
 absl::Status RunState::InitTables() {
   const auto& tables = ctx_.cfg().tables();
+  // Every rank reads the same config, so all skip the barrier together.
+  if (std::none_of(tables.begin(), tables.end(), [](const auto& t) { return !t.init_from().empty(); })) {
+    return absl::OkStatus();
+  }
   for (int t = 0; t < tables.size(); ++t) {
     const std::string& dir = tables[t].init_from();
     if (dir.empty() || ctx_.rank != 0) continue;

@@ -165,35 +165,27 @@ TEST_F(InProcessJobTest, WarmStartFillsATableFromAShardSet) {
     }
     ASSERT_TRUE(s->Save(warm).ok());
   }
-  std::vector<float> got(3), initial(3);
-  {
-    auto t = NewTrainer(job, false);
-    ASSERT_TRUE(t.ok()) << t.status();
-    ASSERT_TRUE((*t)->Train().ok());
-    ASSERT_TRUE(last_store().Lookup(2, {5000}, absl::MakeSpan(initial)).ok());
-  }
+  // Trains `job` and returns user 5000's row afterwards (empty when the run failed).
+  auto row_after = [&](bool resume) {
+    std::vector<float> row(3);
+    auto t = NewTrainer(job, resume);
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) return std::vector<float>();
+    auto r = (*t)->Train();
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || !last_store().Lookup(2, {5000}, absl::MakeSpan(row)).ok()) return std::vector<float>();
+    return row;
+  };
+  const std::vector<float> initial = row_after(false);
+  ASSERT_EQ(initial.size(), 3u);
   EXPECT_NE(initial, want);
   job.mutable_tables(2)->set_init_from(warm);
   job.mutable_checkpoint()->set_dir(dir_ + "/ckpt");
-  {
-    auto t = NewTrainer(job, false);
-    ASSERT_TRUE(t.ok()) << t.status();
-    auto r = (*t)->Train();
-    ASSERT_TRUE(r.ok()) << r.status();
-    ASSERT_TRUE(last_store().Lookup(2, {5000}, absl::MakeSpan(got)).ok());
-    EXPECT_EQ(got, want);
-  }
+  EXPECT_EQ(row_after(false), want);
   // Resumed: the checkpoint's tables, and init_from is not read (it may even be gone).
   job.mutable_tables(2)->set_init_from(dir_ + "/gone");
   job.mutable_training()->set_max_steps(3);
-  {
-    auto t = NewTrainer(job, true);
-    ASSERT_TRUE(t.ok()) << t.status();
-    auto r = (*t)->Train();
-    ASSERT_TRUE(r.ok()) << r.status();
-    ASSERT_TRUE(last_store().Lookup(2, {5000}, absl::MakeSpan(got)).ok());
-    EXPECT_EQ(got, want);
-  }
+  EXPECT_EQ(row_after(true), want);
   // A fresh run from a missing folder, and from a table of another width.
   job.clear_checkpoint();
   auto missing = Run(job, false);
