@@ -4,6 +4,7 @@
 // always_inline so that it compiles into each caller's target_clones version (AVX2 or baseline
 // x86-64). Pure functions.
 
+#include <algorithm>
 #include <cstdint>
 
 // GCC 12 reports the accumulators of the kernels, set from a __builtin_shuffle (Splat), as maybe
@@ -35,6 +36,19 @@ T2D_INLINE void Store(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
 T2D_INLINE V Splat(float x) { return __builtin_shuffle(V{x}, VI{}); }
 // x where the mask word is all ones, +0 where it is zero: x * mask for 0/1 masks, without -0.
 T2D_INLINE V Masked(V x, VI bits) { return reinterpret_cast<V>(reinterpret_cast<VI>(x) & bits); }
+// Positions 0, 2, .., 14 and 1, 3, .., 15 of the 16 floats lo, hi (stride-2 pairs).
+T2D_INLINE V Evens(V lo, V hi) { return __builtin_shuffle(lo, hi, VI{0, 2, 4, 6, 8, 10, 12, 14}); }
+T2D_INLINE V Odds(V lo, V hi) { return __builtin_shuffle(lo, hi, VI{1, 3, 5, 7, 9, 11, 13, 15}); }
+// Each element twice: of the first half of x (0, 0, 1, 1, .., 3, 3) and of the second (4, 4, .., 7, 7).
+T2D_INLINE V DupLow(V x) { return __builtin_shuffle(x, VI{0, 0, 1, 1, 2, 2, 3, 3}); }
+T2D_INLINE V DupHigh(V x) { return __builtin_shuffle(x, VI{4, 4, 5, 5, 6, 6, 7, 7}); }
+T2D_INLINE VI DupLow(VI x) { return __builtin_shuffle(x, VI{0, 0, 1, 1, 2, 2, 3, 3}); }
+T2D_INLINE VI DupHigh(VI x) { return __builtin_shuffle(x, VI{4, 4, 5, 5, 6, 6, 7, 7}); }
+// All ones in the lanes i with j0 + i < len.
+T2D_INLINE VI Below(int64_t j0, int64_t len) {
+  const VI lane{0, 1, 2, 3, 4, 5, 6, 7};
+  return lane < static_cast<int32_t>(std::min<int64_t>(len - j0, kW));
+}
 T2D_INLINE V Sqrt(V x) {
   V r;
   for (int i = 0; i < kW; ++i) r[i] = __builtin_sqrtf(x[i]);  // becomes one sqrtps

@@ -168,7 +168,13 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
         for (int64_t c = 0; c < ch; ++c) {
           const float* a = h + c * hs + kPad;
           float* p = lv.pool + c * lv.stride + kPad;
-          for (int64_t j = 0; j < lv.len; ++j) p[j] = a[2 * j] < a[2 * j + 1] ? a[2 * j + 1] : a[2 * j];
+          // Positions len .. RoundUp8(len) - 1 pool the zero tail (2 RoundUp8(len) <= the row's
+          // RoundUp8 + kPad), so they stay zero.
+          for (int64_t j0 = 0; j0 < lv.len; j0 += kW) {
+            const V ev = Evens(Load(a + 2 * j0), Load(a + 2 * j0 + kW));
+            const V od = Odds(Load(a + 2 * j0), Load(a + 2 * j0 + kW));
+            Store(p + j0, ev < od ? od : ev);
+          }
         }
         h = lv.pool;
         hs = lv.stride;
@@ -186,8 +192,14 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
       for (int64_t o = 0; o < c; ++o) {
         const float* p = lv.proj + o * below.stride + kPad;
         float* dst = lv.cat + o * lv.stride + kPad;
-        for (int64_t j = 0; j < below.len; ++j) dst[2 * j] = dst[2 * j + 1] = p[j];
-        for (int64_t j0 = 0; j0 < lv.len; j0 += kW) Store(dst + j0, Masked(Load(dst + j0), LoadBits(lv.mask + j0)));
+        // Masked as written; the second half of the last block may lie beyond RoundUp8(len) (the
+        // zero padding), where nothing is written.
+        const int64_t blocks = RoundUp8(lv.len);
+        for (int64_t j0 = 0; j0 < below.len; j0 += kW) {
+          const V pv = Load(p + j0);
+          Store(dst + 2 * j0, Masked(DupLow(pv), LoadBits(lv.mask + 2 * j0)));
+          if (2 * j0 + kW < blocks) Store(dst + 2 * j0 + kW, Masked(DupHigh(pv), LoadBits(lv.mask + 2 * j0 + kW)));
+        }
       }
       std::memcpy(lv.cat + c * lv.stride, lv.down, static_cast<size_t>(c * lv.stride) * sizeof(float));
       ConvSwishNormMask(lv.cat, lv.stride, net.up_conv[l], net.up_norm[l], lv.mask, lv.up, lv.stride, lv.len, lv.pre_up);
@@ -453,10 +465,13 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
     for (int64_t o = 0; o < c; ++o) {
       const float* src = lv.dcat + o * lv.stride + kPad;
       float* dp = lv.dproj + o * below.stride + kPad;
-      for (int64_t j = 0; j < below.len; ++j) {
-        dp[j] = (lv.mask[2 * j] != 0 ? src[2 * j] : 0.f) + (lv.mask[2 * j + 1] != 0 ? src[2 * j + 1] : 0.f);
+      const int64_t blocks = RoundUp8(lv.len);
+      for (int64_t j0 = 0; j0 < below.len; j0 += kW) {
+        const V lo = Masked(Load(src + 2 * j0), LoadBits(lv.mask + 2 * j0));
+        // Beyond RoundUp8(len) every position is masked: +0, as its mask word would give.
+        const V hi = 2 * j0 + kW < blocks ? Masked(Load(src + 2 * j0 + kW), LoadBits(lv.mask + 2 * j0 + kW)) : Splat(0.f);
+        Store(dp + j0, Masked(Evens(lo, hi) + Odds(lo, hi), Below(j0, below.len)));
       }
-      for (int64_t j = below.len; j < RoundUp8(below.len); ++j) dp[j] = 0.f;
     }
     const bool deeper_up = l + 2 < levels;  // the proj's input: the level below's up block or its down block
     ConvBackward(deeper_up ? below.up : below.down, below.stride, net.up_proj[l], net.up_proj_wb[l], lv.dproj,
@@ -476,7 +491,24 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
       const float* a = prev.down + c * prev.stride + kPad;
       const float* dp = lv.dpool + c * lv.stride + kPad;
       float* dd = prev.ddown + c * prev.stride + kPad;
-      for (int64_t j = 0; j < lv.len; ++j) dd[a[2 * j] < a[2 * j + 1] ? 2 * j + 1 : 2 * j] += dp[j];
+      // Pairs in dd's layout, 4 pooled positions a vector: an even lane takes the gradient unless
+      // its partner is larger, an odd lane only if it is larger than its partner.
+      const VI odd_lane{0, -1, 0, -1, 0, -1, 0, -1};
+      for (int64_t j0 = 0; j0 < lv.len; j0 += kW) {
+        const V g = Load(dp + j0);
+        const VI valid = Below(j0, lv.len);
+        for (int half = 0; half < 2; ++half) {
+          float* ddh = dd + 2 * j0 + half * kW;
+          const V av = Load(a + 2 * j0 + half * kW);
+          const V partner = __builtin_shuffle(av, VI{1, 0, 3, 2, 5, 4, 7, 6});
+          const VI larger = av < partner;  // even lane: the partner wins; odd lane: this one loses or ties
+          const VI wins = (~larger & ~odd_lane) | ((partner < av) & odd_lane);
+          const VI on = wins & (half == 0 ? DupLow(valid) : DupHigh(valid));
+          const V gh = half == 0 ? DupLow(g) : DupHigh(g);
+          const V cur = Load(ddh);
+          Store(ddh, on ? cur + gh : cur);
+        }
+      }
     }
   }
   return total;
