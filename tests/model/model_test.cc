@@ -404,17 +404,19 @@ TEST(ModelTest, TrainingKernelMatchesTensorOps) {
     int levels;
     int channels = 0;  // model.unet_channels
     int window = 0;    // model.diffusion_window
+    int64_t n = 11;    // positions: 37 gives levels of 37, 19, 10 and 5, several vectors of 8 at the top two
   };
-  const Case cases[] = {{2, 2, 4}, {2, 2, 1}, {3, 0, 2}, {5, 2, 3}, {8, 8, 4, 8}, {16, 0, 2, 7},
-                        {2, 2, 4, 3}, {8, 8, 3, 5, 6}, {5, 2, 2, 0, 4}};
+  const Case cases[] = {{2, 2, 4},       {2, 2, 1},    {3, 0, 2},       {5, 2, 3},         {8, 8, 4, 8},
+                        {16, 0, 2, 7},   {2, 2, 4, 3}, {8, 8, 3, 5, 6}, {5, 2, 2, 0, 4}, {2, 2, 4, 0, 0, 37}};
   for (const Case& cs : cases) {
     for (auto loss : {ModelConfig::SQUARED, ModelConfig::NORM}) {
       for (auto kind : {ModelConfig::T2DIFF, ModelConfig::T2DIFF_NO_DRIFT}) {
         SCOPED_TRACE(ModelConfig::Kind_Name(kind) + " " + ModelConfig::DiffusionLoss_Name(loss) + " D=" +
                      std::to_string(cs.id_dim + cs.tag_dim) + " levels=" + std::to_string(cs.levels) +
-                     " channels=" + std::to_string(cs.channels) + " window=" + std::to_string(cs.window));
+                     " channels=" + std::to_string(cs.channels) + " window=" + std::to_string(cs.window) +
+                     " n=" + std::to_string(cs.n));
         const ModelDims d = Dims(cs.id_dim, cs.tag_dim, 3);
-        const int64_t dim = cs.id_dim + cs.tag_dim, bsz = 21, n = 11;
+        const int64_t dim = cs.id_dim + cs.tag_dim, bsz = 21, n = cs.n;
         ModelConfig c = Config(kind);
         c.set_diffusion_loss(loss);
         c.set_unet_levels(cs.levels);
@@ -431,7 +433,7 @@ TEST(ModelTest, TrainingKernelMatchesTensorOps) {
         for (bool tensor_ops : {false, true}) {
           auto model = MakeModel(c, d);
           ASSERT_NE(model, nullptr);
-          Problem p = RandomProblem(bsz, n, 12, d, 17);  // lengths 1..11: padding in most rows; 2 chunks
+          Problem p = RandomProblem(bsz, n, n + 1, d, 17);  // lengths 1..n: padding in most rows; 2 chunks
           noise.force_tensor_ops = tensor_ops;
           model->ZeroGradients();
           auto out = model->Forward(p.batch, p.rows, p.candidates, 1, &noise);
