@@ -68,6 +68,8 @@ T2D_INLINE void ConvOut(const float* h, int64_t hs, const ConvRef& cv, int64_t o
 T2D_INLINE void ConvBlock(const float* h, int64_t hs, const ConvRef& cv, float* y, int64_t ys, int64_t j0, V* sum,
                           float* pre = nullptr) {
   int64_t o = 0;
+  // 12 accumulators: FMA chains enough to hide the multiply-add's latency (8 did not).
+  for (; o + 12 <= cv.out; o += 12) ConvOut<12>(h, hs, cv, o, y, ys, j0, sum, pre);
   for (; o + 8 <= cv.out; o += 8) ConvOut<8>(h, hs, cv, o, y, ys, j0, sum, pre);
   for (; o + 4 <= cv.out; o += 4) ConvOut<4>(h, hs, cv, o, y, ys, j0, sum, pre);
   for (; o < cv.out; ++o) ConvOut<1>(h, hs, cv, o, y, ys, j0, sum, pre);
