@@ -88,8 +88,9 @@ class UnetKernel {
   static void SwishForTest(const float* x, int64_t count, float* out);
 
  private:
-  // The weights of one convolution, transposed to [taps * in][out] so that consecutive output
-  // channels of one input are adjacent (the inner loop broadcasts them).
+  // The weights of one convolution, transposed so that the output channels of one block (12, 8,
+  // 4 or 1 of them, unet_kernel.cc) are adjacent for each input, and a block's weights contiguous
+  // (the inner loop broadcasts them in order).
   struct Conv {
     int64_t in = 0, out = 0, taps = 0;
     std::vector<float> w, b;
