@@ -435,9 +435,20 @@ int main(int argc, char** argv) {
       Train("profiled", authors, ModelConfig(), 0, 12);
       return 0;
     }
-    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    if (std::strcmp(argv[i], "--no-industrial") == 0) industrial = false;
-    if (std::strcmp(argv[i], "--latency-only") == 0) latency_only = true;
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[i], "--no-industrial") == 0) {
+      industrial = false;
+    } else if (std::strcmp(argv[i], "--latency-only") == 0) {
+      latency_only = true;
+    } else {
+      // A mistyped flag would otherwise start the whole run (minutes) with the defaults.
+      std::fprintf(stderr,
+                   "bench_model: unknown argument '%s'\nusage: OMP_WAIT_POLICY=PASSIVE bench_model [--quick] "
+                   "[--no-industrial] [--latency-only] [--profile trace.json]\n",
+                   argv[i]);
+      return 2;
+    }
   }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   std::printf("machine: %u hardware threads, %s [%s]; malloc tuned: %s; OMP_WAIT_POLICY=%s\n",
