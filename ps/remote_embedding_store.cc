@@ -93,6 +93,16 @@ absl::Status RemoteEmbeddingStore::AwaitReplies(const std::vector<uint64_t>& req
     r.header = std::move(frame->header);
     r.payload_offset = static_cast<size_t>(frame->payload.data() - m->bytes.data());
     r.bytes = std::move(m->bytes);
+    if (r.header.type() == Header::PUSH && std::find(request_ids.begin(), request_ids.end(), id) == request_ids.end()) {
+      // An acknowledgement met while waiting for something else (sync and async pushes return
+      // before theirs): a refused push fails now, as a pull held for its round would never be
+      // answered.
+      absl::Status refused = ReplyStatus(r.header);
+      if (!refused.ok()) {
+        broken_ = absl::Status(refused.code(), absl::StrCat("server rank ", r.source, ": PUSH: ", refused.message()));
+        return broken_;
+      }
+    }
     replies_.emplace(id, std::move(r));
   }
   return absl::OkStatus();
@@ -194,7 +204,7 @@ absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
 }
 
 absl::Status RemoteEmbeddingStore::WaitOldestPushRound() {
-  std::vector<uint64_t> ids = std::move(unacked_rounds_.front());
+  std::vector<uint64_t> ids = std::move(unacked_rounds_.front().request_ids);
   unacked_rounds_.pop_front();
   T2D_RETURN_IF_ERROR(AwaitReplies(ids));
   absl::Status first_error;
@@ -259,9 +269,15 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
       for (size_t j = 0; j < dim; ++j) dst[j] += g[j];
     }
   }
-  // Async: make room within the staleness bound before adding a round.
+  // Async: make room within the staleness bound before adding a round. Sync: this table's
+  // previous round must be acknowledged first (the servers buffer at most two rounds a table).
   if (options_.consistency == Consistency::kAsync) {
     while (static_cast<int64_t>(unacked_rounds_.size()) > std::max(0, options_.staleness - 1)) {
+      T2D_RETURN_IF_ERROR(WaitOldestPushRound());
+    }
+  } else {
+    while (std::any_of(unacked_rounds_.begin(), unacked_rounds_.end(),
+                       [table](const PushRound& r) { return r.table == table; })) {
       T2D_RETURN_IF_ERROR(WaitOldestPushRound());
     }
   }
@@ -272,8 +288,8 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
                                     std::move(messages[static_cast<size_t>(s)])));
     request_ids.push_back(headers[static_cast<size_t>(s)].request_id());
   }
-  unacked_rounds_.push_back(std::move(request_ids));
-  if (options_.consistency == Consistency::kSync || options_.staleness == 0) {
+  unacked_rounds_.push_back(PushRound{table, std::move(request_ids)});
+  if (options_.consistency == Consistency::kAsync && options_.staleness == 0) {
     while (!unacked_rounds_.empty()) T2D_RETURN_IF_ERROR(WaitOldestPushRound());
   }
   max_unacked_rounds_ = std::max<int64_t>(max_unacked_rounds_, static_cast<int64_t>(unacked_rounds_.size()));

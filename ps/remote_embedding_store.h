@@ -10,9 +10,12 @@
 //   Push (ApplyGradients): 1.-2. the same partition, summing the gradients of repeated ids in
 //   input order into their row; 3. send one PUSH to EVERY server (an empty one where the
 //   worker has no rows for it: each push is one round of the table on every server, which is
-//   what lets sync servers know a round is complete); 4. sync mode: wait for every acknowledgement;
+//   what lets sync servers know a round is complete); 4. sync mode: return at once; the
+//   acknowledgements of a table's round are awaited before that table's next push (the servers
+//   hold this worker's later pulls until the round is applied, so nothing needs them sooner);
 //   async mode: return at once, keeping at most `staleness` rounds unacknowledged (waiting for
-//   the oldest when over).
+//   the oldest when over). A server's error reply to a push makes the store unusable (the round
+//   it refused can never complete); it is returned by whichever call meets it first.
 //   Every request carries this worker's count of pushes of the table, which the servers use to
 //   serve each pull at a consistent point (sync: after every round this worker has pushed;
 //   async: within `staleness` rounds of the slowest worker).
@@ -123,7 +126,11 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   absl::flat_hash_map<uint64_t, int> outstanding_;  // request id -> server rank
   absl::flat_hash_map<uint64_t, Reply> replies_;    // received, not yet taken
   absl::flat_hash_map<Ticket, PendingPull> pulls_;
-  std::deque<std::vector<uint64_t>> unacked_rounds_;  // async: request ids of each push round
+  struct PushRound {
+    int table = 0;
+    std::vector<uint64_t> request_ids;  // one per server
+  };
+  std::deque<PushRound> unacked_rounds_;  // push rounds sent and not yet acknowledged, oldest first
   int64_t max_unacked_rounds_ = 0;
   absl::Status broken_;  // a transport failure ends the store's usefulness
 };

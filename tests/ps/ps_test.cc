@@ -551,6 +551,41 @@ TEST(Failures, RoundThatCanNeverCompleteIsReported) {
   EXPECT_NE(std::string(s.message()).find("worker rank 2 shut down without pushing it"), std::string::npos) << s;
 }
 
+// A sync push returns before its acknowledgement (the servers hold later pulls until it is
+// applied). A server that refuses it must still fail the worker's next call with the server's
+// reason, not leave it waiting: here the worker's "tag" table has dim 4 where the server's has 3.
+TEST(Failures, RefusedSyncPushFailsTheNextCall) {
+  const auto tables = Tables();
+  auto worker_tables = tables;
+  worker_tables[1].set_dim(4);
+  PsOptions options = TestOptions();
+  options.timeout = absl::Milliseconds(500);
+  options.idle_timeout = absl::Milliseconds(500);
+  options.roles = comm::RoleAssignment{2, 1, 1};
+  comm::InProcHub hub(2);
+  absl::Status push, pull;
+  testutil::SpawnThreads(2, [&](int rank) {
+    auto transport = hub.Connect(rank);
+    if (rank == 0) {
+      auto local = embedding::LocalEmbeddingStore::Create(tables, 0, 1);
+      ASSERT_TRUE(local.ok()) << local.status();
+      ShardServer server(transport.get(), local->get(), options);
+      (void)server.Run();  // ends at its idle timeout: the worker never shuts down cleanly
+      return;
+    }
+    RemoteEmbeddingStore store(transport.get(), worker_tables, options);
+    push = store.ApplyGradients(1, {5}, std::vector<float>(4, 1.0f));
+    std::vector<float> rows(8);
+    const absl::Time start = absl::Now();
+    pull = store.Lookup(0, {1}, absl::MakeSpan(rows));
+    EXPECT_LT(absl::Now() - start, options.timeout) << "waited for a reply that could not come";
+  });
+  EXPECT_TRUE(push.ok()) << push;
+  EXPECT_TRUE(absl::IsInvalidArgument(pull)) << pull;
+  EXPECT_NE(std::string(pull.message()).find("server rank 0: PUSH"), std::string::npos) << pull;
+  EXPECT_NE(std::string(pull.message()).find("has dim 3"), std::string::npos) << pull;
+}
+
 TEST(Failures, GonePeerIsUnavailable) {
   const auto tables = Tables();
   PsOptions options = TestOptions();
