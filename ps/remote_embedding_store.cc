@@ -95,8 +95,8 @@ absl::Status RemoteEmbeddingStore::AwaitReplies(const std::vector<uint64_t>& req
     r.bytes = std::move(m->bytes);
     if (r.header.type() == Header::PUSH && std::find(request_ids.begin(), request_ids.end(), id) == request_ids.end()) {
       // An acknowledgement met while waiting for something else (sync and async pushes return
-      // before theirs): a refused push fails now, as a pull held for its round would never be
-      // answered.
+      // before theirs). A refused push fails now: its round can never complete, so the store
+      // cannot go on, and the caller learns the server's reason from the call it is in.
       absl::Status refused = ReplyStatus(r.header);
       if (!refused.ok()) {
         broken_ = absl::Status(refused.code(), absl::StrCat("server rank ", r.source, ": PUSH: ", refused.message()));
