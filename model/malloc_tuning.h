@@ -13,8 +13,9 @@
 namespace t2d::model {
 
 // Disables mmap() for allocations (M_MMAP_MAX = 0; the 32 MiB maximum of M_MMAP_THRESHOLD is
-// too low for industrial-size activations), disables trimming (M_TRIM_THRESHOLD -1) and sets M_TOP_PAD to
-// 64 MiB. The process then keeps its peak heap size. Returns false if glibc rejected a setting.
+// too low for industrial-size activations), disables trimming (M_TRIM_THRESHOLD = -1) and sets
+// M_TOP_PAD to 64 MiB. The process then keeps its peak heap size. Returns false if glibc
+// rejected a setting.
 bool ConfigureMallocForTensors();
 
 }  // namespace t2d::model

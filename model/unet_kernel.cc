@@ -76,13 +76,17 @@ T2D_INLINE void ConvOut(const float* h, int64_t hs, const ConvRef& cv, int64_t o
 // Output channels of the block of positions j0 .. j0 + 7 (see ConvOut).
 T2D_INLINE void ConvBlock(const float* h, int64_t hs, const ConvRef& cv, float* y, int64_t ys, int64_t j0, V* sum,
                           float* pre = nullptr) {
-  int64_t o = 0;  // blocks of BlockWidth
-  if (cv.out >= kWideConv) {
-    for (; o + 12 <= cv.out; o += 12) ConvOut<12>(h, hs, cv, o, y, ys, j0, sum, pre);
+  // The blocks of BlockWidth, the layout MakeConv stored the weights in.
+  for (int64_t o = 0; o < cv.out;) {
+    const int k = BlockWidth(cv.out, o);
+    switch (k) {
+      case 12: ConvOut<12>(h, hs, cv, o, y, ys, j0, sum, pre); break;
+      case 8: ConvOut<8>(h, hs, cv, o, y, ys, j0, sum, pre); break;
+      case 4: ConvOut<4>(h, hs, cv, o, y, ys, j0, sum, pre); break;
+      default: ConvOut<1>(h, hs, cv, o, y, ys, j0, sum, pre); break;
+    }
+    o += k;
   }
-  for (; o + 8 <= cv.out; o += 8) ConvOut<8>(h, hs, cv, o, y, ys, j0, sum, pre);
-  for (; o + 4 <= cv.out; o += 4) ConvOut<4>(h, hs, cv, o, y, ys, j0, sum, pre);
-  for (; o < cv.out; ++o) ConvOut<1>(h, hs, cv, o, y, ys, j0, sum, pre);
 }
 
 // y [out planes, stride ys] = conv(h [in planes, stride hs]) at positions 0 .. RoundUp8(len) - 1.
@@ -183,8 +187,8 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
           // Positions len .. RoundUp8(len) - 1 pool the zero tail (2 RoundUp8(len) <= the row's
           // RoundUp8 + kPad), so they stay zero.
           for (int64_t j0 = 0; j0 < lv.len; j0 += kW) {
-            const V ev = Evens(Load(a + 2 * j0), Load(a + 2 * j0 + kW));
-            const V od = Odds(Load(a + 2 * j0), Load(a + 2 * j0 + kW));
+            const V lo = Load(a + 2 * j0), hi = Load(a + 2 * j0 + kW);
+            const V ev = Evens(lo, hi), od = Odds(lo, hi);
             Store(p + j0, ev < od ? od : ev);
           }
         }
@@ -201,12 +205,12 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
       const int64_t c = lv.ch;
       // conv1 before the nearest upsample (they commute), then [upsampled, skip] masked.
       Conv(h, hs, net.up_proj[l], lv.proj, below.stride, below.len);
+      // Masked as written; the second half of the last block may lie beyond RoundUp8(len) (the
+      // zero padding), where nothing is written.
+      const int64_t blocks = RoundUp8(lv.len);
       for (int64_t o = 0; o < c; ++o) {
         const float* p = lv.proj + o * below.stride + kPad;
         float* dst = lv.cat + o * lv.stride + kPad;
-        // Masked as written; the second half of the last block may lie beyond RoundUp8(len) (the
-        // zero padding), where nothing is written.
-        const int64_t blocks = RoundUp8(lv.len);
         for (int64_t j0 = 0; j0 < below.len; j0 += kW) {
           const V pv = Load(p + j0);
           Store(dst + 2 * j0, Masked(DupLow(pv), LoadBits(lv.mask + 2 * j0)));
@@ -474,10 +478,10 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
     ConvBackward(lv.cat, lv.stride, net.up_conv[l], net.up_wb[l], lv.dy, lv.stride, lv.len, net.up_g[l], lv.dcat);
     // The skip half goes to the down block's output; the upsampled half, masked, back to proj.
     std::memcpy(lv.ddown, lv.dcat + c * lv.stride, static_cast<size_t>(c * lv.stride) * sizeof(float));
+    const int64_t blocks = RoundUp8(lv.len);
     for (int64_t o = 0; o < c; ++o) {
       const float* src = lv.dcat + o * lv.stride + kPad;
       float* dp = lv.dproj + o * below.stride + kPad;
-      const int64_t blocks = RoundUp8(lv.len);
       for (int64_t j0 = 0; j0 < below.len; j0 += kW) {
         const V lo = Masked(Load(src + 2 * j0), LoadBits(lv.mask + 2 * j0));
         // Beyond RoundUp8(len) every position is masked: +0, as its mask word would give.

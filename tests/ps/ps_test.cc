@@ -552,8 +552,9 @@ TEST(Failures, RoundThatCanNeverCompleteIsReported) {
 }
 
 // A sync push returns before its acknowledgement (the servers hold later pulls until it is
-// applied). A server that refuses it must still fail the worker's next call with the server's
-// reason, not leave it waiting: here the worker's "tag" table has dim 4 where the server's has 3.
+// applied). A server that refuses it must fail the worker's next call, promptly and with the
+// server's reason, not let it succeed as if the round had counted: here the worker's "tag"
+// table has dim 4 where the server's has 3.
 TEST(Failures, RefusedSyncPushFailsTheNextCall) {
   const auto tables = Tables();
   auto worker_tables = tables;
