@@ -2,10 +2,11 @@
 //   mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 build/bench/bench_ps --servers=1
 //   mpirun --allow-run-as-root --oversubscribe --bind-to none -np 3 build/bench/bench_ps --servers=1
 // Prints, for dim-64 rows (Adagrad) and batches of 4096 unique Zipf-distributed ids over 10M ids:
-//   * the in-process LocalEmbeddingStore's Lookup / ApplyGradients rates (measured on the first
-//     worker, before the remote phase, on the same batches);
-//   * pull and push rates through the servers (all workers together), pull also with one batch
-//     prefetched ahead (Pull -> ticket, Wait);
+//   * pull through the servers (all workers together), waited at once and with one batch
+//     prefetched ahead (Pull -> ticket, Wait), against the in-process LocalEmbeddingStore's
+//     Lookup on the first worker over the same batches: alternating rounds, each round's ratio
+//     and their median;
+//   * push through the servers against the in-process ApplyGradients;
 //   * the allreduce of 10 MB of floats across the workers (algorithm bandwidth, GB/s), through
 //     MpiCommunicator's shared-memory window (the default on one host) and through
 //     MPI_Iallreduce, alternating, in the same run.
@@ -42,8 +43,10 @@ struct Flags {
   int batch = 4096;
   int batches = 64;     // distinct batches per worker (cycled)
   int iterations = 300; // timed batches per phase and worker
+  int rounds = 5;        // alternating rounds of the pull comparison
   double zipf = 1.05;
   std::string mode = "sync";
+  int64_t pull_piece_kb = ps::PsOptions().pull_piece_bytes >> 10;
 };
 
 std::vector<std::vector<int64_t>> MakeBatches(const Flags& f, uint64_t seed) {
@@ -63,6 +66,12 @@ using bench::Phase;
 using bench::RowsPerSecond;
 using bench::Soon;
 
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Communicator& comm, MPI_Comm worker_mpi,
                     const std::vector<config::TableConfig>& tables) {
   const bool report = comm.rank() == 0;
@@ -75,43 +84,58 @@ absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Commu
   for (float& g : grads) g = normal(rng);
   const int64_t timed_rows = int64_t{f.iterations} * f.batch;
 
-  double local_pull = 0, local_push = 0;
-  if (report) {  // in-process baseline on the same batches, before the remote phase
-    T2D_ASSIGN_OR_RETURN(auto local, embedding::LocalEmbeddingStore::Create(tables));
+  // The in-process baseline is a LocalEmbeddingStore on the first worker holding the same rows.
+  std::unique_ptr<embedding::LocalEmbeddingStore> local;
+  if (report) {
+    T2D_ASSIGN_OR_RETURN(local, embedding::LocalEmbeddingStore::Create(tables));
     for (const auto& b : batches) T2D_RETURN_IF_ERROR(local->ApplyGradients(0, b, grads));
-    absl::Time t0 = absl::Now();
-    for (int i = 0; i < f.iterations; ++i) {
-      T2D_RETURN_IF_ERROR(local->Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
-    }
-    local_pull = RowsPerSecond(timed_rows, absl::Now() - t0);
-    t0 = absl::Now();
-    for (int i = 0; i < f.iterations; ++i) {
-      T2D_RETURN_IF_ERROR(local->ApplyGradients(0, batches[static_cast<size_t>(i % f.batches)], grads));
-    }
-    local_push = RowsPerSecond(timed_rows, absl::Now() - t0);
   }
   // Warm-up: the servers store every row once, so both sides read stored rows.
   for (const auto& b : batches) T2D_RETURN_IF_ERROR(store.ApplyGradients(0, b, grads));
   T2D_RETURN_IF_ERROR(store.Flush());
 
-  T2D_ASSIGN_OR_RETURN(const double pull, Phase(comm, timed_rows, [&]() -> absl::Status {
-    for (int i = 0; i < f.iterations; ++i) {
-      T2D_RETURN_IF_ERROR(store.Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
-    }
-    return absl::OkStatus();
-  }));
-  T2D_ASSIGN_OR_RETURN(const double pull_prefetch, Phase(comm, timed_rows, [&]() -> absl::Status {
-    T2D_ASSIGN_OR_RETURN(auto ticket, store.Pull(0, batches[0]));
-    for (int i = 0; i < f.iterations; ++i) {
-      ps::RemoteEmbeddingStore::Ticket next = 0;
-      if (i + 1 < f.iterations) {
-        T2D_ASSIGN_OR_RETURN(next, store.Pull(0, batches[static_cast<size_t>((i + 1) % f.batches)]));
+  // Pull: `rounds` rounds, each timing the in-process lookup (first worker; the others wait),
+  // the pull through the servers and the pull with one batch prefetched, back to back, so that
+  // each round's ratios compare runs seconds apart on this shared machine.
+  std::vector<double> local_pulls, pulls, prefetched;
+  for (int round = 0; round < f.rounds; ++round) {
+    T2D_RETURN_IF_ERROR(comm.Barrier(Soon()));
+    if (report) {
+      const absl::Time t0 = absl::Now();
+      for (int i = 0; i < f.iterations; ++i) {
+        T2D_RETURN_IF_ERROR(local->Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
       }
-      T2D_RETURN_IF_ERROR(store.Wait(ticket, absl::MakeSpan(i % 2 ? rows : rows2)));
-      ticket = next;
+      local_pulls.push_back(RowsPerSecond(timed_rows, absl::Now() - t0));
     }
-    return absl::OkStatus();
-  }));
+    T2D_ASSIGN_OR_RETURN(const double pull, Phase(comm, timed_rows, [&]() -> absl::Status {
+      for (int i = 0; i < f.iterations; ++i) {
+        T2D_RETURN_IF_ERROR(store.Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
+      }
+      return absl::OkStatus();
+    }));
+    pulls.push_back(pull);
+    T2D_ASSIGN_OR_RETURN(const double pull_prefetch, Phase(comm, timed_rows, [&]() -> absl::Status {
+      T2D_ASSIGN_OR_RETURN(auto ticket, store.Pull(0, batches[0]));
+      for (int i = 0; i < f.iterations; ++i) {
+        ps::RemoteEmbeddingStore::Ticket next = 0;
+        if (i + 1 < f.iterations) {
+          T2D_ASSIGN_OR_RETURN(next, store.Pull(0, batches[static_cast<size_t>((i + 1) % f.batches)]));
+        }
+        T2D_RETURN_IF_ERROR(store.Wait(ticket, absl::MakeSpan(i % 2 ? rows : rows2)));
+        ticket = next;
+      }
+      return absl::OkStatus();
+    }));
+    prefetched.push_back(pull_prefetch);
+  }
+  double local_push = 0;
+  if (report) {
+    const absl::Time t0 = absl::Now();
+    for (int i = 0; i < f.iterations; ++i) {
+      T2D_RETURN_IF_ERROR(local->ApplyGradients(0, batches[static_cast<size_t>(i % f.batches)], grads));
+    }
+    local_push = RowsPerSecond(timed_rows, absl::Now() - t0);
+  }
   T2D_ASSIGN_OR_RETURN(const double push, Phase(comm, timed_rows, [&]() -> absl::Status {
     for (int i = 0; i < f.iterations; ++i) {
       T2D_RETURN_IF_ERROR(store.ApplyGradients(0, batches[static_cast<size_t>(i % f.batches)], grads));
@@ -149,14 +173,23 @@ absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Commu
     std::printf("job: %d server(s) + %d worker(s), %s mode; dim %d, Adagrad, batches of %d unique ids, Zipf(%.2f) over %lld ids, %d timed batches per worker\n",
                 f.servers, comm.size(), f.mode.c_str(), f.dim, f.batch, f.zipf, static_cast<long long>(f.num_rows),
                 f.iterations);
-    std::printf("in-process LocalEmbeddingStore (1 thread): lookup %.2f M rows/s, apply %.2f M rows/s\n", local_pull / 1e6,
-                local_push / 1e6);
-    std::printf("through the server(s), all workers:       pull   %.2f M rows/s (%.0f%% of in-process)\n", pull / 1e6,
-                100 * pull / local_pull);
+    std::printf("pull in pieces of at most %lld KiB of rows per request\n", static_cast<long long>(f.pull_piece_kb));
+    std::vector<double> ratio, ratio_prefetched;
+    for (int r = 0; r < f.rounds; ++r) {
+      const size_t i = static_cast<size_t>(r);
+      ratio.push_back(pulls[i] / local_pulls[i]);
+      ratio_prefetched.push_back(prefetched[i] / local_pulls[i]);
+      std::printf("round %d: in-process lookup (1 thread) %.2f M rows/s; through the server(s), all workers: pull %.2f M rows/s "
+                  "(%.0f%%), with 1 batch prefetched %.2f M rows/s (%.0f%%)\n",
+                  r + 1, local_pulls[i] / 1e6, pulls[i] / 1e6, 100 * ratio.back(), prefetched[i] / 1e6,
+                  100 * ratio_prefetched.back());
+    }
+    std::printf("through the server(s), all workers:       pull   %.2f M rows/s (median of %d rounds; of in-process, median of the rounds' ratios: %.0f%%)\n",
+                Median(pulls) / 1e6, f.rounds, 100 * Median(ratio));
     std::printf("                                           pull with 1 batch prefetched %.2f M rows/s (%.0f%%)\n",
-                pull_prefetch / 1e6, 100 * pull_prefetch / local_pull);
-    std::printf("                                           push   %.2f M rows/s (%.0f%% of in-process)\n", push / 1e6,
-                100 * push / local_push);
+                Median(prefetched) / 1e6, 100 * Median(ratio_prefetched));
+    std::printf("                                           push   %.2f M rows/s (%.0f%% of in-process apply, %.2f M rows/s)\n",
+                push / 1e6, 100 * push / local_push, local_push / 1e6);
     if (comm.size() > 1) {
       const char* single_copy = std::getenv("OMPI_MCA_btl_vader_single_copy_mechanism");
       std::printf("allreduce 10 MB floats across %d workers (best of 3 alternating rounds; "
@@ -189,10 +222,12 @@ int main(int argc, char** argv) {
     const std::string key = eq == std::string::npos ? a : a.substr(0, eq), value = eq == std::string::npos ? "" : a.substr(eq + 1);
     if (key == "--servers") f.servers = std::stoi(value);
     else if (key == "--iterations") f.iterations = std::stoi(value);
+    else if (key == "--rounds") f.rounds = std::max(1, std::stoi(value));
     else if (key == "--mode") f.mode = value;
     else if (key == "--zipf") f.zipf = std::stod(value);
+    else if (key == "--pull_piece_kb") f.pull_piece_kb = std::stoll(value);
     else {
-      std::fprintf(stderr, "unknown flag %s (known: --servers= --iterations= --mode=sync|async --zipf=)\n", a.c_str());
+      std::fprintf(stderr, "unknown flag %s (known: --servers= --iterations= --rounds= --mode=sync|async --zipf= --pull_piece_kb=)\n", a.c_str());
       comm::MpiSession::Abort(2);
     }
   }
@@ -202,6 +237,7 @@ int main(int argc, char** argv) {
   ps::PsOptions options;
   options.consistency = f.mode == "async" ? ps::Consistency::kAsync : ps::Consistency::kSync;
   options.staleness = 2;
+  options.pull_piece_bytes = f.pull_piece_kb << 10;
   options.timeout = absl::Seconds(120);
   bench::RunPsJob(**session, f.servers, tables, options,
                   [&](ps::RemoteEmbeddingStore& store, comm::Communicator& comm, MPI_Comm worker_mpi) {

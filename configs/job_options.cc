@@ -125,6 +125,7 @@ absl::StatusOr<ps::PsOptions> PsOptionsOf(const JobConfig& job, const comm::Role
   o.idle_timeout = cluster.server_idle_timeout_s() > 0 ? absl::Seconds(cluster.server_idle_timeout_s())
                                                        : absl::InfiniteDuration();
   o.max_message_bytes = cluster.max_message_bytes();
+  o.pull_piece_bytes = cluster.pull_piece_bytes();
   return o;
 }
 

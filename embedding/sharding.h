@@ -23,7 +23,8 @@ inline int ShardOf(int64_t id, int num_shards) {
 // The distinct ids of a batch grouped by owner, and where each input position went.
 //
 // ids[s] holds the distinct ids that shard s owns, in order of first occurrence in the input.
-// This order is on the wire (ps/remote_embedding_store.h sends ids[s] as is), so never change it.
+// This order is on the wire (ps/remote_embedding_store.h pushes ids[s] as is and pulls it in
+// pieces of the same order), so never change it.
 // Input position i is row row_of_position[i] of ids[shard_of_position[i]]: repeated ids share one
 // row, so rows gathered per shard scatter back to every position that asked for them, and
 // gradients of repeated ids sum into one row. Because rows are numbered in order of first

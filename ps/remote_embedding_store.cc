@@ -1,5 +1,6 @@
 #include "ps/remote_embedding_store.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -126,33 +127,61 @@ absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int tabl
   T2D_RETURN_IF_ERROR(broken_);
   if (ids.size() > UINT32_MAX) return absl::InvalidArgumentError("too many ids in one pull");
   const int num_servers = options_.roles.num_servers;
-  const int dim = tables_[static_cast<size_t>(table)].dim();
-  embedding::Partition partition = embedding::PartitionByShard(ids, num_servers);
-  // Check every part before sending any, so that a rejected pull leaves no request outstanding.
-  for (const auto& sids : partition.ids) {
-    if (static_cast<int64_t>(sids.size()) * dim * 4 + 1024 > options_.max_message_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("pull of ", sids.size(), " rows from one server exceeds max_message_bytes ",
-                                                     options_.max_message_bytes, "; use smaller batches"));
-    }
+  const config::TableConfig& spec = tables_[static_cast<size_t>(table)];
+  const int64_t dim = spec.dim();
+  // A piece's request carries 8 bytes an id and its reply 4 x dim an id, plus a header.
+  const int64_t id_bytes = std::max<int64_t>(8, 4 * dim);
+  const int64_t fits = (options_.max_message_bytes - kHeaderAllowance) / id_bytes;
+  if (fits < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("table \"", spec.name(), "\": a pull of one row does not fit max_message_bytes ",
+                                                   options_.max_message_bytes));
   }
+  const size_t piece_rows =
+      static_cast<size_t>(std::clamp<int64_t>(options_.pull_piece_bytes / (4 * dim), 1, fits));
   PendingPull p;
   p.table = table;
-  p.parts.resize(static_cast<size_t>(num_servers));
-  for (int s = 0; s < num_servers; ++s) {
-    const auto& sids = partition.ids[static_cast<size_t>(s)];
-    if (sids.empty()) continue;
+  p.num_positions = ids.size();
+  // Each server's distinct ids in order of first occurrence, cut into pieces of piece_rows; a
+  // piece is sent as soon as it is full, so the servers start looking up rows while the rest of
+  // the batch is still being partitioned.
+  std::vector<int> open(static_cast<size_t>(num_servers), -1);  // the server's piece being filled
+  std::vector<std::vector<int64_t>> open_ids(static_cast<size_t>(num_servers));
+  auto send = [&](int s) -> absl::Status {
+    std::vector<int64_t>& sids = open_ids[static_cast<size_t>(s)];
+    PullPiece& piece = p.pieces[static_cast<size_t>(open[static_cast<size_t>(s)])];
     Header h = NewRequest(Header::PULL);
     h.set_table(table);
     h.set_num_ids(static_cast<int64_t>(sids.size()));
-    h.set_dim(dim);
+    h.set_dim(static_cast<int32_t>(dim));
     h.set_round(pushes_sent_[static_cast<size_t>(table)]);
-    p.parts[static_cast<size_t>(s)] = PullPart{h.request_id(), sids.size()};
-    std::string bytes = EncodeFrame(
-        h, absl::string_view(reinterpret_cast<const char*>(sids.data()), sids.size() * sizeof(int64_t)));
-    T2D_RETURN_IF_ERROR(SendRequest(options_.roles.ServerRank(s), h, std::move(bytes)));
+    piece.request_id = h.request_id();
+    std::string bytes =
+        EncodeFrame(h, absl::string_view(reinterpret_cast<const char*>(sids.data()), sids.size() * sizeof(int64_t)));
+    sids.clear();
+    open[static_cast<size_t>(s)] = -1;
+    return SendRequest(options_.roles.ServerRank(s), h, std::move(bytes));
+  };
+  absl::flat_hash_map<int64_t, uint32_t> first;  // id -> position of its first occurrence
+  first.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto [it, inserted] = first.try_emplace(ids[i], static_cast<uint32_t>(i));
+    if (!inserted) {
+      p.repeats.emplace_back(static_cast<uint32_t>(i), it->second);
+      continue;
+    }
+    const int s = embedding::ShardOf(ids[i], num_servers);
+    int& piece = open[static_cast<size_t>(s)];
+    if (piece < 0) {
+      piece = static_cast<int>(p.pieces.size());
+      p.pieces.push_back(PullPiece{0, s, {}});
+    }
+    p.pieces[static_cast<size_t>(piece)].first_position.push_back(static_cast<uint32_t>(i));
+    open_ids[static_cast<size_t>(s)].push_back(ids[i]);
+    if (open_ids[static_cast<size_t>(s)].size() == piece_rows) T2D_RETURN_IF_ERROR(send(s));
   }
-  p.shard_of_position = std::move(partition.shard_of_position);
-  p.row_of_position = std::move(partition.row_of_position);
+  for (int s = 0; s < num_servers; ++s) {
+    if (open[static_cast<size_t>(s)] >= 0) T2D_RETURN_IF_ERROR(send(s));
+  }
   const Ticket ticket = next_ticket_++;
   pulls_.emplace(ticket, std::move(p));
   return ticket;
@@ -164,41 +193,39 @@ absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
   PendingPull p = std::move(it->second);
   pulls_.erase(it);
   const size_t dim = static_cast<size_t>(tables_[static_cast<size_t>(p.table)].dim());
-  std::vector<uint64_t> ids;
-  for (const auto& part : p.parts) {
-    if (part.num_ids > 0) ids.push_back(part.request_id);
-  }
-  T2D_RETURN_IF_ERROR(AwaitReplies(ids));
-  // Take every reply even when one failed, so none is left behind in replies_.
-  std::vector<Reply> replies(p.parts.size());  // per server
+  // Every piece's reply is taken even after an error, so none is left behind in replies_.
   absl::Status first_error;
-  for (size_t s = 0; s < p.parts.size(); ++s) {
-    const PullPart& part = p.parts[s];
-    if (part.num_ids == 0) continue;
-    auto r = TakeReply(part.request_id);
+  if (out.size() != p.num_positions * dim) {
+    first_error = absl::InvalidArgumentError(absl::StrCat("pull of ", p.num_positions, " ids needs ", p.num_positions * dim,
+                                                          " floats, buffer has ", out.size()));
+  }
+  // Pieces are placed in the order they were sent, each as soon as it is here: a server answers
+  // its pieces in order, so the rows of one are copied while it looks up the next.
+  for (const PullPiece& piece : p.pieces) {
+    T2D_RETURN_IF_ERROR(AwaitReplies({piece.request_id}));
+    auto r = TakeReply(piece.request_id);
     if (!r.ok()) {
       if (first_error.ok()) first_error = r.status();
       continue;
     }
-    const size_t want = part.num_ids * dim * sizeof(float);
-    if (r->header.num_ids() != static_cast<int64_t>(part.num_ids) || r->bytes.size() - r->payload_offset != want) {
+    const size_t n = piece.first_position.size();
+    const size_t got = r->bytes.size() - r->payload_offset;
+    if (r->header.num_ids() != static_cast<int64_t>(n) || got != n * dim * sizeof(float)) {
       if (first_error.ok()) {
-        first_error = absl::DataLossError(absl::StrCat("server rank ", r->source, " answered a pull of ", part.num_ids,
-                                                       " rows with ", r->bytes.size() - r->payload_offset, " bytes"));
+        first_error = absl::DataLossError(
+            absl::StrCat("server rank ", r->source, " answered a pull of ", n, " rows with ", got, " bytes"));
       }
+      continue;
     }
-    replies[s] = *std::move(r);
+    if (!first_error.ok()) continue;
+    const char* rows = r->bytes.data() + r->payload_offset;
+    for (size_t k = 0; k < n; ++k) {
+      std::memcpy(out.data() + piece.first_position[k] * dim, rows + k * dim * sizeof(float), dim * sizeof(float));
+    }
   }
   T2D_RETURN_IF_ERROR(first_error);
-  const size_t num_positions = p.shard_of_position.size();
-  if (out.size() != num_positions * dim) {
-    return absl::InvalidArgumentError(absl::StrCat("pull of ", num_positions, " ids needs ", num_positions * dim,
-                                                   " floats, buffer has ", out.size()));
-  }
-  for (size_t i = 0; i < num_positions; ++i) {
-    const Reply& r = replies[static_cast<size_t>(p.shard_of_position[i])];
-    std::memcpy(out.data() + i * dim, r.bytes.data() + r.payload_offset + static_cast<size_t>(p.row_of_position[i]) * dim * 4,
-                dim * sizeof(float));
+  for (const auto& [position, earlier] : p.repeats) {
+    std::memcpy(out.data() + position * dim, out.data() + earlier * dim, dim * sizeof(float));
   }
   return absl::OkStatus();
 }
@@ -394,9 +421,7 @@ absl::Status RemoteEmbeddingStore::Shutdown() {
     LOG(WARNING) << pulls_.size() << " prefetched pull(s) were never waited for";
     std::vector<uint64_t> ids;
     for (const auto& [ticket, p] : pulls_) {
-      for (const auto& part : p.parts) {
-        if (part.num_ids > 0) ids.push_back(part.request_id);
-      }
+      for (const auto& piece : p.pieces) ids.push_back(piece.request_id);
     }
     T2D_RETURN_IF_ERROR(AwaitReplies(ids));
     for (uint64_t id : ids) replies_.erase(id);

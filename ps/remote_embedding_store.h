@@ -3,10 +3,11 @@
 // EmbeddingStore interface as the in-process table (embedding/embedding_store.h).
 //
 // Protocol (full text: docs/ps-protocol.md):
-//   Pull (Pull, or Lookup = Pull + Wait): 1.-2. embedding::PartitionByShard: the distinct ids,
-//   grouped by owner in order of first occurrence (that order is on the wire); 3. send one PULL
-//   per server that owns any of them, all at once; 4. Wait() receives the replies (in any
-//   order) and scatters each row to every position of the caller's ids that asked for it.
+//   Pull (Pull, or Lookup = Pull + Wait): 1.-2. the distinct ids, grouped by owner
+//   (embedding::ShardOf) in order of first occurrence; 3. each server's ids go out in pieces of
+//   at most options.pull_piece_bytes of rows, one PULL request each, a piece as soon as it is
+//   full; 4. Wait() takes the replies piece by piece in the order sent and copies each row to
+//   the position that asked for it first, then repeated ids from their first position.
 //   Push (ApplyGradients): 1.-2. the same partition, summing the gradients of repeated ids in
 //   input order into their row; 3. send one PUSH to EVERY server (an empty one where the
 //   worker has no rows for it: each push is one round of the table on every server, which is
@@ -44,6 +45,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -66,8 +68,8 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   const config::TableConfig& table_config(int table) const override { return tables_[static_cast<size_t>(table)]; }
 
   // Pull sends the requests and returns at once; Wait receives. Lookup is the base class's
-  // Pull + Wait. Errors beyond the base contract: InvalidArgument when one server's part of a
-  // pull would exceed options.max_message_bytes (nothing sent).
+  // Pull + Wait. Errors beyond the base contract: InvalidArgument when a single row would
+  // exceed options.max_message_bytes (nothing sent); larger pulls are cut into pieces that fit.
   absl::StatusOr<Ticket> Pull(int table, absl::Span<const int64_t> ids) override;
   absl::Status Wait(Ticket ticket, absl::Span<float> out) override;
   absl::Status ApplyGradients(int table, absl::Span<const int64_t> ids, absl::Span<const float> grads) override;
@@ -93,17 +95,21 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
     std::string bytes;
     size_t payload_offset = 0;
   };
-  struct PullPart {  // what one pull asked of one server
+  struct PullPiece {  // one request to one server: rows of distinct ids of a pull
     uint64_t request_id = 0;
-    size_t num_ids = 0;  // 0: nothing was asked of it
+    int server = 0;
+    // Row k of the reply belongs at position first_position[k] of the caller's ids.
+    std::vector<uint32_t> first_position;
   };
   struct PendingPull {
-    int table;
-    std::vector<PullPart> parts;  // per server
-    // Per position of the caller's ids: the server and the row in its reply (the Partition's).
-    std::vector<int> shard_of_position;
-    std::vector<uint32_t> row_of_position;
+    int table = 0;
+    size_t num_positions = 0;
+    std::vector<PullPiece> pieces;  // in the order they were sent
+    // (position, earlier position of the same id): copied from `out` once every piece is placed.
+    std::vector<std::pair<uint32_t, uint32_t>> repeats;
   };
+  // Room kept for a frame's header when sizing a piece against max_message_bytes.
+  static constexpr int64_t kHeaderAllowance = 1024;
 
   Header NewRequest(Header::Type type);
   absl::Status SendRequest(int server, const Header& header, std::string bytes);

@@ -127,6 +127,7 @@ TEST(JobOptionsTest, PsOptionsFromTheClusterSection) {
   c.set_staleness(4);
   c.set_timeout_s(2.5);
   c.set_server_idle_timeout_s(0);
+  c.set_pull_piece_bytes(4096);
   auto o = PsOptionsOf(job, comm::RoleAssignment{5, 2, 3});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->consistency, ps::Consistency::kAsync);
@@ -134,6 +135,8 @@ TEST(JobOptionsTest, PsOptionsFromTheClusterSection) {
   EXPECT_EQ(o->timeout, absl::Milliseconds(2500));
   EXPECT_EQ(o->idle_timeout, absl::InfiniteDuration());
   EXPECT_EQ(o->max_message_bytes, int64_t{1} << 30);
+  EXPECT_EQ(o->pull_piece_bytes, 4096);
+  EXPECT_EQ(PsOptionsOf(JobConfig(), comm::RoleAssignment{3, 1, 2})->pull_piece_bytes, ps::PsOptions().pull_piece_bytes);
   auto bad = PsOptionsOf(job, comm::RoleAssignment{4, 2, 2});
   EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
   EXPECT_NE(std::string(bad.status().message()).find("mpirun -np 5"), std::string::npos) << bad.status();

@@ -235,6 +235,7 @@ TEST(ShardServer, MalformedRequestsGetErrorRepliesAndServingContinues) {
 struct JobShape {
   int servers;
   int workers;
+  int64_t pull_piece_bytes = 0;  // 0: the default
 };
 
 class SyncJob : public ::testing::TestWithParam<JobShape> {};
@@ -246,7 +247,9 @@ TEST_P(SyncJob, MatchesLocalStoreExactly) {
   const int num_servers = GetParam().servers, num_workers = GetParam().workers;
   const auto tables = Tables();
   constexpr int kSteps = 6;
-  auto result = testutil::RunPsJob(num_servers, num_workers, tables, TestOptions(),
+  PsOptions options = TestOptions();
+  if (GetParam().pull_piece_bytes > 0) options.pull_piece_bytes = GetParam().pull_piece_bytes;
+  auto result = testutil::RunPsJob(num_servers, num_workers, tables, options,
                                    [&](int w, RemoteEmbeddingStore& store, comm::Communicator&) {
     auto ref_or = embedding::LocalEmbeddingStore::Create(tables);
     ASSERT_TRUE(ref_or.ok());
@@ -260,6 +263,11 @@ TEST_P(SyncJob, MatchesLocalStoreExactly) {
         ASSERT_TRUE(ref.Lookup(t, probe, absl::MakeSpan(want)).ok());
         ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "worker " << w << " step " << step << " table " << t;
         const Batch mine = MakeBatch(step, w, t, dim);
+        // Repeated ids, scattered from the first position that asked (across pieces).
+        std::vector<float> got_mine(mine.ids.size() * static_cast<size_t>(dim)), want_mine(got_mine.size());
+        ASSERT_TRUE(store.Lookup(t, mine.ids, absl::MakeSpan(got_mine)).ok());
+        ASSERT_TRUE(ref.Lookup(t, mine.ids, absl::MakeSpan(want_mine)).ok());
+        ASSERT_EQ(std::memcmp(got_mine.data(), want_mine.data(), got_mine.size() * 4), 0) << "worker " << w << " step " << step;
         ASSERT_TRUE(store.ApplyGradients(t, mine.ids, mine.grads).ok());
         Batch all;
         for (int v = 0; v < num_workers; ++v) {
@@ -314,9 +322,16 @@ TEST_P(SyncJob, MatchesLocalStoreExactly) {
   EXPECT_EQ(rounds, int64_t{kSteps} * 2 * num_servers);  // one combined update per table per step per server
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, SyncJob, ::testing::Values(JobShape{1, 1}, JobShape{1, 2}, JobShape{2, 2}, JobShape{3, 3}),
+// The pieces: 40 bytes are one row of the dim-8 table and three of the dim-3 one, so every pull
+// is many requests per server, and repeated ids meet their first occurrence in another piece.
+INSTANTIATE_TEST_SUITE_P(Shapes, SyncJob,
+                         ::testing::Values(JobShape{1, 1}, JobShape{1, 2}, JobShape{2, 2}, JobShape{3, 3},
+                                           JobShape{1, 1, 40}, JobShape{3, 2, 40}),
                          [](const auto& param_info) {
-                           return absl::StrCat(param_info.param.servers, "s", param_info.param.workers, "w");
+                           return absl::StrCat(param_info.param.servers, "s", param_info.param.workers, "w",
+                                               param_info.param.pull_piece_bytes > 0
+                                                   ? absl::StrCat("_pieces", param_info.param.pull_piece_bytes, "B")
+                                                   : "");
                          });
 
 class AsyncJob : public ::testing::TestWithParam<int> {};
@@ -373,12 +388,15 @@ INSTANTIATE_TEST_SUITE_P(Tau, AsyncJob, ::testing::Values(0, 1, 3));
 // The EmbeddingStore conformance cases (shared with LocalEmbeddingStore in embedding_test) on
 // one sync worker: Pull/Wait with several tickets outstanding and waited out of order, a pull
 // issued before a push reading the state before it (prefetch), ticket errors.
-class RemoteStoreConformance : public ::testing::TestWithParam<std::tuple<testutil::NamedStoreCase, int>> {};
+// Also with pulls cut into pieces of one row (several tickets' pieces interleave on the wire).
+class RemoteStoreConformance : public ::testing::TestWithParam<std::tuple<testutil::NamedStoreCase, JobShape>> {};
 
 TEST_P(RemoteStoreConformance, Case) {
   const testutil::StoreCase run = std::get<0>(GetParam()).run;
-  const int num_servers = std::get<1>(GetParam());
-  auto result = testutil::RunPsJob(num_servers, 1, Tables(), TestOptions(), [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
+  const int num_servers = std::get<1>(GetParam()).servers;
+  PsOptions options = TestOptions();
+  if (std::get<1>(GetParam()).pull_piece_bytes > 0) options.pull_piece_bytes = std::get<1>(GetParam()).pull_piece_bytes;
+  auto result = testutil::RunPsJob(num_servers, 1, Tables(), options, [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
     run(store);
     EXPECT_TRUE(store.Shutdown().ok());
   });
@@ -386,10 +404,46 @@ TEST_P(RemoteStoreConformance, Case) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, RemoteStoreConformance,
-                         ::testing::Combine(::testing::ValuesIn(testutil::EmbeddingStoreCases()), ::testing::Values(1, 3)),
+                         ::testing::Combine(::testing::ValuesIn(testutil::EmbeddingStoreCases()),
+                                            ::testing::Values(JobShape{1, 1}, JobShape{3, 1}, JobShape{3, 1, 4})),
                          [](const auto& param_info) {
-                           return absl::StrCat(std::get<0>(param_info.param).name, "_", std::get<1>(param_info.param), "s");
+                           const JobShape& shape = std::get<1>(param_info.param);
+                           return absl::StrCat(std::get<0>(param_info.param).name, "_", shape.servers, "s",
+                                               shape.pull_piece_bytes > 0 ? "_pieces" : "");
                          });
+
+// A pull larger than max_message_bytes goes out in pieces that fit; a single row that cannot
+// fit is refused before anything is sent.
+TEST(RemoteEmbeddingStore, PullsLargerThanAMessageGoInPieces) {
+  const auto tables = Tables();
+  PsOptions options = TestOptions();
+  options.max_message_bytes = 1024 + 2 * 8 * 4;  // a frame's header room and two rows of dim 8
+  auto result = testutil::RunPsJob(2, 1, tables, options, [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
+    auto ref = embedding::LocalEmbeddingStore::Create(tables);
+    ASSERT_TRUE(ref.ok());
+    const auto probe = ProbeIds();
+    std::vector<float> got(probe.size() * 8), want(got.size());
+    ASSERT_TRUE(store.Lookup(0, probe, absl::MakeSpan(got)).ok());
+    ASSERT_TRUE((*ref)->Lookup(0, probe, absl::MakeSpan(want)).ok());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0);
+    EXPECT_TRUE(store.Shutdown().ok());
+  });
+  for (const auto& s : result.server_status) EXPECT_TRUE(s.ok()) << s;
+  int64_t requests = 0;
+  for (const auto& s : result.server_stats) requests += s.requests();
+  EXPECT_GE(requests, static_cast<int64_t>(ProbeIds().size()) / 2);  // two rows a piece at most
+
+  options.max_message_bytes = 1024 + 8 * 4 - 1;  // not even one row of the dim-8 table
+  auto refused = testutil::RunPsJob(1, 1, tables, options, [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
+    std::vector<float> rows(8);
+    absl::Status s = store.Lookup(0, {1}, absl::MakeSpan(rows));
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(std::string(s.message()).find("does not fit max_message_bytes"), std::string::npos) << s;
+    EXPECT_TRUE(store.Shutdown().ok());
+  });
+  EXPECT_TRUE(refused.server_status[0].ok()) << refused.server_status[0];
+  EXPECT_EQ(refused.server_stats[0].pulled_rows(), 0);
+}
 
 TEST(RemoteEmbeddingStore, CallerErrorsSendNothing) {
   const auto tables = Tables();
