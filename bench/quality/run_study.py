@@ -648,8 +648,9 @@ CONSISTENCY = [
 ]
 
 # The industrial part: what the options that make T2Diff affordable at a large D cost in quality
-# (docs/model.md): a U-Net narrower than D together with diffusion over the newest k slots only,
-# and fewer reverse steps at inference, against the paper's layout and against no diffusion.
+# (docs/model.md): a U-Net narrower than D and diffusion over the newest k slots only, each alone
+# and together, and fewer reverse steps at inference, against the paper's layout and against no
+# diffusion.
 LEAN = ["model.unet_channels=4", "model.diffusion_window=10"]
 INDUSTRIAL_ARMS = [
     Arm("t2diff", "T2Diff (U-Net width D, diffusion over all n = 50)", "T2DIFF", keep=True),
@@ -658,10 +659,14 @@ INDUSTRIAL_ARMS = [
     Arm("lean", "T2Diff, U-Net width 4, diffusion over the newest 10 slots", "T2DIFF", LEAN, keep=True),
     Arm("lean.final", "the same, final checkpoint", parent="lean"),
     Arm("lean.ddim10", "the same, final checkpoint, DDIM 10 steps at inference", parent="lean", eval_sets=DDIM10),
+    Arm("narrow", "T2Diff, U-Net width 4, diffusion over all n = 50", "T2DIFF", LEAN[:1]),
+    Arm("window", "T2Diff, U-Net width D, diffusion over the newest 10 slots", "T2DIFF", LEAN[1:]),
     Arm("nodiff", "no diffusion (FFN)", "T2DIFF_NO_DIFFUSION"),
 ]
 INDUSTRIAL_COMPARISONS = [
     ("lean", "t2diff", "U-Net width 4 and diffusion over the newest 10 slots, against the paper's layout (D = 16)"),
+    ("narrow", "t2diff", "U-Net width 4 alone, against the paper's layout"),
+    ("window", "t2diff", "diffusion over the newest 10 slots alone, against the paper's layout"),
     ("t2diff.ddim10", "t2diff.final", "DDIM 10 steps against the 50-step DDPM sampler (paper's layout)"),
     ("lean.ddim10", "t2diff.final", "both options and DDIM 10 steps, against the paper's layout"),
     ("lean", "nodiff", "both options, against no diffusion"),
