@@ -24,9 +24,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <set>
-#include <sstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -36,6 +33,7 @@
 #include <sys/resource.h>
 
 #include "absl/container/flat_hash_map.h"
+#include "bench/bench_util.h"
 #include "model/dense_optimizer.h"
 #include "model/malloc_tuning.h"
 #include "model/model.h"
@@ -53,30 +51,6 @@ double ProcessCpuSeconds() {
   timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-// The first value of a /proc/cpuinfo field ("model name", "flags").
-std::string CpuInfo(const std::string& field) {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind(field, 0) == 0 && line.find(':') != std::string::npos) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
-std::string CpuModel() { return CpuInfo("model name"); }
-
-// The vector extensions that decide what a GEMM or a fused kernel can reach on this CPU, so
-// figures from the project's different machines (EPYC, Xeon) can be read side by side.
-std::string VectorExtensions() {
-  std::istringstream flags(" " + CpuInfo("flags") + " ");
-  std::set<std::string> have;
-  for (std::string f; flags >> f;) have.insert(f);
-  std::string out;
-  for (const char* f : {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}) {
-    out += (out.empty() ? "" : " ") + std::string(have.count(f) ? "" : "no-") + f;
-  }
-  return out;
 }
 
 // The machine's single-precision peak as this process can reach it: the best of a few large
@@ -451,8 +425,8 @@ int main(int argc, char** argv) {
     }
   }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
-  std::printf("machine: %u hardware threads, %s [%s]; malloc tuned: %s; OMP_WAIT_POLICY=%s\n",
-              std::thread::hardware_concurrency(), CpuModel().c_str(), VectorExtensions().c_str(), tuned ? "yes" : "no",
+  std::printf("machine: %s; malloc tuned: %s; OMP_WAIT_POLICY=%s\n", t2d::bench::MachineDescription().c_str(),
+              tuned ? "yes" : "no",
               wait_policy != nullptr ? wait_policy : "(unset: spinning OpenMP threads, slow when cores are shared)");
   if (!latency_only) {
     for (int threads : {1, 2}) {

@@ -13,19 +13,17 @@
 // Figures are printed, never asserted.
 
 #include <mpi.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "bench/ps_bench_util.h"
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_session.h"
@@ -51,15 +49,6 @@ struct Flags {
 
 std::vector<std::vector<int64_t>> MakeBatches(const Flags& f, uint64_t seed) {
   return bench::ZipfBatches(f.num_rows, f.zipf, f.batch, f.batches, seed);
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
 }
 
 using bench::Phase;
@@ -169,7 +158,7 @@ absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Commu
     }
   }
   if (report) {
-    std::printf("machine: %ld cores, %s\n", sysconf(_SC_NPROCESSORS_ONLN), CpuModel().c_str());
+    std::printf("machine: %s\n", bench::MachineDescription().c_str());
     std::printf("job: %d server(s) + %d worker(s), %s mode; dim %d, Adagrad, batches of %d unique ids, Zipf(%.2f) over %lld ids, %d timed batches per worker\n",
                 f.servers, comm.size(), f.mode.c_str(), f.dim, f.batch, f.zipf, static_cast<long long>(f.num_rows),
                 f.iterations);
