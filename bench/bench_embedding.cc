@@ -4,7 +4,8 @@
 //
 // Prints lookup and Adagrad-update throughput (rows/s, batches of 4096 ids) for uniformly
 // random ids and for Zipf(1.1)-distributed ids, and the resident bytes per stored row against
-// the target (payload + optimizer state) x 1.15 + 32.
+// the target (payload + optimizer state) x 1.15 + 32; and the finiteness check of a batch's
+// gradients (common/finite.h) against a loop of std::isfinite.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "common/finite.h"
 #include "common/hash.h"
 #include "embedding/embedding_table.h"
 
@@ -116,7 +118,28 @@ void BM_AdagradUpdate(benchmark::State& state) {
   state.SetLabel(state.range(0) == 0 ? "uniform ids" : "zipf(1.1) ids");
 }
 
+// The finiteness check every push makes of its gradients (three times on the way to a server):
+// common/finite.h against a plain loop of std::isfinite, on one batch's gradients.
+void BM_FiniteCheck(benchmark::State& state) {
+  const std::vector<float> grads(kBatch * kDim, 1e-4f);
+  size_t found = 0;
+  for (auto _ : state) {
+    if (state.range(0) == 0) {
+      found += FirstNonFinite(grads);
+    } else {
+      size_t i = 0;
+      while (i < grads.size() && std::isfinite(grads[i])) ++i;
+      found += i;
+    }
+    benchmark::ClobberMemory();
+  }
+  benchmark::DoNotOptimize(found);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * grads.size()));
+  state.SetLabel(state.range(0) == 0 ? "FirstNonFinite" : "std::isfinite loop");
+}
+
 BENCHMARK(BM_Lookup)->Arg(0)->Arg(1)->MinTime(2.0);
+BENCHMARK(BM_FiniteCheck)->Arg(0)->Arg(1)->MinTime(1.0);
 BENCHMARK(BM_AdagradUpdate)->Arg(0)->Arg(1)->MinTime(2.0);
 
 }  // namespace

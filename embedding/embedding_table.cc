@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/finite.h"
 
 namespace t2d::embedding {
 
@@ -97,11 +98,9 @@ absl::Status EmbeddingTable::ApplyGradients(absl::Span<const int64_t> ids, absl:
     return absl::InvalidArgumentError(absl::StrCat("table \"", spec_.name(), "\": ", ids.size(), " ids need ",
                                                    ids.size() * d, " gradient floats, got ", grads.size()));
   }
-  for (size_t i = 0; i < grads.size(); ++i) {
-    if (!std::isfinite(grads[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("table \"", spec_.name(), "\": gradient of id ", ids[i / d],
-                                                     " is not finite (", grads[i], "); nothing applied"));
-    }
+  if (const size_t i = FirstNonFinite(grads); i < grads.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("table \"", spec_.name(), "\": gradient of id ", ids[i / d],
+                                                   " is not finite (", grads[i], "); nothing applied"));
   }
   // Sum the gradients of repeated ids in input order, so the result does not depend on hashing.
   dedup_.clear();

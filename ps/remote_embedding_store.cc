@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/finite.h"
 #include "common/status_macros.h"
 #include "embedding/sharding.h"
 #include "glog/logging.h"
@@ -251,11 +252,9 @@ absl::Status RemoteEmbeddingStore::ApplyGradients(int table, absl::Span<const in
     return absl::InvalidArgumentError(absl::StrCat("table \"", spec.name(), "\": ", ids.size(), " ids need ", ids.size() * dim,
                                                    " gradient floats, got ", grads.size()));
   }
-  for (size_t i = 0; i < grads.size(); ++i) {
-    if (!std::isfinite(grads[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("table \"", spec.name(), "\": gradient of id ", ids[i / dim],
-                                                     " is not finite (", grads[i], "); nothing applied"));
-    }
+  if (const size_t i = FirstNonFinite(grads); i < grads.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("table \"", spec.name(), "\": gradient of id ", ids[i / dim],
+                                                   " is not finite (", grads[i], "); nothing applied"));
   }
   if (ids.size() > UINT32_MAX) return absl::InvalidArgumentError("too many ids in one push");
   const int num_servers = options_.roles.num_servers;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/finite.h"
 #include "common/process_memory.h"
 #include "common/status_macros.h"
 #include "embedding/sharding.h"
@@ -192,7 +193,7 @@ absl::Status ShardServer::Validate(int worker, const Frame& f, std::vector<int64
   out.resize(static_cast<size_t>(n));
   if (n > 0) std::memcpy(out.data(), f.payload.data(), static_cast<size_t>(8 * n));
   const int num_shards = options_.roles.num_servers;
-  for (int64_t id : out) {
+  for (int64_t id : num_shards > 1 ? absl::MakeConstSpan(out) : absl::Span<const int64_t>()) {  // one shard owns all
     if (embedding::ShardOf(id, num_shards) != shard_) {
       return absl::InvalidArgumentError(absl::StrCat("id ", id, " belongs to shard ", embedding::ShardOf(id, num_shards),
                                                      ", not to this server's shard ", shard_));
@@ -201,11 +202,9 @@ absl::Status ShardServer::Validate(int worker, const Frame& f, std::vector<int64
   if (h.type() == Header::PUSH) {
     const float* grads = reinterpret_cast<const float*>(f.payload.data() + 8 * n);
     const size_t count = static_cast<size_t>(n * dim);
-    for (size_t i = 0; i < count; ++i) {
-      if (!std::isfinite(grads[i])) {
-        return absl::InvalidArgumentError(absl::StrCat("gradient of id ", push->ids[i / static_cast<size_t>(dim)],
-                                                       " in table \"", name, "\" is not finite"));
-      }
+    if (const size_t i = FirstNonFinite(absl::MakeConstSpan(grads, count)); i < count) {
+      return absl::InvalidArgumentError(absl::StrCat("gradient of id ", push->ids[i / static_cast<size_t>(dim)],
+                                                     " in table \"", name, "\" is not finite"));
     }
   }
   return absl::OkStatus();

@@ -1,11 +1,15 @@
 #include <glog/logging.h>
 #include <gtest/gtest.h>
 
+#include <cfloat>
 #include <filesystem>
+#include <limits>
 #include <memory>
+#include <vector>
 
 #include "common/checksum.h"
 #include "common/file_util.h"
+#include "common/finite.h"
 #include "common/hash.h"
 #include "common/logging.h"
 #include "common/process_memory.h"
@@ -43,6 +47,31 @@ absl::Status Quarter(int x, int* out) {
   T2D_ASSIGN_OR_RETURN(*out, Half(h));
   T2D_RETURN_IF_ERROR(absl::OkStatus());
   return absl::OkStatus();
+}
+
+TEST(Finite, FirstNonFiniteFindsTheFirstNaNOrInfinity) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(FirstNonFinite({}), 0u);
+  // Extremes that are finite: the largest, the smallest subnormal, negative zero.
+  std::vector<float> v(700, 1.0f);
+  v[3] = FLT_MAX;
+  v[4] = -FLT_MAX;
+  v[5] = std::numeric_limits<float>::denorm_min();
+  v[6] = -0.0f;
+  EXPECT_EQ(FirstNonFinite(v), 700u);
+  // Each kind of non-finite value at block edges (blocks of 256) and inside; the first one wins.
+  for (float bad : {nan, -nan, inf, -inf}) {
+    for (size_t at : {size_t{0}, size_t{255}, size_t{256}, size_t{511}, size_t{600}, size_t{699}}) {
+      std::vector<float> w = v;
+      w[at] = bad;
+      if (at + 1 < w.size()) w[w.size() - 1] = nan;  // a later one does not hide it
+      EXPECT_EQ(FirstNonFinite(w), at) << bad << " at " << at;
+    }
+  }
+  // A span that starts mid-array: positions count from its start.
+  std::vector<float> w = v;
+  w[300] = inf;
+  EXPECT_EQ(FirstNonFinite(absl::MakeConstSpan(w).subspan(100)), 200u);
 }
 
 TEST(StatusMacros, PropagateErrors) {
