@@ -263,11 +263,7 @@ double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup
   return peak > 0 ? achieved / peak : 0;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
+using t2d::bench::Percentile;
 
 void Latency(const char* label, const Setup& s, const ModelConfig& c, int requests) {
   Setup one = s;

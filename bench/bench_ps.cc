@@ -51,15 +51,10 @@ std::vector<std::vector<int64_t>> MakeBatches(const Flags& f, uint64_t seed) {
   return bench::ZipfBatches(f.num_rows, f.zipf, f.batch, f.batches, seed);
 }
 
+using bench::Median;
 using bench::Phase;
 using bench::RowsPerSecond;
 using bench::Soon;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Communicator& comm, MPI_Comm worker_mpi,
                     const std::vector<config::TableConfig>& tables) {

@@ -46,10 +46,7 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kItems = 3706, kLen = 50;
 
 double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
-}
+using bench::Percentile;
 
 void Die(const std::string& what) {
   std::fprintf(stderr, "bench_serve: %s\n", what.c_str());

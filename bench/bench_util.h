@@ -1,13 +1,15 @@
 #pragma once
-// Small helpers shared by the benchmarks: machine description and resident memory.
+// Small helpers shared by the benchmarks: machine description, quantiles and resident memory.
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace t2d::bench {
 
@@ -38,6 +40,20 @@ inline std::string VectorExtensions() {
 inline std::string MachineDescription() {
   return CpuInfo("model name") + " x " + std::to_string(std::thread::hardware_concurrency()) + " cores [" +
          VectorExtensions() + "]";
+}
+
+// The p-quantile of `v` (0 <= p <= 1) as the element at index floor(p * size), clamped: the
+// latency percentiles the benchmarks print. REQUIRES !v.empty().
+inline double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+// The median of `v` (the mean of the middle two for an even count). REQUIRES !v.empty().
+inline double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // Resident set size of this process in bytes.

@@ -51,7 +51,7 @@ absl::Status RemoteEmbeddingStore::SendRequest(int server, const Header& header,
   return absl::OkStatus();
 }
 
-absl::Status RemoteEmbeddingStore::AwaitReplies(const std::vector<uint64_t>& request_ids) {
+absl::Status RemoteEmbeddingStore::AwaitReplies(absl::Span<const uint64_t> request_ids) {
   const absl::Time deadline = absl::Now() + 2 * options_.timeout;
   auto missing = [&] {
     for (uint64_t id : request_ids) {
@@ -144,22 +144,24 @@ absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int tabl
   p.num_positions = ids.size();
   // Each server's distinct ids in order of first occurrence, cut into pieces of piece_rows; a
   // piece is sent as soon as it is full, so the servers start looking up rows while the rest of
-  // the batch is still being partitioned.
+  // the batch is still being deduplicated (embedding::PartitionByShard, which the push uses,
+  // would finish the whole batch first).
   std::vector<int> open(static_cast<size_t>(num_servers), -1);  // the server's piece being filled
-  std::vector<std::vector<int64_t>> open_ids(static_cast<size_t>(num_servers));
   auto send = [&](int s) -> absl::Status {
-    std::vector<int64_t>& sids = open_ids[static_cast<size_t>(s)];
     PullPiece& piece = p.pieces[static_cast<size_t>(open[static_cast<size_t>(s)])];
+    open[static_cast<size_t>(s)] = -1;
+    const size_t n = piece.first_position.size();
     Header h = NewRequest(Header::PULL);
     h.set_table(table);
-    h.set_num_ids(static_cast<int64_t>(sids.size()));
+    h.set_num_ids(static_cast<int64_t>(n));
     h.set_dim(static_cast<int32_t>(dim));
     h.set_round(pushes_sent_[static_cast<size_t>(table)]);
     piece.request_id = h.request_id();
-    std::string bytes =
-        EncodeFrame(h, absl::string_view(reinterpret_cast<const char*>(sids.data()), sids.size() * sizeof(int64_t)));
-    sids.clear();
-    open[static_cast<size_t>(s)] = -1;
+    size_t offset = 0;
+    std::string bytes = EncodeFrame(h, n * sizeof(int64_t), &offset);
+    for (size_t k = 0; k < n; ++k) {
+      std::memcpy(bytes.data() + offset + k * sizeof(int64_t), ids.data() + piece.first_position[k], sizeof(int64_t));
+    }
     return SendRequest(options_.roles.ServerRank(s), h, std::move(bytes));
   };
   absl::flat_hash_map<int64_t, uint32_t> first;  // id -> position of its first occurrence
@@ -171,14 +173,14 @@ absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int tabl
       continue;
     }
     const int s = embedding::ShardOf(ids[i], num_servers);
-    int& piece = open[static_cast<size_t>(s)];
-    if (piece < 0) {
-      piece = static_cast<int>(p.pieces.size());
-      p.pieces.push_back(PullPiece{0, s, {}});
+    int& open_piece = open[static_cast<size_t>(s)];
+    if (open_piece < 0) {
+      open_piece = static_cast<int>(p.pieces.size());
+      p.pieces.emplace_back();
     }
-    p.pieces[static_cast<size_t>(piece)].first_position.push_back(static_cast<uint32_t>(i));
-    open_ids[static_cast<size_t>(s)].push_back(ids[i]);
-    if (open_ids[static_cast<size_t>(s)].size() == piece_rows) T2D_RETURN_IF_ERROR(send(s));
+    std::vector<uint32_t>& positions = p.pieces[static_cast<size_t>(open_piece)].first_position;
+    positions.push_back(static_cast<uint32_t>(i));
+    if (positions.size() == piece_rows) T2D_RETURN_IF_ERROR(send(s));
   }
   for (int s = 0; s < num_servers; ++s) {
     if (open[static_cast<size_t>(s)] >= 0) T2D_RETURN_IF_ERROR(send(s));
@@ -203,7 +205,7 @@ absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
   // Pieces are placed in the order they were sent, each as soon as it is here: a server answers
   // its pieces in order, so the rows of one are copied while it looks up the next.
   for (const PullPiece& piece : p.pieces) {
-    T2D_RETURN_IF_ERROR(AwaitReplies({piece.request_id}));
+    T2D_RETURN_IF_ERROR(AwaitReplies(absl::MakeConstSpan(&piece.request_id, 1)));
     auto r = TakeReply(piece.request_id);
     if (!r.ok()) {
       if (first_error.ok()) first_error = r.status();

@@ -97,8 +97,8 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   };
   struct PullPiece {  // one request to one server: rows of distinct ids of a pull
     uint64_t request_id = 0;
-    int server = 0;
-    // Row k of the reply belongs at position first_position[k] of the caller's ids.
+    // Row k of the reply (and id k of the request) is that of position first_position[k] of the
+    // caller's ids.
     std::vector<uint32_t> first_position;
   };
   struct PendingPull {
@@ -114,7 +114,7 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
   Header NewRequest(Header::Type type);
   absl::Status SendRequest(int server, const Header& header, std::string bytes);
   // Receives replies until all of `request_ids` are in replies_.
-  absl::Status AwaitReplies(const std::vector<uint64_t>& request_ids);
+  absl::Status AwaitReplies(absl::Span<const uint64_t> request_ids);
   // Takes the reply of `request_id` (REQUIRES it was awaited) and returns its status.
   absl::StatusOr<Reply> TakeReply(uint64_t request_id);
   // Sends a payload-less request of `type` to every server and awaits the replies.

@@ -193,10 +193,12 @@ absl::Status ShardServer::Validate(int worker, const Frame& f, std::vector<int64
   out.resize(static_cast<size_t>(n));
   if (n > 0) std::memcpy(out.data(), f.payload.data(), static_cast<size_t>(8 * n));
   const int num_shards = options_.roles.num_servers;
-  for (int64_t id : num_shards > 1 ? absl::MakeConstSpan(out) : absl::Span<const int64_t>()) {  // one shard owns all
-    if (embedding::ShardOf(id, num_shards) != shard_) {
-      return absl::InvalidArgumentError(absl::StrCat("id ", id, " belongs to shard ", embedding::ShardOf(id, num_shards),
-                                                     ", not to this server's shard ", shard_));
+  if (num_shards > 1) {  // a single shard owns every id
+    for (int64_t id : out) {
+      if (embedding::ShardOf(id, num_shards) != shard_) {
+        return absl::InvalidArgumentError(absl::StrCat("id ", id, " belongs to shard ", embedding::ShardOf(id, num_shards),
+                                                       ", not to this server's shard ", shard_));
+      }
     }
   }
   if (h.type() == Header::PUSH) {
