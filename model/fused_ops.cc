@@ -280,6 +280,390 @@ struct SoftmaxLossFunction : public torch::autograd::Function<SoftmaxLossFunctio
   }
 };
 
+// exp(x) in place over `count` floats; exactly 0 where x <= -104 (Exp's lower clamp, which
+// would otherwise leave a denormal where the softmax's masked logits should give 0). The AVX2
+// clone does not contract multiply-adds, so both clones give the same bits.
+__attribute__((target_clones("avx2", "default"))) void ExpInPlace(float* x, int64_t count) {
+  using namespace simd;  // NOLINT
+  const V lo = Splat(-104.f);
+  int64_t i = 0;
+  for (; i + kW <= count; i += kW) {
+    const V v = Load(x + i);
+    Store(x + i, Masked(Exp(v), v > lo));
+  }
+  if (i < count) {
+    float t[kW] = {};
+    std::copy(x + i, x + count, t);
+    const V v = Load(t);
+    Store(t, Masked(Exp(v), v > lo));
+    std::copy(t, t + (count - i), x + i);
+  }
+}
+
+// ELU (alpha 1): x where x > 0, else expm1(x): a degree-9 Taylor polynomial where |x| < 0.5
+// (exp(x) - 1 would lose the low bits there), exp(x) - 1 beyond. (A function, not a lambda: a
+// lambda would be compiled for the baseline target and take its vectors through memory.)
+T2D_INLINE simd::V EluVector(simd::V v) {
+  using namespace simd;  // NOLINT
+  V p = Splat(2.7557319e-6f);
+  p = p * v + Splat(2.4801587e-5f);
+  p = p * v + Splat(1.9841270e-4f);
+  p = p * v + Splat(1.3888889e-3f);
+  p = p * v + Splat(8.3333333e-3f);
+  p = p * v + Splat(4.1666667e-2f);
+  p = p * v + Splat(1.6666667e-1f);
+  p = p * v + Splat(0.5f);
+  const V small = v + v * v * p;
+  const V large = Exp(v) - Splat(1.f);
+  const V half = Splat(0.5f);
+  const V m1 = (v < half) & (v > -half) ? small : large;
+  return v > Splat(0.f) ? v : m1;
+}
+
+// EluVector over `count` floats in place.
+__attribute__((target_clones("avx2", "default"))) void EluInPlace(float* x, int64_t count) {
+  using namespace simd;  // NOLINT
+  int64_t i = 0;
+  for (; i + kW <= count; i += kW) Store(x + i, EluVector(Load(x + i)));
+  if (i < count) {
+    float t[kW] = {};
+    std::copy(x + i, x + count, t);
+    Store(t, EluVector(Load(t)));
+    std::copy(t, t + (count - i), x + i);
+  }
+}
+
+// The ELU's input gradient from its output: dx = g where out > 0 (there out = x), else
+// g * exp(x) = g * (out + 1).
+__attribute__((target_clones("avx2", "default"))) void EluGrad(const float* out, const float* g, int64_t count,
+                                                                float* dx) {
+  using namespace simd;  // NOLINT
+  const V zero = Splat(0.f), one = Splat(1.f);
+  int64_t i = 0;
+  for (; i + kW <= count; i += kW) {
+    const V o = Load(out + i);
+    Store(dx + i, Load(g + i) * (o > zero ? one : o + one));
+  }
+  for (; i < count; ++i) dx[i] = g[i] * (out[i] > 0.f ? 1.f : out[i] + 1.f);
+}
+
+struct EluFunction : public torch::autograd::Function<EluFunction> {
+  static Tensor Compute(const Tensor& x) {
+    Tensor out = x.contiguous().clone();
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) { EluInPlace(op + lo, hi - lo); });
+    return out;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    Tensor out = Compute(x);
+    ctx->save_for_backward({out});
+    return out;
+  }
+  // d elu / dx = 1 where x > 0 (there out = x > 0), else exp(x) = out + 1.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor out = ctx->get_saved_variables()[0];
+    const Tensor g = grad_out[0].contiguous();
+    Tensor dx = at::empty_like(out);
+    const float* op = out.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
+    float* dp = dx.data_ptr<float>();
+    at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) { EluGrad(op + lo, gp + lo, hi - lo, dp + lo); });
+    return {dx};
+  }
+};
+
+// ReLU: max(x, 0) (NaN stays NaN, as at::relu); backward passes g except where the output is <= 0.
+struct ReluFunction : public torch::autograd::Function<ReluFunction> {
+  static Tensor Compute(const Tensor& x) {
+    Tensor out = x.contiguous().clone();
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) op[i] = op[i] < 0.f ? 0.f : op[i];
+    });
+    return out;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    Tensor out = Compute(x);
+    ctx->save_for_backward({out});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor out = ctx->get_saved_variables()[0];
+    const Tensor g = grad_out[0].contiguous();
+    Tensor dx = at::empty_like(out);
+    const float* op = out.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
+    float* dp = dx.data_ptr<float>();
+    at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) dp[i] = op[i] <= 0.f ? 0.f : gp[i];  // as threshold_backward: NaN passes
+    });
+    return {dx};
+  }
+};
+
+// Rows of the softmax over the last dimension (see SoftmaxLastDim): out = exp(x - max) * (1 / sum).
+void SoftmaxRows(const float* x, int64_t rows, int64_t c, float* out) {
+  // Rows of 8 KB at a time: each pass reads what the previous one left in L1.
+  const int64_t grain = std::max<int64_t>(1, 2048 / c);
+  at::parallel_for(0, rows, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t r0 = lo; r0 < hi; r0 += grain) {
+      const int64_t r1 = std::min(hi, r0 + grain);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * c;
+        float* o = out + r * c;
+        float m = xr[0];
+        for (int64_t k = 1; k < c; ++k) m = std::max(m, xr[k]);
+        for (int64_t k = 0; k < c; ++k) o[k] = xr[k] - m;
+      }
+      ExpInPlace(out + r0 * c, (r1 - r0) * c);
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = out + r * c;
+        float sum = 0;
+        for (int64_t k = 0; k < c; ++k) sum += o[k];
+        const float inv = 1.f / sum;
+        for (int64_t k = 0; k < c; ++k) o[k] *= inv;
+      }
+    }
+  });
+}
+
+struct SoftmaxLastDimFunction : public torch::autograd::Function<SoftmaxLastDimFunction> {
+  static Tensor Compute(const Tensor& x_in) {
+    const Tensor x = x_in.contiguous();
+    Tensor out = at::empty_like(x);
+    const int64_t c = x.size(-1);
+    if (x.numel() > 0) SoftmaxRows(x.data_ptr<float>(), x.numel() / c, c, out.data_ptr<float>());
+    return out;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    Tensor p = Compute(x);
+    ctx->save_for_backward({p});
+    return p;
+  }
+  // d x = p * (g - sum_k g_k p_k), row by row.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const Tensor p = ctx->get_saved_variables()[0];
+    const Tensor g = grad_out[0].contiguous();
+    Tensor dx = at::empty_like(p);
+    const int64_t c = p.size(-1), rows = c > 0 ? p.numel() / c : 0;
+    const float* pp = p.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
+    float* dp = dx.data_ptr<float>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 2048 / std::max<int64_t>(c, 1)), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const float* pr = pp + r * c;
+        const float* gr = gp + r * c;
+        float* d = dp + r * c;
+        float dot = 0;
+        for (int64_t k = 0; k < c; ++k) dot += gr[k] * pr[k];
+        for (int64_t k = 0; k < c; ++k) d[k] = (gr[k] - dot) * pr[k];
+      }
+    });
+    return {dx};
+  }
+};
+
+// The sum of a vector's lanes, in lane order.
+T2D_INLINE float LaneSum(simd::V v) {
+  float s = v[0];
+  for (int k = 1; k < simd::kW; ++k) s += v[k];
+  return s;
+}
+
+// Attention's sizes (see Attention in fused_ops.h); keys are padded to tp, a multiple of 8.
+struct AttentionShape {
+  int64_t b, t, tp, d, heads, dh;
+  float scale;
+};
+
+// The scratch of one sample: a head's K and V transposed ([dh][tp] each, padded keys zero), their
+// gradients, and one row of score gradients.
+struct AttentionScratch {
+  explicit AttentionScratch(const AttentionShape& sh)
+      : kt(static_cast<size_t>(sh.dh * sh.tp)), vt(kt.size()), dkt(kt.size()), dvt(kt.size()),
+        ds(static_cast<size_t>(sh.tp)) {}
+  std::vector<float> kt, vt, dkt, dvt, ds;
+};
+
+// Head h's K and V of the sample x [t][3d] into the scratch, transposed.
+void LoadKeys(const AttentionShape& sh, const float* x, int64_t h, AttentionScratch* s) {
+  const int64_t row = 3 * sh.d;
+  for (int64_t j = 0; j < sh.t; ++j) {
+    const float* k = x + j * row + sh.d + h * sh.dh;
+    const float* v = k + sh.d;
+    for (int64_t e = 0; e < sh.dh; ++e) {
+      s->kt[static_cast<size_t>(e * sh.tp + j)] = k[e];
+      s->vt[static_cast<size_t>(e * sh.tp + j)] = v[e];
+    }
+  }
+}
+
+// One sample, forward: the probabilities p [heads][t][tp] (padded keys exactly 0) and out [t][d].
+// Vectorised over keys; each query's scores, softmax and output in one pass.
+__attribute__((target_clones("avx2", "default"))) void AttentionSampleForward(const AttentionShape& sh, const float* x,
+                                                                               const float* bias, AttentionScratch* s,
+                                                                               float* p, float* out) {
+  using namespace simd;  // NOLINT
+  const int64_t t = sh.t, tp = sh.tp, dh = sh.dh, row = 3 * sh.d;
+  const float* kt = s->kt.data();
+  const float* vt = s->vt.data();
+  const V lo = Splat(-104.f);
+  for (int64_t h = 0; h < sh.heads; ++h) {
+    LoadKeys(sh, x, h, s);
+    for (int64_t i = 0; i < t; ++i) {
+      float* pi = p + (h * t + i) * tp;
+      const float* qi = x + i * row + h * dh;
+      for (int64_t j0 = 0; j0 < tp; j0 += kW) {
+        V acc = Splat(0.f);
+        for (int64_t e = 0; e < dh; ++e) acc = acc + Splat(qi[e] * sh.scale) * Load(kt + e * tp + j0);
+        Store(pi + j0, acc);
+      }
+      const float* bi = bias + i * t;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < t; ++j) {
+        pi[j] += bi[j];
+        m = std::max(m, pi[j]);
+      }
+      for (int64_t j = t; j < tp; ++j) pi[j] = -std::numeric_limits<float>::infinity();
+      V sum = Splat(0.f);
+      for (int64_t j0 = 0; j0 < tp; j0 += kW) {
+        const V v = Load(pi + j0) - Splat(m);
+        const V ev = Masked(Exp(v), v > lo);  // exactly 0 for forbidden and padded keys
+        Store(pi + j0, ev);
+        sum = sum + ev;
+      }
+      const V inv = Splat(1.f / LaneSum(sum));
+      for (int64_t j0 = 0; j0 < tp; j0 += kW) Store(pi + j0, Load(pi + j0) * inv);
+      float* oi = out + i * sh.d + h * dh;
+      for (int64_t e = 0; e < dh; ++e) {
+        V acc = Splat(0.f);
+        for (int64_t j0 = 0; j0 < tp; j0 += kW) acc = acc + Load(pi + j0) * Load(vt + e * tp + j0);
+        oi[e] = LaneSum(acc);
+      }
+    }
+  }
+}
+
+// One sample, backward: with go = d loss / d out [t][d], writes dx [t][3d]:
+// dv_j = sum_i p_ij go_i; dp_ij = go_i . v_j; ds_ij = p_ij (dp_ij - sum_j' p_ij' dp_ij');
+// dq_i = scale sum_j ds_ij k_j; dk_j = sum_i ds_ij (scale q_i).
+__attribute__((target_clones("avx2", "default"))) void AttentionSampleBackward(const AttentionShape& sh, const float* x,
+                                                                                const float* p, const float* go,
+                                                                                AttentionScratch* s, float* dx) {
+  using namespace simd;  // NOLINT
+  const int64_t t = sh.t, tp = sh.tp, dh = sh.dh, row = 3 * sh.d;
+  const float* kt = s->kt.data();
+  const float* vt = s->vt.data();
+  float* dkt = s->dkt.data();
+  float* dvt = s->dvt.data();
+  float* ds = s->ds.data();
+  for (int64_t h = 0; h < sh.heads; ++h) {
+    LoadKeys(sh, x, h, s);
+    std::fill(s->dkt.begin(), s->dkt.end(), 0.f);
+    std::fill(s->dvt.begin(), s->dvt.end(), 0.f);
+    for (int64_t i = 0; i < t; ++i) {
+      const float* pi = p + (h * t + i) * tp;
+      const float* gi = go + i * sh.d + h * dh;
+      const float* qi = x + i * row + h * dh;
+      V dot = Splat(0.f);
+      for (int64_t j0 = 0; j0 < tp; j0 += kW) {
+        const V pv = Load(pi + j0);
+        V dp = Splat(0.f);
+        for (int64_t e = 0; e < dh; ++e) {
+          const V ge = Splat(gi[e]);
+          dp = dp + ge * Load(vt + e * tp + j0);
+          Store(dvt + e * tp + j0, Load(dvt + e * tp + j0) + pv * ge);
+        }
+        Store(ds + j0, dp);
+        dot = dot + pv * dp;
+      }
+      const V dotv = Splat(LaneSum(dot));
+      for (int64_t j0 = 0; j0 < tp; j0 += kW) {
+        const V dsv = Load(pi + j0) * (Load(ds + j0) - dotv);
+        Store(ds + j0, dsv);
+        for (int64_t e = 0; e < dh; ++e) {
+          Store(dkt + e * tp + j0, Load(dkt + e * tp + j0) + dsv * Splat(qi[e] * sh.scale));
+        }
+      }
+      float* dqi = dx + i * row + h * dh;
+      for (int64_t e = 0; e < dh; ++e) {
+        V acc = Splat(0.f);
+        for (int64_t j0 = 0; j0 < tp; j0 += kW) acc = acc + Load(ds + j0) * Load(kt + e * tp + j0);
+        dqi[e] = sh.scale * LaneSum(acc);
+      }
+    }
+    for (int64_t j = 0; j < t; ++j) {
+      float* dk = dx + j * row + sh.d + h * dh;
+      float* dv = dk + sh.d;
+      for (int64_t e = 0; e < dh; ++e) {
+        dk[e] = dkt[e * tp + j];
+        dv[e] = dvt[e * tp + j];
+      }
+    }
+  }
+}
+
+// Multi-head attention from packed projections (see Attention in fused_ops.h), one sample at a
+// time; the probabilities are kept for backward ([B, heads, t, tp]).
+struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+  static AttentionShape ShapeOf(const Tensor& qkv, int64_t heads) {
+    TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0 && qkv.scalar_type() == at::kFloat, "Attention: qkv [B, t, 3d]");
+    const int64_t d = qkv.size(2) / 3;
+    TORCH_CHECK(heads >= 1 && d % heads == 0, "Attention: ", heads, " heads do not divide d = ", d);
+    const int64_t dh = d / heads, t = qkv.size(1);
+    return {qkv.size(0), t, (t + simd::kW - 1) / simd::kW * simd::kW, d, heads, dh,
+            static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)))};
+  }
+  static int64_t Grain(const AttentionShape& sh) { return std::max<int64_t>(1, 4096 / (sh.t * sh.tp * sh.heads)); }
+  // out [B, t, d] and the probabilities p [B, heads, t, tp].
+  static void Run(const AttentionShape& sh, const float* qkv, const float* bias, float* out, float* p) {
+    at::parallel_for(0, sh.b, Grain(sh), [&](int64_t lo, int64_t hi) {
+      AttentionScratch scratch(sh);
+      for (int64_t b = lo; b < hi; ++b) {
+        AttentionSampleForward(sh, qkv + b * sh.t * 3 * sh.d, bias + b * sh.t * sh.t, &scratch,
+                               p + b * sh.heads * sh.t * sh.tp, out + b * sh.t * sh.d);
+      }
+    });
+  }
+  static Tensor Compute(const Tensor& qkv_in, const Tensor& bias_in, int64_t heads, Tensor* p) {
+    const Tensor qkv = qkv_in.contiguous(), bias = bias_in.contiguous();
+    const AttentionShape sh = ShapeOf(qkv, heads);
+    TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.numel() == sh.b * sh.t * sh.t,
+                "Attention: bias must hold B x t x t floats");
+    Tensor out = at::empty({sh.b, sh.t, sh.d}, qkv.options());
+    *p = at::empty({sh.b, sh.heads, sh.t, sh.tp}, qkv.options());
+    Run(sh, qkv.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(), p->data_ptr<float>());
+    return out;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& qkv_in, const Tensor& bias, int64_t heads) {
+    const Tensor qkv = qkv_in.contiguous();
+    Tensor p;
+    Tensor out = Compute(qkv, bias, heads, &p);
+    ctx->save_for_backward({qkv, p});
+    ctx->saved_data["heads"] = heads;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &qkv = saved[0], &p = saved[1];
+    const AttentionShape sh = ShapeOf(qkv, ctx->saved_data["heads"].toInt());
+    const Tensor go = grad_out[0].contiguous();
+    Tensor dqkv = at::empty_like(qkv);
+    const float* xp = qkv.data_ptr<float>();
+    const float* pp = p.data_ptr<float>();
+    const float* gp = go.data_ptr<float>();
+    float* dp = dqkv.data_ptr<float>();
+    at::parallel_for(0, sh.b, Grain(sh), [&](int64_t lo, int64_t hi) {
+      AttentionScratch scratch(sh);
+      for (int64_t b = lo; b < hi; ++b) {
+        AttentionSampleBackward(sh, xp + b * sh.t * 3 * sh.d, pp + b * sh.heads * sh.t * sh.tp, gp + b * sh.t * sh.d,
+                                &scratch, dp + b * sh.t * 3 * sh.d);
+      }
+    });
+    return {dqkv, Tensor(), Tensor()};
+  }
+};
+
 // out = (LN(swish(y)) * gamma + beta) * mask, row by row. When `sig`/`xhat`/`rstd` are not null
 // they receive sigmoid(y), the normalised activations and 1/std for the backward pass.
 void SwishNormMaskRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask, bool swish,
@@ -704,6 +1088,32 @@ Tensor NormRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const 
 }
 
 }  // namespace
+
+Tensor SoftmaxLastDim(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1, "SoftmaxLastDim: float tensor with a last dimension");
+  if (!at::GradMode::is_enabled() || !x.requires_grad()) return SoftmaxLastDimFunction::Compute(x);
+  return SoftmaxLastDimFunction::apply(x);
+}
+
+Tensor Attention(const Tensor& qkv, const Tensor& bias, int64_t heads) {
+  if (!at::GradMode::is_enabled() || !qkv.requires_grad()) {
+    Tensor p;
+    return AttentionFunction::Compute(qkv, bias, heads, &p);
+  }
+  return AttentionFunction::apply(qkv, bias, heads);
+}
+
+Tensor Relu(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "Relu: float tensor");
+  if (!at::GradMode::is_enabled() || !x.requires_grad()) return ReluFunction::Compute(x);
+  return ReluFunction::apply(x);
+}
+
+Tensor Elu(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "Elu: float tensor");
+  if (!at::GradMode::is_enabled() || !x.requires_grad()) return EluFunction::Compute(x);
+  return EluFunction::apply(x);
+}
 
 Tensor SwishNormMask(const Tensor& y, const Tensor& gamma, const Tensor& beta, const Tensor& mask) {
   return NormRows(y, gamma, beta, mask, true);

@@ -65,14 +65,9 @@ EncoderLayer EncoderLayer::Register(ParameterRegistry& params, const std::string
 }
 
 at::Tensor EncoderLayer::operator()(const at::Tensor& x_in, const at::Tensor& bias) const {
-  const int64_t bsz = x_in.size(0), t = x_in.size(1), dh = d / heads;
-  at::Tensor qkv_t = qkv(x_in).view({bsz, t, 3, heads, dh}).permute({2, 0, 3, 1, 4});
-  at::Tensor q = qkv_t.select(0, 0) * (1.0 / std::sqrt(static_cast<double>(dh)));
-  at::Tensor scores = at::matmul(q, qkv_t.select(0, 1).transpose(-2, -1)) + bias;  // bias [B, 1, t, t]
-  at::Tensor o = at::matmul(at::softmax(scores, -1), qkv_t.select(0, 2));
-  o = out(o.transpose(1, 2).reshape({bsz, t, d}));
+  const at::Tensor o = out(Attention(qkv(x_in), bias, heads));
   const at::Tensor x = norm1(x_in + o);
-  return norm2(x + ff2(at::relu(ff1(x))));
+  return norm2(x + ff2(Relu(ff1(x))));
 }
 
 ItemTower ItemTower::Register(ParameterRegistry& params, int64_t d, int64_t e) {
@@ -82,6 +77,6 @@ ItemTower ItemTower::Register(ParameterRegistry& params, int64_t d, int64_t e) {
   return t;
 }
 
-at::Tensor ItemTower::operator()(const at::Tensor& x) const { return norm(at::elu(linear(x))); }
+at::Tensor ItemTower::operator()(const at::Tensor& x) const { return norm(Elu(linear(x))); }
 
 }  // namespace t2d::model

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "model/fused_ops.h"
 #include "model/layers.h"
 
 namespace t2d::model {
@@ -35,7 +36,7 @@ class MeanPoolTower : public UserTower {
   Tensor Forward(const Tensor& x, const Tensor& /*x_hat*/, const Tensor& mask, const Batch& /*batch*/) const override {
     Tensor count = mask.sum(1, true).clamp_min(1.0);
     Tensor mean = x.sum(1) / count;
-    return ffn2_(at::elu(ffn1_(mean)));
+    return ffn2_(Elu(ffn1_(mean)));
   }
 
  private:
@@ -124,7 +125,7 @@ class MixedAttentionTower : public UserTower {
       Tensor hse = hs.unsqueeze(1).expand({lay.b, lay.nh, d_});
       std::vector<Tensor> feats{hist, hist - hse, hist * hse, hse};
       if (config_.time_lag_feature()) feats.push_back(at::embedding(lag_emb_.tensor(), TimeLagBuckets(batch, lay)));
-      Tensor u = unit2_(at::elu(unit1_(at::cat(feats, 2)))).squeeze(2) + lay.history_bias;
+      Tensor u = unit2_(Elu(unit1_(at::cat(feats, 2)))).squeeze(2) + lay.history_bias;
       hl = at::bmm(at::softmax(u, 1).unsqueeze(1), hist).squeeze(1);
       // With per-sample sessions an empty history would attend over session slots; zero it as
       // an all-padding history is zero.
@@ -134,7 +135,7 @@ class MixedAttentionTower : public UserTower {
     }
     Tensor both = at::cat({hl, hs}, 1);
     if (config_.user_vector() == ModelConfig::CONCAT) return both;
-    return ffn2_(at::elu(ffn1_(both)));
+    return ffn2_(Elu(ffn1_(both)));
   }
 
  private:

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <cstdio>
 #include <random>
@@ -975,6 +976,118 @@ TEST(ModelTest, FusedOpsMatchReference) {
     (cols * w).sum().backward();
     (want * w).sum().backward();
     ExpectClose(p1.grad(), p2.grad(), 1e-6, "pool columns grad");
+  }
+
+  // SoftmaxLastDim against at::softmax: rows of 1, 11 (the session attention's) and 37 keys,
+  // masked logits (the attention's -1e30 bias) and a row where all but one key is masked.
+  for (int64_t c : {1, 11, 37}) {
+    SCOPED_TRACE("softmax over " + std::to_string(c));
+    at::Tensor x0 = at::randn({3, 2, 5, c}, gen, at::kFloat) * 4;
+    if (c > 1) {
+      x0[0][1][2][0] = -1e30f;
+      x0[1][0][0].fill_(-1e30f);
+      x0[1][0][0][c - 1] = 0.5f;
+    }
+    at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+    const at::Tensor p = SoftmaxLastDim(x1), want = at::softmax(x2, -1);
+    ExpectClose(p, want, 1e-6, "softmax forward");
+    if (c > 1) {
+      EXPECT_EQ(p[0][1][2][0].item<float>(), 0.f);  // masked: exactly 0
+      EXPECT_EQ(p[1][0][0][c - 1].item<float>(), 1.f);
+    }
+    const at::Tensor w = at::randn({3, 2, 5, c}, gen, at::kFloat);
+    (p * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(x1.grad(), x2.grad(), 1e-6, "softmax grad");
+  }
+  {
+    // By hand: softmax(0, ln 3) = (1/4, 3/4); with upstream (1, 0) the gradient is
+    // p * (g - p . g) = (1/4 * 3/4, 3/4 * -1/4).
+    at::Tensor x = at::tensor(std::vector<float>{0.f, std::log(3.f)}).requires_grad_(true);
+    const at::Tensor p = SoftmaxLastDim(x);
+    EXPECT_NEAR(p[0].item<float>(), 0.25f, 1e-7);
+    EXPECT_NEAR(p[1].item<float>(), 0.75f, 1e-7);
+    p[0].backward();
+    EXPECT_NEAR(x.grad()[0].item<float>(), 0.1875f, 1e-7);
+    EXPECT_NEAR(x.grad()[1].item<float>(), -0.1875f, 1e-7);
+  }
+
+  // Attention against the stock ops (permute, matmul, softmax, matmul), with masked keys, a
+  // query that allows only itself, one and two heads, t = 1, 11 and 50.
+  for (const auto& [t, heads] : std::vector<std::pair<int64_t, int64_t>>{{1, 2}, {11, 2}, {11, 1}, {50, 2}}) {
+    SCOPED_TRACE("attention t = " + std::to_string(t) + ", heads " + std::to_string(heads));
+    const int64_t b = 3, d = 4, dh = d / heads;
+    const at::Tensor x0 = at::randn({b, t, 3 * d}, gen, at::kFloat) * 2;
+    at::Tensor bias = at::zeros({b, 1, t, t}, at::kFloat);
+    if (t > 1) {
+      bias[0][0].narrow(1, 0, t / 2).fill_(-1e30f);  // sample 0: the older half of the keys is forbidden
+      bias[0][0].narrow(0, 0, t / 2).fill_(-1e30f);
+      for (int64_t q = 0; q < t / 2; ++q) bias[0][0][q][q] = 0.f;  // ... and its padded queries attend to themselves
+      bias[2][0] = at::triu(at::full({t, t}, -1e30f), 1);  // sample 2: causal
+    }
+    at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+    const at::Tensor got = Attention(x1, bias, heads);
+    const at::Tensor qkv = x2.view({b, t, 3, heads, dh}).permute({2, 0, 3, 1, 4});
+    const at::Tensor q = qkv.select(0, 0) * (1.0 / std::sqrt(static_cast<double>(dh)));
+    const at::Tensor p = at::softmax(at::matmul(q, qkv.select(0, 1).transpose(-2, -1)) + bias, -1);
+    const at::Tensor want = at::matmul(p, qkv.select(0, 2)).transpose(1, 2).reshape({b, t, d});
+    ExpectClose(got, want, 1e-5, "attention forward");
+    const at::Tensor w = at::randn({b, t, d}, gen, at::kFloat);
+    (got * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(x1.grad(), x2.grad(), 1e-5, "attention d qkv");
+    at::NoGradGuard no_grad;
+    ExpectClose(Attention(x0, bias, heads), got, 0, "attention without grad");
+  }
+  {
+    // By hand: t = 2, one head of width 1 (scale 1), q = (0, 1), k = (1, ln 3), v = (2, 6):
+    // query 0 scores (0, 0) -> p = (1/2, 1/2), out 4; query 1 scores (1, ln 3) -> p proportional
+    // to (e, 3), out (2e + 18) / (e + 3). Key 1 forbidden for query 0: out 2.
+    const float l3 = std::log(3.f), e1 = std::exp(1.f);
+    const at::Tensor x = at::tensor(std::vector<float>{0.f, 1.f, 2.f, 1.f, l3, 6.f}).view({1, 2, 3});
+    ExpectClose(Attention(x, at::zeros({1, 1, 2, 2}), 1).view({2}),
+                at::tensor(std::vector<float>{4.f, (2 * e1 + 18) / (e1 + 3)}), 1e-6, "attention by hand");
+    const at::Tensor masked = at::tensor(std::vector<float>{0.f, -1e30f, 0.f, 0.f}).view({1, 1, 2, 2});
+    EXPECT_EQ(Attention(x, masked, 1)[0][0][0].item<float>(), 2.f);
+    EXPECT_THROW(Attention(x, masked, 2), c10::Error);  // 2 heads do not divide d = 1
+  }
+
+  // Relu: the same bits as at::relu, forward and backward, NaN kept.
+  {
+    at::Tensor x0 = at::randn({3, 11, 7}, gen, at::kFloat);
+    x0[0][0][0] = std::numeric_limits<float>::quiet_NaN();
+    x0[0][0][1] = 0.f;
+    at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+    const at::Tensor y = Relu(x1), want = at::relu(x2);
+    EXPECT_TRUE(std::isnan(y[0][0][0].item<float>()));
+    EXPECT_TRUE(at::equal(y.narrow(0, 1, 2), want.narrow(0, 1, 2)));
+    EXPECT_EQ(y[0][0][1].item<float>(), 0.f);
+    const at::Tensor w = at::randn({3, 11, 7}, gen, at::kFloat);
+    (y * w).sum().backward();
+    (want * w).sum().backward();
+    EXPECT_TRUE(at::equal(x1.grad(), x2.grad()));
+  }
+
+  // Elu against at::elu, over every branch: large negative, |x| < 0.5 (the polynomial), the
+  // boundary, positive; 1003 elements (a partial last vector).
+  {
+    at::Tensor x0 = at::randn({1003}, gen, at::kFloat) * 3;
+    x0[0] = -200.f;
+    x0[1] = 0.f;
+    x0[2] = -0.5f;
+    x0[3] = 0.5f;
+    x0[4] = -1e-6f;
+    at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+    const at::Tensor y = Elu(x1), want = at::elu(x2);
+    ExpectClose(y, want, 1e-6, "elu forward");
+    // Relative accuracy near 0, where exp(x) - 1 would keep only a few bits.
+    EXPECT_NEAR(y[4].item<float>(), -1e-6f, 1e-12);
+    EXPECT_EQ(y[0].item<float>(), -1.f);
+    EXPECT_NEAR(Elu(at::tensor(std::vector<float>{-std::log(2.f)}))[0].item<float>(), -0.5f, 1e-7);
+    const at::Tensor w = at::randn({1003}, gen, at::kFloat);
+    (y * w).sum().backward();
+    (want * w).sum().backward();
+    ExpectClose(x1.grad(), x2.grad(), 1e-6, "elu grad");
   }
 
   // SoftmaxLoss with a bias row and excluded entries.
