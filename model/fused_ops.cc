@@ -280,26 +280,6 @@ struct SoftmaxLossFunction : public torch::autograd::Function<SoftmaxLossFunctio
   }
 };
 
-// exp(x) in place over `count` floats; exactly 0 where x <= -104 (Exp's lower clamp, which
-// would otherwise leave a denormal where the softmax's masked logits should give 0). The AVX2
-// clone does not contract multiply-adds, so both clones give the same bits.
-__attribute__((target_clones("avx2", "default"))) void ExpInPlace(float* x, int64_t count) {
-  using namespace simd;  // NOLINT
-  const V lo = Splat(-104.f);
-  int64_t i = 0;
-  for (; i + kW <= count; i += kW) {
-    const V v = Load(x + i);
-    Store(x + i, Masked(Exp(v), v > lo));
-  }
-  if (i < count) {
-    float t[kW] = {};
-    std::copy(x + i, x + count, t);
-    const V v = Load(t);
-    Store(t, Masked(Exp(v), v > lo));
-    std::copy(t, t + (count - i), x + i);
-  }
-}
-
 // ELU (alpha 1): x where x > 0, else expm1(x): a degree-9 Taylor polynomial where |x| < 0.5
 // (exp(x) - 1 would lose the low bits there), exp(x) - 1 beyond. (A function, not a lambda: a
 // lambda would be compiled for the baseline target and take its vectors through memory.)
@@ -378,7 +358,7 @@ struct ReluFunction : public torch::autograd::Function<ReluFunction> {
     Tensor out = x.contiguous().clone();
     float* op = out.data_ptr<float>();
     at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) op[i] = op[i] < 0.f ? 0.f : op[i];
+      for (int64_t i = lo; i < hi; ++i) op[i] = std::max(op[i], 0.f);  // NaN < 0 is false: NaN stays
     });
     return out;
   }
@@ -395,68 +375,9 @@ struct ReluFunction : public torch::autograd::Function<ReluFunction> {
     const float* gp = g.data_ptr<float>();
     float* dp = dx.data_ptr<float>();
     at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) dp[i] = op[i] <= 0.f ? 0.f : gp[i];  // as threshold_backward: NaN passes
-    });
-    return {dx};
-  }
-};
-
-// Rows of the softmax over the last dimension (see SoftmaxLastDim): out = exp(x - max) * (1 / sum).
-void SoftmaxRows(const float* x, int64_t rows, int64_t c, float* out) {
-  // Rows of 8 KB at a time: each pass reads what the previous one left in L1.
-  const int64_t grain = std::max<int64_t>(1, 2048 / c);
-  at::parallel_for(0, rows, grain, [&](int64_t lo, int64_t hi) {
-    for (int64_t r0 = lo; r0 < hi; r0 += grain) {
-      const int64_t r1 = std::min(hi, r0 + grain);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = x + r * c;
-        float* o = out + r * c;
-        float m = xr[0];
-        for (int64_t k = 1; k < c; ++k) m = std::max(m, xr[k]);
-        for (int64_t k = 0; k < c; ++k) o[k] = xr[k] - m;
-      }
-      ExpInPlace(out + r0 * c, (r1 - r0) * c);
-      for (int64_t r = r0; r < r1; ++r) {
-        float* o = out + r * c;
-        float sum = 0;
-        for (int64_t k = 0; k < c; ++k) sum += o[k];
-        const float inv = 1.f / sum;
-        for (int64_t k = 0; k < c; ++k) o[k] *= inv;
-      }
-    }
-  });
-}
-
-struct SoftmaxLastDimFunction : public torch::autograd::Function<SoftmaxLastDimFunction> {
-  static Tensor Compute(const Tensor& x_in) {
-    const Tensor x = x_in.contiguous();
-    Tensor out = at::empty_like(x);
-    const int64_t c = x.size(-1);
-    if (x.numel() > 0) SoftmaxRows(x.data_ptr<float>(), x.numel() / c, c, out.data_ptr<float>());
-    return out;
-  }
-  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
-    Tensor p = Compute(x);
-    ctx->save_for_backward({p});
-    return p;
-  }
-  // d x = p * (g - sum_k g_k p_k), row by row.
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const Tensor p = ctx->get_saved_variables()[0];
-    const Tensor g = grad_out[0].contiguous();
-    Tensor dx = at::empty_like(p);
-    const int64_t c = p.size(-1), rows = c > 0 ? p.numel() / c : 0;
-    const float* pp = p.data_ptr<float>();
-    const float* gp = g.data_ptr<float>();
-    float* dp = dx.data_ptr<float>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 2048 / std::max<int64_t>(c, 1)), [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) {
-        const float* pr = pp + r * c;
-        const float* gr = gp + r * c;
-        float* d = dp + r * c;
-        float dot = 0;
-        for (int64_t k = 0; k < c; ++k) dot += gr[k] * pr[k];
-        for (int64_t k = 0; k < c; ++k) d[k] = (gr[k] - dot) * pr[k];
+      for (int64_t i = lo; i < hi; ++i) {
+        const float gi = gp[i];  // loaded unconditionally, so that the loop vectorises
+        dp[i] = op[i] <= 0.f ? 0.f : gi;  // as threshold_backward: NaN passes
       }
     });
     return {dx};
@@ -507,7 +428,7 @@ __attribute__((target_clones("avx2", "default"))) void AttentionSampleForward(co
   const int64_t t = sh.t, tp = sh.tp, dh = sh.dh, row = 3 * sh.d;
   const float* kt = s->kt.data();
   const float* vt = s->vt.data();
-  const V lo = Splat(-104.f);
+  const V lo = Splat(-87.f);  // exp(-87) is still a normal float
   for (int64_t h = 0; h < sh.heads; ++h) {
     LoadKeys(sh, x, h, s);
     for (int64_t i = 0; i < t; ++i) {
@@ -527,8 +448,10 @@ __attribute__((target_clones("avx2", "default"))) void AttentionSampleForward(co
       for (int64_t j = t; j < tp; ++j) pi[j] = -std::numeric_limits<float>::infinity();
       V sum = Splat(0.f);
       for (int64_t j0 = 0; j0 < tp; j0 += kW) {
+        // Exactly 0 for forbidden and padded keys and for scores more than 87 below the maximum;
+        // the rest is clamped first so that no denormal appears (each costs a microcode assist).
         const V v = Load(pi + j0) - Splat(m);
-        const V ev = Masked(Exp(v), v > lo);  // exactly 0 for forbidden and padded keys
+        const V ev = Masked(Exp(v > lo ? v : lo), v > lo);
         Store(pi + j0, ev);
         sum = sum + ev;
       }
@@ -1088,12 +1011,6 @@ Tensor NormRows(const Tensor& y, const Tensor& gamma, const Tensor& beta, const 
 }
 
 }  // namespace
-
-Tensor SoftmaxLastDim(const Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1, "SoftmaxLastDim: float tensor with a last dimension");
-  if (!at::GradMode::is_enabled() || !x.requires_grad()) return SoftmaxLastDimFunction::Compute(x);
-  return SoftmaxLastDimFunction::apply(x);
-}
 
 Tensor Attention(const Tensor& qkv, const Tensor& bias, int64_t heads) {
   if (!at::GradMode::is_enabled() || !qkv.requires_grad()) {

@@ -7,8 +7,7 @@
 //   - swish + LayerNorm over channels + mask, applied after every U-Net convolution: with tiny
 //     channel counts (D = 4) at::layer_norm costs ~1.4 ms forward and ~2.5 ms backward per
 //     call on 28k rows; plain loops over rows do it in a fraction of that;
-//   - attention with a few narrow heads (Attention), softmax over a few keys (SoftmaxLastDim),
-//     ReLU (Relu) and ELU (Elu).
+//   - attention with a few narrow heads (Attention), ReLU (Relu) and ELU (Elu).
 // All are differentiable (torch::autograd::Function) and also run under no-grad/inference.
 // Thread-safety: pure functions. Errors: shape mismatches throw c10::Error (caught by the
 // model's boundary).
@@ -62,19 +61,12 @@ at::Tensor UpsampleConcatColumns(const at::Tensor& low, const at::Tensor& skip, 
 // y [..., C] float (rows = all leading dims), gamma/beta [C], mask with numel = rows.
 at::Tensor SwishNormMask(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mask);
 
-// Softmax over the last dimension of a float tensor, row by row (exp(x - max) / sum, the exp
-// vectorised across the rows of a block; logits more than 104 below the row's maximum give exactly
-// 0). Stock at::softmax takes ~1.1 ms forward and 0.5 ms backward for the attention's
-// [512, 2, 11, 11] at one thread (a scalar path for rows that are not a multiple of 8 floats).
-// The result of a row does not depend on the other rows or the thread count.
-at::Tensor SoftmaxLastDim(const at::Tensor& x);
-
 // Multi-head scaled dot-product attention from the packed projections of a Transformer layer:
 // qkv [B, t, 3d] holds q, k and v side by side, each split into `heads` heads of d / heads
 // columns; bias [B, 1, t, t] (or any shape with B x t x t values) is added to the scores (a large
 // negative value forbids a key; every query must allow at least one). Returns the heads'
 // outputs concatenated, [B, t, d]: softmax(q_h k_h^T / sqrt(d / heads) + bias) v_h. Scores
-// more than 104 below their row's maximum weigh exactly 0. One sample at a time with its t x t
+// more than 87 below their row's maximum weigh exactly 0. One sample at a time with its t x t
 // blocks in L1: the stock path (permute copies, two batched matmuls of 2-wide heads, softmax and
 // their backward) costs several times more at the session's t = 11. A sample's result does not
 // depend on the other samples or the thread count; no gradient flows to bias.
