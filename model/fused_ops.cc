@@ -398,12 +398,12 @@ struct AttentionShape {
 };
 
 // The scratch of one sample: a head's K and V transposed ([dh][tp] each, padded keys zero), their
-// gradients, and one row of score gradients.
+// gradients, one row of score gradients, and the sample's bias with padded keys -inf ([t][tp]).
 struct AttentionScratch {
   explicit AttentionScratch(const AttentionShape& sh)
       : kt(static_cast<size_t>(sh.dh * sh.tp)), vt(kt.size()), dkt(kt.size()), dvt(kt.size()),
-        ds(static_cast<size_t>(sh.tp)) {}
-  std::vector<float> kt, vt, dkt, dvt, ds;
+        ds(static_cast<size_t>(sh.tp)), bias(static_cast<size_t>(sh.t * sh.tp), -std::numeric_limits<float>::infinity()) {}
+  std::vector<float> kt, vt, dkt, dvt, ds, bias;
 };
 
 // Head h's K and V of the sample x [t][3d] into the scratch, transposed.
@@ -429,23 +429,23 @@ __attribute__((target_clones("avx2", "default"))) void AttentionSampleForward(co
   const float* kt = s->kt.data();
   const float* vt = s->vt.data();
   const V lo = Splat(-87.f);  // exp(-87) is still a normal float
+  for (int64_t i = 0; i < t; ++i) std::copy(bias + i * t, bias + (i + 1) * t, s->bias.data() + i * tp);
   for (int64_t h = 0; h < sh.heads; ++h) {
     LoadKeys(sh, x, h, s);
     for (int64_t i = 0; i < t; ++i) {
       float* pi = p + (h * t + i) * tp;
       const float* qi = x + i * row + h * dh;
+      const float* bi = s->bias.data() + i * tp;
+      V mv = Splat(-std::numeric_limits<float>::infinity());
       for (int64_t j0 = 0; j0 < tp; j0 += kW) {
         V acc = Splat(0.f);
         for (int64_t e = 0; e < dh; ++e) acc = acc + Splat(qi[e] * sh.scale) * Load(kt + e * tp + j0);
+        acc = acc + Load(bi + j0);
         Store(pi + j0, acc);
+        mv = acc > mv ? acc : mv;
       }
-      const float* bi = bias + i * t;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < t; ++j) {
-        pi[j] += bi[j];
-        m = std::max(m, pi[j]);
-      }
-      for (int64_t j = t; j < tp; ++j) pi[j] = -std::numeric_limits<float>::infinity();
+      float m = mv[0];
+      for (int k = 1; k < kW; ++k) m = std::max(m, mv[k]);
       V sum = Splat(0.f);
       for (int64_t j0 = 0; j0 < tp; j0 += kW) {
         // Exactly 0 for forbidden and padded keys and for scores more than 87 below the maximum;
