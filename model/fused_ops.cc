@@ -710,8 +710,11 @@ struct SwishNormMaskFunction : public torch::autograd::Function<SwishNormMaskFun
   }
 };
 
-void GatherForward(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
-                   const Tensor& tag_index, Tensor* out) {
+// Plain loops without loop-distribute-patterns: std::fill and std::copy, or GCC's pattern
+// recognition, would make each slot's few floats a memset and a memmove call.
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void GatherForward(
+    const Tensor& id_rows, const Tensor& tag_rows, const Tensor& id_index, const Tensor& tag_offsets,
+    const Tensor& tag_index, Tensor* out) {
   const int64_t di = id_rows.size(1), dt = tag_rows.size(1), d = di + dt;
   const int64_t slots = id_index.numel();
   const float* ip = id_rows.data_ptr<float>();
@@ -723,9 +726,10 @@ void GatherForward(const Tensor& id_rows, const Tensor& tag_rows, const Tensor& 
   at::parallel_for(0, slots, 1024, [&](int64_t lo, int64_t hi) {
     for (int64_t s = lo; s < hi; ++s) {
       float* o = op + s * d;
-      std::fill(o, o + d, 0.f);
+      for (int64_t c = 0; c < d; ++c) o[c] = 0.f;
       if (idx[s] < 0) continue;
-      std::copy(ip + idx[s] * di, ip + (idx[s] + 1) * di, o);
+      const float* src = ip + idx[s] * di;
+      for (int64_t c = 0; c < di; ++c) o[c] = src[c];
       if (dt == 0 || off[s + 1] == off[s]) continue;
       for (int64_t k = off[s]; k < off[s + 1]; ++k) {
         const float* t = tp + tix[k] * dt;
