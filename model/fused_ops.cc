@@ -448,10 +448,12 @@ __attribute__((target_clones("avx2", "default"))) void AttentionSampleForward(co
       for (int k = 1; k < kW; ++k) m = std::max(m, mv[k]);
       V sum = Splat(0.f);
       for (int64_t j0 = 0; j0 < tp; j0 += kW) {
-        // Exactly 0 for forbidden and padded keys and for scores more than 87 below the maximum;
-        // the rest is clamped first so that no denormal appears (each costs a microcode assist).
+        // Exactly 0 for forbidden and padded keys and for scores more than 87 below the maximum,
+        // whose exp is taken of -87 (below, it would be a denormal, each a microcode assist) and
+        // dropped; a NaN score stays NaN, so that the row's output and the loss are NaN as with
+        // the stock ops.
         const V v = Load(pi + j0) - Splat(m);
-        const V ev = Masked(Exp(v > lo ? v : lo), v > lo);
+        const V ev = v > lo ? Exp(v > lo ? v : lo) : (v == v ? Splat(0.f) : v);
         Store(pi + j0, ev);
         sum = sum + ev;
       }

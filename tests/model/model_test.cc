@@ -1016,6 +1016,12 @@ TEST(ModelTest, FusedOpsMatchReference) {
     const at::Tensor masked = at::tensor(std::vector<float>{0.f, -1e30f, 0.f, 0.f}).view({1, 1, 2, 2});
     EXPECT_EQ(Attention(x, masked, 1)[0][0][0].item<float>(), 2.f);
     EXPECT_THROW(Attention(x, masked, 2), c10::Error);  // 2 heads do not divide d = 1
+    // A NaN in a query or key reaches the output (the loss's finiteness check must see it).
+    at::Tensor bad = x.clone();
+    bad[0][1][1] = std::numeric_limits<float>::quiet_NaN();  // key 1
+    const at::Tensor out = Attention(bad, at::zeros({1, 1, 2, 2}), 1);
+    EXPECT_TRUE(std::isnan(out[0][0][0].item<float>()));
+    EXPECT_TRUE(std::isnan(out[0][1][0].item<float>()));
   }
 
   // Relu: the same bits as at::relu, forward and backward, NaN kept.
@@ -1050,6 +1056,7 @@ TEST(ModelTest, FusedOpsMatchReference) {
     EXPECT_NEAR(y[4].item<float>(), -1e-6f, 1e-12);
     EXPECT_EQ(y[0].item<float>(), -1.f);
     EXPECT_NEAR(Elu(at::tensor(std::vector<float>{-std::log(2.f)}))[0].item<float>(), -0.5f, 1e-7);
+    EXPECT_TRUE(std::isnan(Elu(at::tensor(std::vector<float>{std::numeric_limits<float>::quiet_NaN()}))[0].item<float>()));
     const at::Tensor w = at::randn({1003}, gen, at::kFloat);
     (y * w).sum().backward();
     (want * w).sum().backward();
