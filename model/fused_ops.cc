@@ -352,38 +352,6 @@ struct EluFunction : public torch::autograd::Function<EluFunction> {
   }
 };
 
-// ReLU: max(x, 0) (NaN stays NaN, as at::relu); backward passes g except where the output is <= 0.
-struct ReluFunction : public torch::autograd::Function<ReluFunction> {
-  static Tensor Compute(const Tensor& x) {
-    Tensor out = x.contiguous().clone();
-    float* op = out.data_ptr<float>();
-    at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) op[i] = std::max(op[i], 0.f);  // NaN < 0 is false: NaN stays
-    });
-    return out;
-  }
-  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
-    Tensor out = Compute(x);
-    ctx->save_for_backward({out});
-    return out;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const Tensor out = ctx->get_saved_variables()[0];
-    const Tensor g = grad_out[0].contiguous();
-    Tensor dx = at::empty_like(out);
-    const float* op = out.data_ptr<float>();
-    const float* gp = g.data_ptr<float>();
-    float* dp = dx.data_ptr<float>();
-    at::parallel_for(0, out.numel(), 16384, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const float gi = gp[i];  // loaded unconditionally, so that the loop vectorises
-        dp[i] = op[i] <= 0.f ? 0.f : gi;  // as threshold_backward: NaN passes
-      }
-    });
-    return {dx};
-  }
-};
-
 // The sum of a vector's lanes, in lane order.
 T2D_INLINE float LaneSum(simd::V v) {
   float s = v[0];
@@ -1024,12 +992,6 @@ Tensor Attention(const Tensor& qkv, const Tensor& bias, int64_t heads) {
     return AttentionFunction::Compute(qkv, bias, heads, &p);
   }
   return AttentionFunction::apply(qkv, bias, heads);
-}
-
-Tensor Relu(const Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "Relu: float tensor");
-  if (!at::GradMode::is_enabled() || !x.requires_grad()) return ReluFunction::Compute(x);
-  return ReluFunction::apply(x);
 }
 
 Tensor Elu(const Tensor& x) {

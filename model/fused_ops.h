@@ -7,7 +7,7 @@
 //   - swish + LayerNorm over channels + mask, applied after every U-Net convolution: with tiny
 //     channel counts (D = 4) at::layer_norm costs ~1.4 ms forward and ~2.5 ms backward per
 //     call on 28k rows; plain loops over rows do it in a fraction of that;
-//   - attention with a few narrow heads (Attention), ReLU (Relu) and ELU (Elu).
+//   - attention with a few narrow heads (Attention) and ELU (Elu).
 // All are differentiable (torch::autograd::Function) and also run under no-grad/inference.
 // Thread-safety: pure functions. Errors: shape mismatches throw c10::Error (caught by the
 // model's boundary).
@@ -71,10 +71,6 @@ at::Tensor SwishNormMask(const at::Tensor& y, const at::Tensor& gamma, const at:
 // their backward) costs several times more at the session's t = 11. A sample's result does not
 // depend on the other samples or the thread count; no gradient flows to bias.
 at::Tensor Attention(const at::Tensor& qkv, const at::Tensor& bias, int64_t heads);
-
-// ReLU with the same bits as at::relu; at::relu's backward (threshold_backward) takes ~0.85 ms for
-// the session encoder's [512, 11, 64] at one thread, this one a tenth of that.
-at::Tensor Relu(const at::Tensor& x);
 
 // ELU with alpha 1 (x where x > 0, else exp(x) - 1), vectorised: at::elu takes ~0.35 ms forward
 // for the target attention's [512, 40, 16] at one thread. Agrees with at::elu within a few float

@@ -2,8 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <cmath>
-
 #include "model/fused_ops.h"
 
 namespace t2d::model {
@@ -67,7 +65,7 @@ EncoderLayer EncoderLayer::Register(ParameterRegistry& params, const std::string
 at::Tensor EncoderLayer::operator()(const at::Tensor& x_in, const at::Tensor& bias) const {
   const at::Tensor o = out(Attention(qkv(x_in), bias, heads));
   const at::Tensor x = norm1(x_in + o);
-  return norm2(x + ff2(Relu(ff1(x))));
+  return norm2(x + ff2(at::relu(ff1(x))));
 }
 
 ItemTower ItemTower::Register(ParameterRegistry& params, int64_t d, int64_t e) {

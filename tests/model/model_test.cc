@@ -1024,22 +1024,6 @@ TEST(ModelTest, FusedOpsMatchReference) {
     EXPECT_TRUE(std::isnan(out[0][1][0].item<float>()));
   }
 
-  // Relu: the same bits as at::relu, forward and backward, NaN kept.
-  {
-    at::Tensor x0 = at::randn({3, 11, 7}, gen, at::kFloat);
-    x0[0][0][0] = std::numeric_limits<float>::quiet_NaN();
-    x0[0][0][1] = 0.f;
-    at::Tensor x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
-    const at::Tensor y = Relu(x1), want = at::relu(x2);
-    EXPECT_TRUE(std::isnan(y[0][0][0].item<float>()));
-    EXPECT_TRUE(at::equal(y.narrow(0, 1, 2), want.narrow(0, 1, 2)));
-    EXPECT_EQ(y[0][0][1].item<float>(), 0.f);
-    const at::Tensor w = at::randn({3, 11, 7}, gen, at::kFloat);
-    (y * w).sum().backward();
-    (want * w).sum().backward();
-    EXPECT_TRUE(at::equal(x1.grad(), x2.grad()));
-  }
-
   // Elu against at::elu, over every branch: large negative, |x| < 0.5 (the polynomial), the
   // boundary, positive; 1003 elements (a partial last vector).
   {
