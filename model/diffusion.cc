@@ -7,7 +7,13 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -31,6 +37,8 @@ constexpr int64_t kTrainChunk = 16;    // sequences a training-kernel call (a fi
 // faster, and the kernel D = 8 1.04-1.11x faster.
 constexpr int64_t kTrainKernelMaxChannels = 8;
 
+class KernelPass;
+
 // What UnetLossFunction needs besides tensors. The pointers are the Diffusion's and the model's,
 // which outlive the step's autograd graph.
 struct KernelCall {
@@ -42,15 +50,31 @@ struct KernelCall {
   double scale;    // the loss is scale * sum of per-position losses
   bool want_grad;  // compute the gradient (training under grad mode)
   bool deferred;   // compute the gradient in backward (see UnetLossFunction)
+  KernelPass* pass;  // deferred: the pass the backward finishes (owned by the TrainOutput)
 };
+
+// The U-Net's gradient in the flat parameter layout: the chunks' partial sums (chunk c at
+// partial + c * total) added in chunk order, so the result does not depend on which thread ran
+// which chunk.
+Tensor SumChunks(const KernelCall& call, const std::vector<float>& partial, int64_t chunks) {
+  const int64_t total = call.total;
+  Tensor flat = at::zeros({total}, at::kFloat);
+  float* fp = flat.data_ptr<float>();
+  for (const ParameterRef& p : *call.unet) {
+    const int64_t off = p.offset(), numel = p.tensor().numel();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* src = partial.data() + c * total + off;
+      for (int64_t i = 0; i < numel; ++i) fp[off + i] += src[i];
+    }
+  }
+  return flat;
+}
 
 // Runs UnetKernel::TrainLoss over the batch in fixed chunks of kTrainChunk sequences, in
 // parallel; writes the loss and z0_hat's last position, and with `grad` returns the U-Net's
 // gradient (flat parameter layout), the chunks' partial sums added in chunk order.
-// With `own_thread`, half of the chunks run on a thread of its own and the rest on the caller's,
-// whatever the intra-op setting (the parallel branches' forward, while the branch's thread idles).
 Tensor RunTrainKernel(const KernelCall& call, const Tensor& input, const Tensor& mask, const Tensor& z0, bool grad,
-                      Tensor* loss, Tensor* last, bool own_thread = false) {
+                      Tensor* loss, Tensor* last) {
   const int64_t b = input.size(0), w = input.size(1), d = z0.size(2), total = call.total;
   const int64_t chunks = (b + kTrainChunk - 1) / kTrainChunk;
   std::vector<double> seq_loss(static_cast<size_t>(b));
@@ -69,28 +93,112 @@ Tensor RunTrainKernel(const KernelCall& call, const Tensor& input, const Tensor&
                        grad ? partial.data() + c * total : nullptr);
     }
   };
-  if (own_thread && chunks > 1) {
-    std::thread helper(run, chunks / 2, chunks);  // TrainLoss does not throw (only std::bad_alloc)
-    run(0, chunks / 2);
-    helper.join();
-  } else {
-    at::parallel_for(0, chunks, 1, run);
-  }
+  at::parallel_for(0, chunks, 1, run);
   double sum = 0;
   for (double v : seq_loss) sum += v;
   if (loss != nullptr) *loss = at::scalar_tensor(sum * call.scale, at::kFloat);
   if (last != nullptr) *last = z0_last;
   if (!grad) return Tensor();
-  Tensor flat = at::zeros({total}, at::kFloat);
-  float* fp = flat.data_ptr<float>();
-  for (const ParameterRef& p : *call.unet) {
-    const int64_t off = p.offset(), numel = p.tensor().numel();
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* src = partial.data() + c * total + off;
-      for (int64_t i = 0; i < numel; ++i) fp[off + i] += src[i];
+  return SumChunks(call, partial, chunks);
+}
+
+// The deferred pass of one step (DeferredDiffusionPass): RunTrainKernel's chunks with the
+// gradient, claimed one at a time by the loss's backward (Finish) and by any thread that calls
+// Help; SumChunks adds the chunks' slots in chunk order and Loss the sequences' losses in
+// sequence order, as RunTrainKernel does.
+class KernelPass final : public DeferredDiffusionPass {
+ public:
+  KernelPass(const KernelCall& call, Tensor input, Tensor mask, Tensor z0)
+      : call_(call), input_(std::move(input)), mask_(std::move(mask)), z0_(std::move(z0)) {
+    const int64_t b = input_.size(0);
+    chunks_ = (b + kTrainChunk - 1) / kTrainChunk;
+    partial_.resize(static_cast<size_t>(chunks_ * call_.total));
+    seq_loss_.resize(static_cast<size_t>(b));
+    last_.resize(static_cast<size_t>(b * z0_.size(2)));
+  }
+
+  void Help() override {
+    std::optional<UnetKernel> kernel;  // built on the first chunk claimed
+    for (int64_t c = next_.fetch_add(1); c < chunks_; c = next_.fetch_add(1)) {
+      bool ok = true;
+      try {
+        if (!kernel) kernel.emplace(*call_.layout, call_.params);
+        RunChunk(*kernel, c);
+      } catch (const std::exception&) {  // std::bad_alloc only (TrainLoss does not throw otherwise)
+        ok = false;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      failed_ = failed_ || !ok;
+      if (++done_ == chunks_) done_cv_.notify_all();
     }
   }
-  return flat;
+
+  Tensor Loss() override {
+    WaitAll();
+    double sum = 0;
+    for (double v : seq_loss_) sum += v;
+    return at::scalar_tensor(sum * call_.scale, at::kFloat);
+  }
+
+  // The loss's backward: the flat gradient.
+  Tensor Finish() {
+    WaitAll();
+    return SumChunks(call_, partial_, chunks_);
+  }
+
+ private:
+  void WaitAll() {
+    Help();
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return done_ == chunks_; });
+    if (failed_) throw std::runtime_error("the deferred U-Net pass ran out of memory");
+  }
+
+  void RunChunk(UnetKernel& kernel, int64_t c) {
+    const int64_t b = input_.size(0), w = input_.size(1), d = z0_.size(2);
+    const int64_t s0 = c * kTrainChunk, count = std::min(kTrainChunk, b - s0);
+    kernel.TrainLoss(count, w, input_.data_ptr<float>() + s0 * w * 2 * d, mask_.data_ptr<float>() + s0 * w,
+                     z0_.data_ptr<float>() + s0 * w * d, call_.loss, static_cast<float>(call_.scale),
+                     seq_loss_.data() + s0, last_.data() + s0 * d, partial_.data() + c * call_.total);
+  }
+
+  const KernelCall call_;
+  const Tensor input_, mask_, z0_;
+  int64_t chunks_ = 0;
+  std::vector<float> partial_;    // chunk c's gradient at c * total (zero-filled: TrainLoss adds)
+  std::vector<double> seq_loss_;  // per sequence
+  std::vector<float> last_;       // written by TrainLoss, not read (the forward computed x_hat)
+  std::atomic<int64_t> next_{0};
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  int64_t done_ = 0;  // chunks finished, under mu_
+  bool failed_ = false;
+};
+
+// z0_hat at the last position [B, D] for the deferred forward (UnetKernel::TrainLast), the
+// chunks split between this thread and a helper: the two cores are otherwise idle here.
+Tensor RunLastKernel(const KernelCall& call, const Tensor& input, const Tensor& mask, int64_t d) {
+  const int64_t b = input.size(0), w = input.size(1);
+  const int64_t chunks = (b + kTrainChunk - 1) / kTrainChunk;
+  Tensor last = at::empty({b, d}, at::kFloat);
+  const float* in = input.data_ptr<float>();
+  const float* mk = mask.data_ptr<float>();
+  float* lp = last.data_ptr<float>();
+  auto run = [&](int64_t begin, int64_t end) {
+    UnetKernel kernel(*call.layout, call.params);
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t s0 = c * kTrainChunk, count = std::min(kTrainChunk, b - s0);
+      kernel.TrainLast(count, w, in + s0 * w * 2 * d, mk + s0 * w, lp + s0 * d);
+    }
+  };
+  if (chunks > 1) {
+    std::thread helper(run, chunks / 2, chunks);  // TrainLast does not throw (only std::bad_alloc)
+    run(0, chunks / 2);
+    helper.join();
+  } else {
+    run(0, chunks);
+  }
+  return last;
 }
 
 // The diffusion loss through UnetKernel::TrainLoss. forward(unet parameters, input [B, w, 2D],
@@ -98,17 +206,23 @@ Tensor RunTrainKernel(const KernelCall& call, const Tensor& input, const Tensor&
 // differentiable)}. Only the parameters get a gradient (the inputs are constants:
 // stop-gradient). Normally the kernel computes the gradient along with the loss in forward and
 // backward scales it by the incoming gradient. Deferred (the model's parallel branches),
-// forward runs the U-Net's forward alone (the towers wait only for x_hat) and backward, on the
-// diffusion branch's thread, runs the whole kernel again: the same chunks, so the same bits.
+// forward computes z0_hat's last position alone (the towers wait only for x_hat; the loss it
+// returns is a stand-in) and backward, on the diffusion branch's thread, finishes the KernelPass
+// (the whole kernel in the same chunks, so the same bits), which also gives the loss.
 struct UnetLossFunction : public torch::autograd::Function<UnetLossFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList unet,
                                                 const Tensor& input, const Tensor& mask, const Tensor& z0,
                                                 const KernelCall& call) {
     RECORD_FUNCTION("UnetTrainKernel", std::vector<c10::IValue>());
     (void)unet;
-    Tensor loss, last;
-    const Tensor flat =
-        RunTrainKernel(call, input, mask, z0, call.want_grad && !call.deferred, &loss, &last, call.deferred);
+    Tensor loss, last, flat;
+    if (call.deferred) {
+      // x_hat alone; the pass computes the loss and the gradient in backward.
+      last = RunLastKernel(call, input, mask, z0.size(2));
+      loss = at::full({}, std::numeric_limits<float>::quiet_NaN(), at::kFloat);
+    } else {
+      flat = RunTrainKernel(call, input, mask, z0, call.want_grad, &loss, &last);
+    }
     ctx->mark_non_differentiable({last});
     if (call.want_grad) {
       // The call's pointers (not owned; see KernelCall) travel as integers.
@@ -119,7 +233,7 @@ struct UnetLossFunction : public torch::autograd::Function<UnetLossFunction> {
       ctx->saved_data["loss"] = static_cast<int64_t>(call.loss);
       ctx->saved_data["scale"] = call.scale;
       if (call.deferred) {
-        ctx->save_for_backward({input, mask, z0});
+        ctx->saved_data["pass"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(call.pass));
       } else {
         ctx->saved_data["flat"] = flat;
       }
@@ -142,8 +256,7 @@ struct UnetLossFunction : public torch::autograd::Function<UnetLossFunction> {
       flat = sd["flat"].toTensor();
     } else {
       RECORD_FUNCTION("UnetTrainKernel (deferred)", std::vector<c10::IValue>());
-      const auto saved = ctx->get_saved_variables();
-      flat = RunTrainKernel(call, saved[0], saved[1], saved[2], true, nullptr, nullptr);
+      flat = reinterpret_cast<KernelPass*>(static_cast<intptr_t>(sd["pass"].toInt()))->Finish();
     }
     torch::autograd::variable_list result;
     for (const ParameterRef& p : *call.unet) {
@@ -292,11 +405,16 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
       unet.push_back(p.tensor());
       want_grad = want_grad && p.tensor().requires_grad();
     }
-    const KernelCall call{&kernel_layout_, params_.values().data_ptr<float>(), params_.values().numel(),
-                          &unet_params_, squared ? UnetLoss::kSquared : UnetLoss::kNorm, scale, want_grad,
-                          defer_gradient};
-    torch::autograd::variable_list outs =
-        UnetLossFunction::apply(at::TensorList(unet), input.contiguous(), mw.to(at::kFloat).contiguous(), z0.contiguous(), call);
+    KernelCall call{&kernel_layout_, params_.values().data_ptr<float>(), params_.values().numel(),
+                    &unet_params_, squared ? UnetLoss::kSquared : UnetLoss::kNorm, scale, want_grad,
+                    defer_gradient && want_grad, nullptr};
+    const Tensor in = input.contiguous(), mf = mw.to(at::kFloat).contiguous(), zc = z0.contiguous();
+    if (call.deferred) {
+      auto pass = std::make_shared<KernelPass>(call, in, mf, zc);
+      call.pass = pass.get();
+      out.deferred = std::move(pass);
+    }
+    torch::autograd::variable_list outs = UnetLossFunction::apply(at::TensorList(unet), in, mf, zc, call);
     out.loss = outs[0];
     z0_last = outs[1];
   } else {

@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -52,6 +53,9 @@ class Diffusion {
   struct TrainOutput {
     at::Tensor loss;   // scalar L_KL
     at::Tensor x_hat;  // [B, D] the generated token (detached)
+    // defer_gradient with the plain-C++ kernel: the U-Net's whole pass, which the loss's
+    // backward runs; `loss` is a stand-in (NaN) until then. Keep it until that backward has run.
+    std::shared_ptr<DeferredDiffusionPass> deferred;
   };
   // One training step of the module. x [B, n, D] history embeddings, targets [B, D] the targets'
   // embeddings; both are detached here, and so is x_hat (stop-gradient, spec section 6). The step
@@ -64,9 +68,10 @@ class Diffusion {
   // (UnetKernel::TrainLoss) unless noise->force_tensor_ops: per sequence, split over the
   // intra-op threads in fixed chunks of sequences, so the gradient's bits do not depend on the
   // thread count. Its work is done in the forward; backward only scales the saved gradient.
-  // With defer_gradient (the model's parallel branches) forward runs the U-Net's forward alone
-  // and backward runs the whole kernel, so that the towers, which wait for x_hat only, overlap
-  // the U-Net's gradient; the results are bit-identical.
+  // With defer_gradient (the model's parallel branches) forward computes x_hat alone (only the
+  // positions it depends on, UnetKernel::TrainLast, on two threads) and backward runs the whole
+  // kernel (TrainOutput::deferred), so that the towers, which wait for x_hat only, overlap the
+  // U-Net's loss and gradient; the results are bit-identical.
   absl::StatusOr<TrainOutput> Train(const at::Tensor& x, const at::Tensor& targets, const SequenceMask& mask,
                                     uint64_t noise_seed, const TrainNoise* noise, bool defer_gradient = false) const;
 

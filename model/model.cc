@@ -291,7 +291,7 @@ Tensor TowerLoss(const Tensor& users, const Tensor& items, const Batch& batch, c
 
 absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& rows, const Candidates& candidates,
                                              uint64_t noise_seed, const TrainNoise* noise,
-                                             const std::function<void(const Tensor&)>* after_diffusion) {
+                                             const AfterDiffusion* after_diffusion) {
   const Impl& m = *impl_;
   T2D_RETURN_IF_ERROR(CheckRows(rows, m.dims));
   const int64_t u = rows.id_rows.size(0), ut = TagRowCount(rows, m.dims);
@@ -313,6 +313,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
     const SequenceMask mask = MakeSequenceMask(batch);
 
     ForwardOutput out;
+    std::shared_ptr<DeferredDiffusionPass> deferred;
     out.diffusion_loss = at::zeros({}, at::kFloat);
     if (m.diffusion != nullptr) {
       T2D_ASSIGN_OR_RETURN(Diffusion::TrainOutput diffused,
@@ -320,9 +321,10 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
                                                               after_diffusion != nullptr));
       out.diffusion_loss = diffused.loss;
       out.x_hat = diffused.x_hat;
+      deferred = std::move(diffused.deferred);
     }
     const Tensor weighted = out.diffusion_loss * static_cast<double>(m.config.diffusion_loss_weight());
-    if (after_diffusion != nullptr) (*after_diffusion)(weighted);
+    if (after_diffusion != nullptr) (*after_diffusion)(weighted, deferred);
     out.user_vectors = m.AddUserFeature(m.user_tower->Forward(x, out.x_hat, mask.mask, batch), batch, rows);
     out.target_vectors = items.narrow(0, 0, b);
     out.tower_loss = TowerLoss(out.user_vectors, items, batch, candidates, m.config);
@@ -340,7 +342,9 @@ absl::StatusOr<Model::Losses> Model::ForwardBackward(const Batch& batch, const R
     // The diffusion branch's backward on its own thread (model.h: why the bits are the same).
     std::thread branch;
     std::string branch_error;
-    const std::function<void(const Tensor&)> start = [&](const Tensor& weighted) {
+    std::shared_ptr<DeferredDiffusionPass> pass;  // the kernel's pass, shared once the towers are done
+    const AfterDiffusion start = [&](const Tensor& weighted, const std::shared_ptr<DeferredDiffusionPass>& deferred) {
+      pass = deferred;
       branch = std::thread([weighted, &branch_error] {
         try {
           weighted.backward();
@@ -354,6 +358,7 @@ absl::StatusOr<Model::Losses> Model::ForwardBackward(const Batch& batch, const R
     if (out.ok()) {
       try {
         out->tower_loss.backward();
+        if (pass != nullptr) pass->Help();
       } catch (const std::exception& ex) {
         tower_error = ex.what();
       }
@@ -362,6 +367,18 @@ absl::StatusOr<Model::Losses> Model::ForwardBackward(const Batch& batch, const R
     if (!out.ok()) return out.status();
     if (!tower_error.empty() || !branch_error.empty()) {
       return absl::InternalError(absl::StrCat("model backward: ", tower_error.empty() ? branch_error : tower_error));
+    }
+    if (pass != nullptr) {
+      // The forward's diffusion and total losses were stand-ins: the pass's loss, weighted and
+      // added as Forward does (the same bits as the single-threaded step).
+      try {
+        at::NoGradGuard no_grad;
+        out->diffusion_loss = pass->Loss();
+        const Tensor weighted = out->diffusion_loss * static_cast<double>(impl_->config.diffusion_loss_weight());
+        out->total_loss = out->tower_loss + weighted;
+      } catch (const std::exception& ex) {
+        return absl::InternalError(absl::StrCat("model backward: ", ex.what()));
+      }
     }
     Losses l;
     l.total = out->total_loss.item<double>();

@@ -51,6 +51,21 @@ struct Rows {
   at::Tensor user_feature_rows;
 };
 
+// The U-Net's gradient pass of a training step whose diffusion loss was deferred
+// (Diffusion::Train with defer_gradient, the model's parallel branches): the loss's backward runs
+// it in chunks, and other threads can take chunks too. Each chunk's gradient has its own slot and
+// the slots are added in chunk order, so which thread ran which chunk changes no bit.
+// Thread-safe.
+class DeferredDiffusionPass {
+ public:
+  virtual ~DeferredDiffusionPass() = default;
+  // Runs chunks nobody has claimed yet; returns when none is left (others may still be running).
+  virtual void Help() = 0;
+  // The diffusion loss (scalar): every chunk's, once all have run (runs the unclaimed ones and
+  // waits for the rest). Until then the graph holds a stand-in.
+  virtual at::Tensor Loss() = 0;
+};
+
 struct ForwardOutput {
   at::Tensor total_loss;      // scalar, L_tower + lambda * L_KL
   at::Tensor tower_loss;      // scalar, L_tower
@@ -128,7 +143,8 @@ class Model {
   // graphs share no node and no gradient memory: the gradients are bit for bit those of the
   // single-threaded step. With the plain-C++ U-Net (D <= 16) the diffusion forward computes
   // x_hat alone (on both threads) and the U-Net's whole gradient pass runs on the second thread
-  // (Diffusion::Train, defer_gradient). Meant for two cores with one intra-op thread each
+  // (Diffusion::Train, defer_gradient); the first thread takes over its remaining chunks once the
+  // towers' backward is done (each chunk's gradient has its own slot, summed in chunk order). Meant for two cores with one intra-op thread each
   // (at::set_num_threads(1)), where the small ops of the authors' size gain nothing from
   // intra-op threads.
   absl::StatusOr<Losses> ForwardBackward(const Batch& batch, const Rows& rows, const Candidates& candidates,
@@ -159,10 +175,14 @@ class Model {
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
   // Forward; `after_diffusion`, when set, is called with the weighted diffusion loss as soon as
-  // it exists (before the towers run), and the loss's backward is left to it.
+  // it exists (before the towers run), and the loss's backward is left to it. With the kernel's
+  // deferred pass (`pass` set, to be kept until that backward has run) the forward's diffusion
+  // and total losses are stand-ins: the pass gives the diffusion loss.
+  using AfterDiffusion =
+      std::function<void(const at::Tensor& weighted, const std::shared_ptr<DeferredDiffusionPass>& pass)>;
   absl::StatusOr<ForwardOutput> Forward(const Batch& batch, const Rows& rows, const Candidates& candidates,
                                         uint64_t noise_seed, const TrainNoise* noise,
-                                        const std::function<void(const at::Tensor&)>* after_diffusion);
+                                        const AfterDiffusion* after_diffusion);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -89,20 +89,23 @@ T2D_INLINE void ConvBlock(const float* h, int64_t hs, const ConvRef& cv, float* 
   }
 }
 
-// y [out planes, stride ys] = conv(h [in planes, stride hs]) at positions 0 .. RoundUp8(len) - 1.
-T2D_INLINE void Conv(const float* h, int64_t hs, const ConvRef& cv, float* y, int64_t ys, int64_t len) {
-  for (int64_t j0 = 0; j0 < len; j0 += kW) ConvBlock(h, hs, cv, y, ys, j0, nullptr);
+// y [out planes, stride ys] = conv(h [in planes, stride hs]) at positions from .. RoundUp8(len) - 1
+// (`from` a multiple of 8).
+T2D_INLINE void Conv(const float* h, int64_t hs, const ConvRef& cv, float* y, int64_t ys, int64_t from, int64_t len) {
+  for (int64_t j0 = from; j0 < len; j0 += kW) ConvBlock(h, hs, cv, y, ys, j0, nullptr);
 }
 
 // A block of the U-Net: y [out planes] = mask * LayerNorm(swish(conv(h))) over the channels
 // (eps 1e-5), one block of 8 positions at a time while it is in L1. Positions >= len are masked
 // (zero bits), which keeps the planes' tails zero. `pre` (training): the convolution's output
-// before the swish, kept for the backward pass.
+// before the swish, kept for the backward pass. Positions before `from` (a multiple of 8) are
+// not computed.
 T2D_INLINE void ConvSwishNormMask(const float* h, int64_t hs, const ConvRef& cv, const NormRef& nm,
-                                  const uint32_t* mask, float* y, int64_t ys, int64_t len, float* pre) {
+                                  const uint32_t* mask, float* y, int64_t ys, int64_t len, float* pre,
+                                  int64_t from = 0) {
   const int64_t c = cv.out;
   const V cf = Splat(static_cast<float>(c));
-  for (int64_t j0 = 0; j0 < len; j0 += kW) {
+  for (int64_t j0 = from; j0 < len; j0 += kW) {
     V mean = Splat(0.f);
     ConvBlock(h, hs, cv, y, ys, j0, &mean, pre);
     float* yj = y + kPad + j0;
@@ -124,6 +127,9 @@ T2D_INLINE void ConvSwishNormMask(const float* h, int64_t hs, const ConvRef& cv,
 // The scratch planes of one level.
 struct Level {
   int64_t len = 0, stride = 0, ch = 0;  // positions, plane stride, channels C << l
+  // The forward computes positions from .. len - 1 of every plane of the level (a multiple of 8;
+  // 0 but for UnetKernel::TrainLast, see LastOnlyStarts).
+  int64_t from = 0;
   float* pool = nullptr;  // l > 0: the max-pooled output of level l - 1 (its channels)
   float* down = nullptr;  // down-path block output (the skip), ch planes
   float* proj = nullptr;  // l < levels - 1: conv1 of the level below's output, ch planes at stride of l + 1
@@ -186,7 +192,7 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
           float* p = lv.pool + c * lv.stride + kPad;
           // Positions len .. RoundUp8(len) - 1 pool the zero tail (2 RoundUp8(len) <= the row's
           // RoundUp8 + kPad), so they stay zero.
-          for (int64_t j0 = 0; j0 < lv.len; j0 += kW) {
+          for (int64_t j0 = lv.from; j0 < lv.len; j0 += kW) {
             const V lo = Load(a + 2 * j0), hi = Load(a + 2 * j0 + kW);
             const V ev = Evens(lo, hi), od = Odds(lo, hi);
             Store(p + j0, ev < od ? od : ev);
@@ -195,7 +201,8 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
         h = lv.pool;
         hs = lv.stride;
       }
-      ConvSwishNormMask(h, hs, net.down_conv[l], net.down_norm[l], lv.mask, lv.down, lv.stride, lv.len, lv.pre_down);
+      ConvSwishNormMask(h, hs, net.down_conv[l], net.down_norm[l], lv.mask, lv.down, lv.stride, lv.len, lv.pre_down,
+                        lv.from);
       h = lv.down;
       hs = lv.stride;
     }
@@ -204,25 +211,26 @@ T2D_INLINE void UnetLayers(const Net& net, float* out) {
       const Level& below = net.lv[l + 1];
       const int64_t c = lv.ch;
       // conv1 before the nearest upsample (they commute), then [upsampled, skip] masked.
-      Conv(h, hs, net.up_proj[l], lv.proj, below.stride, below.len);
+      Conv(h, hs, net.up_proj[l], lv.proj, below.stride, below.from, below.len);
       // Masked as written; the second half of the last block may lie beyond RoundUp8(len) (the
       // zero padding), where nothing is written.
       const int64_t blocks = RoundUp8(lv.len);
       for (int64_t o = 0; o < c; ++o) {
         const float* p = lv.proj + o * below.stride + kPad;
         float* dst = lv.cat + o * lv.stride + kPad;
-        for (int64_t j0 = 0; j0 < below.len; j0 += kW) {
+        for (int64_t j0 = below.from; j0 < below.len; j0 += kW) {
           const V pv = Load(p + j0);
           Store(dst + 2 * j0, Masked(DupLow(pv), LoadBits(lv.mask + 2 * j0)));
           if (2 * j0 + kW < blocks) Store(dst + 2 * j0 + kW, Masked(DupHigh(pv), LoadBits(lv.mask + 2 * j0 + kW)));
         }
       }
       std::memcpy(lv.cat + c * lv.stride, lv.down, static_cast<size_t>(c * lv.stride) * sizeof(float));
-      ConvSwishNormMask(lv.cat, lv.stride, net.up_conv[l], net.up_norm[l], lv.mask, lv.up, lv.stride, lv.len, lv.pre_up);
+      ConvSwishNormMask(lv.cat, lv.stride, net.up_conv[l], net.up_norm[l], lv.mask, lv.up, lv.stride, lv.len, lv.pre_up,
+                        lv.from);
       h = lv.up;
       hs = lv.stride;
     }
-    Conv(h, hs, net.out_conv, out, l0.stride, l0.len);
+    Conv(h, hs, net.out_conv, out, l0.stride, l0.from, l0.len);
   }
 }
 
@@ -530,6 +538,53 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
   return total;
 }
 
+// z0_hat at the last position only, from the planes LastOnlyStarts restricted: the same
+// operations as TrainSequence's forward (same target clones, no FMA), so the same bits as its
+// `last`.
+__attribute__((target_clones("avx2", "default"))) void LastSequence(const Net& net, const float* input,
+                                                                    float* last) {
+  const int64_t d = net.d, d2 = 2 * d, n = net.n, left = net.left;
+  const Level& l0 = net.lv[0];
+  const int64_t s0 = l0.stride;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool on = l0.mask[left + j] != 0;
+    for (int64_t c = 0; c < d2; ++c) net.x[c * s0 + kPad + left + j] = on ? input[j * d2 + c] : 0.f;
+  }
+  UnetLayers(net, net.out);
+  const bool last_on = l0.mask[left + n - 1] != 0;
+  for (int64_t c = 0; c < d; ++c) last[c] = last_on ? net.out[c * s0 + kPad + left + n - 1] : 0.f;
+}
+
+// Sets each level's `from` so that the forward computes what the last position's output depends
+// on and little more. Working back from that position, need* is the first position of a plane
+// that some needed value reads: a 3-tap convolution reads one position to its left, a 1x1 reads
+// its own, pooling position p reads 2p and 2p + 1 below, the upsampled half of the concatenation
+// at p reads p / 2 of the level below. A level computes all of its planes from the smallest of
+// its needs rounded down to a vector; positions it computes before a plane's need may be wrong
+// (they read uncomputed zeros), but nothing needed reads them.
+void LastOnlyStarts(Net& net) {
+  const int levels = net.levels;
+  const int64_t np = net.lv[0].len;
+  int64_t need_h[kMaxLevels], need_cat[kMaxLevels], need_down[kMaxLevels], need_pool[kMaxLevels];
+  need_h[0] = np - 1;  // the level's output: up (down at the deepest level)
+  for (int l = 0; l + 1 < levels; ++l) {
+    need_cat[l] = std::max<int64_t>(0, need_h[l] - 1);  // up = conv3(cat)
+    need_h[l + 1] = need_cat[l] / 2;                     // cat's upsampled half = proj(h below), 1x1
+  }
+  need_down[levels - 1] = need_h[levels - 1];
+  need_pool[levels - 1] = std::max<int64_t>(0, need_down[levels - 1] - 1);
+  for (int l = levels - 2; l >= 0; --l) {
+    need_down[l] = std::min(need_cat[l], 2 * need_pool[l + 1]);  // the skip, and pooled below
+    need_pool[l] = std::max<int64_t>(0, need_down[l] - 1);       // down = conv3(pool or input)
+  }
+  for (int l = 0; l < levels; ++l) {
+    int64_t first = std::min(need_h[l], need_down[l]);
+    if (l > 0) first = std::min(first, need_pool[l]);
+    if (l + 1 < levels) first = std::min(first, need_cat[l]);
+    net.lv[l].from = first / kW * kW;
+  }
+}
+
 __attribute__((target_clones("avx2", "default"))) void ExpOrSwish(const float* x, int64_t count, bool swish,
                                                                    float* out) {
   for (int64_t i = 0; i < count; i += kW) {
@@ -768,6 +823,16 @@ float SumLanes(const float* l) {
 }
 
 }  // namespace
+
+void UnetKernel::TrainLast(int64_t sequences, int64_t n, const float* input, const float* mask, float* last) {
+  UnetPlanes net;
+  Bind(n, false, &net);
+  LastOnlyStarts(net);
+  for (int64_t s = 0; s < sequences; ++s) {
+    SetMasks(net, mask + s * n);
+    LastSequence(net, input + s * n * 2 * d_, last + s * d_);
+  }
+}
 
 void UnetKernel::TrainLoss(int64_t sequences, int64_t n, const float* input, const float* mask, const float* target,
                            UnetLoss loss, float grad_scale, double* seq_loss, float* last, float* grad) {

@@ -520,6 +520,75 @@ TEST(ModelTest, KernelSampleIsBitIdenticalAloneAndInABatch) {
   EXPECT_TRUE(at::equal(*two_threads, *batch));
 }
 
+// UnetKernel::TrainLast computes only the positions that the last output depends on; its output
+// must be TrainLoss's `last` bit for bit, for every level count, width and length (lengths that
+// cut the levels into one, several or partial vectors), with left padding and empty sequences.
+TEST(ModelTest, KernelTrainLastEqualsTrainLoss) {
+  struct Case {
+    int64_t d, channels;
+    int levels;
+  };
+  const Case cases[] = {{2, 2, 1}, {2, 2, 4}, {4, 4, 4}, {4, 8, 3}, {4, 4, 5}, {8, 8, 2}, {3, 5, 4}, {4, 4, 6}};
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  int64_t compared = 0;
+  for (const Case& cs : cases) {
+    // A layout over a flat buffer of random parameters, in the model's shapes (docs/model.md).
+    UnetKernelLayout layout;
+    layout.d = cs.d;
+    layout.channels = cs.channels;
+    layout.levels = cs.levels;
+    std::vector<float> params;
+    auto take = [&](int64_t count, float mean, float sd) {
+      const int64_t at = static_cast<int64_t>(params.size());
+      for (int64_t i = 0; i < count; ++i) params.push_back(mean + sd * normal(rng));
+      return at;
+    };
+    int64_t in = 2 * cs.d;
+    for (int l = 0; l < cs.levels; ++l) {
+      const int64_t c = cs.channels << l;
+      const float sd = 1.f / std::sqrt(static_cast<float>(3 * in));
+      layout.down.push_back({take(c * 3 * in, 0, sd), take(c, 0, 0.1f), take(c, 1, 0.1f), take(c, 0, 0.1f)});
+      in = c;
+    }
+    for (int l = 0; l + 1 < cs.levels; ++l) {
+      const int64_t c = cs.channels << l;
+      const float sp = 1.f / std::sqrt(static_cast<float>(2 * c)), sc = 1.f / std::sqrt(static_cast<float>(6 * c));
+      layout.up.push_back({take(c * 2 * c, 0, sp), take(c, 0, 0.1f), take(c * 3 * 2 * c, 0, sc), take(c, 0, 0.1f),
+                           take(c, 1, 0.1f), take(c, 0, 0.1f)});
+    }
+    layout.out_w = take(cs.d * cs.channels, 0, 0.5f);
+    layout.out_b = take(cs.d, 0, 0.1f);
+    for (int64_t n : {1, 2, 7, 8, 9, 13, 37, 50, 64, 100}) {
+      SCOPED_TRACE("D=" + std::to_string(cs.d) + " C=" + std::to_string(cs.channels) +
+                   " levels=" + std::to_string(cs.levels) + " n=" + std::to_string(n));
+      const int64_t seqs = 5;
+      std::vector<float> input(static_cast<size_t>(seqs * n * 2 * cs.d)), target(static_cast<size_t>(seqs * n * cs.d));
+      std::vector<float> mask(static_cast<size_t>(seqs * n), 0.f);
+      for (float& v : input) v = normal(rng);
+      for (float& v : target) v = normal(rng);
+      for (int64_t s = 0; s < seqs; ++s) {
+        // Lengths n, 0, and random ones: right-aligned valid positions.
+        const int64_t len = s == 0 ? n : s == 1 ? 0 : static_cast<int64_t>(rng() % static_cast<uint32_t>(n + 1));
+        for (int64_t j = n - len; j < n; ++j) mask[static_cast<size_t>(s * n + j)] = 1.f;
+      }
+      std::vector<double> seq_loss(static_cast<size_t>(seqs));
+      std::vector<float> want(static_cast<size_t>(seqs * cs.d)), got(static_cast<size_t>(seqs * cs.d), -1.f);
+      UnetKernel full(layout, params.data());
+      full.TrainLoss(seqs, n, input.data(), mask.data(), target.data(), UnetLoss::kSquared, 1.f, seq_loss.data(),
+                     want.data(), nullptr);
+      UnetKernel last(layout, params.data());
+      last.TrainLast(seqs, n, input.data(), mask.data(), got.data());
+      EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0);
+      // A sequence with its last position valid has a nonzero output; an empty one has zeros.
+      EXPECT_NE(want[0], 0.f);
+      EXPECT_EQ(got[static_cast<size_t>(cs.d)], 0.f);
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 80);
+}
+
 // The kernel's vectorised exp against std::exp, and swish at the extremes.
 TEST(ModelTest, KernelExpMatchesStdExp) {
   std::vector<float> x;
@@ -1117,14 +1186,24 @@ TEST(ModelTest, ParallelBranchesGiveTheSameGradients) {
   ModelConfig generated = Config(ModelConfig::T2DIFF);
   generated.set_train_generated_token_fraction(0.5f);
   generated.set_guidance_drop_fraction(0.3f);
-  for (const ModelConfig& config : {Config(ModelConfig::T2DIFF), Config(ModelConfig::T2DIFF_NO_DRIFT), generated}) {
-    SCOPED_TRACE(config.ShortDebugString());
+  ModelConfig two_levels = Config(ModelConfig::T2DIFF);
+  two_levels.set_unet_levels(2);
+  // Batch and length: one kernel chunk of 16 sequences, or several (the pass's chunks shared
+  // between the threads) at lengths that cut the levels into several vectors.
+  struct Shape {
+    int64_t batch, n;
+  };
+  const std::vector<std::pair<ModelConfig, Shape>> runs = {
+      {Config(ModelConfig::T2DIFF), {16, 8}},  {Config(ModelConfig::T2DIFF_NO_DRIFT), {16, 8}}, {generated, {16, 8}},
+      {Config(ModelConfig::T2DIFF), {70, 37}}, {two_levels, {45, 50}}};
+  for (const auto& [config, shape] : runs) {
+    SCOPED_TRACE(config.ShortDebugString() + " batch " + std::to_string(shape.batch) + " n " + std::to_string(shape.n));
     std::vector<std::vector<float>> dense;
     std::vector<at::Tensor> row_grads;
     std::vector<Model::Losses> losses;
     for (bool parallel : {false, true}) {
       auto model = MakeModel(config, Dims());
-      Problem p = RandomProblem(16, 8, 30, Dims(), 5);
+      Problem p = RandomProblem(shape.batch, shape.n, 30, Dims(), 5);
       model->ZeroGradients();
       auto l = model->ForwardBackward(p.batch, p.rows, p.candidates, 7, parallel);
       ASSERT_TRUE(l.ok()) << l.status();
