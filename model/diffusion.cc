@@ -355,7 +355,8 @@ Diffusion::Diffusion(const ModelConfig& config, int64_t d, const NoiseSchedule& 
 
 absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const Tensor& targets,
                                                         const SequenceMask& mask, uint64_t noise_seed,
-                                                        const TrainNoise* noise, bool defer_gradient) const {
+                                                        const TrainNoise* noise, bool defer_gradient,
+                                                        const DrawnNoise* drawn) const {
   const int64_t b = x.size(0), n = x.size(1), w = Window(n);
   // Stop-gradient at the module's inputs (spec section 6).
   const Tensor xd = x.detach();
@@ -376,9 +377,14 @@ absl::StatusOr<Diffusion::TrainOutput> Diffusion::Train(const Tensor& x, const T
       return absl::InvalidArgumentError(absl::StrCat("TrainNoise.steps must lie in 1..", schedule_.steps()));
     }
   } else {
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(noise_seed);
-    r = at::randint(1, schedule_.steps() + 1, {b}, gen, at::kLong);
-    eps = at::randn({b, w, d_}, gen, at::kFloat);
+    DrawnNoise own;
+    if (drawn == nullptr) own = DrawNoise(b, n, noise_seed);
+    const DrawnNoise& dn = drawn != nullptr ? *drawn : own;
+    if (dn.steps.sizes() != at::IntArrayRef({b}) || dn.eps.sizes() != at::IntArrayRef({b, w, d_})) {
+      return absl::InternalError("Diffusion::Train: the drawn noise has another shape than the batch");
+    }
+    r = dn.steps;
+    eps = dn.eps;
   }
   const Tensor zr = noising_.Apply(z0, r, eps);
   // Draws of the consistency options come from their own generator, so that the spec's noise
@@ -488,6 +494,14 @@ Tensor Diffusion::Unet(Tensor x, Tensor m) const {
   }
   h = out_(h) * masks[0];
   return left > 0 ? h.narrow(1, left, n) : h;
+}
+
+DrawnNoise Diffusion::DrawNoise(int64_t b, int64_t n, uint64_t noise_seed) const {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(noise_seed);
+  DrawnNoise out;
+  out.steps = at::randint(1, schedule_.steps() + 1, {b}, gen, at::kLong);
+  out.eps = at::randn({b, Window(n), d_}, gen, at::kFloat);
+  return out;
 }
 
 int64_t Diffusion::Window(int64_t n) const {

@@ -42,6 +42,12 @@ class NoisingProcess {
   at::Tensor sqrt_ab_, sqrt_1m_ab_;  // [T + 1]
 };
 
+// Diffusion::DrawNoise.
+struct DrawnNoise {
+  at::Tensor steps;  // [B] int64
+  at::Tensor eps;    // [B, w, D]
+};
+
 class Diffusion {
  public:
   // The module of config.kind() with its U-Net registered in `params` (names "unet.*",
@@ -72,8 +78,15 @@ class Diffusion {
   // positions it depends on, UnetKernel::TrainLast, on two threads) and backward runs the whole
   // kernel (TrainOutput::deferred), so that the towers, which wait for x_hat only, overlap the
   // U-Net's loss and gradient; the results are bit-identical.
+  // `drawn` (without `noise`): DrawNoise(B, n, noise_seed), drawn ahead (on another thread).
   absl::StatusOr<TrainOutput> Train(const at::Tensor& x, const at::Tensor& targets, const SequenceMask& mask,
-                                    uint64_t noise_seed, const TrainNoise* noise, bool defer_gradient = false) const;
+                                    uint64_t noise_seed, const TrainNoise* noise, bool defer_gradient = false,
+                                    const DrawnNoise* drawn = nullptr) const;
+
+  // The step r [B] and the noise eps [B, w, D] (w: the window of n) that Train draws from
+  // noise_seed. Thread-safe (a generator of its own): the model's parallel branches draw them on
+  // the second thread while the first embeds the batch.
+  DrawnNoise DrawNoise(int64_t b, int64_t n, uint64_t noise_seed) const;
 
   // The reverse process from pure noise: x_hat [B, D] averaged over the samples. x [B, n, D],
   // mask [B, n]. With D <= 16 any batch runs the plain-C++ U-Net (model/unet_kernel.h), split

@@ -10,6 +10,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <future>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -37,17 +38,16 @@ struct SlotGather {
   std::vector<int64_t> tag_rows;
   std::vector<int64_t> tag_offsets{0};
 
+  // `s` validated (ValidateSlots: its tag offsets run from 0 to tag_rows.size(), not
+  // decreasing), so its slots' tags are its tag_rows in order: appended whole.
   void Append(const ItemSlots& s, bool with_tags) {
-    for (int64_t i = 0; i < s.size(); ++i) {
-      const int64_t r = s.id_rows[static_cast<size_t>(i)];
-      id.push_back(r);
-      if (with_tags) {
-        const size_t lo = static_cast<size_t>(s.tag_offsets[static_cast<size_t>(i)]);
-        const size_t hi = static_cast<size_t>(s.tag_offsets[static_cast<size_t>(i) + 1]);
-        tag_rows.insert(tag_rows.end(), s.tag_rows.begin() + static_cast<std::ptrdiff_t>(lo),
-                        s.tag_rows.begin() + static_cast<std::ptrdiff_t>(hi));
-        tag_offsets.push_back(static_cast<int64_t>(tag_rows.size()));
-      }
+    id.insert(id.end(), s.id_rows.begin(), s.id_rows.end());
+    if (!with_tags) return;
+    const int64_t base = static_cast<int64_t>(tag_rows.size());
+    tag_rows.insert(tag_rows.end(), s.tag_rows.begin(), s.tag_rows.end());
+    tag_offsets.reserve(tag_offsets.size() + static_cast<size_t>(s.size()));
+    for (int64_t i = 1; i <= s.size(); ++i) {
+      tag_offsets.push_back(s.tag_offsets.empty() ? base : base + s.tag_offsets[static_cast<size_t>(i)]);  // none: no tags
     }
   }
 };
@@ -302,6 +302,12 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
   T2D_RETURN_IF_ERROR(ValidateTrainingInputs(batch, candidates, m.config, m.d, noise));
   const int64_t b = batch.batch_size, n = batch.seq_len, c = candidates.items.size();
   try {
+    // Parallel branches: the diffusion's noise is drawn on the second thread meanwhile (the
+    // future's destructor waits for it on every path).
+    std::future<DrawnNoise> drawing;
+    if (after_diffusion != nullptr && m.diffusion != nullptr && noise == nullptr) {
+      drawing = std::async(std::launch::async, [&m, b, n, noise_seed] { return m.diffusion->DrawNoise(b, n, noise_seed); });
+    }
     SlotGather g;
     const bool tags = m.dims.tag_dim > 0;
     g.Append(batch.history, tags);
@@ -316,9 +322,10 @@ absl::StatusOr<ForwardOutput> Model::Forward(const Batch& batch, const Rows& row
     std::shared_ptr<DeferredDiffusionPass> deferred;
     out.diffusion_loss = at::zeros({}, at::kFloat);
     if (m.diffusion != nullptr) {
+      const DrawnNoise drawn = drawing.valid() ? drawing.get() : DrawnNoise{};
       T2D_ASSIGN_OR_RETURN(Diffusion::TrainOutput diffused,
                            m.diffusion->Train(x, all.narrow(0, b * n, b), mask, noise_seed, noise,
-                                                              after_diffusion != nullptr));
+                                              after_diffusion != nullptr, drawn.steps.defined() ? &drawn : nullptr));
       out.diffusion_loss = diffused.loss;
       out.x_hat = diffused.x_hat;
       deferred = std::move(diffused.deferred);

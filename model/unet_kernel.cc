@@ -739,11 +739,17 @@ void UnetKernel::Bind(int64_t n, bool training, UnetPlanes* net_ptr) {
       }
     }
     out_l = {lane(out_.in * out_.out), lane(out_.out)};
-    lanes_.assign(static_cast<size_t>(lanes), 0.f);
   }
-  // Zero once: the padding and tails are never written (or only with masked zeros).
-  scratch_.assign(static_cast<size_t>(floats), 0.f);
-  mask_bits_.assign(static_cast<size_t>(words), 0u);
+  // Zero once per layout: the padding and tails are never written (or only with masked zeros),
+  // every other value is written before it is read (as between the sequences of one call), and
+  // TrainLoss leaves the lanes zero. A call that stops early unbinds (bound_n_ = -1).
+  if (n != bound_n_ || training != bound_training_) {
+    if (training) lanes_.assign(static_cast<size_t>(lanes), 0.f);
+    scratch_.assign(static_cast<size_t>(floats), 0.f);
+    mask_bits_.assign(static_cast<size_t>(words), 0u);
+    bound_n_ = n;
+    bound_training_ = training;
+  }
   float* base = scratch_.data();
   auto at = [base](int64_t o) { return o < 0 ? nullptr : base + o; };
   net.x = at(x_off);
@@ -815,10 +821,12 @@ void UnetKernel::Reverse(const std::vector<ReverseStep>& plan, const float* step
 namespace {
 
 // Adds the lanes of a convolution's gradient to the flat gradient buffer, in the model's
-// parameter order ([out][taps * in] weights, then [out] biases); lanes are summed 0 .. 7.
-float SumLanes(const float* l) {
+// parameter order ([out][taps * in] weights, then [out] biases); lanes are summed 0 .. 7, and
+// zeroed for the next call.
+float SumLanes(float* l) {
   float acc = l[0];
   for (int64_t k = 1; k < kW; ++k) acc += l[k];
+  std::fill(l, l + kW, 0.f);
   return acc;
 }
 
@@ -838,13 +846,17 @@ void UnetKernel::TrainLoss(int64_t sequences, int64_t n, const float* input, con
                            UnetLoss loss, float grad_scale, double* seq_loss, float* last, float* grad) {
   UnetPlanes net;
   Bind(n, true, &net);
+  bound_n_ = -1;  // until the lanes are flushed (zeroed) below
   const int64_t d2 = 2 * d_;
   for (int64_t s = 0; s < sequences; ++s) {
     SetMasks(net, mask + s * n);
     seq_loss[s] = TrainSequence(net, input + s * n * d2, target + s * n * d_, loss == UnetLoss::kSquared, grad_scale,
                                 grad != nullptr, last + s * d_);
   }
-  if (grad == nullptr) return;
+  if (grad == nullptr) {
+    bound_n_ = n;  // no lane was written
+    return;
+  }
   auto flush_conv = [grad](const Conv& cv, const ConvLanes& g) {
     for (int64_t t = 0; t < cv.taps; ++t) {
       for (int64_t c = 0; c < cv.in; ++c) {
@@ -871,6 +883,7 @@ void UnetKernel::TrainLoss(int64_t sequences, int64_t n, const float* input, con
     }
   }
   flush_conv(out_, net.out_g);
+  bound_n_ = n;
 }
 
 }  // namespace t2d::model

@@ -121,6 +121,8 @@ class UnetKernel {
   std::vector<float> scratch_;      // activation planes, see unet_kernel.cc
   std::vector<uint32_t> mask_bits_;  // per-level masks as all-ones / zero words
   std::vector<float> lanes_;         // training: gradient accumulators, 8 lanes a parameter
+  int64_t bound_n_ = -1;             // the layout the buffers were zeroed for (Bind), -1: none
+  bool bound_training_ = false;
 };
 
 }  // namespace t2d::model
