@@ -8,13 +8,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
+#include <limits>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
-#include <cmath>
-#include <limits>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 

@@ -561,7 +561,7 @@ __attribute__((target_clones("avx2", "default"))) void LastSequence(const Net& n
 // its own, pooling position p reads 2p and 2p + 1 below, the upsampled half of the concatenation
 // at p reads p / 2 of the level below. A level computes all of its planes from the smallest of
 // its needs rounded down to a vector; positions it computes before a plane's need may be wrong
-// (they read uncomputed zeros), but nothing needed reads them.
+// (they read positions this pass does not compute), but nothing needed reads them.
 void LastOnlyStarts(Net& net) {
   const int levels = net.levels;
   const int64_t np = net.lv[0].len;

@@ -580,6 +580,25 @@ TEST(ModelTest, KernelTrainLastEqualsTrainLoss) {
       UnetKernel last(layout, params.data());
       last.TrainLast(seqs, n, input.data(), mask.data(), got.data());
       EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0);
+      // A kernel reused across calls and layouts (its planes are zeroed once per layout and its
+      // gradient lanes as they are flushed) gives the bits of a fresh one: gradient calls one
+      // after another, TrainLast after TrainLoss, and a gradient call after that.
+      const size_t total = params.size();
+      std::vector<std::vector<float>> grads(4, std::vector<float>(total, 0.f));
+      std::vector<float> last_scratch(want.size());
+      auto gradient = [&](UnetKernel& k, std::vector<float>& g) {
+        k.TrainLoss(seqs, n, input.data(), mask.data(), target.data(), UnetLoss::kNorm, 0.5f, seq_loss.data(),
+                    last_scratch.data(), g.data());
+      };
+      UnetKernel fresh(layout, params.data());
+      gradient(fresh, grads[0]);
+      gradient(full, grads[1]);
+      gradient(full, grads[2]);
+      std::vector<float> got_reused(want.size(), -1.f);
+      full.TrainLast(seqs, n, input.data(), mask.data(), got_reused.data());
+      EXPECT_EQ(std::memcmp(want.data(), got_reused.data(), want.size() * sizeof(float)), 0);
+      gradient(full, grads[3]);
+      for (int i = 1; i < 4; ++i) EXPECT_EQ(std::memcmp(grads[0].data(), grads[i].data(), total * sizeof(float)), 0) << i;
       // A sequence with its last position valid has a nonzero output; an empty one has zeros.
       EXPECT_NE(want[0], 0.f);
       EXPECT_EQ(got[static_cast<size_t>(cs.d)], 0.f);
