@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -124,7 +125,7 @@ class KernelPass final : public DeferredDiffusionPass {
       try {
         if (!kernel) kernel.emplace(*call_.layout, call_.params);
         RunChunk(*kernel, c);
-      } catch (const std::exception&) {  // std::bad_alloc only (TrainLoss does not throw otherwise)
+      } catch (...) {  // std::bad_alloc only (TrainLoss does not throw otherwise); counted as done all the same
         ok = false;
       }
       std::lock_guard<std::mutex> lock(mu_);
@@ -192,9 +193,24 @@ Tensor RunLastKernel(const KernelCall& call, const Tensor& input, const Tensor& 
     }
   };
   if (chunks > 1) {
-    std::thread helper(run, chunks / 2, chunks);  // TrainLast does not throw (only std::bad_alloc)
-    run(0, chunks / 2);
+    // TrainLast throws std::bad_alloc at most: carried over to this thread after the join.
+    std::exception_ptr helper_error;
+    std::thread helper([&] {
+      try {
+        run(chunks / 2, chunks);
+      } catch (...) {
+        helper_error = std::current_exception();
+      }
+    });
+    std::exception_ptr own_error;
+    try {
+      run(0, chunks / 2);
+    } catch (...) {
+      own_error = std::current_exception();
+    }
     helper.join();
+    if (own_error) std::rethrow_exception(own_error);
+    if (helper_error) std::rethrow_exception(helper_error);
   } else {
     run(0, chunks);
   }

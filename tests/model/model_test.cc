@@ -521,14 +521,15 @@ TEST(ModelTest, KernelSampleIsBitIdenticalAloneAndInABatch) {
 }
 
 // UnetKernel::TrainLast computes only the positions that the last output depends on; its output
-// must be TrainLoss's `last` bit for bit, for every level count, width and length (lengths that
+// must be TrainLoss's `last` bit for bit, for every level count (1 to 8), width and length (lengths that
 // cut the levels into one, several or partial vectors), with left padding and empty sequences.
 TEST(ModelTest, KernelTrainLastEqualsTrainLoss) {
   struct Case {
     int64_t d, channels;
     int levels;
   };
-  const Case cases[] = {{2, 2, 1}, {2, 2, 4}, {4, 4, 4}, {4, 8, 3}, {4, 4, 5}, {8, 8, 2}, {3, 5, 4}, {4, 4, 6}};
+  const Case cases[] = {{2, 2, 1}, {2, 2, 4}, {4, 4, 4}, {4, 8, 3}, {4, 4, 5},
+                        {8, 8, 2}, {3, 5, 4}, {4, 4, 6}, {2, 2, 7}, {2, 1, 8}};
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.f, 1.f);
   int64_t compared = 0;
@@ -605,7 +606,7 @@ TEST(ModelTest, KernelTrainLastEqualsTrainLoss) {
       ++compared;
     }
   }
-  EXPECT_EQ(compared, 80);
+  EXPECT_EQ(compared, 100);
 }
 
 // The kernel's vectorised exp against std::exp, and swish at the extremes.
