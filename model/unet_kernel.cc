@@ -438,14 +438,11 @@ T2D_INLINE void SwishNormMaskBackward(const float* pre, int64_t ys, int64_t c, c
   }
 }
 
-// One sequence of UnetKernel::TrainLoss (masks already set): forward, the loss, z0_hat at the
-// last position, and with `backward` the parameter gradients into the lanes. Returns the
-// sequence's loss.
-__attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net& net, const float* input,
-                                                                       const float* target, bool squared,
-                                                                       float scale, bool backward, float* last) {
-  const int64_t d = net.d, d2 = 2 * d, n = net.n, left = net.left;
-  const int levels = net.levels;
+// The training forward of one sequence (masks already set): the input [n, 2D] into the level-0
+// planes (masked), then the U-Net's layers into net.out. Shared by TrainSequence and
+// LastSequence, so that both run the same operations (inlined into each one's target clones).
+T2D_INLINE void TrainForward(const Net& net, const float* input) {
+  const int64_t d2 = 2 * net.d, n = net.n, left = net.left;
   const Level& l0 = net.lv[0];
   const int64_t s0 = l0.stride;
   for (int64_t j = 0; j < n; ++j) {
@@ -453,6 +450,27 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
     for (int64_t c = 0; c < d2; ++c) net.x[c * s0 + kPad + left + j] = on ? input[j * d2 + c] : 0.f;
   }
   UnetLayers(net, net.out);
+}
+
+// z0_hat at the last position [D] (0 where that position is masked).
+T2D_INLINE void ReadLast(const Net& net, float* last) {
+  const Level& l0 = net.lv[0];
+  const int64_t at = kPad + net.left + net.n - 1;
+  const bool on = l0.mask[net.left + net.n - 1] != 0;
+  for (int64_t c = 0; c < net.d; ++c) last[c] = on ? net.out[c * l0.stride + at] : 0.f;
+}
+
+// One sequence of UnetKernel::TrainLoss (masks already set): forward, the loss, z0_hat at the
+// last position, and with `backward` the parameter gradients into the lanes. Returns the
+// sequence's loss.
+__attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net& net, const float* input,
+                                                                       const float* target, bool squared,
+                                                                       float scale, bool backward, float* last) {
+  const int64_t d = net.d, n = net.n, left = net.left;
+  const int levels = net.levels;
+  const Level& l0 = net.lv[0];
+  const int64_t s0 = l0.stride;
+  TrainForward(net, input);
   double total = 0;
   for (int64_t j = 0; j < n; ++j) {
     const bool on = l0.mask[left + j] != 0;
@@ -471,8 +489,7 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
       net.dout[c * s0 + kPad + left + j] = on ? ((o - tj[c]) * k) : 0.f;
     }
   }
-  const bool last_on = l0.mask[left + n - 1] != 0;
-  for (int64_t c = 0; c < d; ++c) last[c] = last_on ? net.out[c * s0 + kPad + left + n - 1] : 0.f;
+  ReadLast(net, last);
   if (!backward) return total;
 
   ConvBackward(levels > 1 ? l0.up : l0.down, s0, net.out_conv, net.out_wb, net.dout, s0, l0.len, net.out_g,
@@ -543,16 +560,8 @@ __attribute__((target_clones("avx2", "default"))) double TrainSequence(const Net
 // `last`.
 __attribute__((target_clones("avx2", "default"))) void LastSequence(const Net& net, const float* input,
                                                                     float* last) {
-  const int64_t d = net.d, d2 = 2 * d, n = net.n, left = net.left;
-  const Level& l0 = net.lv[0];
-  const int64_t s0 = l0.stride;
-  for (int64_t j = 0; j < n; ++j) {
-    const bool on = l0.mask[left + j] != 0;
-    for (int64_t c = 0; c < d2; ++c) net.x[c * s0 + kPad + left + j] = on ? input[j * d2 + c] : 0.f;
-  }
-  UnetLayers(net, net.out);
-  const bool last_on = l0.mask[left + n - 1] != 0;
-  for (int64_t c = 0; c < d; ++c) last[c] = last_on ? net.out[c * s0 + kPad + left + n - 1] : 0.f;
+  TrainForward(net, input);
+  ReadLast(net, last);
 }
 
 // Sets each level's `from` so that the forward computes what the last position's output depends
