@@ -7,6 +7,8 @@
 //   send_delay:           every send sleeps this long first (a slow peer).
 // Thread-safety: as the wrapped transport. Ownership: `base` is not owned and must outlive it.
 
+#include <utility>
+
 #include "comm/transport.h"
 
 namespace t2d::comm {
@@ -28,6 +30,8 @@ class FaultyTransport : public Transport {
     return base_->Recv(src, tag, deadline);
   }
   absl::Status Flush(absl::Time deadline) override { return base_->Flush(deadline); }
+  std::string NewBuffer(size_t bytes) override { return base_->NewBuffer(bytes); }
+  void Recycle(std::string buffer) override { base_->Recycle(std::move(buffer)); }
   int64_t sends() const { return sends_; }
 
  private:

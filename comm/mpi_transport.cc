@@ -61,6 +61,7 @@ absl::Status MpiTransport::Progress() {
     int done = 0;
     T2D_RETURN_IF_ERROR(MpiStatus(MPI_Test(&p.request, &done, MPI_STATUS_IGNORE), "MPI_Test(send)"));
     if (done) {
+      pool_.Put(std::move(p.bytes));
       pending_[i] = std::move(pending_.back());
       pending_.pop_back();
       continue;
@@ -138,7 +139,7 @@ absl::StatusOr<Message> MpiTransport::Recv(int src, int tag, absl::Time deadline
   Message m;
   m.source = status.MPI_SOURCE;
   m.tag = status.MPI_TAG;
-  m.bytes.resize(static_cast<size_t>(count));
+  m.bytes = pool_.Take(static_cast<size_t>(count));
   MPI_Request request = MPI_REQUEST_NULL;
   const std::string what = absl::StrCat("recv of ", count, " bytes on rank ", rank_, " from rank ", m.source);
   T2D_RETURN_IF_ERROR(MpiStatus(MPI_Imrecv(m.bytes.data(), count, MPI_BYTE, &matched, &request), what));

@@ -9,6 +9,7 @@
 // deadline is cancelled and reported. MPI cannot tell a dead peer from a slow one, so a dead
 // peer shows as DeadlineExceeded naming it; mpirun itself ends the job when a process dies.
 //
+// Buffers of completed sends go to a pool that NewBuffer and Recv draw from.
 // Messages are limited to INT_MAX bytes (MPI's count type).
 // Thread-safety: one thread at a time (MPI_THREAD_FUNNELED is enough). Must be destroyed
 // before MPI_Finalize (it frees its communicator); call Flush first.
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "comm/buffer_pool.h"
 #include "comm/transport.h"
 
 namespace t2d::comm {
@@ -36,6 +38,10 @@ class MpiTransport : public Transport {
   absl::Status Send(int dst, int tag, std::string bytes, absl::Time deadline) override;
   absl::StatusOr<Message> Recv(int src, int tag, absl::Time deadline) override;
   absl::Status Flush(absl::Time deadline) override;
+  // From the pool of completed sends' and recycled buffers (comm/buffer_pool.h); Recv takes its
+  // buffers from the same pool.
+  std::string NewBuffer(size_t bytes) override { return pool_.Take(bytes); }
+  void Recycle(std::string buffer) override { pool_.Put(std::move(buffer)); }
 
  private:
   struct PendingSend {
@@ -57,6 +63,7 @@ class MpiTransport : public Transport {
   // Sends past their deadline, already reported. MPI cannot always cancel a send, so their
   // buffers stay alive until MPI is done with them (or are leaked at destruction).
   std::vector<std::unique_ptr<PendingSend>> abandoned_;
+  BufferPool pool_;
 };
 
 }  // namespace t2d::comm

@@ -66,6 +66,15 @@ class Transport {
   // Receives the oldest message from `src` (or kAnySource) with `tag` (or kAnyTag).
   // Errors: DeadlineExceeded naming src, Unavailable (src gone), InvalidArgument.
   virtual absl::StatusOr<Message> Recv(int src, int tag, absl::Time deadline) = 0;
+
+  // Buffer reuse (optional; the defaults keep nothing). NewBuffer returns a string of size()
+  // `bytes` to build an outgoing message in, with unspecified contents (the caller overwrites
+  // every byte): a transport may hand out the buffer of a completed send or of a received
+  // message given back with Recycle, which spares the allocation and the zero fill of a fresh
+  // one (comm/buffer_pool.h). Recycle takes a received message's buffer once the caller is done
+  // with it.
+  virtual std::string NewBuffer(size_t bytes) { return std::string(bytes, '\0'); }
+  virtual void Recycle(std::string /*buffer*/) {}
 };
 
 // Range checks shared by the implementations; `what` is "send" or "recv".

@@ -21,6 +21,22 @@ std::string EncodeFrame(const Header& header, size_t payload_bytes, size_t* payl
   return out;
 }
 
+size_t FrameBytes(const Header& header, size_t payload_bytes) {
+  return PayloadOffset(header.ByteSizeLong()) + payload_bytes;
+}
+
+std::string EncodeFrameIn(std::string buffer, const Header& header, size_t payload_bytes, size_t* payload_offset) {
+  const size_t header_bytes = header.ByteSizeLong();
+  const size_t offset = PayloadOffset(header_bytes);
+  buffer.resize(offset + payload_bytes);
+  const uint32_t n = static_cast<uint32_t>(header_bytes);
+  std::memcpy(buffer.data(), &n, 4);
+  header.SerializeToArray(buffer.data() + 4, static_cast<int>(header_bytes));
+  std::memset(buffer.data() + 4 + header_bytes, 0, offset - 4 - header_bytes);  // the padding
+  *payload_offset = offset;
+  return buffer;
+}
+
 std::string EncodeFrame(const Header& header, absl::string_view payload) {
   size_t offset = 0;
   std::string out = EncodeFrame(header, payload.size(), &offset);

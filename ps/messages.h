@@ -36,6 +36,12 @@ size_t PayloadOffset(size_t header_bytes);
 // A message with `header` and room for `payload_bytes` bytes of payload (zero-filled);
 // *payload_offset tells where the payload starts.
 std::string EncodeFrame(const Header& header, size_t payload_bytes, size_t* payload_offset);
+// The size of a message with `header` and `payload_bytes` bytes of payload.
+size_t FrameBytes(const Header& header, size_t payload_bytes);
+// As the first EncodeFrame, built in `buffer` (resized; for example from
+// comm::Transport::NewBuffer) and with the payload's bytes left unspecified: the caller
+// overwrites all of them. The length prefix, header and padding are written in full.
+std::string EncodeFrameIn(std::string buffer, const Header& header, size_t payload_bytes, size_t* payload_offset);
 // A message with `header` and `payload` copied in.
 std::string EncodeFrame(const Header& header, absl::string_view payload = {});
 

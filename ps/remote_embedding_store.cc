@@ -142,15 +142,13 @@ absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int tabl
   PendingPull p;
   p.table = table;
   p.num_positions = ids.size();
-  // Each server's distinct ids in order of first occurrence, cut into pieces of piece_rows; a
-  // piece is sent as soon as it is full, so the servers start looking up rows while the rest of
-  // the batch is still being deduplicated (embedding::PartitionByShard, which the push uses,
-  // would finish the whole batch first).
-  std::vector<int> open(static_cast<size_t>(num_servers), -1);  // the server's piece being filled
-  auto send = [&](int s) -> absl::Status {
-    PullPiece& piece = p.pieces[static_cast<size_t>(open[static_cast<size_t>(s)])];
-    open[static_cast<size_t>(s)] = -1;
-    const size_t n = piece.first_position.size();
+  // The ids go out as given, repeats included: the id contract leaves deduplication to callers
+  // that want to save bandwidth (the trainer's keys are distinct, model/step_builder.h), and a
+  // hash pass here cost a fifth of a 4,096-row pull. Each server's ids are cut into pieces of
+  // piece_rows, a piece sent as soon as it is full, so the servers start looking up rows while
+  // the rest of the batch is still being grouped.
+  auto send = [&](int s, PullPiece piece, const int64_t* piece_ids) -> absl::Status {
+    const size_t n = piece.count;
     Header h = NewRequest(Header::PULL);
     h.set_table(table);
     h.set_num_ids(static_cast<int64_t>(n));
@@ -159,31 +157,43 @@ absl::StatusOr<RemoteEmbeddingStore::Ticket> RemoteEmbeddingStore::Pull(int tabl
     piece.request_id = h.request_id();
     size_t offset = 0;
     std::string bytes = EncodeFrame(h, n * sizeof(int64_t), &offset);
-    for (size_t k = 0; k < n; ++k) {
-      std::memcpy(bytes.data() + offset + k * sizeof(int64_t), ids.data() + piece.first_position[k], sizeof(int64_t));
+    if (piece_ids != nullptr) {
+      std::memcpy(bytes.data() + offset, piece_ids, n * sizeof(int64_t));
+    } else {
+      for (size_t k = 0; k < n; ++k) {
+        std::memcpy(bytes.data() + offset + k * sizeof(int64_t), ids.data() + piece.positions[k], sizeof(int64_t));
+      }
     }
+    p.pieces.push_back(std::move(piece));
     return SendRequest(options_.roles.ServerRank(s), h, std::move(bytes));
   };
-  absl::flat_hash_map<int64_t, uint32_t> first;  // id -> position of its first occurrence
-  first.reserve(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) {
-    const auto [it, inserted] = first.try_emplace(ids[i], static_cast<uint32_t>(i));
-    if (!inserted) {
-      p.repeats.emplace_back(static_cast<uint32_t>(i), it->second);
-      continue;
+  if (num_servers == 1) {
+    // One owner: every piece is a contiguous range of the caller's positions.
+    for (size_t begin = 0; begin < ids.size(); begin += piece_rows) {
+      PullPiece piece;
+      piece.begin = static_cast<uint32_t>(begin);
+      piece.count = static_cast<uint32_t>(std::min(piece_rows, ids.size() - begin));
+      T2D_RETURN_IF_ERROR(send(0, std::move(piece), ids.data() + begin));
     }
-    const int s = embedding::ShardOf(ids[i], num_servers);
-    int& open_piece = open[static_cast<size_t>(s)];
-    if (open_piece < 0) {
-      open_piece = static_cast<int>(p.pieces.size());
-      p.pieces.emplace_back();
+  } else {
+    std::vector<std::vector<uint32_t>> open(static_cast<size_t>(num_servers));  // each server's piece being filled
+    auto flush = [&](int s) -> absl::Status {
+      PullPiece piece;
+      piece.positions = std::move(open[static_cast<size_t>(s)]);
+      open[static_cast<size_t>(s)].clear();
+      piece.count = static_cast<uint32_t>(piece.positions.size());
+      return send(s, std::move(piece), nullptr);
+    };
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const int s = embedding::ShardOf(ids[i], num_servers);
+      std::vector<uint32_t>& positions = open[static_cast<size_t>(s)];
+      if (positions.empty()) positions.reserve(std::min(piece_rows, ids.size() - i));
+      positions.push_back(static_cast<uint32_t>(i));
+      if (positions.size() == piece_rows) T2D_RETURN_IF_ERROR(flush(s));
     }
-    std::vector<uint32_t>& positions = p.pieces[static_cast<size_t>(open_piece)].first_position;
-    positions.push_back(static_cast<uint32_t>(i));
-    if (positions.size() == piece_rows) T2D_RETURN_IF_ERROR(send(s));
-  }
-  for (int s = 0; s < num_servers; ++s) {
-    if (open[static_cast<size_t>(s)] >= 0) T2D_RETURN_IF_ERROR(send(s));
+    for (int s = 0; s < num_servers; ++s) {
+      if (!open[static_cast<size_t>(s)].empty()) T2D_RETURN_IF_ERROR(flush(s));
+    }
   }
   const Ticket ticket = next_ticket_++;
   pulls_.emplace(ticket, std::move(p));
@@ -211,7 +221,7 @@ absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
       if (first_error.ok()) first_error = r.status();
       continue;
     }
-    const size_t n = piece.first_position.size();
+    const size_t n = piece.count;
     const size_t got = r->bytes.size() - r->payload_offset;
     if (r->header.num_ids() != static_cast<int64_t>(n) || got != n * dim * sizeof(float)) {
       if (first_error.ok()) {
@@ -222,15 +232,16 @@ absl::Status RemoteEmbeddingStore::Wait(Ticket ticket, absl::Span<float> out) {
     }
     if (!first_error.ok()) continue;
     const char* rows = r->bytes.data() + r->payload_offset;
-    for (size_t k = 0; k < n; ++k) {
-      std::memcpy(out.data() + piece.first_position[k] * dim, rows + k * dim * sizeof(float), dim * sizeof(float));
+    if (piece.positions.empty()) {
+      std::memcpy(out.data() + size_t{piece.begin} * dim, rows, n * dim * sizeof(float));
+    } else {
+      for (size_t k = 0; k < n; ++k) {
+        std::memcpy(out.data() + piece.positions[k] * dim, rows + k * dim * sizeof(float), dim * sizeof(float));
+      }
     }
+    transport_->Recycle(std::move(r->bytes));
   }
-  T2D_RETURN_IF_ERROR(first_error);
-  for (const auto& [position, earlier] : p.repeats) {
-    std::memcpy(out.data() + position * dim, out.data() + earlier * dim, dim * sizeof(float));
-  }
-  return absl::OkStatus();
+  return first_error;
 }
 
 absl::Status RemoteEmbeddingStore::WaitOldestPushRound() {

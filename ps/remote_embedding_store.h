@@ -3,11 +3,11 @@
 // EmbeddingStore interface as the in-process table (embedding/embedding_store.h).
 //
 // Protocol (full text: docs/ps-protocol.md):
-//   Pull (Pull, or Lookup = Pull + Wait): 1.-2. the distinct ids, grouped by owner
-//   (embedding::ShardOf) in order of first occurrence; 3. each server's ids go out in pieces of
-//   at most options.pull_piece_bytes of rows, one PULL request each, a piece as soon as it is
-//   full; 4. Wait() takes the replies piece by piece in the order sent and copies each row to
-//   the position that asked for it first, then repeated ids from their first position.
+//   Pull (Pull, or Lookup = Pull + Wait): 1.-2. the ids as given (repeats are not merged: the
+//   id contract leaves that to callers), grouped by owner (embedding::ShardOf) in input order;
+//   3. each server's ids go out in pieces of at most options.pull_piece_bytes of rows, one PULL
+//   request each, a piece as soon as it is full; 4. Wait() takes the replies piece by piece in
+//   the order sent and copies each row to the position that asked for it.
 //   Push (ApplyGradients): 1.-2. the same partition, summing the gradients of repeated ids in
 //   input order into their row; 3. send one PUSH to EVERY server (an empty one where the
 //   worker has no rows for it: each push is one round of the table on every server, which is
@@ -95,18 +95,18 @@ class RemoteEmbeddingStore : public embedding::EmbeddingStore {
     std::string bytes;
     size_t payload_offset = 0;
   };
-  struct PullPiece {  // one request to one server: rows of distinct ids of a pull
+  struct PullPiece {  // one request to one server: `count` rows of a pull
     uint64_t request_id = 0;
-    // Row k of the reply (and id k of the request) is that of position first_position[k] of the
-    // caller's ids.
-    std::vector<uint32_t> first_position;
+    uint32_t count = 0;
+    // Row k of the reply (and id k of the request) is that of the caller's position
+    // positions[k], or begin + k where `positions` is empty (a contiguous range).
+    uint32_t begin = 0;
+    std::vector<uint32_t> positions;
   };
   struct PendingPull {
     int table = 0;
     size_t num_positions = 0;
     std::vector<PullPiece> pieces;  // in the order they were sent
-    // (position, earlier position of the same id): copied from `out` once every piece is placed.
-    std::vector<std::pair<uint32_t, uint32_t>> repeats;
   };
   // Room kept for a frame's header when sizing a piece against max_message_bytes.
   static constexpr int64_t kHeaderAllowance = 1024;

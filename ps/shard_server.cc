@@ -385,8 +385,12 @@ absl::Status ShardServer::Execute(int src, const Header& h, std::vector<int64_t>
         stats_.set_max_staleness(std::max(stats_.max_staleness(), lag));
       }
       size_t offset = 0;
-      std::string bytes = EncodeFrame(reply, ids.size() * static_cast<size_t>(dim) * sizeof(float), &offset);
-      // The payload offset is 8-aligned within a heap buffer, so it is float-aligned.
+      const size_t payload_bytes = ids.size() * static_cast<size_t>(dim) * sizeof(float);
+      // A reused buffer: the lookup overwrites every row, so zero-filling a fresh one would be
+      // wasted work (comm/buffer_pool.h). The payload offset is 8-aligned within a heap buffer,
+      // so it is float-aligned.
+      std::string bytes =
+          EncodeFrameIn(transport_->NewBuffer(FrameBytes(reply, payload_bytes)), reply, payload_bytes, &offset);
       float* rows = reinterpret_cast<float*>(bytes.data() + offset);
       if (auto s = store_->Lookup(h.table(), ids, absl::MakeSpan(rows, ids.size() * static_cast<size_t>(dim))); !s.ok()) {
         return ReplyError(src, h, s);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "comm/buffer_pool.h"
 #include "comm/faulty_transport.h"
 #include "comm/inproc_communicator.h"
 #include "comm/inproc_transport.h"
@@ -148,6 +149,57 @@ TEST(FaultyTransport, DropsAndFailsTheChosenSends) {
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->bytes, "a");
   EXPECT_TRUE(absl::IsDeadlineExceeded(t1->Recv(0, 1, absl::Now() + absl::Milliseconds(50)).status()));
+}
+
+// A buffer put back comes out again with its bytes (not zero-filled), when its capacity fits.
+TEST(BufferPool, ReusesFittingBuffersWithoutFilling) {
+  BufferPool pool;
+  std::string a(256 << 10, 'a');
+  const char* a_data = a.data();
+  pool.Put(std::move(a));
+  ASSERT_EQ(pool.size(), 1u);
+  // Too small a message for a 256 KiB buffer (over 2n + 64 KiB): a fresh, zero-filled one.
+  std::string small = pool.Take(8 << 10);
+  EXPECT_EQ(small, std::string(8 << 10, '\0'));
+  EXPECT_EQ(pool.size(), 1u);
+  // A fitting size: the same allocation, its old bytes kept, shrunk without a fill.
+  std::string b = pool.Take((256 << 10) - 100);
+  EXPECT_EQ(b.data(), a_data);
+  EXPECT_EQ(b.size(), (256u << 10) - 100);
+  EXPECT_EQ(b, std::string((256 << 10) - 100, 'a'));
+  EXPECT_EQ(pool.size(), 0u);
+  // Growing within the capacity fills only the new bytes.
+  pool.Put(std::move(b));
+  std::string c = pool.Take(256 << 10);
+  EXPECT_EQ(c.data(), a_data);
+  EXPECT_EQ(c.substr(0, 10), std::string(10, 'a'));
+  EXPECT_EQ(c.substr((256 << 10) - 100), std::string(100, '\0'));
+  // Larger than any pooled capacity: a new allocation.
+  pool.Put(std::move(c));
+  EXPECT_NE(pool.Take(300 << 10).data(), a_data);
+}
+
+TEST(BufferPool, PrefersTheLargestSizeAndKeepsItsBounds) {
+  BufferPool pool;
+  std::string shorter(100 << 10, 's');
+  shorter.reserve(200 << 10);
+  std::string longer(150 << 10, 'l');
+  pool.Put(std::move(shorter));
+  pool.Put(std::move(longer));
+  EXPECT_EQ(pool.Take(120 << 10)[0], 'l');  // less to fill
+  pool.Put(std::string(100, 'x'));           // under 4 KiB: not worth keeping
+  EXPECT_EQ(pool.size(), 1u);
+  for (size_t i = 0; i < BufferPool::kMaxBuffers + 5; ++i) pool.Put(std::string(8 << 10, static_cast<char>('a' + i)));
+  EXPECT_EQ(pool.size(), BufferPool::kMaxBuffers);  // the oldest went first
+  pool.Put(std::string(BufferPool::kMaxBytes + 1, 'h'));  // over the byte bound: dropped
+  EXPECT_EQ(pool.size(), BufferPool::kMaxBuffers);
+  // Three buffers of a third of the byte bound each: the small ones before them are dropped to
+  // stay within it, and the three stay.
+  for (int i = 0; i < 3; ++i) pool.Put(std::string(BufferPool::kMaxBytes / 3, 'm'));
+  EXPECT_LE(pool.bytes(), BufferPool::kMaxBytes);
+  EXPECT_GE(pool.bytes(), 3 * (BufferPool::kMaxBytes / 3));
+  EXPECT_LT(pool.size(), BufferPool::kMaxBuffers);
+  EXPECT_EQ(pool.Take(BufferPool::kMaxBytes / 3)[0], 'm');
 }
 
 TEST(Roles, ServersFirstThenWorkers) {

@@ -59,6 +59,29 @@ TEST(Messages, RoundTripAndAlignment) {
   EXPECT_EQ(static_cast<size_t>(f->payload.data() - bytes.data()) % 8, 0u);
 }
 
+// A frame built in a reused buffer: header and padding written in full over stale bytes, the
+// payload's bytes left for the caller, the same layout as a fresh frame.
+TEST(Messages, FrameInReusedBufferOverwritesHeaderAndPadding) {
+  Header h;
+  h.set_version(kWireVersion);
+  h.set_type(Header::PULL);
+  h.set_request_id(7);
+  size_t fresh_offset = 0;
+  const std::string fresh = EncodeFrame(h, 24, &fresh_offset);
+  ASSERT_EQ(FrameBytes(h, 24), fresh.size());
+  size_t offset = 0;
+  std::string bytes = EncodeFrameIn(std::string(100, '\xab'), h, 24, &offset);
+  ASSERT_EQ(offset, fresh_offset);
+  ASSERT_GT(offset, 4 + h.ByteSizeLong());  // there is padding to overwrite
+  ASSERT_EQ(bytes.size(), fresh.size());
+  EXPECT_EQ(bytes.substr(0, offset), fresh.substr(0, offset));  // prefix, header and zero padding
+  EXPECT_EQ(bytes.substr(offset), std::string(24, '\xab'));     // untouched: the caller fills it
+  auto f = DecodeFrame(bytes);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->header.request_id(), 7u);
+  EXPECT_EQ(f->payload.size(), 24u);
+}
+
 TEST(Messages, MalformedFramesAreInvalidArgument) {
   EXPECT_TRUE(absl::IsInvalidArgument(DecodeFrame("ab").status()));
   std::string huge(8, '\0');
@@ -443,6 +466,30 @@ TEST(RemoteEmbeddingStore, PullsLargerThanAMessageGoInPieces) {
   });
   EXPECT_TRUE(refused.server_status[0].ok()) << refused.server_status[0];
   EXPECT_EQ(refused.server_stats[0].pulled_rows(), 0);
+}
+
+// The ids of a pull go out as given: a repeated id is looked up again (the id contract leaves
+// deduplication to the caller), each position gets its row, with one server (pieces are ranges
+// of positions) and with two (pieces are lists of positions).
+TEST(RemoteEmbeddingStore, PullSendsRepeatsAndPlacesEveryPosition) {
+  const auto tables = Tables();
+  const std::vector<int64_t> ids = {5, 9, 5, 5, 12, 9, 40, 5};
+  for (int servers : {1, 2}) {
+    PsOptions options = TestOptions();
+    options.pull_piece_bytes = 3 * 8 * 4;  // three rows a piece
+    auto result = testutil::RunPsJob(servers, 1, tables, options, [&](int, RemoteEmbeddingStore& store, comm::Communicator&) {
+      auto ref = embedding::LocalEmbeddingStore::Create(tables);
+      ASSERT_TRUE(ref.ok());
+      std::vector<float> got(ids.size() * 8), want(got.size());
+      ASSERT_TRUE(store.Lookup(0, ids, absl::MakeSpan(got)).ok());
+      ASSERT_TRUE((*ref)->Lookup(0, ids, absl::MakeSpan(want)).ok());
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << servers << " server(s)";
+      EXPECT_TRUE(store.Shutdown().ok());
+    });
+    int64_t pulled = 0;
+    for (const auto& s : result.server_stats) pulled += s.pulled_rows();
+    EXPECT_EQ(pulled, static_cast<int64_t>(ids.size())) << servers << " server(s)";
+  }
 }
 
 TEST(RemoteEmbeddingStore, CallerErrorsSendNothing) {
