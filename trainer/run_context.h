@@ -73,6 +73,9 @@ struct TrainResult {
   double train_seconds = 0;       // the whole loop, evaluations and checkpoints included
   double eval_seconds = 0;        // of which evaluations and checkpoint saves
   double step_seconds = 0;        // reading + training steps only
+  // This process's CPU time (all its threads) during those steps: over step_seconds, the cores
+  // it kept busy. A worker's own; the servers' are not included.
+  double step_cpu_seconds = 0;
   double samples_per_second = 0;  // training samples over the time spent in training steps
   double last_loss = 0;
   double first_loss = 0;

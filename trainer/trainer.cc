@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <glog/logging.h>
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -33,6 +35,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+// CPU time of every thread of this process (the step's, the batch builder's, torch's).
+double ProcessCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 // Progress of the current reporting interval (training steps only).
 struct Interval {
@@ -173,6 +181,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   Interval interval;
   int64_t trained_steps = 0;
   double step_seconds = 0;   // reading + training steps only (no evaluation or checkpoints)
+  double step_cpu_seconds = 0;  // this process's CPU time over the same spans
   double other_seconds = 0;  // evaluation and checkpoint time, reported beside the training time
   data::SampleBatch batch_data;
   TrainStep::Prepared current, next;
@@ -182,6 +191,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   while (st.step < total_steps) {
     const int epoch = static_cast<int>(st.step / steps_per_epoch);
     const auto step_start = Clock::now();
+    const double step_cpu_start = ProcessCpuSeconds();
     if (!have_next) {
       T2D_ASSIGN_OR_RETURN(bool more, t.reader->Next(&batch_data));
       if (!more) break;
@@ -234,6 +244,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
     const int every = cfg.training().replica_check_steps();
     if (every > 0 && st.step % every == 0) T2D_RETURN_IF_ERROR(t.stepper->CheckReplicas(st.step));
     step_seconds += Seconds(step_start);
+    step_cpu_seconds += ProcessCpuSeconds() - step_cpu_start;
     ++trained_steps;
     if (result.first_loss == 0) result.first_loss = r.losses.total;
     result.last_loss = r.losses.total;
@@ -288,6 +299,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   result.train_seconds = Seconds(start);
   result.eval_seconds = other_seconds;
   result.step_seconds = step_seconds;
+  result.step_cpu_seconds = step_cpu_seconds;
   result.steps = st.step;
   result.skipped_steps = st.skipped_steps;
   result.samples_per_second = static_cast<double>(trained_steps * batch * ctx.world) / std::max(step_seconds, 1e-9);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/inproc_communicator.h"
@@ -116,6 +117,10 @@ TEST_F(InProcessJobTest, PrefetchRunsOnTheInProcessStore) {
   EXPECT_LT(r->last_loss, r->first_loss);
   EXPECT_EQ(r->validation.size(), 2u);
   EXPECT_GT(r->test.model.count(), 0);
+  // The steps' CPU time is this process's: positive, and no more than its threads could use.
+  EXPECT_GT(r->step_cpu_seconds, 0);
+  EXPECT_LE(r->step_cpu_seconds, r->step_seconds * (std::thread::hardware_concurrency() + 0.1));
+  EXPECT_DOUBLE_EQ(SummaryJson(*r, job.eval())["step_cpu_seconds"].get<double>(), r->step_cpu_seconds);
 }
 
 TEST_F(InProcessJobTest, ResumeEqualsAnUninterruptedRun) {
