@@ -80,6 +80,38 @@ TEST(StepBuilder, UserRowsNumberTheBatchsDistinctUsers) {
   EXPECT_EQ(out.batch.user_rows, (std::vector<int64_t>{0, 0}));
 }
 
+// Keys are numbered first seen first whatever their range: small ones through the builder's
+// direct array, large and negative ones through its hash map, in one numbering; each build
+// starts afresh, so a key seen before gets its new first-seen row.
+TEST(StepBuilder, RowNumbersMixDenseAndHashedKeysAndStartAfreshEachBuild) {
+  auto cat = MakeCatalogue();
+  StepBuilder::Options o;
+  o.use_user_ids = true;
+  StepBuilder builder(cat.get(), o);
+  data::SampleBatch in = MakeBatch();
+  const int64_t big = int64_t{1} << 40;
+  in.size = 6;
+  in.history_id.assign(18, 0);
+  in.history_len.assign(6, 0);
+  in.session_begin.assign(6, 0);
+  in.history_tag.assign(36, 0);
+  in.history_tag_count.assign(18, 0);
+  in.user_id = {5, big, -3, 5, 3000000, big};
+  StepInput out;
+  ASSERT_TRUE(builder.BuildUsers(in, &out).ok());
+  EXPECT_EQ(out.user_keys, (std::vector<int64_t>{5, big, -3, 3000000}));
+  EXPECT_EQ(out.batch.user_rows, (std::vector<int64_t>{0, 1, 2, 0, 3, 1}));
+  in.user_id = {1999999, big, 7, 5, 5, -3};  // 5 comes later now; 1999999 grows the array
+  ASSERT_TRUE(builder.BuildUsers(in, &out).ok());
+  EXPECT_EQ(out.user_keys, (std::vector<int64_t>{1999999, big, 7, 5, -3}));
+  EXPECT_EQ(out.batch.user_rows, (std::vector<int64_t>{0, 1, 2, 3, 3, 4}));
+  StepInput other;  // a different output: the numbering does not depend on the last one's keys
+  in.user_id = {7, 7, 8, 1999999, 0, 0};
+  ASSERT_TRUE(builder.BuildUsers(in, &other).ok());
+  EXPECT_EQ(other.user_keys, (std::vector<int64_t>{7, 8, 1999999, 0}));
+  EXPECT_EQ(other.batch.user_rows, (std::vector<int64_t>{0, 0, 1, 2, 3, 3}));
+}
+
 // With profile fields each sample's F keys become rows among the batch's distinct nonzero keys
 // (first seen first, shared across fields and samples), a missing value (key 0) row -1; without
 // the option nothing is filled.
