@@ -5,7 +5,8 @@
 //   * pull through the servers (all workers together), waited at once and with one batch
 //     prefetched ahead (Pull -> ticket, Wait), against the in-process LocalEmbeddingStore's
 //     Lookup on the first worker over the same batches: alternating rounds, each round's ratio
-//     and their median;
+//     and their median, and the first worker's time a batch in Pull (grouping the ids and
+//     sending the requests) and in Wait (the servers' lookups, the transfer, placing the rows);
 //   * push through the servers against the in-process ApplyGradients;
 //   * the allreduce of 10 MB of floats across the workers (algorithm bandwidth, GB/s), through
 //     MpiCommunicator's shared-memory window (the default on one host) and through
@@ -81,7 +82,7 @@ absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Commu
   // Pull: `rounds` rounds, each timing the in-process lookup (first worker; the others wait),
   // the pull through the servers and the pull with one batch prefetched, back to back, so that
   // each round's ratios compare runs seconds apart on this shared machine.
-  std::vector<double> local_pulls, pulls, prefetched;
+  std::vector<double> local_pulls, pulls, prefetched, send_us, wait_us;
   for (int round = 0; round < f.rounds; ++round) {
     T2D_RETURN_IF_ERROR(comm.Barrier(Soon()));
     if (report) {
@@ -91,13 +92,23 @@ absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Commu
       }
       local_pulls.push_back(RowsPerSecond(timed_rows, absl::Now() - t0));
     }
+    absl::Duration sending, waiting;  // this worker's, in the pull waited at once
     T2D_ASSIGN_OR_RETURN(const double pull, Phase(comm, timed_rows, [&]() -> absl::Status {
       for (int i = 0; i < f.iterations; ++i) {
-        T2D_RETURN_IF_ERROR(store.Lookup(0, batches[static_cast<size_t>(i % f.batches)], absl::MakeSpan(rows)));
+        // Lookup is Pull then Wait; timed apart: the worker's own work on the requests, and the
+        // wait for the rows (the server's lookups, the transfer, placing the rows).
+        const absl::Time t0 = absl::Now();
+        T2D_ASSIGN_OR_RETURN(auto ticket, store.Pull(0, batches[static_cast<size_t>(i % f.batches)]));
+        const absl::Time t1 = absl::Now();
+        T2D_RETURN_IF_ERROR(store.Wait(ticket, absl::MakeSpan(rows)));
+        sending += t1 - t0;
+        waiting += absl::Now() - t1;
       }
       return absl::OkStatus();
     }));
     pulls.push_back(pull);
+    send_us.push_back(absl::ToDoubleMicroseconds(sending) / f.iterations);
+    wait_us.push_back(absl::ToDoubleMicroseconds(waiting) / f.iterations);
     T2D_ASSIGN_OR_RETURN(const double pull_prefetch, Phase(comm, timed_rows, [&]() -> absl::Status {
       T2D_ASSIGN_OR_RETURN(auto ticket, store.Pull(0, batches[0]));
       for (int i = 0; i < f.iterations; ++i) {
@@ -164,9 +175,9 @@ absl::Status Worker(const Flags& f, ps::RemoteEmbeddingStore& store, comm::Commu
       ratio.push_back(pulls[i] / local_pulls[i]);
       ratio_prefetched.push_back(prefetched[i] / local_pulls[i]);
       std::printf("round %d: in-process lookup (1 thread) %.2f M rows/s; through the server(s), all workers: pull %.2f M rows/s "
-                  "(%.0f%%), with 1 batch prefetched %.2f M rows/s (%.0f%%)\n",
-                  r + 1, local_pulls[i] / 1e6, pulls[i] / 1e6, 100 * ratio.back(), prefetched[i] / 1e6,
-                  100 * ratio_prefetched.back());
+                  "(%.0f%%; a batch: %.1f us sending, %.1f us waiting), with 1 batch prefetched %.2f M rows/s (%.0f%%)\n",
+                  r + 1, local_pulls[i] / 1e6, pulls[i] / 1e6, 100 * ratio.back(), send_us[i], wait_us[i],
+                  prefetched[i] / 1e6, 100 * ratio_prefetched.back());
     }
     std::printf("through the server(s), all workers:       pull   %.2f M rows/s (median of %d rounds; of in-process, median of the rounds' ratios: %.0f%%)\n",
                 Median(pulls) / 1e6, f.rounds, 100 * Median(ratio));
