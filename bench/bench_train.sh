@@ -22,8 +22,10 @@ export OMPI_MCA_plm=${OMPI_MCA_plm:-isolated}
 work=$(mktemp -d /tmp/t2d-bench-train.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cfg=configs/examples/ml1m.textproto
+# One thread a worker in every run (cluster.parallel_branches would give the single process a
+# second one): the comparison is of data parallelism alone.
 common=(--set "data.dataset_dir=$work/data" --set "training.max_steps=$steps" --set training.log_every_steps=100000
-        --set "training.output_dir=$work/out" --set training.epochs=1)
+        --set "training.output_dir=$work/out" --set training.epochs=1 --set cluster.parallel_branches=false)
 "$t2diff" prepare -c "$cfg" "${common[@]:0:2}" > /dev/null
 
 rate() { sed -n 's/.*"samples_per_s": *\([0-9.e+]*\).*/\1/p' "$work/out/metrics.jsonl" | tail -1; }

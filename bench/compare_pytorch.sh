@@ -66,7 +66,8 @@ t2diff_rate() {
   local sets=(--set "data.dataset_dir=$dir" --set "data.max_seq_len=$1" --set "tables[item_id].dim=$2"
               --set "tables[item_tag].dim=$3" --set "training.batch_size=$4" --set "cluster.torch_threads=$5"
               --set "training.max_steps=$6" --set training.epochs=1 --set training.log_every_steps=1000000
-              --set "training.output_dir=$out" --set "model.kind=${kind_of[$model]}")
+              --set "training.output_dir=$out" --set "model.kind=${kind_of[$model]}"
+              --set cluster.parallel_branches=false)  # the same thread count as the yardstick
   [ -d "$dir" ] || "$t2diff" prepare -c "$cfg" "${sets[@]:0:4}" > "$work/prepare.log" 2>&1 \
     || { cat "$work/prepare.log" >&2; exit 1; }
   rm -rf "$out"

@@ -31,6 +31,9 @@ struct RunContext {
   int tag_table = -1;  // index of model.item_tag_table; -1: no tag feature
   int user_table = -1; // index of model.user_id_table; -1: no user feature
   int user_feature_table = -1;  // index of model.user_feature_table; -1: no profile fields
+  // Diffusion models: the diffusion loss's backward on a second thread (cluster.parallel_branches,
+  // or when unset the trainer's choice: see ParallelBranches in trainer.cc).
+  bool parallel_branches = false;
 
   const config::JobConfig& cfg() const { return *config; }
   // The deadline of a collective call started now (cluster.timeout_s).
@@ -76,6 +79,7 @@ struct TrainResult {
   // This process's CPU time (all its threads) during those steps: over step_seconds, the cores
   // it kept busy. A worker's own; the servers' are not included.
   double step_cpu_seconds = 0;
+  bool parallel_branches = false;  // whether the steps ran the diffusion backward on a second thread
   double samples_per_second = 0;  // training samples over the time spent in training steps
   double last_loss = 0;
   double first_loss = 0;

@@ -67,6 +67,7 @@ Json SummaryJson(const TrainResult& r, const config::EvalConfig& eval) {
   j["eval_seconds"] = r.eval_seconds;
   j["step_seconds"] = r.step_seconds;
   j["step_cpu_seconds"] = r.step_cpu_seconds;
+  j["parallel_branches"] = r.parallel_branches;
   j["samples_per_s"] = r.samples_per_second;
   j["first_loss"] = r.first_loss;
   j["last_loss"] = r.last_loss;

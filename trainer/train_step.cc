@@ -53,7 +53,7 @@ absl::StatusOr<TrainStep::Result> TrainStep::Run(Prepared& p, int64_t step, int6
   T2D_ASSIGN_OR_RETURN(model::Rows rows, fetcher_->Take(in, &p.rows, /*requires_grad=*/true));
   model_->ZeroGradients();
   auto losses = model_->ForwardBackward(in.batch, rows, in.candidates, HashCombine(p.seed, 0x6e6f697365ULL),
-                                        ctx_.cfg().cluster().parallel_branches());
+                                        ctx_.parallel_branches);
   if (!losses.ok()) return losses.status();
   // One allreduce: [dense grads | total, tower, diffusion loss | non-finite flag].
   const auto grads = model_->DenseGradients();

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <glog/logging.h>
 
+#include <sched.h>
 #include <time.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include "data/prepare.h"
 #include "data/sample_reader.h"
 #include "embedding/embedding_table.h"
+#include "embedding/local_embedding_store.h"
 #include "embedding/shard_file.h"
 #include "model/dense_optimizer.h"
 #include "model/model.h"
@@ -35,6 +37,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+// cluster.parallel_branches as set; unset, on for a single process with in-process tables that
+// may run on at least twice cluster.torch_threads cores (the second thread then has a core of
+// its own; with parameter servers or several workers per host the cores are shared, so it stays
+// off unless asked for). The gradients are the same bits either way (model/model.h).
+bool ParallelBranches(const config::JobConfig& cfg, const RunContext& ctx) {
+  if (cfg.cluster().has_parallel_branches()) return cfg.cluster().parallel_branches();
+  if (ctx.world != 1 || dynamic_cast<const embedding::LocalEmbeddingStore*>(ctx.store) == nullptr) return false;
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0) return false;
+  return CPU_COUNT(&cpus) >= 2 * cfg.cluster().torch_threads();
+}
+
 // CPU time of every thread of this process (the step's, the batch builder's, torch's).
 double ProcessCpuSeconds() {
   timespec ts{};
@@ -100,6 +115,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerContext& c
   ctx.workers = context.workers;
   ctx.rank = context.workers->rank();
   ctx.world = context.workers->size();
+  ctx.parallel_branches = ParallelBranches(cfg, ctx);
   ctx.id_table = config::FindTable(cfg, cfg.model().item_id_table());
   ctx.tag_table = cfg.model().item_tag_table().empty() ? -1 : config::FindTable(cfg, cfg.model().item_tag_table());
   ctx.user_table = cfg.model().user_id_table().empty() ? -1 : config::FindTable(cfg, cfg.model().user_id_table());
@@ -173,7 +189,10 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   if (ctx.rank == 0) {
     LOG(INFO) << "training: workers=" << ctx.world << " samples_per_worker_epoch=" << t.reader->samples_per_epoch()
               << " steps_per_epoch=" << steps_per_epoch << " epochs=" << epochs << " total_steps=" << total_steps
-              << " dense_params=" << t.model->DenseParameters().size() << " catalogue=" << t.catalogue->size();
+              << " dense_params=" << t.model->DenseParameters().size() << " catalogue=" << t.catalogue->size()
+              << " torch_threads=" << cfg.cluster().torch_threads()
+              << " parallel_branches=" << (ctx.parallel_branches ? "on" : "off")
+              << (cfg.cluster().has_parallel_branches() ? "" : " (unset: chosen for this machine)");
   }
   TrainResult result;
   result.workers = ctx.world;
@@ -300,6 +319,7 @@ absl::StatusOr<TrainResult> Trainer::Train() {
   result.eval_seconds = other_seconds;
   result.step_seconds = step_seconds;
   result.step_cpu_seconds = step_cpu_seconds;
+  result.parallel_branches = ctx.parallel_branches;
   result.steps = st.step;
   result.skipped_steps = st.skipped_steps;
   result.samples_per_second = static_cast<double>(trained_steps * batch * ctx.world) / std::max(step_seconds, 1e-9);

@@ -3,6 +3,7 @@
 // whole runs of the Trainer: the prefetch path on the in-process store, resume equal to an
 // uninterrupted run, and a damaged checkpoint file refused with its name.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <cmath>
 #include <filesystem>
@@ -212,7 +213,7 @@ TEST_F(InProcessJobTest, WarmStartFillsATableFromAShardSet) {
 // cluster.parallel_branches: the diffusion backward on its own thread trains the same model, to
 // the bit (the in-process job's model is T2Diff).
 TEST_F(InProcessJobTest, ParallelBranchesTrainTheSameModel) {
-  config::JobConfig plain = Job({"checkpoint.dir=" + dir_ + "/plain"});
+  config::JobConfig plain = Job({"checkpoint.dir=" + dir_ + "/plain", "cluster.parallel_branches=false"});
   PrepareData(plain);
   ASSERT_EQ(plain.model().kind(), config::ModelConfig::T2DIFF);
   std::vector<float> want, got;
@@ -221,12 +222,35 @@ TEST_F(InProcessJobTest, ParallelBranchesTrainTheSameModel) {
   config::JobConfig branches = Job({"checkpoint.dir=" + dir_ + "/branches", "cluster.parallel_branches=true"});
   auto b = Run(branches, false, &got);
   ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE(a->parallel_branches);
+  EXPECT_TRUE(b->parallel_branches);
   EXPECT_EQ(got, want);
   EXPECT_EQ(a->last_loss, b->last_loss);
   ASSERT_EQ(a->validation.size(), b->validation.size());
   for (size_t i = 0; i < a->validation.size(); ++i) {
     EXPECT_EQ(a->validation[i].model.Sums(), b->validation[i].model.Sums()) << "evaluation " << i;
   }
+}
+
+// cluster.parallel_branches unset: a single process with in-process tables turns it on where it
+// may use twice torch_threads cores (the summary says which), and never where it may not.
+TEST_F(InProcessJobTest, ParallelBranchesUnsetFollowTheCores) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(cpus), &cpus), 0);
+  const int cores = CPU_COUNT(&cpus);
+  config::JobConfig one = Job({"checkpoint.dir=" + dir_ + "/one", "training.max_steps=2"});
+  PrepareData(one);
+  ASSERT_FALSE(one.cluster().has_parallel_branches());
+  auto a = Run(one, false);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->parallel_branches, cores >= 2) << cores << " cores";
+  EXPECT_EQ(SummaryJson(*a, one.eval())["parallel_branches"].get<bool>(), a->parallel_branches);
+  config::JobConfig wide = Job({"checkpoint.dir=" + dir_ + "/wide", "training.max_steps=2",
+                                absl::StrCat("cluster.torch_threads=", cores)});
+  auto b = Run(wide, false);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE(b->parallel_branches) << "torch_threads " << cores << " already use every core";
 }
 
 // eval.every_epochs = 2: summary.json's best_epoch is the selected evaluation's epoch (a multiple
