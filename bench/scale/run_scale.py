@@ -142,6 +142,12 @@ def grab(pattern, text, cast=float, default=None):
 # ---------------------------------------------------------------- parts
 
 
+def pulled_rows_by_shard(text):
+    """Each server's pulled rows from the job's log, in shard order (the servers log in any order)."""
+    pairs = re.findall(r"server stats: (?:.*?\bshard: (\d+))?.*?pulled_rows: (\d+)", text)
+    return [int(rows) for _, rows in sorted(pairs, key=lambda p: int(p[0] or 0))]
+
+
 def part_tables(args, size, work):
     bench = os.path.join(args.build_dir, "bench", "bench_ps_tables")
     ckpt = os.path.join(work, "tables-ckpt")
@@ -202,7 +208,7 @@ def part_tables_train(args, size, work, ckpt):
     rec = {"users": size["train_users"], "steps": size["train_steps"], "wall_s": train_s, "peak_rss": train_rss,
            "warm_start_s": warm, "servers": servers,
            "samples_s": grab(r"^trained \d+ steps in .*; (\d+) samples/s training\)", text),
-           "pulled_rows": [int(x) for x in re.findall(r"server stats: .*?pulled_rows: (\d+)", text)],
+           "pulled_rows": pulled_rows_by_shard(text),
            "first_loss": grab(r"first loss ([0-9.]+)", text), "last_loss": grab(r"last loss ([0-9.]+)", text),
            "config": tables_train_config("WORK", "DIR", size),
            "commands": ["t2diff generate -c tables-train.textproto", "t2diff launch -c tables-train.textproto"]}
@@ -243,7 +249,7 @@ def part_catalogue(args, size, work):
     train_s, train_rss, text = checked([binary, "launch", "-c", config], os.path.join(work, "catalogue-train.log"),
                                        3600, "train")
     servers = re.findall(r"shard (\d+) memory: (.*)$", text, re.M)
-    pulled = [int(x) for x in re.findall(r"server stats: .*?pulled_rows: (\d+)", text)]
+    pulled = pulled_rows_by_shard(text)
     # "trained 300 steps in 12.4s (...; 12567 samples/s training)"
     samples_s = grab(r"^trained \d+ steps in .*; (\d+) samples/s training\)", text)
     log("catalogue: evaluate %d test users against the whole catalogue, exact and IVF" % size["eval_users"])
