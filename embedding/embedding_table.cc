@@ -91,19 +91,12 @@ uint32_t EmbeddingTable::AllocateSlot() {
     return s;
   }
   if ((used_slots_ & block_mask_) == 0 && (used_slots_ >> block_shift_) == blocks_.size()) {
-    // aligned_alloc wants a multiple of the alignment. Only the whole huge pages inside the
-    // block's bytes are advised; the rest (the block's tail and the rounding) is advised against,
-    // so that a huge page never backs a range the block only partly uses (at 72-byte records a
-    // 2.36 MiB block would otherwise hold 4 MiB). The advice is a hint: where it fails the block
-    // is merely slower.
+    // aligned_alloc wants a multiple of the alignment; the rounding is never touched.
     const size_t bytes = size_t{block_rows()} * record_bytes_;
-    const size_t allocated = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    char* p = static_cast<char*>(std::aligned_alloc(kHugePage, allocated));
+    void* p = std::aligned_alloc(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
     if (p == nullptr) throw std::bad_alloc();
-    const size_t huge = bytes / kHugePage * kHugePage;
-    if (huge > 0) (void)madvise(p, huge, MADV_HUGEPAGE);
-    if (allocated > huge) (void)madvise(p + huge, allocated - huge, MADV_NOHUGEPAGE);
-    blocks_.emplace_back(p);
+    (void)madvise(p, bytes, MADV_HUGEPAGE);  // a hint; its failure costs nothing but speed
+    blocks_.emplace_back(static_cast<char*>(p));
   }
   return used_slots_++;
 }
