@@ -1,31 +1,13 @@
 #include "embedding/embedding_table.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "common/finite.h"
 
 namespace t2d::embedding {
-
-namespace {
-
-constexpr size_t kHugePage = size_t{2} << 20;
-
-// log2 of the rows a block holds: kBlockRows, or more for small records, so that a block spans
-// at least one huge page.
-uint32_t BlockShift(size_t record_bytes) {
-  uint32_t shift = 0;
-  while ((1u << shift) < EmbeddingTable::kBlockRows || (size_t{1} << shift) * record_bytes < kHugePage) ++shift;
-  return shift;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<EmbeddingTable>> EmbeddingTable::Create(const config::TableConfig& spec) {
   if (spec.dim() <= 0) {
@@ -42,9 +24,7 @@ EmbeddingTable::EmbeddingTable(const config::TableConfig& spec)
       has_step_count_(spec.optimizer().kind() == config::SparseOptimizerConfig::ADAM),
       header_bytes_(sizeof(uint32_t) * (has_step_count_ ? 2 : 1)),
       record_bytes_(header_bytes_ + sizeof(float) * static_cast<size_t>(
-                                                         spec.dim() + SparseOptimizer::StateFloats(spec.optimizer().kind(), spec.dim()))),
-      block_shift_(BlockShift(record_bytes_)),
-      block_mask_((1u << block_shift_) - 1) {}
+                                                         spec.dim() + SparseOptimizer::StateFloats(spec.optimizer().kind(), spec.dim()))) {}
 
 absl::Status EmbeddingTable::Lookup(absl::Span<const int64_t> ids, absl::Span<float> out) const {
   const size_t d = static_cast<size_t>(dim_);
@@ -82,21 +62,14 @@ absl::Status EmbeddingTable::Lookup(absl::Span<const int64_t> ids, absl::Span<fl
   return absl::OkStatus();
 }
 
-void EmbeddingTable::BlockFree::operator()(char* p) const { std::free(p); }
-
 uint32_t EmbeddingTable::AllocateSlot() {
   if (!free_slots_.empty()) {
     const uint32_t s = free_slots_.back();
     free_slots_.pop_back();
     return s;
   }
-  if ((used_slots_ & block_mask_) == 0 && (used_slots_ >> block_shift_) == blocks_.size()) {
-    // aligned_alloc wants a multiple of the alignment; the rounding is never touched.
-    const size_t bytes = size_t{block_rows()} * record_bytes_;
-    void* p = std::aligned_alloc(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
-    if (p == nullptr) throw std::bad_alloc();
-    (void)madvise(p, bytes, MADV_HUGEPAGE);  // a hint; its failure costs nothing but speed
-    blocks_.emplace_back(static_cast<char*>(p));
+  if (used_slots_ % kBlockRows == 0 && used_slots_ / kBlockRows == blocks_.size()) {
+    blocks_.emplace_back(new char[static_cast<size_t>(kBlockRows) * record_bytes_]);
   }
   return used_slots_++;
 }
@@ -230,7 +203,7 @@ size_t EmbeddingTable::MemoryBytes() const {
   auto map_bytes = [](const auto& m) {
     return m.bucket_count() * (sizeof(typename std::decay_t<decltype(m)>::value_type) + 1);
   };
-  return blocks_.size() * block_rows() * record_bytes_ + map_bytes(index_) + map_bytes(pending_) +
+  return blocks_.size() * static_cast<size_t>(kBlockRows) * record_bytes_ + map_bytes(index_) + map_bytes(pending_) +
          free_slots_.capacity() * sizeof(uint32_t) + blocks_.capacity() * sizeof(void*);
 }
 

@@ -7,11 +7,7 @@
 // gradient is applied (after admission, below), so reads at evaluation or serving time cost no
 // memory.
 //
-// Memory: rows live in blocks of block_rows() records (kBlockRows, or the power of two that makes
-// a block at least 2 MiB for small records), one 2 MiB-aligned allocation per block that the
-// kernel is asked to back with huge pages (madvise MADV_HUGEPAGE; where transparent huge pages
-// are off it changes nothing): rows are read and updated at random, and with 4 KiB pages nearly
-// every row access of a large table also missed the TLB. A record is
+// Memory: rows live in blocks of kBlockRows records, one allocation per block. A record is
 //   uint32 last_update_step | uint32 step_count (Adam only) | float weights[dim] |
 //   float state[SparseOptimizer::StateFloats(dim)]
 // (4 + 4 x (dim + state) bytes, 4 more with Adam: a dim-16 row-wise Adagrad row takes 72 bytes),
@@ -56,7 +52,7 @@ struct TableCounters {
 
 class EmbeddingTable {
  public:
-  static constexpr uint32_t kBlockRows = 1u << 14;  // the fewest rows a block holds
+  static constexpr uint32_t kBlockRows = 1u << 14;
 
   // Errors: InvalidArgument if the spec's dim is not positive.
   static absl::StatusOr<std::unique_ptr<EmbeddingTable>> Create(const config::TableConfig& spec);
@@ -83,8 +79,6 @@ class EmbeddingTable {
   const TableCounters& counters() const { return counters_; }
   // Bytes held by rows, index and bookkeeping (allocated capacity, not just used).
   size_t MemoryBytes() const;
-  uint32_t block_rows() const { return 1u << block_shift_; }
-  size_t record_bytes() const { return record_bytes_; }
 
   // --- Serialisation support (embedding/shard_file.h). ---
   // A stored row as the record layout above describes it.
@@ -111,7 +105,7 @@ class EmbeddingTable {
 
   // The record's words (the layout above); records are 4-byte aligned.
   char* Record(uint32_t slot) const {
-    return blocks_[slot >> block_shift_].get() + static_cast<size_t>(slot & block_mask_) * record_bytes_;
+    return blocks_[slot / kBlockRows].get() + static_cast<size_t>(slot % kBlockRows) * record_bytes_;
   }
   static uint32_t* LastUpdate(char* record) { return reinterpret_cast<uint32_t*>(record); }
   // Adam's per-row step count; nullptr for the optimizers without one.
@@ -133,12 +127,7 @@ class EmbeddingTable {
   const size_t header_bytes_;
   const size_t record_bytes_;
 
-  const uint32_t block_shift_;  // block_rows() = 1 << block_shift_
-  const uint32_t block_mask_;
-  struct BlockFree {  // blocks come from std::aligned_alloc
-    void operator()(char* p) const;
-  };
-  std::vector<std::unique_ptr<char[], BlockFree>> blocks_;
+  std::vector<std::unique_ptr<char[]>> blocks_;
   uint32_t used_slots_ = 0;            // slots handed out from blocks_ (live or free)
   std::vector<uint32_t> free_slots_;   // evicted slots to reuse
   absl::flat_hash_map<int64_t, uint32_t> index_;
