@@ -11,14 +11,8 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format assume
 size_t PayloadOffset(size_t header_bytes) { return (4 + header_bytes + 7) / 8 * 8; }
 
 std::string EncodeFrame(const Header& header, size_t payload_bytes, size_t* payload_offset) {
-  const size_t header_bytes = header.ByteSizeLong();
-  const size_t offset = PayloadOffset(header_bytes);
-  std::string out(offset + payload_bytes, '\0');
-  const uint32_t n = static_cast<uint32_t>(header_bytes);
-  std::memcpy(out.data(), &n, 4);
-  header.SerializeToArray(out.data() + 4, static_cast<int>(header_bytes));
-  *payload_offset = offset;
-  return out;
+  // An empty buffer grows by zero-filling, so the payload comes out zeroed.
+  return EncodeFrameIn(std::string(), header, payload_bytes, payload_offset);
 }
 
 size_t FrameBytes(const Header& header, size_t payload_bytes) {
