@@ -28,8 +28,8 @@ common=(--set "data.dataset_dir=$work/data" --set "training.max_steps=$steps" --
         --set "training.output_dir=$work/out" --set training.epochs=1 --set cluster.parallel_branches=false)
 "$t2diff" prepare -c "$cfg" "${common[@]:0:2}" > /dev/null
 
-rate() { sed -n 's/.*"samples_per_s": *\([0-9.e+]*\).*/\1/p' "$work/out/metrics.jsonl" | tail -1; }
 field() { sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" "$work/out/metrics.jsonl" | tail -1; }
+rate() { field samples_per_s; }
 run() {  # run KIND WORKERS (0: a single process)
   rm -rf "$work/out"
   if [ "$2" = 0 ]; then
