@@ -1,7 +1,8 @@
 // Throughput and latency of the model (issue: "The T2Diff model and its baselines"):
 //   1. forward+backward samples/s of T2Diff at the authors' size (D = 4, n = 50, k = 10,
 //      batch 512, full softmax over 3,706 items) and at an industrial size (D = 64, n = 200,
-//      batch 1024, sampled softmax with 4,096 shared negatives), with 1 and 2 torch threads;
+//      batch 1024, sampled softmax with 4,096 shared negatives), with 1 and 2 torch threads,
+//      and at the authors' size two threads against one in alternating rounds (TwoThreadRounds);
 //   2. user-tower inference latency per request (batch 1, T = 50 reverse steps) p50/p99 with
 //      1 and 2 threads, and the share of the reverse process in it;
 //      each training line is followed by its roofline: FLOPs of the step counted from the
