@@ -213,6 +213,19 @@ std::unique_ptr<Model> MakeModel(const Setup& s, ModelConfig c) {
 // The mean samples/s of the last Train call.
 double g_last_samples_per_s = 0;
 
+// One forward+backward step of `model` on the workload (gradients cleared first); exits on an
+// error, as a benchmark with a broken model has nothing to print.
+void Step(Model& model, Workload& w, int i, bool branches) {
+  model.ZeroGradients();
+  w.rows.id_rows.mutable_grad() = at::Tensor();
+  w.rows.tag_rows.mutable_grad() = at::Tensor();
+  auto losses = model.ForwardBackward(w.batch, w.rows, w.candidates, static_cast<uint64_t>(i), branches);
+  if (!losses.ok()) {
+    std::fprintf(stderr, "forward: %s\n", std::string(losses.status().message()).c_str());
+    std::exit(1);
+  }
+}
+
 // Returns the share of the GEMM peak achieved (0 when the peak was not measured). branches:
 // Model::ForwardBackward's parallel_branches (the diffusion backward on a second thread; run
 // with one intra-op thread, it is a two-thread step).
@@ -225,20 +238,13 @@ double Train(const char* label, const Setup& s, const ModelConfig& c, int warmup
   for (int i = 0; i < warmup + steps; ++i) {
     rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
-    model->ZeroGradients();
-    w.rows.id_rows.mutable_grad() = at::Tensor();
-    w.rows.tag_rows.mutable_grad() = at::Tensor();
     const auto t0 = Clock::now();
     const double c0 = ProcessCpuSeconds();
-    auto losses = model->ForwardBackward(w.batch, w.rows, w.candidates, static_cast<uint64_t>(i), branches);
+    Step(*model, w, i, branches);
     const double c1 = ProcessCpuSeconds();
     const auto t1 = Clock::now();
     adam.Step(model->DenseParameters(), model->DenseGradients());
     const auto t2 = Clock::now();
-    if (!losses.ok()) {
-      std::fprintf(stderr, "forward: %s\n", std::string(losses.status().message()).c_str());
-      std::exit(1);
-    }
     getrusage(RUSAGE_SELF, &ru1);
     if (i >= warmup) {
       faults += ru1.ru_minflt - ru0.ru_minflt;
@@ -279,16 +285,9 @@ void TwoThreadRounds(const Setup& s, const ModelConfig& c, int rounds, int steps
   auto seconds = [&](bool branches, int n) {
     double total = 0;
     for (int i = 0; i < n; ++i) {
-      model->ZeroGradients();
-      w.rows.id_rows.mutable_grad() = at::Tensor();
-      w.rows.tag_rows.mutable_grad() = at::Tensor();
       const auto t0 = Clock::now();
-      auto losses = model->ForwardBackward(w.batch, w.rows, w.candidates, static_cast<uint64_t>(i), branches);
+      Step(*model, w, i, branches);
       total += Seconds(t0, Clock::now());
-      if (!losses.ok()) {
-        std::fprintf(stderr, "forward: %s\n", std::string(losses.status().message()).c_str());
-        std::exit(1);
-      }
     }
     return total;
   };

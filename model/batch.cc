@@ -8,10 +8,9 @@
 namespace t2d::model {
 
 void ItemSlots::Add(int64_t id_row, const std::vector<int64_t>& tags) {
-  if (tag_offsets.empty()) tag_offsets.push_back(0);
-  id_rows.push_back(id_row);
+  BeginSlot(id_row);
   tag_rows.insert(tag_rows.end(), tags.begin(), tags.end());
-  tag_offsets.push_back(static_cast<int64_t>(tag_rows.size()));
+  EndSlot();
 }
 
 absl::Status ValidateSlots(const ItemSlots& slots, const char* what, int64_t num_id_rows, int64_t num_tag_rows,

@@ -39,6 +39,13 @@ struct ItemSlots {
   int64_t size() const { return static_cast<int64_t>(id_rows.size()); }
   // Appends one slot (id_row -1 with no tags for padding).
   void Add(int64_t id_row, const std::vector<int64_t>& tags = {});
+  // Add in two halves, for builders that append a slot's tag rows to tag_rows themselves
+  // instead of gathering them first: BeginSlot(id_row), tag_rows.push_back(...), EndSlot().
+  void BeginSlot(int64_t id_row) {
+    if (tag_offsets.empty()) tag_offsets.push_back(0);
+    id_rows.push_back(id_row);
+  }
+  void EndSlot() { tag_offsets.push_back(static_cast<int64_t>(tag_rows.size())); }
   void AddPadding() { Add(-1); }
 };
 
